@@ -1,0 +1,250 @@
+//! The extension's settings and the interception rules they produce.
+//!
+//! The wasm brain keeps a [`Settings`] value, feeds it browser events (a site
+//! advertised itself, the user flipped a switch, the host reported its gateway)
+//! and hands the shell the declarativeNetRequest rules of [`Settings::rules`].
+//! Everything here is pure so it is tested natively; the wasm crate only converts
+//! to and from JavaScript values.
+//!
+//! Rules (Chromium, DESIGN section 2): for each enabled site, requests for its
+//! scope are redirected to `http://127.0.0.1:<port>/g/<original url>`, and one
+//! `modifyHeaders` rule adds the gateway token to every request for the gateway,
+//! so the token never appears in a URL. With the global toggle off, or no host,
+//! there are no rules at all: pages load straight from the site.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::headers::{Advertisement, GATEWAY_TOKEN};
+use crate::protocol::EnabledSite;
+
+/// One site the extension has seen advertise itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteEntry {
+    /// The advertised scope.
+    pub scope: String,
+    /// The user's switch.
+    pub enabled: bool,
+}
+
+/// Everything the user set; persisted by the shell in `storage.local`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Global on/off toggle.
+    pub enabled: bool,
+    /// Switch on newly advertised sites without asking.
+    #[serde(default)]
+    pub auto_enable: bool,
+    /// Sites by origin.
+    #[serde(default)]
+    pub sites: BTreeMap<String, SiteEntry>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auto_enable: false,
+            sites: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where the host's gateway listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gateway {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// Per-install token.
+    pub token: String,
+}
+
+/// Upper bound on remembered sites, so a hostile browsing session cannot grow the
+/// settings without limit.
+pub const MAX_SITES: usize = 256;
+
+/// Resource types redirected to the gateway.
+pub const INTERCEPTED_TYPES: [&str; 9] = [
+    "main_frame",
+    "sub_frame",
+    "image",
+    "script",
+    "stylesheet",
+    "media",
+    "font",
+    "xmlhttprequest",
+    "other",
+];
+
+/// The origin (`scheme://host[:port]`) of an http(s) URL, lower-cased.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    Some(format!("{scheme}://{}", authority.to_ascii_lowercase()))
+}
+
+/// Escapes a literal for an RE2 regular expression.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Settings {
+    /// Records a site's advertisement seen on a response to `url`. Returns true if
+    /// the settings changed (a new site, or a new scope).
+    pub fn advertised(&mut self, url: &str, header_value: &str) -> bool {
+        let Some(origin) = origin_of(url) else {
+            return false;
+        };
+        let Ok(ad) = Advertisement::parse(header_value) else {
+            return false;
+        };
+        let full = self.sites.len() >= MAX_SITES;
+        match self.sites.get_mut(&origin) {
+            Some(entry) if entry.scope == ad.scope => false,
+            Some(entry) => {
+                entry.scope = ad.scope;
+                true
+            }
+            None if full => false,
+            None => {
+                let enabled = self.auto_enable;
+                self.sites.insert(
+                    origin,
+                    SiteEntry {
+                        scope: ad.scope,
+                        enabled,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Flips one site's switch; false if the site is unknown.
+    pub fn set_site_enabled(&mut self, origin: &str, enabled: bool) -> bool {
+        match self.sites.get_mut(origin) {
+            Some(entry) => {
+                entry.enabled = enabled;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sites the gateway may fetch for right now.
+    pub fn enabled_sites(&self) -> Vec<EnabledSite> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        self.sites
+            .iter()
+            .filter(|(_, s)| s.enabled)
+            .map(|(origin, s)| EnabledSite {
+                origin: origin.clone(),
+                scope: s.scope.clone(),
+            })
+            .collect()
+    }
+
+    /// The declarativeNetRequest rules for the current state (Chromium shape).
+    pub fn rules(&self, gateway: Option<&Gateway>) -> Vec<serde_json::Value> {
+        let Some(gw) = gateway else {
+            return Vec::new();
+        };
+        let sites = self.enabled_sites();
+        if sites.is_empty() {
+            return Vec::new();
+        }
+        let base = format!("http://127.0.0.1:{}", gw.port);
+        let mut rules = vec![serde_json::json!({
+            "id": 1,
+            "priority": 2,
+            "action": {
+                "type": "modifyHeaders",
+                "requestHeaders": [{ "header": GATEWAY_TOKEN, "operation": "set", "value": gw.token }]
+            },
+            "condition": {
+                "urlFilter": format!("|{base}/"),
+                "resourceTypes": INTERCEPTED_TYPES,
+            }
+        })];
+        for (i, site) in sites.iter().enumerate() {
+            let prefix = format!("{}{}", site.origin, site.scope);
+            rules.push(serde_json::json!({
+                "id": i + 2,
+                "priority": 1,
+                "action": {
+                    "type": "redirect",
+                    "redirect": { "regexSubstitution": format!("{base}/g/\\1") }
+                },
+                "condition": {
+                    "regexFilter": format!("^({}[^#]*)$", regex_escape(&prefix)),
+                    "resourceTypes": INTERCEPTED_TYPES,
+                    "requestMethods": ["get"],
+                }
+            }));
+        }
+        rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AD: &str = r#"scope="/static/""#;
+
+    #[test]
+    fn a_site_is_intercepted_only_once_switched_on() {
+        let gw = Gateway {
+            port: 4000,
+            token: "t".into(),
+        };
+        let mut s = Settings::default();
+        assert!(s.advertised("https://198.51.100.2/index.html", AD));
+        assert!(!s.advertised("https://198.51.100.2/other", AD));
+        assert!(s.rules(Some(&gw)).is_empty());
+        assert!(s.set_site_enabled("https://198.51.100.2", true));
+        let rules = s.rules(Some(&gw));
+        assert_eq!(rules.len(), 2);
+        let redirect = &rules[1];
+        assert_eq!(
+            redirect["condition"]["regexFilter"],
+            r"^(https://198\.51\.100\.2/static/[^#]*)$"
+        );
+        assert_eq!(redirect["action"]["redirect"]["regexSubstitution"], r"http://127.0.0.1:4000/g/\1");
+        // The token travels in a header, never in a URL.
+        assert!(!redirect.to_string().contains("\"t\""));
+        s.enabled = false;
+        assert!(s.rules(Some(&gw)).is_empty());
+        s.enabled = true;
+        assert!(s.rules(None).is_empty());
+    }
+
+    #[test]
+    fn bad_advertisements_and_urls_are_ignored() {
+        let mut s = Settings::default();
+        assert!(!s.advertised("ftp://x/", AD));
+        assert!(!s.advertised("https://user@x/", AD));
+        assert!(!s.advertised("https://x/", "scope=\"../\""));
+        assert!(s.sites.is_empty());
+        s.auto_enable = true;
+        assert!(s.advertised("HTTPS://Example.org:8443/a", AD));
+        assert!(s.sites["https://example.org:8443"].enabled);
+    }
+}

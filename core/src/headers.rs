@@ -1,0 +1,242 @@
+//! The three HTTP headers of the protocol, parsed and written in one place.
+//!
+//! - `Peercache-Client: id=<peer id>; bw=<bytes per second>` on a request says the
+//!   client accepts a referral (a `300`), who it is and how fast it can receive.
+//! - `Peercache-Object: blake3=<hex>; size=<bytes>` on every `200` from the server
+//!   names the object's hash and size, so the bytes can be checked and announced.
+//! - `Peercache: scope="/static/"` on a site's responses advertises which paths may
+//!   be fetched through peers (site enrolment, DESIGN section 4).
+//!
+//! The syntax is `key=value` pairs separated by `;`, values optionally quoted.
+
+use crate::hash::{InvalidHash, ObjectHash};
+
+/// Request header: the client accepts referrals.
+pub const CLIENT: &str = "peercache-client";
+/// Response header: hash and size of the object in a `200`.
+pub const OBJECT: &str = "peercache-object";
+/// Response header: the site's advertisement of its peer scope.
+pub const ADVERTISEMENT: &str = "peercache";
+/// Response header of a peer's `/v1/ping`: `active/limit` upload slots.
+pub const LOAD: &str = "peercache-load";
+/// Request header carrying the gateway's per-install token.
+pub const GATEWAY_TOKEN: &str = "x-peercache-token";
+/// Media type of a referral body.
+pub const REFERRAL_CONTENT_TYPE: &str = "application/vnd.peercache.referral+json";
+
+/// A header value that does not follow the expected shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// A required key is absent.
+    #[error("header {header}: missing `{key}`")]
+    Missing {
+        /// Header name.
+        header: &'static str,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// A value could not be parsed.
+    #[error("header {header}: bad value for `{key}`: {value:?}")]
+    BadValue {
+        /// Header name.
+        header: &'static str,
+        /// The key whose value is bad.
+        key: &'static str,
+        /// The offending value (truncated).
+        value: String,
+    },
+    /// The hash is not a BLAKE3 hex digest.
+    #[error(transparent)]
+    Hash(#[from] InvalidHash),
+}
+
+fn pairs(value: &str) -> impl Iterator<Item = (&str, &str)> {
+    value.split(';').filter_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        Some((k.trim(), v))
+    })
+}
+
+fn get<'a>(value: &'a str, key: &str) -> Option<&'a str> {
+    pairs(value).find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+}
+
+fn truncated(v: &str) -> String {
+    v.chars().take(64).collect()
+}
+
+/// `Peercache-Client`: who asks, and how fast it can receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHeader {
+    /// The requesting peer's id (as registered), if it has one yet.
+    pub peer_id: Option<String>,
+    /// The client's measured or declared download speed, bytes per second.
+    pub bandwidth: Option<u64>,
+}
+
+impl ClientHeader {
+    /// Parses the header value. Unknown keys are ignored for forward compatibility.
+    pub fn parse(value: &str) -> Result<Self, HeaderError> {
+        let peer_id = match get(value, "id") {
+            Some(id) if is_peer_id(id) => Some(id.to_string()),
+            Some(id) => {
+                return Err(HeaderError::BadValue {
+                    header: CLIENT,
+                    key: "id",
+                    value: truncated(id),
+                });
+            }
+            None => None,
+        };
+        let bandwidth = match get(value, "bw") {
+            Some(bw) => Some(bw.parse().map_err(|_| HeaderError::BadValue {
+                header: CLIENT,
+                key: "bw",
+                value: truncated(bw),
+            })?),
+            None => None,
+        };
+        Ok(Self { peer_id, bandwidth })
+    }
+
+    /// The header value.
+    pub fn to_header_value(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(id) = &self.peer_id {
+            parts.push(format!("id={id}"));
+        }
+        if let Some(bw) = self.bandwidth {
+            parts.push(format!("bw={bw}"));
+        }
+        if parts.is_empty() {
+            parts.push("v=1".to_string());
+        }
+        parts.join("; ")
+    }
+}
+
+/// Peer ids are 1–64 characters of `[A-Za-z0-9_-]`.
+pub fn is_peer_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `Peercache-Object`: the hash and size of the object in a `200`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectHeader {
+    /// BLAKE3 of the body.
+    pub hash: ObjectHash,
+    /// Length of the body in bytes.
+    pub size: u64,
+}
+
+impl ObjectHeader {
+    /// Parses the header value.
+    pub fn parse(value: &str) -> Result<Self, HeaderError> {
+        let hash = get(value, "blake3").ok_or(HeaderError::Missing {
+            header: OBJECT,
+            key: "blake3",
+        })?;
+        let size = get(value, "size").ok_or(HeaderError::Missing {
+            header: OBJECT,
+            key: "size",
+        })?;
+        Ok(Self {
+            hash: hash.parse()?,
+            size: size.parse().map_err(|_| HeaderError::BadValue {
+                header: OBJECT,
+                key: "size",
+                value: truncated(size),
+            })?,
+        })
+    }
+
+    /// The header value.
+    pub fn to_header_value(&self) -> String {
+        format!("blake3={}; size={}", self.hash, self.size)
+    }
+}
+
+/// `Peercache: scope="/static/"`: the path prefix a site lets peers deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertisement {
+    /// Path prefix, starting with `/`.
+    pub scope: String,
+}
+
+impl Advertisement {
+    /// Parses the header value; the scope must be an absolute path without `..`.
+    pub fn parse(value: &str) -> Result<Self, HeaderError> {
+        let scope = get(value, "scope").ok_or(HeaderError::Missing {
+            header: ADVERTISEMENT,
+            key: "scope",
+        })?;
+        if !scope.starts_with('/')
+            || scope.contains("..")
+            || scope.contains(['?', '#', '*', ' ', '"', '\\'])
+        {
+            return Err(HeaderError::BadValue {
+                header: ADVERTISEMENT,
+                key: "scope",
+                value: truncated(scope),
+            });
+        }
+        Ok(Self {
+            scope: scope.to_string(),
+        })
+    }
+
+    /// The header value.
+    pub fn to_header_value(&self) -> String {
+        format!("scope=\"{}\"", self.scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_examples() {
+        let c = ClientHeader::parse("id=abc-1; bw=1000000").unwrap();
+        assert_eq!(c.peer_id.as_deref(), Some("abc-1"));
+        assert_eq!(c.bandwidth, Some(1_000_000));
+        assert!(ClientHeader::parse("id=../x").is_err());
+        assert!(ClientHeader::parse("bw=fast").is_err());
+        let a = Advertisement::parse(r#"scope="/static/""#).unwrap();
+        assert_eq!(a.scope, "/static/");
+        assert!(Advertisement::parse(r#"scope="static""#).is_err());
+        assert!(Advertisement::parse(r#"scope="/a/../b""#).is_err());
+        assert!(ObjectHeader::parse("size=3").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn object_header_round_trips(bytes in proptest::array::uniform32(any::<u8>()), size in any::<u64>()) {
+            let h = ObjectHeader { hash: ObjectHash::from_bytes(bytes), size };
+            prop_assert_eq!(ObjectHeader::parse(&h.to_header_value()).unwrap(), h);
+        }
+
+        #[test]
+        fn client_header_round_trips(id in "[A-Za-z0-9_-]{1,64}", bw in proptest::option::of(any::<u64>())) {
+            let c = ClientHeader { peer_id: Some(id), bandwidth: bw };
+            prop_assert_eq!(ClientHeader::parse(&c.to_header_value()).unwrap(), c);
+        }
+
+        #[test]
+        fn parsers_never_panic(s in ".{0,200}") {
+            let _ = ClientHeader::parse(&s);
+            let _ = ObjectHeader::parse(&s);
+            let _ = Advertisement::parse(&s);
+        }
+    }
+}

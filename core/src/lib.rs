@@ -1,0 +1,31 @@
+//! `peercache-core`: everything in peercache that *decides*, and nothing that does I/O.
+//!
+//! The server, the native host and the browser extension's wasm brain all link this
+//! crate, so the rules they apply are the same code:
+//!
+//! - [`protocol`]: the JSON messages of `/v1/` and of native messaging (serde types).
+//! - [`headers`]: the `Peercache-Client`, `Peercache-Object` and `Peercache` headers.
+//! - [`hash`]: object hashes (BLAKE3) and their hex form.
+//! - [`decide`]: serve-or-refer, from an egress model and the target period (M1, M3, M4).
+//! - [`select`]: ordering a referral's proxy list (M5, M6).
+//! - [`shareable`]: which requests and responses may ever be shared with peers (B2).
+//! - [`extension`]: the extension's settings and the interception rules they produce.
+//! - [`units`]: `10MiB` sizes and `500ms` durations for flags and config files.
+//!
+//! Goals: small, deterministic, exhaustively tested, builds for `wasm32-unknown-unknown`.
+//! Non-goals: networking, clocks, files, randomness. Callers pass `now` and measured
+//! figures in; this crate never reads them itself.
+
+pub mod decide;
+pub mod extension;
+pub mod hash;
+pub mod headers;
+pub mod protocol;
+pub mod select;
+pub mod shareable;
+pub mod units;
+
+pub use hash::ObjectHash;
+
+/// Version of the wire protocol spoken under `/v1/` and over native messaging.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,288 @@
+//! The JSON messages of peercache: the server's `/v1/` API, the referral body, and
+//! the native-messaging messages between the extension and the host.
+//!
+//! One example of each lives in `docs/protocol.md`; the tests here keep the field
+//! names stable.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::ObjectHash;
+
+/// Upload slots in use against the peer's limit (M12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Load {
+    /// Uploads in progress.
+    pub active: u32,
+    /// Most uploads the peer accepts at once.
+    pub limit: u32,
+}
+
+impl Load {
+    /// True when the peer would refuse another upload.
+    pub fn is_full(&self) -> bool {
+        self.limit == 0 || self.active >= self.limit
+    }
+}
+
+/// `POST /v1/peers`: a host introduces itself. The server records the source address
+/// of the connection, never an address the host claims (B6); `port` is where the
+/// host's peer server listens, if it serves at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The host's stable id (kept with its cache).
+    pub peer_id: String,
+    /// Port of the peer server on the connection's source address; `None` for a
+    /// client that does not serve.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Load at registration time.
+    #[serde(default)]
+    pub load: Option<Load>,
+}
+
+/// Answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// Echo of the id.
+    pub peer_id: String,
+    /// The address other peers will be given, if the host serves.
+    pub addr: Option<String>,
+    /// Seconds until the registration lapses without a heartbeat (an announce).
+    pub ttl_secs: u64,
+}
+
+/// `POST /v1/announce`: what a peer now holds or dropped, and its load. Doubles as
+/// the heartbeat that keeps the registration alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    /// The announcing peer.
+    pub peer_id: String,
+    /// Objects newly held (or still held, on a full re-announce).
+    #[serde(default)]
+    pub have: Vec<ObjectHash>,
+    /// Objects evicted.
+    #[serde(default)]
+    pub dropped: Vec<ObjectHash>,
+    /// Current load.
+    #[serde(default)]
+    pub load: Option<Load>,
+}
+
+/// Answer to an announce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceResponse {
+    /// Objects the server now lists this peer for.
+    pub accepted: Vec<ObjectHash>,
+    /// Objects it refused to list (unknown to the server, say).
+    pub rejected: Vec<ObjectHash>,
+    /// Seconds until the listing lapses without another announce.
+    pub ttl_secs: u64,
+}
+
+/// How a download from a referred source ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// All bytes arrived and verified.
+    Served,
+    /// Bytes arrived that do not match the server's hash.
+    Mismatch,
+    /// The source failed (refused, timed out, broke off).
+    Failed,
+}
+
+/// `POST /v1/report`: which source served a referred download, and how (M9, B6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The reporting peer.
+    pub peer_id: String,
+    /// The object.
+    pub hash: ObjectHash,
+    /// Id of the source (a peer id, or `server`).
+    pub source: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Bytes received from that source.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Time taken, milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// The object a referral is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// The URL the client asked for.
+    pub url: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 of the bytes: the only hash the client trusts.
+    pub hash: ObjectHash,
+    /// `Content-Type` the server would have sent.
+    pub content_type: String,
+}
+
+/// One entry of a referral's proxy list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proxy {
+    /// Peer id, or `server` for the server's own entry.
+    pub id: String,
+    /// Base URL of the source, e.g. `http://198.51.100.1:40123`.
+    pub addr: String,
+    /// The server's smoothed round-trip time to it, if measured.
+    #[serde(default)]
+    pub rtt_ms: Option<u32>,
+    /// Its last reported load.
+    #[serde(default)]
+    pub load: Option<Load>,
+}
+
+/// Id of the server's own entry in a proxy list.
+pub const SERVER_PROXY_ID: &str = "server";
+
+/// Body of a `300 Multiple Choices`: where else to get the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Referral {
+    /// What to fetch.
+    pub object: ObjectInfo,
+    /// Peers holding it, best first; the server's own entry last.
+    pub proxies: Vec<Proxy>,
+    /// The server's base URL.
+    pub server: String,
+    /// The period within which the server could not send the object.
+    pub target_period_ms: u64,
+    /// Bytes per second a source should reach to deliver within the period.
+    pub target_speed: u64,
+}
+
+/// A site the user enabled: its origin and advertised scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnabledSite {
+    /// `https://example.org` (scheme, host, optional port; no path).
+    pub origin: String,
+    /// Path prefix that may go through peers.
+    pub scope: String,
+}
+
+/// Counters the host keeps for the popup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Counters {
+    /// Bytes received from peers (verified).
+    pub bytes_from_peers: u64,
+    /// Bytes received from the server.
+    pub bytes_from_server: u64,
+    /// Bytes uploaded to other peers.
+    pub bytes_served: u64,
+    /// Downloads whose peer bytes failed verification.
+    pub verification_failures: u64,
+}
+
+/// Messages from the extension to the native host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToHost {
+    /// First message: the extension's version.
+    Hello {
+        /// Extension version.
+        version: String,
+    },
+    /// The user's settings; replaces the previous ones at once.
+    Config {
+        /// Global toggle.
+        enabled: bool,
+        /// Sites the gateway may fetch for.
+        sites: Vec<EnabledSite>,
+    },
+    /// Ask for a fresh `status`.
+    GetStatus,
+}
+
+/// Messages from the native host to the extension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromHost {
+    /// Answer to `hello`.
+    Hello {
+        /// Host version.
+        version: String,
+        /// Protocol version.
+        protocol: u32,
+    },
+    /// Where the gateway is and what the host has done.
+    Status {
+        /// Port of the local gateway on 127.0.0.1.
+        gateway_port: u16,
+        /// Token the gateway expects in `X-Peercache-Token`.
+        token: String,
+        /// Address of this host's peer server, as seen locally.
+        peer_addr: String,
+        /// The host's peer id.
+        peer_id: String,
+        /// Counters since start.
+        counters: Counters,
+    },
+    /// Something happened (a fetch, an upload, a failure).
+    Event {
+        /// Kind of event, e.g. `fetched`.
+        kind: String,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// The last message could not be handled.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_messages_use_type_tag() {
+        let m: ToHost = serde_json::from_str(r#"{"type":"hello","version":"0.1.0"}"#).unwrap();
+        assert_eq!(
+            m,
+            ToHost::Hello {
+                version: "0.1.0".into()
+            }
+        );
+        let e = serde_json::to_value(FromHost::Error {
+            message: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(e["type"], "error");
+        assert!(serde_json::from_str::<ToHost>(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn referral_field_names_are_stable() {
+        let r = Referral {
+            object: ObjectInfo {
+                url: "https://s/a".into(),
+                size: 3,
+                hash: ObjectHash::of(b"abc"),
+                content_type: "text/plain".into(),
+            },
+            proxies: vec![Proxy {
+                id: "p".into(),
+                addr: "http://10.0.0.2:1".into(),
+                rtt_ms: Some(3),
+                load: Some(Load {
+                    active: 0,
+                    limit: 4,
+                }),
+            }],
+            server: "https://s".into(),
+            target_period_ms: 2000,
+            target_speed: 10,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        for key in ["object", "proxies", "server", "target_period_ms", "target_speed"] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        assert_eq!(serde_json::from_value::<Referral>(v).unwrap(), r);
+    }
+}
