@@ -1,1 +1,94 @@
-//! placeholder
+//! `peercache-server`: the coordination server of a peercache site.
+//!
+//! Layout (a library plus a thin `main`, as in mini-redis):
+//! - [`config`]: settings from flags and an optional TOML file.
+//! - [`site`]: the files it serves and their hashes (the object registry).
+//! - [`table`]: the look-up table content → peers, with liveness and strikes.
+//! - [`egress`]: the model (and the real throttle) of the server's own upload.
+//! - [`app`]: the axum router: the site with serve-or-refer, the `/v1/` API,
+//!   `/metrics` and `/admin`.
+//! - [`error`]: the API error enum, turned into `4xx` responses with a reason.
+//!
+//! [`run`] serves on a listener the caller binds (so tests use `127.0.0.1:0`) until
+//! the shutdown future resolves.
+//!
+//! Goals: the serve-or-refer decision of `peercache-core` applied to real traffic;
+//! every request answered (a `200` whenever no better answer exists).
+//! Non-goals here: Redis scale-out, peer health pings and upstream proxying (later
+//! issues; the table is behind one type so a second backend can slot in).
+
+pub mod app;
+pub mod config;
+pub mod egress;
+pub mod error;
+pub mod site;
+pub mod table;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use app::{AppState, app};
+pub use config::Config;
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The site root is not a readable directory.
+    #[error("site root {0}: {1}")]
+    Root(String, std::io::Error),
+    /// TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let root_meta = std::fs::metadata(&config.root)
+        .map_err(|e| StartError::Root(config.root.display().to_string(), e))?;
+    if !root_meta.is_dir() {
+        return Err(StartError::Root(
+            config.root.display().to_string(),
+            std::io::Error::other("not a directory"),
+        ));
+    }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(StartError::Tls)?,
+        ),
+        _ => None,
+    };
+    let state = Arc::new(AppState::new(config, metrics, tls.is_some()));
+    state.clone().spawn_housekeeping();
+    let router = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let h2 = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            let std_listener = listener.into_std()?;
+            axum_server::from_tcp_rustls(std_listener, tls)?
+                .handle(handle)
+                .serve(router)
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,126 @@
-fn main() {}
+//! `peercache-server` command line: parse flags (and an optional TOML file), bind,
+//! and run the library's server until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use peercache_core::units::{parse_duration, parse_size};
+use peercache_server::Config;
+use peercache_server::config::FileConfig;
+
+/// The peercache coordination server: serves a site and refers browsers to peers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file (keys as the long flags, with `_`); flags override it.
+    #[arg(long, env = "PEERCACHE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on; prints `listening on ADDR` once bound.
+    #[arg(long, env = "PEERCACHE_LISTEN")]
+    listen: Option<String>,
+    /// Directory to serve as the site.
+    #[arg(long, env = "PEERCACHE_ROOT")]
+    root: Option<PathBuf>,
+    /// Path prefix advertised for delivery through peers.
+    #[arg(long, env = "PEERCACHE_SCOPE")]
+    scope: Option<String>,
+    /// Server egress capacity, e.g. `10MiB` (per second). Unlimited by default.
+    #[arg(long, env = "PEERCACHE_EGRESS_LIMIT")]
+    egress_limit: Option<String>,
+    /// Base target period, e.g. `2s`, `500ms`.
+    #[arg(long, env = "PEERCACHE_TARGET_PERIOD")]
+    target_period: Option<String>,
+    /// How long a peer stays listed without an announce, e.g. `60s`.
+    #[arg(long, env = "PEERCACHE_PEER_TTL")]
+    peer_ttl: Option<String>,
+    /// Public base URL of this server (for its own proxy-list entry).
+    #[arg(long, env = "PEERCACHE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// TLS certificate chain (PEM); with --tls-key serves https.
+    #[arg(long, env = "PEERCACHE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "PEERCACHE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let Some(root) = args.root.or(file.root) else {
+        bail!("--root DIR is required (the directory to serve)");
+    };
+    let mut config = Config::new(root);
+    if let Some(scope) = args.scope.or(file.scope) {
+        if !scope.starts_with('/') {
+            bail!("--scope must start with '/': {scope:?}");
+        }
+        config.scope = scope;
+    }
+    if let Some(s) = args.egress_limit.or(file.egress_limit) {
+        config.egress_limit = Some(parse_size(&s)?);
+    }
+    if let Some(s) = args.target_period.or(file.target_period) {
+        config.target_period = parse_duration(&s)?;
+    }
+    if let Some(s) = args.peer_ttl.or(file.peer_ttl) {
+        config.peer_ttl = parse_duration(&s)?;
+    }
+    config.public_url = args.public_url.or(file.public_url);
+    config.tls_cert = args.tls_cert.or(file.tls_cert);
+    config.tls_key = args.tls_key.or(file.tls_key);
+    if config.tls_cert.is_some() != config.tls_key.is_some() {
+        bail!("--tls-cert and --tls-key go together");
+    }
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    println!("listening on {}", listener.local_addr()?);
+    peercache_server::run(listener, config, Some(handle), shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

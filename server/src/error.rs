@@ -1,0 +1,46 @@
+//! API errors: each variant becomes a status code and a JSON body with a reason.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Anything a request can do wrong, or the server can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or a header is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The peer must register first.
+    #[error("unknown peer {0:?}: register with POST /v1/peers first")]
+    UnknownPeer(String),
+    /// Nothing at this path or hash.
+    #[error("not found")]
+    NotFound,
+    /// The method is not supported here.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A file could not be read.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownPeer(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}

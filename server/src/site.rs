@@ -1,0 +1,182 @@
+//! The site's files and their hashes: the server's object registry.
+//!
+//! A request path is decoded, checked (no `..`, no hidden files, no NUL) and mapped
+//! under the root. Each file's BLAKE3 is computed once per (length, mtime) and kept,
+//! so every `200` can carry `Peercache-Object` and the server knows which hashes it
+//! may list peers for.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use peercache_core::hash::{ObjectHash, StreamHasher};
+
+/// A file of the site with its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteObject {
+    /// Where it is on disk.
+    pub path: PathBuf,
+    /// Its hash.
+    pub hash: ObjectHash,
+    /// Its size.
+    pub size: u64,
+    /// Its media type.
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+/// Most objects remembered; beyond it the oldest half is forgotten (they are
+/// re-hashed on the next request).
+const MAX_OBJECTS: usize = 1_000_000;
+
+/// The registry.
+#[derive(Debug)]
+pub struct Site {
+    root: PathBuf,
+    by_path: Mutex<HashMap<PathBuf, (Stamp, SiteObject)>>,
+    by_hash: Mutex<HashMap<ObjectHash, PathBuf>>,
+}
+
+/// Why a path cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    /// Traversal, hidden file, bad encoding.
+    #[error("invalid path")]
+    InvalidPath,
+    /// Nothing there.
+    #[error("not found")]
+    NotFound,
+    /// Reading failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Site {
+    /// A site rooted at `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            by_path: Mutex::new(HashMap::new()),
+            by_hash: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Maps a URL path to a file under the root.
+    pub fn resolve(&self, url_path: &str) -> Result<PathBuf, SiteError> {
+        let decoded = percent_encoding::percent_decode_str(url_path)
+            .decode_utf8()
+            .map_err(|_| SiteError::InvalidPath)?;
+        if decoded.contains('\0') || decoded.contains('\\') {
+            return Err(SiteError::InvalidPath);
+        }
+        let mut rel = PathBuf::new();
+        for comp in Path::new(decoded.trim_start_matches('/')).components() {
+            match comp {
+                Component::Normal(c) if !c.to_string_lossy().starts_with('.') => rel.push(c),
+                Component::CurDir => {}
+                _ => return Err(SiteError::InvalidPath),
+            }
+        }
+        let mut path = self.root.join(rel);
+        if decoded.ends_with('/') || decoded.is_empty() || path.is_dir() {
+            path.push("index.html");
+        }
+        Ok(path)
+    }
+
+    /// The object at `path`, hashing it if it is new or changed. Blocking: call from
+    /// `spawn_blocking`.
+    pub fn object(&self, path: &Path) -> Result<SiteObject, SiteError> {
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SiteError::NotFound,
+            _ => SiteError::Io(e),
+        })?;
+        if !meta.is_file() {
+            return Err(SiteError::NotFound);
+        }
+        let stamp = Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        };
+        if let Some((s, obj)) = lock(&self.by_path).get(path)
+            && s.len == stamp.len
+            && s.modified == stamp.modified
+        {
+            return Ok(obj.clone());
+        }
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = StreamHasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let obj = SiteObject {
+            path: path.to_path_buf(),
+            hash: hasher.finish(),
+            size: hasher.len(),
+            content_type: mime_guess::from_path(path)
+                .first_or_octet_stream()
+                .essence_str()
+                .to_string(),
+        };
+        {
+            let mut by_path = lock(&self.by_path);
+            if by_path.len() >= MAX_OBJECTS {
+                by_path.clear();
+            }
+            by_path.insert(path.to_path_buf(), (stamp, obj.clone()));
+        }
+        {
+            let mut by_hash = lock(&self.by_hash);
+            if by_hash.len() >= MAX_OBJECTS {
+                by_hash.clear();
+            }
+            by_hash.insert(obj.hash, path.to_path_buf());
+        }
+        Ok(obj)
+    }
+
+    /// The object with this hash, if the server has served it.
+    pub fn by_hash(&self, hash: &ObjectHash) -> Option<SiteObject> {
+        let path = lock(&self.by_hash).get(hash).cloned()?;
+        let obj = self.object(&path).ok()?;
+        (obj.hash == *hash).then_some(obj)
+    }
+
+    /// True if the server knows this hash (so peers may be listed for it).
+    pub fn knows(&self, hash: &ObjectHash) -> bool {
+        lock(&self.by_hash).contains_key(hash)
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (the data are caches; a panic elsewhere
+/// must not take the server down).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_and_hidden_files_are_refused() {
+        let site = Site::new(PathBuf::from("/srv/site"));
+        for bad in ["/../etc/passwd", "/a/%2e%2e/b", "/.git/config", "/a\\b", "/%00"] {
+            assert!(site.resolve(bad).is_err(), "{bad}");
+        }
+        assert_eq!(site.resolve("/static/a%20b.js").unwrap(), PathBuf::from("/srv/site/static/a b.js"));
+        assert_eq!(site.resolve("/").unwrap(), PathBuf::from("/srv/site/index.html"));
+    }
+}
