@@ -1,1 +1,34 @@
-//! placeholder
+//! `peercache-host`: the native host that runs beside the browser.
+//!
+//! Layout:
+//! - [`identity`]: the host's peer id, kept with its cache.
+//! - [`cache`]: the on-disk content cache (files named by hex hash, crash-safe writes).
+//! - [`client`]: the client protocol: ask the server, follow a referral to a peer,
+//!   verify every byte against the server's hash, fall back to the server, store,
+//!   announce and report.
+//! - [`peer_server`]: the "proxy server client": serves cached objects to other
+//!   peers by hash, with upload slots and `/metrics`.
+//! - [`gateway`]: the local gateway on 127.0.0.1 that the extension redirects
+//!   enrolled requests to (token and Host checked, enrolled origins only).
+//! - [`native`]: native messaging with the extension on stdin/stdout (framed, capped,
+//!   stdout reserved for frames).
+//! - [`install`]: writing and removing the browsers' host manifests.
+//! - [`node`]: wiring of the above into one running peer (used by `serve` and by
+//!   native-messaging mode).
+//!
+//! Goals: no unverified byte ever reaches the browser or the cache; every failure
+//! ends in the bytes from the server, or a clear error.
+//! Non-goals here: multi-source ranges, streaming verification of huge objects and
+//! the server-down cascade (later issues; [`client::Client::fetch`] is the seam).
+
+pub mod cache;
+pub mod client;
+pub mod gateway;
+pub mod identity;
+pub mod install;
+pub mod native;
+pub mod node;
+pub mod peer_server;
+
+/// Version reported in `hello`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

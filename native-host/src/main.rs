@@ -1,1 +1,220 @@
-fn main() {}
+//! `peercache-host` command line.
+//!
+//! Started by a browser (its first argument is the caller's `chrome-extension://…/`
+//! origin, or Firefox's manifest path), it speaks native messaging on stdin/stdout.
+//! Otherwise: `serve`, `fetch`, `install`, `uninstall`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use peercache_host::client::Source;
+use peercache_host::install::{self, Browser, Scope};
+use peercache_host::node::{self, NodeOptions};
+
+/// peercache native host: gateway, cache and peer server beside the browser.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a headless peer that serves its cache to others.
+    Serve {
+        /// The coordination server, e.g. https://198.51.100.2
+        #[arg(long, env = "PEERCACHE_SERVER")]
+        server: String,
+        /// Where the peer server listens.
+        #[arg(long, env = "PEERCACHE_LISTEN", default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// Cache (and identity) directory.
+        #[arg(long, env = "PEERCACHE_CACHE_DIR")]
+        cache: Option<PathBuf>,
+        /// Upload slots (workload limit).
+        #[arg(long, env = "PEERCACHE_MAX_UPLOADS", default_value_t = 8)]
+        max_uploads: u32,
+        /// Extra trusted root certificate (PEM).
+        #[arg(long, env = "PEERCACHE_CA_CERT")]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Download one path through the client protocol.
+    Fetch {
+        /// The coordination server, e.g. https://198.51.100.2
+        #[arg(long, env = "PEERCACHE_SERVER")]
+        server: String,
+        /// Path on the server, e.g. /static/big.bin
+        path: String,
+        /// Output file (written atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Cache (and identity) directory.
+        #[arg(long, env = "PEERCACHE_CACHE_DIR")]
+        cache: Option<PathBuf>,
+        /// Extra trusted root certificate (PEM).
+        #[arg(long, env = "PEERCACHE_CA_CERT")]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Register this binary as the native-messaging host of a browser.
+    Install {
+        /// Browser to register with.
+        #[arg(long, value_enum)]
+        browser: Browser,
+        /// A custom Chrome/Chromium profile directory.
+        #[arg(long, conflicts_with = "system")]
+        user_data_dir: Option<PathBuf>,
+        /// Register system-wide (needs root).
+        #[arg(long)]
+        system: bool,
+        /// Extension id to allow (defaults to peercache's own ids).
+        #[arg(long)]
+        extension_id: Option<String>,
+    },
+    /// Remove the registration.
+    Uninstall {
+        /// Browser to unregister from.
+        #[arg(long, value_enum)]
+        browser: Browser,
+        /// A custom Chrome/Chromium profile directory.
+        #[arg(long, conflicts_with = "system")]
+        user_data_dir: Option<PathBuf>,
+        /// Remove the system-wide registration.
+        #[arg(long)]
+        system: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn".into());
+    // stdout is the native-messaging channel: logs go to stderr or a file, never stdout.
+    if let Some(path) = std::env::var_os("PEERCACHE_LOG")
+        && let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&path)
+    {
+        tracing_subscriber::fmt()
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .with_env_filter(filter)
+            .init();
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+}
+
+fn scope(user_data_dir: Option<PathBuf>, system: bool) -> Scope {
+    match (user_data_dir, system) {
+        (Some(d), _) => Scope::UserDataDir(d),
+        (None, true) => Scope::System,
+        (None, false) => Scope::User,
+    }
+}
+
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    for name in [
+        "peercache_uploads_total",
+        "peercache_bytes_uploaded_total",
+        "peercache_uploads_refused_total",
+        "peercache_bytes_from_peers_total",
+        "peercache_bytes_from_server_total",
+        "peercache_verification_failures_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    Ok(handle)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(first) = argv.get(1)
+        && (first.starts_with("chrome-extension://") || first.ends_with(".json"))
+    {
+        return native_mode(first).await;
+    }
+    let args = Args::parse();
+    match args.command {
+        Command::Serve { server, listen, cache, max_uploads, ca_cert } => {
+            let mut options = NodeOptions::new(cache.unwrap_or_else(node::default_cache_dir));
+            options.peer_listen = Some(listen);
+            options.max_uploads = max_uploads;
+            options.ca_cert = ca_cert;
+            options.metrics = Some(install_metrics()?);
+            let node = node::start(options).await?;
+            let server = server.trim_end_matches('/').to_string();
+            let held = node.client.cache().list()?;
+            let accepted = node
+                .client
+                .announce(&server, &held, &[])
+                .await
+                .with_context(|| format!("registering with {server}"))?;
+            if let Some(addr) = node.peer_addr {
+                println!("peer listening on {addr}");
+            }
+            println!("peer id {}", node.client.peer_id());
+            println!("announced {} of {} cached objects", accepted.len(), held.len());
+            tokio::signal::ctrl_c().await.ok();
+            Ok(())
+        }
+        Command::Fetch { server, path, output, cache, ca_cert } => {
+            if !path.starts_with('/') {
+                bail!("PATH must start with '/': {path:?}");
+            }
+            let mut options = NodeOptions::new(cache.unwrap_or_else(node::default_cache_dir));
+            options.ca_cert = ca_cert;
+            let node = node::start(options).await?;
+            let url = format!("{}{path}", server.trim_end_matches('/'));
+            let fetched = node
+                .client
+                .fetch(&url)
+                .await
+                .with_context(|| format!("fetching {url}"))?;
+            peercache_host::cache::write_atomically(&output, &fetched.bytes)
+                .with_context(|| format!("writing {}", output.display()))?;
+            let from = match fetched.source {
+                Source::Server => "the server".to_string(),
+                Source::Peer(id) => format!("peer {id}"),
+            };
+            eprintln!("fetched {} bytes from {from} into {}", fetched.bytes.len(), output.display());
+            Ok(())
+        }
+        Command::Install { browser, user_data_dir, system, extension_id } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let path = install::install(browser, &scope(user_data_dir, system), &exe, extension_id.as_deref())?;
+            println!("registered {} for {browser:?} in {}", install::HOST_NAME, path.display());
+            Ok(())
+        }
+        Command::Uninstall { browser, user_data_dir, system } => {
+            match install::uninstall(browser, &scope(user_data_dir, system))? {
+                Some(path) => println!("removed {}", path.display()),
+                None => println!("nothing was registered"),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn native_mode(caller: &str) -> anyhow::Result<()> {
+    let mut options = NodeOptions::new(node::default_cache_dir());
+    options.gateway = true;
+    let listen = std::env::var("PEERCACHE_PEER_LISTEN").unwrap_or_else(|_| "0.0.0.0:0".into());
+    options.peer_listen = Some(listen.parse().with_context(|| format!("PEERCACHE_PEER_LISTEN={listen}"))?);
+    options.ca_cert = std::env::var_os("PEERCACHE_CA_CERT").map(PathBuf::from);
+    options.metrics = Some(install_metrics()?);
+    if caller.starts_with("chrome-extension://") {
+        options.extension_origins = vec![caller.trim_end_matches('/').to_string()];
+    }
+    let node = Arc::new(node::start(options).await?);
+    peercache_host::native::run_session(node, std::io::stdin(), std::io::stdout()).await;
+    Ok(())
+}

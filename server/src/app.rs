@@ -80,7 +80,6 @@ impl AppState {
             "peercache_bytes_served_total",
             "peercache_bytes_reported_from_peers_total",
             "peercache_announces_total",
-            "peercache_reports_total",
             "peercache_mismatch_reports_total",
         ] {
             counter!(name).increment(0);

@@ -1,0 +1,495 @@
+//! The client protocol (DESIGN section 2): one download of one URL.
+//!
+//! 1. `GET url` from the server with `Peercache-Client`.
+//! 2. `200`: the bytes, checked against `Peercache-Object`.
+//!    `300`: a referral. Each listed peer is tried in order; its bytes are checked
+//!    against the referral's hash (which came from the server, never from the peer)
+//!    before anything is kept or passed on. A mismatch is reported and the next
+//!    source is tried; the last resort is the server itself, asked without
+//!    `Peercache-Client` so it must send the bytes.
+//! 3. Verified bytes are stored in the cache and announced, and the source that
+//!    served them is reported, so this host becomes a holder for the next client.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use metrics::counter;
+use peercache_core::hash::ObjectHash;
+use peercache_core::headers::{self, ClientHeader, ObjectHeader};
+use peercache_core::protocol::{
+    Announce, AnnounceResponse, Counters, Load, Outcome, Referral, RegisterRequest, Report,
+    SERVER_PROXY_ID,
+};
+use peercache_core::shareable::response_shareable;
+use tokio::sync::Mutex;
+
+use crate::cache::Cache;
+
+/// Largest object the host buffers for verification (streaming verification of
+/// larger objects is a later issue).
+pub const MAX_OBJECT_SIZE: u64 = 1 << 30;
+/// Largest referral body accepted.
+const MAX_REFERRAL_BYTES: u64 = 256 * 1024;
+
+/// Counters of one host, shared with the popup (via `status`) and `/metrics`.
+#[derive(Debug, Default)]
+pub struct HostCounters {
+    /// Verified bytes from peers.
+    pub bytes_from_peers: AtomicU64,
+    /// Bytes from the server.
+    pub bytes_from_server: AtomicU64,
+    /// Bytes uploaded to other peers.
+    pub bytes_served: AtomicU64,
+    /// Peer downloads that failed verification.
+    pub verification_failures: AtomicU64,
+}
+
+impl HostCounters {
+    /// A snapshot for the `status` message.
+    pub fn snapshot(&self) -> Counters {
+        Counters {
+            bytes_from_peers: self.bytes_from_peers.load(Ordering::Relaxed),
+            bytes_from_server: self.bytes_from_server.load(Ordering::Relaxed),
+            bytes_served: self.bytes_served.load(Ordering::Relaxed),
+            verification_failures: self.verification_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where the bytes of a download came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The coordination server.
+    Server,
+    /// A peer, by id.
+    Peer(String),
+}
+
+/// A finished, verified download.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The bytes (verified whenever a hash was given).
+    pub bytes: Bytes,
+    /// Their media type.
+    pub content_type: String,
+    /// Their hash, if the server named one.
+    pub hash: Option<ObjectHash>,
+    /// Who sent them.
+    pub source: Source,
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The server could not be reached or broke off.
+    #[error("server unreachable: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The server answered with an error status.
+    #[error("server answered {0}")]
+    Status(u16),
+    /// The server's own bytes did not match its hash.
+    #[error("the server's bytes do not match its own hash")]
+    ServerMismatch,
+    /// The referral was malformed.
+    #[error("bad referral: {0}")]
+    BadReferral(String),
+    /// The object is larger than this host buffers.
+    #[error("object of {0} bytes is larger than the {MAX_OBJECT_SIZE}-byte limit")]
+    TooLarge(u64),
+    /// The URL is not http(s).
+    #[error("not an http(s) URL: {0}")]
+    BadUrl(String),
+}
+
+/// Settings for a [`Client`].
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Extra trusted root certificate (PEM) for servers with their own CA.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Port of this host's peer server, if it serves.
+    pub serve_port: Option<u16>,
+}
+
+/// Upload slots of this host's peer server, shared so announces report the load.
+#[derive(Debug)]
+pub struct UploadSlots {
+    /// Uploads in progress.
+    pub active: std::sync::atomic::AtomicU32,
+    /// Limit.
+    pub limit: u32,
+}
+
+impl UploadSlots {
+    /// `limit` slots, none in use.
+    pub fn new(limit: u32) -> Self {
+        Self {
+            active: std::sync::atomic::AtomicU32::new(0),
+            limit,
+        }
+    }
+
+    /// The current load.
+    pub fn load(&self) -> Load {
+        Load {
+            active: self.active.load(Ordering::Relaxed),
+            limit: self.limit,
+        }
+    }
+}
+
+/// The client side of a host.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    cache: Cache,
+    peer_id: String,
+    serve_port: Option<u16>,
+    slots: Option<Arc<UploadSlots>>,
+    registered: Mutex<HashMap<String, bool>>,
+    /// Counters.
+    pub counters: Arc<HostCounters>,
+}
+
+/// The origin (`scheme://host:port`) of a URL.
+pub fn origin(url: &reqwest::Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+async fn read_limited(resp: reqwest::Response, max: u64) -> Result<Bytes, FetchError> {
+    if let Some(len) = resp.content_length()
+        && len > max
+    {
+        return Err(FetchError::TooLarge(len));
+    }
+    let mut buf = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if buf.len() as u64 + chunk.len() as u64 > max {
+            return Err(FetchError::TooLarge(buf.len() as u64 + chunk.len() as u64));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn header_pairs(h: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+impl Client {
+    /// A client with its cache and identity.
+    pub fn new(
+        cache: Cache,
+        peer_id: String,
+        options: &ClientOptions,
+        counters: Arc<HostCounters>,
+        slots: Option<Arc<UploadSlots>>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: http_client(options.ca_cert.as_deref())?,
+            cache,
+            peer_id,
+            serve_port: options.serve_port,
+            slots,
+            registered: Mutex::new(HashMap::new()),
+            counters,
+        })
+    }
+
+    /// This host's peer id.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Registers with the server at `origin` (its source address is recorded there).
+    pub async fn register(&self, origin: &str) -> Result<(), FetchError> {
+        let req = RegisterRequest {
+            peer_id: self.peer_id.clone(),
+            port: self.serve_port,
+            load: self.slots.as_ref().map(|s| s.load()),
+        };
+        let resp = self
+            .http
+            .post(format!("{origin}/v1/peers"))
+            .json(&req)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(FetchError::Status(resp.status().as_u16()));
+        }
+        self.registered.lock().await.insert(origin.to_string(), true);
+        Ok(())
+    }
+
+    /// Tells the server at `origin` what this host holds; registers first if needed
+    /// (also after a server restart forgot it). Returns the accepted hashes.
+    pub async fn announce(
+        &self,
+        origin: &str,
+        have: &[ObjectHash],
+        dropped: &[ObjectHash],
+    ) -> Result<Vec<ObjectHash>, FetchError> {
+        let known = self.registered.lock().await.get(origin).copied().unwrap_or(false);
+        if !known {
+            self.register(origin).await?;
+        }
+        let body = Announce {
+            peer_id: self.peer_id.clone(),
+            have: have.to_vec(),
+            dropped: dropped.to_vec(),
+            load: self.slots.as_ref().map(|s| s.load()),
+        };
+        for attempt in 0..2 {
+            let resp = self
+                .http
+                .post(format!("{origin}/v1/announce"))
+                .json(&body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?;
+            match resp.status().as_u16() {
+                200 => {
+                    let ans: AnnounceResponse = resp.json().await?;
+                    return Ok(ans.accepted);
+                }
+                404 if attempt == 0 => self.register(origin).await?,
+                s => return Err(FetchError::Status(s)),
+            }
+        }
+        Err(FetchError::Status(404))
+    }
+
+    /// Re-announces everything cached to every server this host knows (heartbeat).
+    pub async fn heartbeat(&self) {
+        let origins: Vec<String> = self.registered.lock().await.keys().cloned().collect();
+        let have = self.cache.list().unwrap_or_default();
+        for origin in origins {
+            for chunk in have.chunks(5_000).chain(have.is_empty().then_some(&[][..])) {
+                if let Err(e) = self.announce(&origin, chunk, &[]).await {
+                    tracing::warn!(%origin, error = %e, "heartbeat failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn report(&self, origin: String, hash: ObjectHash, source: String, outcome: Outcome, bytes: u64, took: Duration) {
+        let report = Report {
+            peer_id: self.peer_id.clone(),
+            hash,
+            source,
+            outcome,
+            bytes,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        };
+        let sent = self
+            .http
+            .post(format!("{origin}/v1/report"))
+            .json(&report)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "report failed");
+        }
+    }
+
+    /// One download of `url` through the whole client protocol.
+    pub async fn fetch(&self, url: &str) -> Result<Fetched, FetchError> {
+        let url = reqwest::Url::parse(url).map_err(|_| FetchError::BadUrl(url.to_string()))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(FetchError::BadUrl(url.to_string()));
+        }
+        let origin = origin(&url);
+        let client_header = ClientHeader {
+            peer_id: Some(self.peer_id.clone()),
+            bandwidth: None,
+        };
+        let resp = self
+            .http
+            .get(url.clone())
+            .header(headers::CLIENT, client_header.to_header_value())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        match resp.status().as_u16() {
+            200 => self.take_server_response(&origin, resp, None).await,
+            300 => {
+                let body = read_limited(resp, MAX_REFERRAL_BYTES).await?;
+                let referral: Referral = serde_json::from_slice(&body)
+                    .map_err(|e| FetchError::BadReferral(e.to_string()))?;
+                self.follow_referral(&origin, &url, referral).await
+            }
+            s => Err(FetchError::Status(s)),
+        }
+    }
+
+    async fn follow_referral(&self, origin: &str, url: &reqwest::Url, referral: Referral) -> Result<Fetched, FetchError> {
+        let hash = referral.object.hash;
+        let size = referral.object.size;
+        if size > MAX_OBJECT_SIZE {
+            return Err(FetchError::TooLarge(size));
+        }
+        for proxy in referral.proxies.iter().filter(|p| p.id != SERVER_PROXY_ID) {
+            let started = Instant::now();
+            match self.fetch_from_peer(&proxy.addr, &hash, size).await {
+                Ok(bytes) => {
+                    self.counters
+                        .bytes_from_peers
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    counter!("peercache_bytes_from_peers_total").increment(bytes.len() as u64);
+                    self.keep(origin, &hash, &bytes).await;
+                    self.report(origin.to_string(), hash, proxy.id.clone(), Outcome::Served, bytes.len() as u64, started.elapsed()).await;
+                    tracing::info!(peer = %proxy.id, %hash, "fetched from peer");
+                    return Ok(Fetched {
+                        bytes,
+                        content_type: referral.object.content_type.clone(),
+                        hash: Some(hash),
+                        source: Source::Peer(proxy.id.clone()),
+                    });
+                }
+                Err(PeerError::Mismatch) => {
+                    self.counters
+                        .verification_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    counter!("peercache_verification_failures_total").increment(1);
+                    tracing::warn!(peer = %proxy.id, %hash, "peer sent bytes that do not match the server's hash");
+                    self.report(origin.to_string(), hash, proxy.id.clone(), Outcome::Mismatch, 0, started.elapsed()).await;
+                }
+                Err(PeerError::Failed(e)) => {
+                    tracing::warn!(peer = %proxy.id, error = %e, "peer failed");
+                    self.report(origin.to_string(), hash, proxy.id.clone(), Outcome::Failed, 0, started.elapsed()).await;
+                }
+            }
+        }
+        // Last resort: the server, which must send when asked without Peercache-Client.
+        let resp = self
+            .http
+            .get(url.clone())
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await?;
+        if resp.status().as_u16() != 200 {
+            return Err(FetchError::Status(resp.status().as_u16()));
+        }
+        self.take_server_response(origin, resp, Some(hash)).await
+    }
+
+    async fn take_server_response(
+        &self,
+        origin: &str,
+        resp: reqwest::Response,
+        expected: Option<ObjectHash>,
+    ) -> Result<Fetched, FetchError> {
+        let object = resp
+            .headers()
+            .get(headers::OBJECT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| ObjectHeader::parse(v).ok());
+        let shareable = response_shareable(&header_pairs(resp.headers())).is_ok();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let bytes = read_limited(resp, MAX_OBJECT_SIZE).await?;
+        self.counters
+            .bytes_from_server
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        counter!("peercache_bytes_from_server_total").increment(bytes.len() as u64);
+        let actual = ObjectHash::of(&bytes);
+        let named = expected.or(object.map(|o| o.hash));
+        if let Some(named) = named
+            && named != actual
+        {
+            return Err(FetchError::ServerMismatch);
+        }
+        if named.is_some() && shareable {
+            self.keep(origin, &actual, &bytes).await;
+        }
+        Ok(Fetched {
+            bytes,
+            content_type,
+            hash: named,
+            source: Source::Server,
+        })
+    }
+
+    /// Stores verified bytes and announces them; failures only cost sharing.
+    async fn keep(&self, origin: &str, hash: &ObjectHash, bytes: &Bytes) {
+        if !self.cache.contains(hash) {
+            let cache = self.cache.clone();
+            let (h, b) = (*hash, bytes.clone());
+            let stored = tokio::task::spawn_blocking(move || cache.put(&h, &b)).await;
+            if !matches!(stored, Ok(Ok(()))) {
+                tracing::warn!(%hash, "could not store object; not sharing it");
+                return;
+            }
+        }
+        if let Err(e) = self.announce(origin, &[*hash], &[]).await {
+            tracing::warn!(error = %e, "announce failed");
+        }
+    }
+
+    async fn fetch_from_peer(&self, addr: &str, hash: &ObjectHash, size: u64) -> Result<Bytes, PeerError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/objects/{hash}", addr.trim_end_matches('/')))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(|e| PeerError::Failed(e.to_string()))?;
+        if resp.status().as_u16() != 200 {
+            return Err(PeerError::Failed(format!("status {}", resp.status())));
+        }
+        // One byte over the announced size already proves a mismatch.
+        let bytes = match read_limited(resp, size).await {
+            Ok(b) => b,
+            Err(FetchError::TooLarge(_)) => return Err(PeerError::Mismatch),
+            Err(e) => return Err(PeerError::Failed(e.to_string())),
+        };
+        if bytes.len() as u64 != size || ObjectHash::of(&bytes) != *hash {
+            return Err(PeerError::Mismatch);
+        }
+        Ok(bytes)
+    }
+}
+
+#[derive(Debug)]
+enum PeerError {
+    Mismatch,
+    Failed(String),
+}
+
+/// An HTTP client that trusts the system roots plus `ca_cert`, and never follows
+/// redirects (a redirect could lead anywhere; the protocol has no use for them).
+pub fn http_client(ca_cert: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .no_proxy()
+        .user_agent(concat!("peercache-host/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading --ca-cert {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", path.display()))?;
+        builder = builder.tls_certs_merge([cert]);
+    }
+    Ok(builder.build()?)
+}

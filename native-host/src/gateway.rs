@@ -1,0 +1,139 @@
+//! The local gateway: the extension redirects enrolled requests to
+//! `http://127.0.0.1:<port>/g/<original url>` and the gateway fetches them through
+//! [`Client::fetch`](crate::client::Client::fetch).
+//!
+//! Rules (DESIGN section 5): listens on 127.0.0.1 only; answers only when the
+//! `Host` header is its own and the per-install token is in `X-Peercache-Token`
+//! (never in the URL); only GET and HEAD; only URLs inside the scope of a site the
+//! user enabled; CORS only for that site's origin or the extension's, never `*`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use peercache_core::headers;
+use peercache_core::protocol::EnabledSite;
+use tokio::sync::RwLock;
+
+use crate::client::{Client, FetchError, Source};
+
+/// What the gateway may fetch for, as last set by the extension.
+#[derive(Debug, Default, Clone)]
+pub struct Enrolment {
+    /// Global toggle.
+    pub enabled: bool,
+    /// Enabled sites.
+    pub sites: Vec<EnabledSite>,
+}
+
+/// Gateway state.
+#[derive(Debug, Clone)]
+pub struct GatewayState {
+    /// The client that does the fetching.
+    pub client: Arc<Client>,
+    /// The token expected in `X-Peercache-Token`.
+    pub token: String,
+    /// The only acceptable `Host` header, `127.0.0.1:<port>`.
+    pub host: String,
+    /// Enabled sites.
+    pub enrolment: Arc<RwLock<Enrolment>>,
+    /// Origins of the extension itself (`chrome-extension://<id>`, `moz-extension://…`).
+    pub extension_origins: Vec<String>,
+}
+
+/// The gateway's router: every path is handled by one function.
+pub fn router(state: GatewayState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+fn refuse(status: StatusCode, reason: &'static str) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], reason).into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(State(state): State<GatewayState>, method: Method, uri: Uri, req_headers: HeaderMap) -> Response {
+    let host_ok = req_headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| h == state.host);
+    if !host_ok {
+        return refuse(StatusCode::FORBIDDEN, "wrong Host header");
+    }
+    let token_ok = req_headers
+        .get(headers::GATEWAY_TOKEN)
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
+    if !token_ok {
+        return refuse(StatusCode::FORBIDDEN, "missing or wrong gateway token");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+    }
+    let Some(target) = uri
+        .path_and_query()
+        .and_then(|pq| pq.as_str().strip_prefix("/g/"))
+    else {
+        return refuse(StatusCode::NOT_FOUND, "gateway paths are /g/<url>");
+    };
+    let Ok(url) = reqwest::Url::parse(target) else {
+        return refuse(StatusCode::BAD_REQUEST, "not a URL");
+    };
+    let site_origin = crate::client::origin(&url);
+    let allowed = {
+        let e = state.enrolment.read().await;
+        e.enabled
+            && e.sites
+                .iter()
+                .any(|s| s.origin == site_origin && url.path().starts_with(&s.scope))
+    };
+    if !allowed {
+        return refuse(StatusCode::FORBIDDEN, "not in the scope of an enabled site");
+    }
+    let cors_origin = req_headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| *o == site_origin || state.extension_origins.iter().any(|e| e == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+
+    let fetched = match state.client.fetch(url.as_str()).await {
+        Ok(f) => f,
+        Err(FetchError::Status(s)) => {
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY);
+            return refuse(status, "the site answered with an error");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %url, "gateway fetch failed");
+            return (StatusCode::BAD_GATEWAY, [(header::CACHE_CONTROL, "no-store")], e.to_string()).into_response();
+        }
+    };
+    let source = match &fetched.source {
+        Source::Server => "server".to_string(),
+        Source::Peer(id) => format!("peer {id}"),
+    };
+    let mut resp = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(fetched.bytes.clone()))
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&fetched.content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(fetched.bytes.len()));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Ok(v) = HeaderValue::from_str(&source) {
+        h.insert("peercache-source", v);
+    }
+    if let Some(o) = cors_origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("peercache-source"));
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}

@@ -1,0 +1,173 @@
+//! One running peer: cache, client, peer server, and (in native-messaging mode) the
+//! gateway, plus the heartbeat that keeps its listings alive.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tokio::sync::RwLock;
+
+use crate::cache::Cache;
+use crate::client::{Client, ClientOptions, HostCounters, UploadSlots};
+use crate::gateway::{Enrolment, GatewayState};
+use crate::peer_server::PeerState;
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Cache (and identity) directory.
+    pub cache_dir: PathBuf,
+    /// Where the peer server listens; `None` = do not serve.
+    pub peer_listen: Option<SocketAddr>,
+    /// Start the local gateway on 127.0.0.1.
+    pub gateway: bool,
+    /// Extra trusted root.
+    pub ca_cert: Option<PathBuf>,
+    /// Upload slots.
+    pub max_uploads: u32,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Prometheus handle for `/metrics`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Origins of the extension, for the gateway's CORS.
+    pub extension_origins: Vec<String>,
+}
+
+impl NodeOptions {
+    /// Defaults for a cache directory.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self {
+            cache_dir,
+            peer_listen: None,
+            gateway: false,
+            ca_cert: None,
+            max_uploads: 8,
+            heartbeat: Duration::from_secs(20),
+            metrics: None,
+            extension_origins: Vec::new(),
+        }
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    /// The client.
+    pub client: Arc<Client>,
+    /// The peer server's bound address.
+    pub peer_addr: Option<SocketAddr>,
+    /// The gateway's port and token.
+    pub gateway: Option<(u16, String)>,
+    /// What the gateway may fetch for.
+    pub enrolment: Arc<RwLock<Enrolment>>,
+    /// Counters.
+    pub counters: Arc<HostCounters>,
+}
+
+/// The default cache directory: `$PEERCACHE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/peercache`, else `~/.cache/peercache`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PEERCACHE_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("peercache");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("peercache")
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Starts the parts `options` ask for.
+pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
+    let cache = Cache::open(&options.cache_dir)
+        .with_context(|| format!("opening cache {}", options.cache_dir.display()))?;
+    let peer_id = crate::identity::load_or_create(&options.cache_dir).context("loading the peer id")?;
+    let counters = Arc::new(HostCounters::default());
+    let slots = Arc::new(UploadSlots::new(options.max_uploads));
+
+    let peer_listener = match options.peer_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the peer server on {addr}"))?,
+        ),
+        None => None,
+    };
+    let peer_addr = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let client = Arc::new(Client::new(
+        cache.clone(),
+        peer_id,
+        &ClientOptions {
+            ca_cert: options.ca_cert.clone(),
+            serve_port: peer_addr.map(|a| a.port()),
+        },
+        counters.clone(),
+        Some(slots.clone()),
+    )?);
+    if let Some(listener) = peer_listener {
+        let router = crate::peer_server::router(PeerState {
+            cache: cache.clone(),
+            slots: slots.clone(),
+            counters: counters.clone(),
+            metrics: options.metrics.clone(),
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "peer server stopped");
+            }
+        });
+    }
+
+    let enrolment = Arc::new(RwLock::new(Enrolment::default()));
+    let gateway = if options.gateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the gateway on 127.0.0.1")?;
+        let port = listener.local_addr()?.port();
+        let token = random_token();
+        let router = crate::gateway::router(GatewayState {
+            client: client.clone(),
+            token: token.clone(),
+            host: format!("127.0.0.1:{port}"),
+            enrolment: enrolment.clone(),
+            extension_origins: options.extension_origins.clone(),
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "gateway stopped");
+            }
+        });
+        Some((port, token))
+    } else {
+        None
+    };
+
+    let hb_client = Arc::downgrade(&client);
+    let every = options.heartbeat;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(client) = hb_client.upgrade() else { break };
+            client.heartbeat().await;
+        }
+    });
+
+    Ok(Node {
+        client,
+        peer_addr,
+        gateway,
+        enrolment,
+        counters,
+    })
+}

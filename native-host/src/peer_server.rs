@@ -1,0 +1,138 @@
+//! The peer server ("proxy server client"): other peers fetch cached objects here.
+//!
+//! - `GET /v1/ping` → `204` with `Peercache-Load: active/limit`.
+//! - `GET|HEAD /v1/objects/{hash}` → the cached bytes; `404` when not held; `503` +
+//!   `Retry-After` when every upload slot is busy (M12).
+//! - `GET /metrics` → Prometheus text.
+//!
+//! Only what is in the cache is ever served, and the path is built from a parsed
+//! hash alone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use metrics::counter;
+use peercache_core::hash::ObjectHash;
+use peercache_core::headers;
+
+use crate::cache::Cache;
+use crate::client::{HostCounters, UploadSlots};
+
+/// State of the peer server.
+#[derive(Debug, Clone)]
+pub struct PeerState {
+    /// The cache served from.
+    pub cache: Cache,
+    /// Upload slots.
+    pub slots: Arc<UploadSlots>,
+    /// Counters.
+    pub counters: Arc<HostCounters>,
+    /// Prometheus handle, when the binary installed a recorder.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// The peer server's router.
+pub fn router(state: PeerState) -> Router {
+    Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/objects/{hash}", get(object))
+        .route("/metrics", get(metrics_text))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn load_header(slots: &UploadSlots) -> HeaderValue {
+    let l = slots.load();
+    HeaderValue::from_str(&format!("{}/{}", l.active, l.limit)).unwrap_or(HeaderValue::from_static("0/0"))
+}
+
+async fn ping(State(state): State<PeerState>) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(headers::LOAD, load_header(&state.slots));
+    resp
+}
+
+async fn metrics_text(State(state): State<PeerState>) -> Response {
+    match &state.metrics {
+        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+/// Holds one upload slot until dropped.
+struct Slot(Arc<UploadSlots>);
+
+impl Slot {
+    fn try_take(slots: &Arc<UploadSlots>) -> Option<Self> {
+        slots
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| (a < slots.limit).then_some(a + 1))
+            .ok()
+            .map(|_| Slot(slots.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn object(State(state): State<PeerState>, method: Method, Path(hash): Path<String>) -> Response {
+    let Ok(hash) = hash.parse::<ObjectHash>() else {
+        return (StatusCode::BAD_REQUEST, "not a BLAKE3 hash").into_response();
+    };
+    let path = state.cache.path_of(&hash);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => return (StatusCode::NOT_FOUND, "not held").into_response(),
+    };
+    let size = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(_) => return (StatusCode::NOT_FOUND, "not held").into_response(),
+    };
+    let headers_only = method == Method::HEAD;
+    let slot = if headers_only {
+        None
+    } else {
+        match Slot::try_take(&state.slots) {
+            Some(s) => Some(s),
+            None => {
+                counter!("peercache_uploads_refused_total").increment(1);
+                let mut resp = (StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy").into_response();
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp.headers_mut().insert(headers::LOAD, load_header(&state.slots));
+                return resp;
+            }
+        }
+    };
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size)
+        .header(header::ACCEPT_RANGES, "none");
+    if headers_only {
+        return builder.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    counter!("peercache_uploads_total").increment(1);
+    let counters = state.counters.clone();
+    let reader = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+    let stream = reader.map(move |chunk| {
+        let _held = &slot;
+        if let Ok(c) = &chunk {
+            counters.bytes_served.fetch_add(c.len() as u64, Ordering::Relaxed);
+            counter!("peercache_bytes_uploaded_total").increment(c.len() as u64);
+        }
+        chunk
+    });
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
