@@ -1,1 +1,269 @@
-//! placeholder
+//! `peercache-wasm`: the extension's brain, compiled to WebAssembly.
+//!
+//! The JavaScript shell (`extension/background.js`) owns the browser APIs; this
+//! crate owns every decision: which sites are enrolled and enabled, what the
+//! interception rules are, what to tell the native host, what the popup shows.
+//! The logic itself is `peercache_core::extension`, shared with native tests; here
+//! it is wrapped in a [`Brain`] that converts to and from JavaScript values.
+//!
+//! Goals: the shell stays thin enough to read in one sitting; the brain can be
+//! tested under Node with `wasm-bindgen-test`. Non-goals: calling `chrome.*` from
+//! Rust (the shell does it, so one shell serves both browsers).
+
+use peercache_core::extension::{Gateway, Settings};
+use peercache_core::protocol::{Counters, FromHost, ToHost};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+/// The state of the connection to the native host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Not yet connected.
+    Connecting,
+    /// Connected and answering.
+    Connected,
+    /// The host is missing or exited; `error` says what the browser reported.
+    Disconnected,
+}
+
+/// What the popup renders.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    /// Global toggle.
+    pub enabled: bool,
+    /// Enable newly advertised sites automatically.
+    pub auto_enable: bool,
+    /// Host connection state.
+    pub host: HostState,
+    /// Last host error, if any.
+    pub host_error: Option<String>,
+    /// Host version from `hello`.
+    pub host_version: Option<String>,
+    /// This host's peer id.
+    pub peer_id: Option<String>,
+    /// Sites: origin, scope, switch.
+    pub sites: Vec<SiteView>,
+    /// Counters from the host.
+    pub counters: Counters,
+    /// Number of interception rules in force.
+    pub rules: usize,
+    /// Command that installs the host.
+    pub install_command: &'static str,
+}
+
+/// One row of the popup's site list.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteView {
+    /// Origin.
+    pub origin: String,
+    /// Advertised scope.
+    pub scope: String,
+    /// The user's switch.
+    pub enabled: bool,
+}
+
+/// The extension's brain.
+#[wasm_bindgen]
+pub struct Brain {
+    settings: Settings,
+    gateway: Option<Gateway>,
+    host: HostState,
+    host_error: Option<String>,
+    host_version: Option<String>,
+    peer_id: Option<String>,
+    counters: Counters,
+}
+
+fn to_js<T: Serialize>(value: &T) -> JsValue {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .unwrap_or(JsValue::NULL)
+}
+
+impl Default for Brain {
+    fn default() -> Self {
+        Self::from_settings(Settings::default())
+    }
+}
+
+impl Brain {
+    /// A brain with these settings and no host yet.
+    pub fn from_settings(settings: Settings) -> Self {
+        Self {
+            settings,
+            gateway: None,
+            host: HostState::Connecting,
+            host_error: None,
+            host_version: None,
+            peer_id: None,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The settings (for native callers and tests).
+    pub fn settings_ref(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Applies a host message; true if the interception rules may have changed.
+    pub fn apply_host_message(&mut self, msg: FromHost) -> bool {
+        match msg {
+            FromHost::Hello { version, .. } => {
+                self.host = HostState::Connected;
+                self.host_error = None;
+                self.host_version = Some(version);
+                false
+            }
+            FromHost::Status { gateway_port, token, peer_id, counters, .. } => {
+                self.host = HostState::Connected;
+                self.counters = counters;
+                self.peer_id = Some(peer_id);
+                let gw = (gateway_port != 0).then_some(Gateway { port: gateway_port, token });
+                let changed = gw != self.gateway;
+                self.gateway = gw;
+                changed
+            }
+            FromHost::Event { .. } => false,
+            FromHost::Error { message } => {
+                self.host_error = Some(message);
+                false
+            }
+        }
+    }
+
+    /// The popup's view model.
+    pub fn view_model(&self) -> View {
+        View {
+            enabled: self.settings.enabled,
+            auto_enable: self.settings.auto_enable,
+            host: self.host.clone(),
+            host_error: self.host_error.clone(),
+            host_version: self.host_version.clone(),
+            peer_id: self.peer_id.clone(),
+            sites: self
+                .settings
+                .sites
+                .iter()
+                .map(|(origin, s)| SiteView {
+                    origin: origin.clone(),
+                    scope: s.scope.clone(),
+                    enabled: s.enabled,
+                })
+                .collect(),
+            counters: self.counters,
+            rules: self.settings.rules(self.gateway.as_ref()).len(),
+            install_command: "peercache-host install --browser chromium   # or chrome, firefox",
+        }
+    }
+
+    /// The `config` message for the host.
+    pub fn config(&self) -> ToHost {
+        ToHost::Config {
+            enabled: self.settings.enabled,
+            sites: self.settings.enabled_sites(),
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl Brain {
+    /// Restores a brain from saved settings; anything unreadable starts fresh.
+    #[wasm_bindgen(constructor)]
+    pub fn new(saved: JsValue) -> Brain {
+        let settings = if saved.is_undefined() || saved.is_null() {
+            Settings::default()
+        } else {
+            serde_wasm_bindgen::from_value(saved).unwrap_or_else(|e| {
+                web_sys::console::warn_1(&format!("peercache: ignoring unreadable settings: {e}").into());
+                Settings::default()
+            })
+        };
+        Brain::from_settings(settings)
+    }
+
+    /// The settings to persist.
+    pub fn settings(&self) -> JsValue {
+        to_js(&self.settings)
+    }
+
+    /// The first message to send the host.
+    pub fn hello(&self) -> JsValue {
+        to_js(&ToHost::Hello { version: env!("CARGO_PKG_VERSION").to_string() })
+    }
+
+    /// The `config` message reflecting the current settings.
+    pub fn config_message(&self) -> JsValue {
+        to_js(&self.config())
+    }
+
+    /// Feeds a message from the host. Returns true if the rules must be reapplied.
+    pub fn on_host_message(&mut self, msg: JsValue) -> Result<bool, JsError> {
+        let msg: FromHost = serde_wasm_bindgen::from_value(msg)
+            .map_err(|e| JsError::new(&format!("unexpected message from host: {e}")))?;
+        Ok(self.apply_host_message(msg))
+    }
+
+    /// The host went away: no gateway, so no rules (pages load straight from sites).
+    pub fn on_host_disconnected(&mut self, error: Option<String>) -> bool {
+        self.host = HostState::Disconnected;
+        self.host_error = error;
+        self.gateway.take().is_some()
+    }
+
+    /// A response carried a `Peercache` header. True if the settings changed.
+    pub fn on_advertisement(&mut self, url: &str, header_value: &str) -> bool {
+        self.settings.advertised(url, header_value)
+    }
+
+    /// Sets the global toggle.
+    pub fn set_enabled(&mut self, on: bool) {
+        self.settings.enabled = on;
+    }
+
+    /// Sets "enable advertised sites automatically".
+    pub fn set_auto_enable(&mut self, on: bool) {
+        self.settings.auto_enable = on;
+    }
+
+    /// Flips one site's switch. False if the site is unknown.
+    pub fn set_site_enabled(&mut self, origin: &str, on: bool) -> bool {
+        self.settings.set_site_enabled(origin, on)
+    }
+
+    /// The declarativeNetRequest rules for the current state.
+    pub fn rules(&self) -> JsValue {
+        to_js(&self.settings.rules(self.gateway.as_ref()))
+    }
+
+    /// The popup's view model.
+    pub fn view(&self) -> JsValue {
+        to_js(&self.view_model())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_follow_host_and_switches() {
+        let mut b = Brain::default();
+        assert!(b.settings.advertised("https://s.example/", r#"scope="/static/""#));
+        assert!(b.settings.set_site_enabled("https://s.example", true));
+        assert_eq!(b.view_model().rules, 0, "no host, no rules");
+        let status = FromHost::Status {
+            gateway_port: 4100,
+            token: "tok".into(),
+            peer_addr: String::new(),
+            peer_id: "p".into(),
+            counters: Counters::default(),
+        };
+        assert!(b.apply_host_message(status.clone()));
+        assert!(!b.apply_host_message(status));
+        assert_eq!(b.view_model().rules, 2);
+        assert!(b.on_host_disconnected(Some("Native host has exited.".into())));
+        assert_eq!(b.view_model().rules, 0);
+        assert_eq!(b.view_model().host, HostState::Disconnected);
+    }
+}

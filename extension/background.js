@@ -1,0 +1,117 @@
+// peercache background: a thin shell around the wasm brain (wasm/src/lib.rs).
+// It forwards browser events to the brain and applies what the brain decides:
+// interception rules, the config sent to the native host, the popup's view.
+import init, { Brain } from './wasm/peercache_wasm.js';
+
+const HOST_NAME = 'org.peercache.host';
+const api = globalThis.browser ?? globalThis.chrome;
+
+let brain = null;
+let port = null;
+let retryMs = 1000;
+let pendingAds = [];
+let rulesChain = Promise.resolve();
+
+// Test and debugging hook: `ready` turns true once the wasm is loaded, the host
+// answered and the rules for the current settings are in force.
+globalThis.peercache = { ready: false, hostSeen: false, view: () => brain?.view() };
+
+function log(...args) { console.log('[peercache]', ...args); }
+
+function applyRules() {
+  rulesChain = rulesChain.then(async () => {
+    const rules = brain ? brain.rules() : [];
+    const existing = await api.declarativeNetRequest.getSessionRules();
+    await api.declarativeNetRequest.updateSessionRules({
+      removeRuleIds: existing.map((r) => r.id),
+      addRules: rules,
+    });
+  }).catch((e) => log('applying rules failed:', e?.message ?? e));
+  return rulesChain;
+}
+
+async function settingsChanged() {
+  await api.storage.local.set({ settings: brain.settings() });
+  if (port) {
+    try { port.postMessage(brain.config_message()); } catch (e) { log('post failed', e); }
+  }
+  await applyRules();
+}
+
+function connect() {
+  try {
+    port = api.runtime.connectNative(HOST_NAME);
+  } catch (e) {
+    brain.on_host_disconnected(String(e?.message ?? e));
+    port = null;
+    setTimeout(connect, retryMs);
+    return;
+  }
+  port.onMessage.addListener(async (msg) => {
+    let changed = false;
+    try { changed = brain.on_host_message(msg); } catch (e) { log(e); return; }
+    if (msg.type === 'hello') {
+      retryMs = 1000;
+      port.postMessage(brain.config_message());
+    }
+    if (changed) await applyRules();
+    if (msg.type === 'status') {
+      globalThis.peercache.hostSeen = true;
+      await rulesChain;
+      globalThis.peercache.ready = true;
+    }
+  });
+  port.onDisconnect.addListener(async () => {
+    const error = api.runtime.lastError?.message ?? 'native host disconnected';
+    log('host disconnected:', error);
+    port = null;
+    brain.on_host_disconnected(error);
+    await applyRules();
+    // The page keeps working without the host; reconnect with backoff.
+    globalThis.peercache.ready = true;
+    setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, 30000);
+  });
+  port.postMessage(brain.hello());
+}
+
+function onHeaders(details) {
+  if (details.incognito) return;
+  const header = details.responseHeaders?.find((h) => h.name.toLowerCase() === 'peercache');
+  if (!header) return;
+  if (!brain) { if (pendingAds.length < 64) pendingAds.push([details.url, header.value]); return; }
+  if (brain.on_advertisement(details.url, header.value)) settingsChanged();
+}
+
+// Listeners are registered synchronously so a woken worker receives the event.
+api.webRequest.onHeadersReceived.addListener(
+  onHeaders,
+  { urls: ['https://*/*', 'http://*/*'], types: ['main_frame', 'sub_frame'] },
+  ['responseHeaders'],
+);
+
+api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
+  if (sender.id !== api.runtime.id || !brain) return false;
+  (async () => {
+    switch (msg?.cmd) {
+      case 'toggle': brain.set_enabled(!!msg.on); await settingsChanged(); break;
+      case 'auto': brain.set_auto_enable(!!msg.on); await settingsChanged(); break;
+      case 'site': if (brain.set_site_enabled(String(msg.origin), !!msg.on)) await settingsChanged(); break;
+      case 'view': break;
+      default: sendResponse({ error: 'unknown command' }); return;
+    }
+    if (port) { try { port.postMessage({ type: 'get_status' }); } catch (_) { /* reconnecting */ } }
+    sendResponse(brain.view());
+  })();
+  return true;
+});
+
+init().then(async () => {
+  const saved = (await api.storage.local.get('settings')).settings;
+  brain = new Brain(saved);
+  for (const [url, value] of pendingAds) brain.on_advertisement(url, value);
+  pendingAds = [];
+  await api.storage.local.set({ settings: brain.settings() });
+  await applyRules();
+  connect();
+}).catch((e) => log('wasm failed to start:', e));

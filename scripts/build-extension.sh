@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the extension packages dist/chromium/ and dist/firefox/ from the root
+# manifest.json, extension/ and the wasm brain (wasm/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$want" ]; then
+  echo "wasm-bindgen-cli $want is needed (found: ${have:-none}); run: cargo install wasm-bindgen-cli --version $want" >&2
+  exit 1
+fi
+
+cargo build -q -p peercache-wasm --target wasm32-unknown-unknown --release
+wasm=target/wasm32-unknown-unknown/release/peercache_wasm.wasm
+
+for browser in chromium firefox; do
+  out=dist/$browser
+  rm -rf "$out"
+  mkdir -p "$out/wasm"
+  cp extension/*.js extension/*.html extension/*.css "$out/"
+  wasm-bindgen --target web --no-typescript --out-dir "$out/wasm" "$wasm"
+  node scripts/package-manifest.mjs "$browser" manifest.json > "$out/manifest.json"
+  (cd "$out" && rm -f "../peercache-$browser.zip" && python3 -m zipfile -c "../peercache-$browser.zip" ./* >/dev/null)
+done
+echo "built dist/chromium and dist/firefox ($(du -b dist/chromium/wasm/peercache_wasm_bg.wasm | cut -f1) bytes of wasm)"
