@@ -1,0 +1,182 @@
+// Chromium end to end (issue 2): the built extension and the registered native
+// host in real headless Chromium, against the public-looking https site.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, mkdirSync, writeFileSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import {
+  ROOT, SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
+  installHostForChromium, sha256,
+} from './harness.mjs';
+
+const EXT = join(ROOT, 'dist/chromium');
+const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/lib/chromium/chromium';
+
+describe('chromium: peer delivery through the extension', { concurrency: false }, () => {
+  let swarm;
+  let context;
+  let worker;
+  let udd;
+
+  const popup = async () => {
+    const p = await context.newPage();
+    await p.goto(`chrome-extension://${CHROMIUM_ID}/popup.html`);
+    return p;
+  };
+  const ruleCount = () => worker.evaluate(async () => (await chrome.declarativeNetRequest.getSessionRules()).length);
+
+  before(async () => {
+    swarm = await startSwarm();
+    const honest = await swarm.addPeer('honest', ['/static/big.bin', '/static/pic.svg', '/static/app.js']);
+    assert.equal(honest.announced, 3, 'the honest peer is listed for the three files it fetched');
+    const liar = await swarm.addPeer('liar', ['/static/lie.bin']);
+    assert.equal(liar.announced, 1);
+    // The liar's copy goes bad after it was announced: it now serves wrong bytes.
+    const liarFile = join(liar.cache, 'objects', readdirHash(liar.cache));
+    const bytes = readFileSync(liarFile);
+    bytes[1000] ^= 0xff;
+    writeFileSync(liarFile, bytes);
+
+    udd = mkdtempSync(join(tmpdir(), 'peercache-chromium-'));
+    await installHostForChromium(udd);
+    const hostCache = join(swarm.dir, 'browser-host');
+    mkdirSync(hostCache, { recursive: true });
+    context = await chromium.launchPersistentContext(udd, {
+      executablePath: CHROMIUM,
+      headless: true,
+      acceptDownloads: true,
+      ignoreHTTPSErrors: true,
+      ignoreDefaultArgs: ['--disable-extensions', '--disable-component-extensions-with-background-pages'],
+      args: [
+        '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+        '--disable-component-update', '--disable-sync', '--ignore-certificate-errors',
+        `--disable-extensions-except=${EXT}`, `--load-extension=${EXT}`,
+      ],
+      env: {
+        ...process.env,
+        PEERCACHE_CACHE_DIR: hostCache,
+        PEERCACHE_CA_CERT: swarm.caPath,
+        PEERCACHE_LOG: join(swarm.dir, 'browser-host.log'),
+      },
+    });
+    worker = context.serviceWorkers()[0] ?? await context.waitForEvent('serviceworker');
+    assert.ok(worker.url().startsWith(`chrome-extension://${CHROMIUM_ID}/`), worker.url());
+    await waitFor('the background to be ready', () => worker.evaluate(() => globalThis.peercache?.ready && globalThis.peercache.hostSeen));
+  });
+
+  after(async () => {
+    await context?.close();
+    await stopSwarm(swarm);
+    if (udd) rmSync(udd, { recursive: true, force: true });
+  });
+
+  it('lists the advertised site and intercepts it only after the user switches it on', async () => {
+    const page = await context.newPage();
+    await page.goto(`${SITE}/`);
+    assert.equal(await ruleCount(), 0, 'nothing is intercepted before the user opts in');
+    const p = await popup();
+    await p.waitForSelector('#host-status[data-state="connected"]');
+    const sw = p.locator(`.site-switch[data-origin="${SITE}"]`);
+    await sw.waitFor();
+    assert.equal(await sw.isChecked(), false);
+    await sw.click();
+    await waitFor('interception rules', async () => (await ruleCount()) === 2);
+    const rules = await worker.evaluate(async () => chrome.declarativeNetRequest.getSessionRules());
+    const token = rules.find((r) => r.action.type === 'modifyHeaders').action.requestHeaders[0].value;
+    assert.ok(token.length >= 32);
+    assert.ok(!JSON.stringify(rules.filter((r) => r.action.type === 'redirect')).includes(token), 'the token never appears in a URL');
+    await p.close();
+    await page.close();
+  });
+
+  it('downloads the large file from the peer, byte-identical', async () => {
+    const before = await serverMetrics(swarm);
+    const peerBefore = await peerMetrics(swarm.peers.honest);
+    const page = await context.newPage();
+    await page.goto(`${SITE}/`);
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#big')]);
+    assert.match(download.url(), /^http:\/\/127\.0\.0\.1:\d+\/g\/https:\/\/198\.51\.100\.2\/static\/big\.bin$/);
+    const got = readFileSync(await download.path());
+    assert.equal(got.length, swarm.files.big.length);
+    assert.equal(sha256(got), sha256(swarm.files.big));
+    const after = await serverMetrics(swarm);
+    const peerAfter = await peerMetrics(swarm.peers.honest);
+    assert.equal(after.peercache_requests_referred_total - before.peercache_requests_referred_total, 1, 'the server referred');
+    assert.equal(after.peercache_bytes_served_total - before.peercache_bytes_served_total, swarm.files.index.length,
+      'the server sent the page, not the file');
+    assert.equal(peerAfter.peercache_uploads_total - peerBefore.peercache_uploads_total, 1, 'the peer uploaded');
+    assert.equal(peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total, swarm.files.big.length);
+    await page.close();
+  });
+
+  it("shows the page's image and script from the peer once the loopback permission is granted", async () => {
+    const page = await context.newPage();
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Browser.grantPermissions', { origin: SITE, permissions: ['loopbackNetwork', 'localNetwork'] });
+    const before = await serverMetrics(swarm);
+    const peerBefore = await peerMetrics(swarm.peers.honest);
+    await page.goto(`${SITE}/assets.html`);
+    await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
+    assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120);
+    const after = await serverMetrics(swarm);
+    const peerAfter = await peerMetrics(swarm.peers.honest);
+    assert.equal(after.peercache_requests_referred_total - before.peercache_requests_referred_total, 2);
+    assert.equal(peerAfter.peercache_uploads_total - peerBefore.peercache_uploads_total, 2);
+    assert.equal(peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total,
+      swarm.files.pic.length + swarm.files.app.length);
+    await page.close();
+  });
+
+  it('with the toggle switched off in the popup, the bytes come straight from the server', async () => {
+    const p = await popup();
+    await p.waitForSelector('#toggle');
+    assert.equal(await p.isChecked('#toggle'), true);
+    await p.click('#toggle');
+    await waitFor('rules removed', async () => (await ruleCount()) === 0);
+    const before = await serverMetrics(swarm);
+    const peerBefore = await peerMetrics(swarm.peers.honest);
+    const page = await context.newPage();
+    await page.goto(`${SITE}/assets.html`);
+    await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
+    assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120);
+    await page.goto(`${SITE}/`);
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#big')]);
+    assert.equal(download.url(), `${SITE}/static/big.bin`);
+    assert.equal(sha256(readFileSync(await download.path())), sha256(swarm.files.big));
+    const after = await serverMetrics(swarm);
+    const peerAfter = await peerMetrics(swarm.peers.honest);
+    assert.equal(after.peercache_requests_referred_total, before.peercache_requests_referred_total, 'no referrals');
+    assert.ok(after.peercache_bytes_served_total - before.peercache_bytes_served_total
+      >= swarm.files.big.length + swarm.files.pic.length + swarm.files.app.length, 'the server sent the bytes');
+    assert.equal(peerAfter.peercache_uploads_total, peerBefore.peercache_uploads_total, 'the peer sent nothing');
+    await p.click('#toggle');
+    await waitFor('rules back', async () => (await ruleCount()) === 2);
+    await p.close();
+    await page.close();
+  });
+
+  it('never hands a lying peer\'s bytes to the user: the right bytes arrive from the server', async () => {
+    const before = await serverMetrics(swarm);
+    const liarBefore = await peerMetrics(swarm.peers.liar);
+    const page = await context.newPage();
+    await page.goto(`${SITE}/`);
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#lie')]);
+    const got = readFileSync(await download.path());
+    assert.equal(sha256(got), sha256(swarm.files.lie), 'the user got the true bytes');
+    const after = await serverMetrics(swarm);
+    const liarAfter = await peerMetrics(swarm.peers.liar);
+    assert.equal(liarAfter.peercache_uploads_total - liarBefore.peercache_uploads_total, 1, 'the liar was tried');
+    assert.equal(after.peercache_mismatch_reports_total - before.peercache_mismatch_reports_total, 1, 'the mismatch was reported');
+    assert.equal(after.peercache_bytes_served_total - before.peercache_bytes_served_total,
+      swarm.files.index.length + swarm.files.lie.length, 'the server sent the page and the true file');
+    await page.close();
+  });
+});
+
+function readdirHash(cache) {
+  const names = readdirSync(join(cache, 'objects')).filter((n) => /^[0-9a-f]{64}$/.test(n));
+  assert.equal(names.length, 1);
+  return names[0];
+}

@@ -1,0 +1,197 @@
+// The end-to-end harness: a public-looking https test site served by the real
+// peercache-server from a network namespace on a documentation address, real
+// headless peers, and the real native host registered for a real browser.
+//
+// Needs root (network namespaces), openssl, and the workspace binaries built
+// (`cargo build --bins`). Everything it creates is removed by `stop()`.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, mkdirSync, readFileSync, createWriteStream, rmSync } from 'node:fs';
+import { randomBytes, createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import https from 'node:https';
+import http from 'node:http';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const BIN = process.env.PEERCACHE_BIN_DIR ?? join(ROOT, 'target/debug');
+export const SITE_IP = '198.51.100.2';
+export const HOST_IP = '198.51.100.1';
+export const SITE = `https://${SITE_IP}`;
+export const CHROMIUM_ID = 'fmfjkafobffmfmdigggcgcdafihpelgn';
+
+const sh = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+
+export function sha256(buf) {
+  return createHash('sha256').update(buf).digest('hex');
+}
+
+/** A child process whose stdout/stderr go to a log file; resolves the first stdout line matching `ready`. */
+function start(name, cmd, args, { dir, ready, env }) {
+  const log = join(dir, `${name}.log`);
+  const out = createWriteStream(log);
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  child.stderr.pipe(out);
+  let buffered = '';
+  const seen = new Promise((resolveSeen, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name} did not start; see ${log}`)), 30000);
+    child.stdout.on('data', (d) => {
+      out.write(d);
+      buffered += d.toString();
+      const m = buffered.match(ready);
+      if (m) { clearTimeout(timer); resolveSeen({ match: m, text: buffered }); }
+    });
+    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`${name} exited with ${code}; see ${log}`)); });
+  });
+  return { child, log, seen };
+}
+
+function run(cmd, args, env = {}) {
+  return new Promise((res, rej) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let err = '';
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('exit', (code) => (code === 0 ? res(err) : rej(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${err}`))));
+  });
+}
+
+function svg(label) {
+  // A visible image with padding so it is worth fetching from a peer.
+  const pad = `<!-- ${randomBytes(24000).toString('hex')} -->`;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="120" height="40">${pad}<rect width="120" height="40" fill="#2a7"/><text x="8" y="26" fill="#fff">${label}</text></svg>`;
+}
+
+/** Builds the site, certificates and network namespace; starts the server and peers. */
+export async function startSwarm({ bigSize = 8 << 20 } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'peercache-e2e-'));
+  const ns = `pce2e${process.pid}`;
+  const state = { dir, ns, procs: [] };
+
+  // Certificates: a test CA and a leaf for the documentation address.
+  const ca = join(dir, 'ca.pem');
+  sh('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', join(dir, 'ca.key'), '-out', ca, '-days', '2', '-subj', '/CN=peercache test CA',
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  sh('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', join(dir, 'site.key'), '-out', join(dir, 'site.csr'), '-subj', `/CN=${SITE_IP}`]);
+  writeFileSync(join(dir, 'ext.cnf'), `subjectAltName=IP:${SITE_IP}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n`);
+  sh('openssl', ['x509', '-req', '-in', join(dir, 'site.csr'), '-CA', ca, '-CAkey', join(dir, 'ca.key'),
+    '-CAcreateserial', '-out', join(dir, 'site.pem'), '-days', '2', '-extfile', join(dir, 'ext.cnf')]);
+  state.ca = readFileSync(ca);
+  state.caPath = ca;
+
+  // The site.
+  const site = join(dir, 'site');
+  mkdirSync(join(site, 'static'), { recursive: true });
+  state.files = {
+    big: randomBytes(bigSize),
+    lie: randomBytes(2 << 20),
+    pic: Buffer.from(svg('peercache')),
+    app: Buffer.from(`window.appLoaded = 'ok'; /* ${randomBytes(20000).toString('hex')} */\n`),
+  };
+  writeFileSync(join(site, 'static/big.bin'), state.files.big);
+  writeFileSync(join(site, 'static/lie.bin'), state.files.lie);
+  writeFileSync(join(site, 'static/pic.svg'), state.files.pic);
+  writeFileSync(join(site, 'static/app.js'), state.files.app);
+  state.files.index = Buffer.from(`<!doctype html><html><head><title>test site</title></head><body>
+<h1>A public test site</h1>
+<p><a id="big" href="/static/big.bin">the large file</a> · <a id="lie" href="/static/lie.bin">another file</a></p>
+</body></html>`);
+  writeFileSync(join(site, 'index.html'), state.files.index);
+  writeFileSync(join(site, 'assets.html'), `<!doctype html><html><head><title>assets</title></head><body>
+<img id="pic" src="/static/pic.svg" alt="picture">
+<script src="/static/app.js"></script>
+</body></html>`);
+
+  // The network: a namespace holding the site at a public-looking address.
+  sh('ip', ['netns', 'add', ns]);
+  state.netns = true;
+  const vh = `pch${process.pid % 100000}`;
+  const vs = `pcs${process.pid % 100000}`;
+  sh('ip', ['link', 'add', vh, 'type', 'veth', 'peer', 'name', vs]);
+  sh('ip', ['link', 'set', vs, 'netns', ns]);
+  sh('ip', ['addr', 'add', `${HOST_IP}/24`, 'dev', vh]);
+  sh('ip', ['link', 'set', vh, 'up']);
+  sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', `${SITE_IP}/24`, 'dev', vs]);
+  sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', vs, 'up']);
+  sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
+  state.veth = vh;
+
+  const server = start('server', 'ip', ['netns', 'exec', ns, join(BIN, 'peercache-server'),
+    '--root', site, '--listen', `${SITE_IP}:443`, '--tls-cert', join(dir, 'site.pem'), '--tls-key', join(dir, 'site.key'),
+    '--egress-limit', '4MiB', '--target-period', '0s'], { dir, ready: /listening on (\S+)/ });
+  state.procs.push(server.child);
+  await server.seen;
+
+  state.peers = {};
+  state.addPeer = async (name, paths) => {
+    const cache = join(dir, `peer-${name}`);
+    for (const p of paths) {
+      await run(join(BIN, 'peercache-host'), ['fetch', '--server', SITE, p, '-o', join(dir, `${name}.out`), '--cache', cache, '--ca-cert', ca]);
+    }
+    const peer = start(`peer-${name}`, join(BIN, 'peercache-host'), ['serve', '--server', SITE, '--cache', cache,
+      '--listen', '0.0.0.0:0', '--ca-cert', ca], { dir, ready: /announced (\d+) of (\d+)/ });
+    state.procs.push(peer.child);
+    const { match: m, text } = await peer.seen;
+    const port = text.match(/peer listening on [\d.]+:(\d+)/)?.[1];
+    state.peers[name] = { cache, port: Number(port), announced: Number(m[1]), child: peer.child };
+    return state.peers[name];
+  };
+  return state;
+}
+
+export async function stopSwarm(state) {
+  if (!state) return;
+  for (const p of state.procs) { try { p.kill('SIGTERM'); } catch (_) { /* gone */ } }
+  await new Promise((r) => setTimeout(r, 300));
+  if (state.netns) { try { sh('ip', ['netns', 'del', state.ns]); } catch (_) { /* gone */ } }
+  if (state.veth) { try { sh('ip', ['link', 'del', state.veth]); } catch (_) { /* gone with the namespace */ } }
+  if (!process.env.PEERCACHE_KEEP) rmSync(state.dir, { recursive: true, force: true });
+}
+
+/** GET over https trusting the test CA (or plain http). */
+export function get(url, ca) {
+  return new Promise((res, rej) => {
+    const mod = url.startsWith('https:') ? https : http;
+    const req = mod.get(url, { ca }, (r) => {
+      const chunks = [];
+      r.on('data', (c) => chunks.push(c));
+      r.on('end', () => res({ status: r.statusCode, headers: r.headers, body: Buffer.concat(chunks) }));
+    });
+    req.on('error', rej);
+  });
+}
+
+/** Prometheus text → { name: sum over label sets }. */
+export async function metrics(url, ca) {
+  const r = await get(url, ca);
+  const out = {};
+  for (const line of r.body.toString().split('\n')) {
+    const m = line.match(/^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$/);
+    if (m) out[m[1]] = (out[m[1]] ?? 0) + Number(m[3]);
+  }
+  return out;
+}
+
+export async function serverMetrics(state) {
+  return metrics(`${SITE}/metrics`, state.ca);
+}
+
+export async function peerMetrics(peer) {
+  return metrics(`http://127.0.0.1:${peer.port}/metrics`);
+}
+
+export async function waitFor(what, fn, timeoutMs = 20000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Registers the host for a Chromium profile with the real install command. */
+export async function installHostForChromium(userDataDir) {
+  await run(join(BIN, 'peercache-host'), ['install', '--browser', 'chromium', '--user-data-dir', userDataDir]);
+}
