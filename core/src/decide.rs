@@ -113,14 +113,23 @@ mod tests {
 
     #[test]
     fn slow_clients_get_a_longer_period() {
-        assert!(target_period_ms(2000, 10 * MIB, Some(MIB)) > target_period_ms(2000, 10 * MIB, Some(100 * MIB)));
+        assert!(
+            target_period_ms(2000, 10 * MIB, Some(MIB))
+                > target_period_ms(2000, 10 * MIB, Some(100 * MIB))
+        );
         // A 1 MiB/s client would need 10 s anyway; a 5 s server delay adds nothing.
         let egress = Egress {
             limit_bytes_per_s: Some(2 * MIB),
             bytes_in_flight: 0,
         };
-        assert_eq!(decide(10 * MIB, egress, Some(MIB), 2000, 1), Decision::Serve);
-        assert_eq!(decide(10 * MIB, egress, Some(100 * MIB), 2000, 1), Decision::Refer);
+        assert_eq!(
+            decide(10 * MIB, egress, Some(MIB), 2000, 1),
+            Decision::Serve
+        );
+        assert_eq!(
+            decide(10 * MIB, egress, Some(100 * MIB), 2000, 1),
+            Decision::Refer
+        );
     }
 
     #[test]

@@ -227,7 +227,10 @@ mod tests {
             redirect["condition"]["regexFilter"],
             r"^(https://198\.51\.100\.2/static/[^#]*)$"
         );
-        assert_eq!(redirect["action"]["redirect"]["regexSubstitution"], r"http://127.0.0.1:4000/g/\1");
+        assert_eq!(
+            redirect["action"]["redirect"]["regexSubstitution"],
+            r"http://127.0.0.1:4000/g/\1"
+        );
         // The token travels in a header, never in a URL.
         assert!(!redirect.to_string().contains("\"t\""));
         s.enabled = false;

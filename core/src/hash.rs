@@ -57,8 +57,7 @@ impl FromStr for ObjectHash {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let valid = s.len() == 64
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid {
             return Err(InvalidHash(s.chars().take(80).collect()));
@@ -124,8 +123,17 @@ mod tests {
 
     #[test]
     fn rejects_non_hex_and_path_tricks() {
-        for bad in ["", "../etc/passwd", &"A".repeat(64), &"0".repeat(63), &"g".repeat(64)] {
-            assert!(bad.parse::<ObjectHash>().is_err(), "{bad:?} must be rejected");
+        for bad in [
+            "",
+            "../etc/passwd",
+            &"A".repeat(64),
+            &"0".repeat(63),
+            &"g".repeat(64),
+        ] {
+            assert!(
+                bad.parse::<ObjectHash>().is_err(),
+                "{bad:?} must be rejected"
+            );
         }
     }
 

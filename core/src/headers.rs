@@ -63,7 +63,9 @@ fn pairs(value: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 fn get<'a>(value: &'a str, key: &str) -> Option<&'a str> {
-    pairs(value).find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+    pairs(value)
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
 }
 
 fn truncated(v: &str) -> String {

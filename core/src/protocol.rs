@@ -280,7 +280,13 @@ mod tests {
             target_speed: 10,
         };
         let v = serde_json::to_value(&r).unwrap();
-        for key in ["object", "proxies", "server", "target_period_ms", "target_speed"] {
+        for key in [
+            "object",
+            "proxies",
+            "server",
+            "target_period_ms",
+            "target_speed",
+        ] {
             assert!(v.get(key).is_some(), "{key}");
         }
         assert_eq!(serde_json::from_value::<Referral>(v).unwrap(), r);

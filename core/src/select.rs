@@ -100,9 +100,20 @@ mod tests {
             rtt_ms: rtt,
             throughput: tp,
         };
-        let list = vec![c("server", Some(1), None), c("slow", Some(90), Some(10)), c("dead", None, None), c("fast", Some(5), Some(1))];
+        let list = vec![
+            c("server", Some(1), None),
+            c("slow", Some(90), Some(10)),
+            c("dead", None, None),
+            c("fast", Some(5), Some(1)),
+        ];
         let ids = |v: Vec<Proxy>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
-        assert_eq!(ids(choose(list.clone(), Policy::Fastest)), ["fast", "slow", "server"]);
-        assert_eq!(ids(choose(list, Policy::FirstMeetingTarget(5))), ["slow", "fast", "server"]);
+        assert_eq!(
+            ids(choose(list.clone(), Policy::Fastest)),
+            ["fast", "slow", "server"]
+        );
+        assert_eq!(
+            ids(choose(list, Policy::FirstMeetingTarget(5))),
+            ["slow", "fast", "server"]
+        );
     }
 }

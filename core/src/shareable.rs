@@ -39,7 +39,9 @@ pub fn request_shareable(method: &str, headers: &[(String, String)]) -> Result<(
     if !method.eq_ignore_ascii_case("GET") {
         return Err(NotShareable::Method);
     }
-    if header(headers, "cookie").next().is_some() || header(headers, "authorization").next().is_some() {
+    if header(headers, "cookie").next().is_some()
+        || header(headers, "authorization").next().is_some()
+    {
         return Err(NotShareable::Credentials);
     }
     Ok(())
@@ -61,7 +63,10 @@ pub fn response_shareable(headers: &[(String, String)]) -> Result<(), NotShareab
     for value in header(headers, "vary") {
         for field in value.split(',') {
             let f = field.trim();
-            if f == "*" || f.eq_ignore_ascii_case("cookie") || f.eq_ignore_ascii_case("authorization") {
+            if f == "*"
+                || f.eq_ignore_ascii_case("cookie")
+                || f.eq_ignore_ascii_case("authorization")
+            {
                 return Err(NotShareable::Vary);
             }
         }
@@ -75,18 +80,33 @@ mod tests {
     use proptest::prelude::*;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn examples() {
         assert!(request_shareable("GET", &h(&[("Accept", "*/*")])).is_ok());
         assert_eq!(request_shareable("POST", &[]), Err(NotShareable::Method));
-        assert_eq!(request_shareable("GET", &h(&[("Cookie", "a=b")])), Err(NotShareable::Credentials));
+        assert_eq!(
+            request_shareable("GET", &h(&[("Cookie", "a=b")])),
+            Err(NotShareable::Credentials)
+        );
         assert!(response_shareable(&h(&[("Cache-Control", "public, max-age=60")])).is_ok());
-        assert_eq!(response_shareable(&h(&[("cache-control", "max-age=0, Private")])), Err(NotShareable::CacheControl));
-        assert_eq!(response_shareable(&h(&[("Set-Cookie", "s=1")])), Err(NotShareable::SetCookie));
-        assert_eq!(response_shareable(&h(&[("Vary", "Accept, Cookie")])), Err(NotShareable::Vary));
+        assert_eq!(
+            response_shareable(&h(&[("cache-control", "max-age=0, Private")])),
+            Err(NotShareable::CacheControl)
+        );
+        assert_eq!(
+            response_shareable(&h(&[("Set-Cookie", "s=1")])),
+            Err(NotShareable::SetCookie)
+        );
+        assert_eq!(
+            response_shareable(&h(&[("Vary", "Accept, Cookie")])),
+            Err(NotShareable::Vary)
+        );
     }
 
     proptest! {

@@ -231,7 +231,10 @@ impl Client {
         if !resp.status().is_success() {
             return Err(FetchError::Status(resp.status().as_u16()));
         }
-        self.registered.lock().await.insert(origin.to_string(), true);
+        self.registered
+            .lock()
+            .await
+            .insert(origin.to_string(), true);
         Ok(())
     }
 
@@ -243,7 +246,13 @@ impl Client {
         have: &[ObjectHash],
         dropped: &[ObjectHash],
     ) -> Result<Vec<ObjectHash>, FetchError> {
-        let known = self.registered.lock().await.get(origin).copied().unwrap_or(false);
+        let known = self
+            .registered
+            .lock()
+            .await
+            .get(origin)
+            .copied()
+            .unwrap_or(false);
         if !known {
             self.register(origin).await?;
         }
@@ -287,7 +296,15 @@ impl Client {
         }
     }
 
-    async fn report(&self, origin: String, hash: ObjectHash, source: String, outcome: Outcome, bytes: u64, took: Duration) {
+    async fn report(
+        &self,
+        origin: String,
+        hash: ObjectHash,
+        source: String,
+        outcome: Outcome,
+        bytes: u64,
+        took: Duration,
+    ) {
         let report = Report {
             peer_id: self.peer_id.clone(),
             hash,
@@ -338,7 +355,12 @@ impl Client {
         }
     }
 
-    async fn follow_referral(&self, origin: &str, url: &reqwest::Url, referral: Referral) -> Result<Fetched, FetchError> {
+    async fn follow_referral(
+        &self,
+        origin: &str,
+        url: &reqwest::Url,
+        referral: Referral,
+    ) -> Result<Fetched, FetchError> {
         let hash = referral.object.hash;
         let size = referral.object.size;
         if size > MAX_OBJECT_SIZE {
@@ -353,7 +375,15 @@ impl Client {
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     counter!("peercache_bytes_from_peers_total").increment(bytes.len() as u64);
                     self.keep(origin, &hash, &bytes).await;
-                    self.report(origin.to_string(), hash, proxy.id.clone(), Outcome::Served, bytes.len() as u64, started.elapsed()).await;
+                    self.report(
+                        origin.to_string(),
+                        hash,
+                        proxy.id.clone(),
+                        Outcome::Served,
+                        bytes.len() as u64,
+                        started.elapsed(),
+                    )
+                    .await;
                     tracing::info!(peer = %proxy.id, %hash, "fetched from peer");
                     return Ok(Fetched {
                         bytes,
@@ -368,11 +398,27 @@ impl Client {
                         .fetch_add(1, Ordering::Relaxed);
                     counter!("peercache_verification_failures_total").increment(1);
                     tracing::warn!(peer = %proxy.id, %hash, "peer sent bytes that do not match the server's hash");
-                    self.report(origin.to_string(), hash, proxy.id.clone(), Outcome::Mismatch, 0, started.elapsed()).await;
+                    self.report(
+                        origin.to_string(),
+                        hash,
+                        proxy.id.clone(),
+                        Outcome::Mismatch,
+                        0,
+                        started.elapsed(),
+                    )
+                    .await;
                 }
                 Err(PeerError::Failed(e)) => {
                     tracing::warn!(peer = %proxy.id, error = %e, "peer failed");
-                    self.report(origin.to_string(), hash, proxy.id.clone(), Outcome::Failed, 0, started.elapsed()).await;
+                    self.report(
+                        origin.to_string(),
+                        hash,
+                        proxy.id.clone(),
+                        Outcome::Failed,
+                        0,
+                        started.elapsed(),
+                    )
+                    .await;
                 }
             }
         }
@@ -446,7 +492,12 @@ impl Client {
         }
     }
 
-    async fn fetch_from_peer(&self, addr: &str, hash: &ObjectHash, size: u64) -> Result<Bytes, PeerError> {
+    async fn fetch_from_peer(
+        &self,
+        addr: &str,
+        hash: &ObjectHash,
+        size: u64,
+    ) -> Result<Bytes, PeerError> {
         let resp = self
             .http
             .get(format!("{}/v1/objects/{hash}", addr.trim_end_matches('/')))

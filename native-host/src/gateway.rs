@@ -57,7 +57,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn handle(State(state): State<GatewayState>, method: Method, uri: Uri, req_headers: HeaderMap) -> Response {
+async fn handle(
+    State(state): State<GatewayState>,
+    method: Method,
+    uri: Uri,
+    req_headers: HeaderMap,
+) -> Response {
     let host_ok = req_headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -108,7 +113,12 @@ async fn handle(State(state): State<GatewayState>, method: Method, uri: Uri, req
         }
         Err(e) => {
             tracing::warn!(error = %e, %url, "gateway fetch failed");
-            return (StatusCode::BAD_GATEWAY, [(header::CACHE_CONTROL, "no-store")], e.to_string()).into_response();
+            return (
+                StatusCode::BAD_GATEWAY,
+                [(header::CACHE_CONTROL, "no-store")],
+                e.to_string(),
+            )
+                .into_response();
         }
     };
     let source = match &fetched.source {
@@ -124,15 +134,24 @@ async fn handle(State(state): State<GatewayState>, method: Method, uri: Uri, req
     if let Ok(v) = HeaderValue::from_str(&fetched.content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(fetched.bytes.len()));
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(fetched.bytes.len()),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Ok(v) = HeaderValue::from_str(&source) {
         h.insert("peercache-source", v);
     }
     if let Some(o) = cors_origin {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("peercache-source"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("peercache-source"),
+        );
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
     resp

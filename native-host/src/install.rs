@@ -47,7 +47,9 @@ pub enum Scope {
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// `--user-data-dir` given for Firefox.
-    #[error("--user-data-dir applies to Chrome and Chromium; Firefox reads $HOME/.mozilla/native-messaging-hosts")]
+    #[error(
+        "--user-data-dir applies to Chrome and Chromium; Firefox reads $HOME/.mozilla/native-messaging-hosts"
+    )]
     UserDataDirForFirefox,
     /// No home directory.
     #[error("HOME is not set")]
@@ -67,21 +69,35 @@ pub enum InstallError {
 
 /// The directory the manifest goes to.
 pub fn manifest_dir(browser: Browser, scope: &Scope) -> Result<PathBuf, InstallError> {
-    let home = || std::env::var_os("HOME").map(PathBuf::from).ok_or(InstallError::NoHome);
+    let home = || {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .ok_or(InstallError::NoHome)
+    };
     Ok(match (browser, scope) {
-        (Browser::Firefox, Scope::UserDataDir(_)) => return Err(InstallError::UserDataDirForFirefox),
+        (Browser::Firefox, Scope::UserDataDir(_)) => {
+            return Err(InstallError::UserDataDirForFirefox);
+        }
         (_, Scope::UserDataDir(dir)) => dir.join("NativeMessagingHosts"),
-        (Browser::Chrome, Scope::User) => home()?.join(".config/google-chrome/NativeMessagingHosts"),
+        (Browser::Chrome, Scope::User) => {
+            home()?.join(".config/google-chrome/NativeMessagingHosts")
+        }
         (Browser::Chromium, Scope::User) => home()?.join(".config/chromium/NativeMessagingHosts"),
         (Browser::Firefox, Scope::User) => home()?.join(".mozilla/native-messaging-hosts"),
         (Browser::Chrome, Scope::System) => PathBuf::from("/etc/opt/chrome/native-messaging-hosts"),
         (Browser::Chromium, Scope::System) => PathBuf::from("/etc/chromium/native-messaging-hosts"),
-        (Browser::Firefox, Scope::System) => PathBuf::from("/usr/lib/mozilla/native-messaging-hosts"),
+        (Browser::Firefox, Scope::System) => {
+            PathBuf::from("/usr/lib/mozilla/native-messaging-hosts")
+        }
     })
 }
 
 /// The manifest's JSON for `browser`, pointing at `host_path`.
-pub fn manifest(browser: Browser, host_path: &Path, extension_id: &str) -> Result<serde_json::Value, InstallError> {
+pub fn manifest(
+    browser: Browser,
+    host_path: &Path,
+    extension_id: &str,
+) -> Result<serde_json::Value, InstallError> {
     let mut m = json!({
         "name": HOST_NAME,
         "description": "peercache native host: local gateway, cache and peer server",
@@ -90,7 +106,8 @@ pub fn manifest(browser: Browser, host_path: &Path, extension_id: &str) -> Resul
     });
     match browser {
         Browser::Chrome | Browser::Chromium => {
-            if extension_id.len() != 32 || !extension_id.bytes().all(|b| (b'a'..=b'p').contains(&b)) {
+            if extension_id.len() != 32 || !extension_id.bytes().all(|b| (b'a'..=b'p').contains(&b))
+            {
                 return Err(InstallError::BadExtensionId(extension_id.to_string()));
             }
             m["allowed_origins"] = json!([format!("chrome-extension://{extension_id}/")]);
@@ -106,17 +123,28 @@ pub fn manifest(browser: Browser, host_path: &Path, extension_id: &str) -> Resul
 }
 
 /// Writes the manifest; returns its path.
-pub fn install(browser: Browser, scope: &Scope, host_path: &Path, extension_id: Option<&str>) -> Result<PathBuf, InstallError> {
+pub fn install(
+    browser: Browser,
+    scope: &Scope,
+    host_path: &Path,
+    extension_id: Option<&str>,
+) -> Result<PathBuf, InstallError> {
     let id = extension_id.unwrap_or(match browser {
         Browser::Firefox => FIREFOX_EXTENSION_ID,
         _ => CHROMIUM_EXTENSION_ID,
     });
     let body = manifest(browser, host_path, id)?;
     let dir = manifest_dir(browser, scope)?;
-    std::fs::create_dir_all(&dir).map_err(|source| InstallError::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| InstallError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let path = dir.join(format!("{HOST_NAME}.json"));
     let text = serde_json::to_vec_pretty(&body).unwrap_or_default();
-    crate::cache::write_atomically(&path, &text).map_err(|source| InstallError::Io { path: path.clone(), source })?;
+    crate::cache::write_atomically(&path, &text).map_err(|source| InstallError::Io {
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
@@ -136,8 +164,16 @@ mod tests {
 
     #[test]
     fn manifests_name_the_extension() {
-        let m = manifest(Browser::Chromium, Path::new("/usr/bin/peercache-host"), CHROMIUM_EXTENSION_ID).unwrap();
-        assert_eq!(m["allowed_origins"][0], format!("chrome-extension://{CHROMIUM_EXTENSION_ID}/"));
+        let m = manifest(
+            Browser::Chromium,
+            Path::new("/usr/bin/peercache-host"),
+            CHROMIUM_EXTENSION_ID,
+        )
+        .unwrap();
+        assert_eq!(
+            m["allowed_origins"][0],
+            format!("chrome-extension://{CHROMIUM_EXTENSION_ID}/")
+        );
         let f = manifest(Browser::Firefox, Path::new("/x"), FIREFOX_EXTENSION_ID).unwrap();
         assert_eq!(f["allowed_extensions"][0], FIREFOX_EXTENSION_ID);
         assert!(manifest(Browser::Chrome, Path::new("/x"), "short").is_err());
@@ -149,10 +185,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pc-install-{}", rand::random::<u64>()));
         let scope = Scope::UserDataDir(dir.clone());
         let path = install(Browser::Chromium, &scope, Path::new("/bin/true"), None).unwrap();
-        assert_eq!(path, dir.join("NativeMessagingHosts/org.peercache.host.json"));
+        assert_eq!(
+            path,
+            dir.join("NativeMessagingHosts/org.peercache.host.json")
+        );
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(v["path"], "/bin/true");
-        assert_eq!(uninstall(Browser::Chromium, &scope).unwrap(), Some(path.clone()));
+        assert_eq!(
+            uninstall(Browser::Chromium, &scope).unwrap(),
+            Some(path.clone())
+        );
         assert!(!path.exists());
         assert_eq!(uninstall(Browser::Chromium, &scope).unwrap(), None);
         std::fs::remove_dir_all(dir).unwrap();

@@ -93,7 +93,10 @@ fn init_logging() {
         .unwrap_or_else(|_| "info,tower_http=warn".into());
     // stdout is the native-messaging channel: logs go to stderr or a file, never stdout.
     if let Some(path) = std::env::var_os("PEERCACHE_LOG")
-        && let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&path)
+        && let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
     {
         tracing_subscriber::fmt()
             .with_writer(std::sync::Mutex::new(file))
@@ -144,7 +147,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     match args.command {
-        Command::Serve { server, listen, cache, max_uploads, ca_cert } => {
+        Command::Serve {
+            server,
+            listen,
+            cache,
+            max_uploads,
+            ca_cert,
+        } => {
             let mut options = NodeOptions::new(cache.unwrap_or_else(node::default_cache_dir));
             options.peer_listen = Some(listen);
             options.max_uploads = max_uploads;
@@ -162,11 +171,21 @@ async fn main() -> anyhow::Result<()> {
                 println!("peer listening on {addr}");
             }
             println!("peer id {}", node.client.peer_id());
-            println!("announced {} of {} cached objects", accepted.len(), held.len());
+            println!(
+                "announced {} of {} cached objects",
+                accepted.len(),
+                held.len()
+            );
             tokio::signal::ctrl_c().await.ok();
             Ok(())
         }
-        Command::Fetch { server, path, output, cache, ca_cert } => {
+        Command::Fetch {
+            server,
+            path,
+            output,
+            cache,
+            ca_cert,
+        } => {
             if !path.starts_with('/') {
                 bail!("PATH must start with '/': {path:?}");
             }
@@ -185,16 +204,38 @@ async fn main() -> anyhow::Result<()> {
                 Source::Server => "the server".to_string(),
                 Source::Peer(id) => format!("peer {id}"),
             };
-            eprintln!("fetched {} bytes from {from} into {}", fetched.bytes.len(), output.display());
+            eprintln!(
+                "fetched {} bytes from {from} into {}",
+                fetched.bytes.len(),
+                output.display()
+            );
             Ok(())
         }
-        Command::Install { browser, user_data_dir, system, extension_id } => {
+        Command::Install {
+            browser,
+            user_data_dir,
+            system,
+            extension_id,
+        } => {
             let exe = std::env::current_exe().context("locating this binary")?;
-            let path = install::install(browser, &scope(user_data_dir, system), &exe, extension_id.as_deref())?;
-            println!("registered {} for {browser:?} in {}", install::HOST_NAME, path.display());
+            let path = install::install(
+                browser,
+                &scope(user_data_dir, system),
+                &exe,
+                extension_id.as_deref(),
+            )?;
+            println!(
+                "registered {} for {browser:?} in {}",
+                install::HOST_NAME,
+                path.display()
+            );
             Ok(())
         }
-        Command::Uninstall { browser, user_data_dir, system } => {
+        Command::Uninstall {
+            browser,
+            user_data_dir,
+            system,
+        } => {
             match install::uninstall(browser, &scope(user_data_dir, system))? {
                 Some(path) => println!("removed {}", path.display()),
                 None => println!("nothing was registered"),
@@ -208,7 +249,11 @@ async fn native_mode(caller: &str) -> anyhow::Result<()> {
     let mut options = NodeOptions::new(node::default_cache_dir());
     options.gateway = true;
     let listen = std::env::var("PEERCACHE_PEER_LISTEN").unwrap_or_else(|_| "0.0.0.0:0".into());
-    options.peer_listen = Some(listen.parse().with_context(|| format!("PEERCACHE_PEER_LISTEN={listen}"))?);
+    options.peer_listen = Some(
+        listen
+            .parse()
+            .with_context(|| format!("PEERCACHE_PEER_LISTEN={listen}"))?,
+    );
     options.ca_cert = std::env::var_os("PEERCACHE_CA_CERT").map(PathBuf::from);
     options.metrics = Some(install_metrics()?);
     if caller.starts_with("chrome-extension://") {

@@ -40,11 +40,14 @@ pub fn read_frames<R: Read>(mut reader: R, tx: &tokio::sync::mpsc::Sender<Inboun
             Ok(Some(text)) => Inbound::Message(text),
             Ok(None) => return,
             Err(NmError::IncomingTooLarge { len, max }) => {
-                let skipped = std::io::copy(&mut (&mut reader).take(len as u64), &mut std::io::sink());
+                let skipped =
+                    std::io::copy(&mut (&mut reader).take(len as u64), &mut std::io::sink());
                 if !matches!(skipped, Ok(n) if n == len as u64) {
                     return;
                 }
-                Inbound::Refused(format!("message of {len} bytes is over the {max}-byte limit"))
+                Inbound::Refused(format!(
+                    "message of {len} bytes is over the {max}-byte limit"
+                ))
             }
             Err(NmError::IncomingNotUtf8(_)) => Inbound::Refused("message is not UTF-8".into()),
             Err(_) => return,
@@ -60,7 +63,10 @@ fn status(node: &Node) -> FromHost {
     FromHost::Status {
         gateway_port,
         token,
-        peer_addr: node.peer_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
+        peer_addr: node
+            .peer_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default(),
         peer_id: node.client.peer_id().to_string(),
         counters: node.counters.snapshot(),
     }

@@ -90,7 +90,8 @@ fn random_token() -> String {
 pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
     let cache = Cache::open(&options.cache_dir)
         .with_context(|| format!("opening cache {}", options.cache_dir.display()))?;
-    let peer_id = crate::identity::load_or_create(&options.cache_dir).context("loading the peer id")?;
+    let peer_id =
+        crate::identity::load_or_create(&options.cache_dir).context("loading the peer id")?;
     let counters = Arc::new(HostCounters::default());
     let slots = Arc::new(UploadSlots::new(options.max_uploads));
 
@@ -158,7 +159,9 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let Some(client) = hb_client.upgrade() else { break };
+            let Some(client) = hb_client.upgrade() else {
+                break;
+            };
             client.heartbeat().await;
         }
     });

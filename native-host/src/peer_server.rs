@@ -50,18 +50,24 @@ pub fn router(state: PeerState) -> Router {
 
 fn load_header(slots: &UploadSlots) -> HeaderValue {
     let l = slots.load();
-    HeaderValue::from_str(&format!("{}/{}", l.active, l.limit)).unwrap_or(HeaderValue::from_static("0/0"))
+    HeaderValue::from_str(&format!("{}/{}", l.active, l.limit))
+        .unwrap_or(HeaderValue::from_static("0/0"))
 }
 
 async fn ping(State(state): State<PeerState>) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut().insert(headers::LOAD, load_header(&state.slots));
+    resp.headers_mut()
+        .insert(headers::LOAD, load_header(&state.slots));
     resp
 }
 
 async fn metrics_text(State(state): State<PeerState>) -> Response {
     match &state.metrics {
-        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
 }
@@ -73,7 +79,9 @@ impl Slot {
     fn try_take(slots: &Arc<UploadSlots>) -> Option<Self> {
         slots
             .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| (a < slots.limit).then_some(a + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a < slots.limit).then_some(a + 1)
+            })
             .ok()
             .map(|_| Slot(slots.clone()))
     }
@@ -85,7 +93,11 @@ impl Drop for Slot {
     }
 }
 
-async fn object(State(state): State<PeerState>, method: Method, Path(hash): Path<String>) -> Response {
+async fn object(
+    State(state): State<PeerState>,
+    method: Method,
+    Path(hash): Path<String>,
+) -> Response {
     let Ok(hash) = hash.parse::<ObjectHash>() else {
         return (StatusCode::BAD_REQUEST, "not a BLAKE3 hash").into_response();
     };
@@ -106,9 +118,12 @@ async fn object(State(state): State<PeerState>, method: Method, Path(hash): Path
             Some(s) => Some(s),
             None => {
                 counter!("peercache_uploads_refused_total").increment(1);
-                let mut resp = (StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy").into_response();
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                resp.headers_mut().insert(headers::LOAD, load_header(&state.slots));
+                let mut resp =
+                    (StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy").into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp.headers_mut()
+                    .insert(headers::LOAD, load_header(&state.slots));
                 return resp;
             }
         }
@@ -119,7 +134,9 @@ async fn object(State(state): State<PeerState>, method: Method, Path(hash): Path
         .header(header::CONTENT_LENGTH, size)
         .header(header::ACCEPT_RANGES, "none");
     if headers_only {
-        return builder.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        return builder
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     counter!("peercache_uploads_total").increment(1);
     let counters = state.counters.clone();
@@ -127,7 +144,9 @@ async fn object(State(state): State<PeerState>, method: Method, Path(hash): Path
     let stream = reader.map(move |chunk| {
         let _held = &slot;
         if let Ok(c) = &chunk {
-            counters.bytes_served.fetch_add(c.len() as u64, Ordering::Relaxed);
+            counters
+                .bytes_served
+                .fetch_add(c.len() as u64, Ordering::Relaxed);
             counter!("peercache_bytes_uploaded_total").increment(c.len() as u64);
         }
         chunk

@@ -276,12 +276,15 @@ async fn admin(State(state): State<Arc<AppState>>) -> Html<String> {
     };
     let stats = state.table.stats(Instant::now());
     let mut rows = String::new();
-    for (id, addr, load, strikes, holdings) in state.table.peer_rows() {
-        let load = load.map_or("-".to_string(), |l| format!("{}/{}", l.active, l.limit));
+    for row in state.table.peer_rows() {
+        let load = row
+            .load
+            .map_or("-".to_string(), |l| format!("{}/{}", l.active, l.limit));
+        let (strikes, holdings) = (row.strikes, row.holdings);
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{load}</td><td>{strikes}</td><td>{holdings}</td></tr>",
-            html_escape(&id),
-            html_escape(addr.as_deref().unwrap_or("(client only)")),
+            html_escape(&row.id),
+            html_escape(row.addr.as_deref().unwrap_or("(client only)")),
         ));
     }
     Html(format!(
@@ -367,7 +370,15 @@ async fn site(
                 holders.len(),
             );
             if decision == Decision::Refer {
-                return Ok(referral(&state, &headers, &uri, &obj, holders, base_ms, client.bandwidth));
+                return Ok(referral(
+                    &state,
+                    &headers,
+                    &uri,
+                    &obj,
+                    holders,
+                    base_ms,
+                    client.bandwidth,
+                ));
             }
         }
     }
@@ -409,7 +420,10 @@ fn referral(
     let mut resp = Response::new(Body::from(json));
     *resp.status_mut() = StatusCode::MULTIPLE_CHOICES;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(headers::REFERRAL_CONTENT_TYPE));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(headers::REFERRAL_CONTENT_TYPE),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     add_object_headers(state, h, obj);
     resp
@@ -472,21 +486,25 @@ async fn send_object(
         remaining: obj.size,
     };
     let reader = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
-    let stream = futures_util::stream::unfold((reader, owed), |(mut reader, mut owed)| async move {
-        match reader.next().await {
-            Some(Ok(chunk)) => {
-                let n = chunk.len() as u64;
-                owed.state.egress.throttle(n).await;
-                owed.state.egress.sent(n);
-                owed.remaining = owed.remaining.saturating_sub(n);
-                owed.state.figures.bytes_served.fetch_add(n, Ordering::Relaxed);
-                counter!("peercache_bytes_served_total").increment(n);
-                Some((Ok::<_, std::io::Error>(chunk), (reader, owed)))
+    let stream =
+        futures_util::stream::unfold((reader, owed), |(mut reader, mut owed)| async move {
+            match reader.next().await {
+                Some(Ok(chunk)) => {
+                    let n = chunk.len() as u64;
+                    owed.state.egress.throttle(n).await;
+                    owed.state.egress.sent(n);
+                    owed.remaining = owed.remaining.saturating_sub(n);
+                    owed.state
+                        .figures
+                        .bytes_served
+                        .fetch_add(n, Ordering::Relaxed);
+                    counter!("peercache_bytes_served_total").increment(n);
+                    Some((Ok::<_, std::io::Error>(chunk), (reader, owed)))
+                }
+                Some(Err(e)) => Some((Err(e), (reader, owed))),
+                None => None,
             }
-            Some(Err(e)) => Some((Err(e), (reader, owed))),
-            None => None,
-        }
-    });
+        });
     builder
         .body(Body::from_stream(stream))
         .map_err(|e| ApiError::Internal(e.to_string()))

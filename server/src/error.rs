@@ -13,6 +13,9 @@ pub enum ApiError {
     /// The peer must register first.
     #[error("unknown peer {0:?}: register with POST /v1/peers first")]
     UnknownPeer(String),
+    /// The body was refused by the extractor (too large, wrong type, bad JSON).
+    #[error("{1}")]
+    Rejected(StatusCode, String),
     /// Nothing at this path or hash.
     #[error("not found")]
     NotFound,
@@ -28,6 +31,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Rejected(status, _) => *status,
             ApiError::UnknownPeer(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -35,12 +39,28 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
+        let status = r.status();
+        let status = if status.is_client_error() {
+            status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        // Malformed JSON is a 400 (axum says 422 for a well-formed body of the wrong shape).
+        let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
+        } else {
+            status
+        };
+        ApiError::Rejected(status, r.body_text())
     }
 }

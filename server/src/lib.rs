@@ -68,6 +68,11 @@ pub async fn run(
         _ => None,
     };
     let state = Arc::new(AppState::new(config, metrics, tls.is_some()));
+    let indexer = state.clone();
+    let indexed = tokio::task::spawn_blocking(move || indexer.site.index_all())
+        .await
+        .unwrap_or(0);
+    tracing::info!(files = indexed, "site indexed");
     state.clone().spawn_housekeeping();
     let router = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {

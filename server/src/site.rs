@@ -147,6 +147,38 @@ impl Site {
         Ok(obj)
     }
 
+    /// Hashes every file under the root (hidden files skipped, at most
+    /// `MAX_OBJECTS`), so peers can be listed for them from the first request, also
+    /// after a restart. Blocking. Returns how many files were indexed.
+    pub fn index_all(&self) -> usize {
+        let mut stack = vec![self.root.clone()];
+        let mut count = 0;
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(path),
+                    Ok(t) if t.is_file() => {
+                        if count >= MAX_OBJECTS {
+                            return count;
+                        }
+                        if self.object(&path).is_ok() {
+                            count += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        count
+    }
+
     /// The object with this hash, if the server has served it.
     pub fn by_hash(&self, hash: &ObjectHash) -> Option<SiteObject> {
         let path = lock(&self.by_hash).get(hash).cloned()?;
@@ -173,10 +205,22 @@ mod tests {
     #[test]
     fn traversal_and_hidden_files_are_refused() {
         let site = Site::new(PathBuf::from("/srv/site"));
-        for bad in ["/../etc/passwd", "/a/%2e%2e/b", "/.git/config", "/a\\b", "/%00"] {
+        for bad in [
+            "/../etc/passwd",
+            "/a/%2e%2e/b",
+            "/.git/config",
+            "/a\\b",
+            "/%00",
+        ] {
             assert!(site.resolve(bad).is_err(), "{bad}");
         }
-        assert_eq!(site.resolve("/static/a%20b.js").unwrap(), PathBuf::from("/srv/site/static/a b.js"));
-        assert_eq!(site.resolve("/").unwrap(), PathBuf::from("/srv/site/index.html"));
+        assert_eq!(
+            site.resolve("/static/a%20b.js").unwrap(),
+            PathBuf::from("/srv/site/static/a b.js")
+        );
+        assert_eq!(
+            site.resolve("/").unwrap(),
+            PathBuf::from("/srv/site/index.html")
+        );
     }
 }

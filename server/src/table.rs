@@ -58,6 +58,21 @@ pub struct TableStats {
     pub delisted: usize,
 }
 
+/// One peer as the admin page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    /// Peer id.
+    pub id: String,
+    /// Serving address, if any.
+    pub addr: Option<String>,
+    /// Last reported load.
+    pub load: Option<Load>,
+    /// Verified mismatch reports against it.
+    pub strikes: u32,
+    /// Objects it is listed for.
+    pub holdings: usize,
+}
+
 /// The in-memory look-up table.
 #[derive(Debug)]
 pub struct Table {
@@ -205,7 +220,8 @@ impl Table {
             })
             .collect();
         found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        let ordered = peercache_core::select::order_holders(found.into_iter().map(|(_, p)| p).collect());
+        let ordered =
+            peercache_core::select::order_holders(found.into_iter().map(|(_, p)| p).collect());
         ordered.into_iter().take(max).collect()
     }
 
@@ -278,15 +294,21 @@ impl Table {
         s
     }
 
-    /// Rows for the admin page: id, address, load, strikes, holdings.
-    pub fn peer_rows(&self) -> Vec<(String, Option<String>, Option<Load>, u32, usize)> {
+    /// Rows for the admin page.
+    pub fn peer_rows(&self) -> Vec<PeerRow> {
         let inner = lock(&self.inner);
         let mut rows: Vec<_> = inner
             .peers
             .iter()
-            .map(|(id, r)| (id.clone(), r.addr.clone(), r.load, r.strikes, r.holdings))
+            .map(|(id, r)| PeerRow {
+                id: id.clone(),
+                addr: r.addr.clone(),
+                load: r.load,
+                strikes: r.strikes,
+                holdings: r.holdings,
+            })
             .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
         rows
     }
 }
@@ -303,7 +325,10 @@ mod tests {
         let t = Table::new(Duration::from_secs(60), 2);
         let now = Instant::now();
         let h = ObjectHash::of(b"x");
-        assert_eq!(t.announce("a", &[h], &[], None, now), Err(TableError::UnknownPeer));
+        assert_eq!(
+            t.announce("a", &[h], &[], None, now),
+            Err(TableError::UnknownPeer)
+        );
         t.register("a", IP, Some(1000), None, now).unwrap();
         t.register("b", IP, None, None, now).unwrap();
         t.announce("a", &[h], &[], None, now).unwrap();
@@ -314,7 +339,10 @@ mod tests {
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].addr, "http://198.51.100.1:1000");
         // Lapsed.
-        assert!(t.holders(&h, None, now + Duration::from_secs(61), 8).is_empty());
+        assert!(
+            t.holders(&h, None, now + Duration::from_secs(61), 8)
+                .is_empty()
+        );
         // Two strikes delist.
         for _ in 0..2 {
             t.announce("a", &[h], &[], None, now).unwrap();
@@ -327,7 +355,10 @@ mod tests {
                 duration_ms: 0,
             });
         }
-        assert_eq!(t.announce("a", &[h], &[], None, now), Err(TableError::UnknownPeer));
+        assert_eq!(
+            t.announce("a", &[h], &[], None, now),
+            Err(TableError::UnknownPeer)
+        );
         assert!(t.holders(&h, None, now, 8).is_empty());
     }
 
@@ -337,9 +368,29 @@ mod tests {
         let now = Instant::now();
         let h = ObjectHash::of(b"y");
         t.register("a", IP, Some(1), None, now).unwrap();
-        t.announce("a", &[h], &[], Some(Load { active: 2, limit: 2 }), now).unwrap();
+        t.announce(
+            "a",
+            &[h],
+            &[],
+            Some(Load {
+                active: 2,
+                limit: 2,
+            }),
+            now,
+        )
+        .unwrap();
         assert!(t.holders(&h, None, now, 8).is_empty());
-        t.announce("a", &[], &[], Some(Load { active: 0, limit: 2 }), now).unwrap();
+        t.announce(
+            "a",
+            &[],
+            &[],
+            Some(Load {
+                active: 0,
+                limit: 2,
+            }),
+            now,
+        )
+        .unwrap();
         assert_eq!(t.holders(&h, None, now, 8).len(), 1);
         t.announce("a", &[], &[h], None, now).unwrap();
         assert!(t.holders(&h, None, now, 8).is_empty());

@@ -1,1 +1,348 @@
-//! placeholder
+//! The swarm harness: starts the real `peercache-server` and real `peercache-host`
+//! processes on `127.0.0.1:0` and talks to them over HTTP and native messaging.
+//! Used by the integration tests in `tests/tests/` (and by benchmarks).
+//!
+//! The binaries must be built first (`cargo build --bins`); the harness looks for
+//! them next to the test executable, or in `$PEERCACHE_BIN_DIR`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// Where the workspace binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PEERCACHE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test> → target/<profile>
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Path of a workspace binary, with a clear error if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --bins` before the integration tests",
+        p.display()
+    );
+    p
+}
+
+/// A fresh temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates one.
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "peercache-{tag}-{}-{}",
+            std::process::id(),
+            rand_u64()
+        ));
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        Self(p)
+    }
+
+    /// A path inside it.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A site directory with `index.html` and the given files under `static/`.
+pub fn make_site(dir: &TempDir, files: &[(&str, &[u8])]) -> PathBuf {
+    let root = dir.join("site");
+    std::fs::create_dir_all(root.join("static")).expect("site dir");
+    std::fs::write(root.join("index.html"), b"<!doctype html><title>t</title>").expect("index");
+    for (name, bytes) in files {
+        std::fs::write(root.join("static").join(name), bytes).expect("site file");
+    }
+    root
+}
+
+/// A running process, killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Lines it printed on stdout before it was ready.
+    pub banner: Vec<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn spawn_until(mut cmd: Command, ready: &str) -> anyhow::Result<Proc> {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("spawning")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut banner = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            let done = line.contains(ready);
+            banner.push(line);
+            if done {
+                return Ok::<bool, std::io::Error>(true);
+            }
+        }
+        Ok(false)
+    })
+    .await
+    .context("timed out waiting for the process to start")??;
+    if !found {
+        bail!("process exited before printing {ready:?}: {banner:?}");
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Proc { child, banner })
+}
+
+/// A running `peercache-server`.
+#[derive(Debug)]
+pub struct Server {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+/// Starts `peercache-server --root ROOT --listen 127.0.0.1:0 ARGS…`.
+pub async fn spawn_server(root: &Path, args: &[&str]) -> anyhow::Result<Server> {
+    let mut cmd = Command::new(bin("peercache-server"));
+    cmd.arg("--root")
+        .arg(root)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args);
+    let proc = spawn_until(cmd, "listening on").await?;
+    let addr = proc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("listening on "))
+        .context("no address")?
+        .to_string();
+    Ok(Server {
+        url: format!("http://{addr}"),
+        proc,
+    })
+}
+
+/// A running headless peer (`peercache-host serve`).
+#[derive(Debug)]
+pub struct Peer {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT` of its peer server.
+    pub url: String,
+    /// Its peer id.
+    pub id: String,
+}
+
+/// Starts `peercache-host serve --server URL --cache DIR --listen 127.0.0.1:0 ARGS…`.
+pub async fn spawn_peer(server: &str, cache: &Path, args: &[&str]) -> anyhow::Result<Peer> {
+    let mut cmd = Command::new(bin("peercache-host"));
+    cmd.args([
+        "serve",
+        "--server",
+        server,
+        "--listen",
+        "127.0.0.1:0",
+        "--cache",
+    ])
+    .arg(cache)
+    .args(args);
+    let proc = spawn_until(cmd, "announced").await?;
+    let addr = proc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("peer listening on "))
+        .context("no peer address")?
+        .to_string();
+    let id = proc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("peer id "))
+        .context("no peer id")?
+        .to_string();
+    Ok(Peer {
+        url: format!("http://{addr}"),
+        id,
+        proc,
+    })
+}
+
+/// Runs `peercache-host fetch`; returns (success, stderr).
+pub async fn fetch_cli(
+    server: &str,
+    path: &str,
+    out: &Path,
+    cache: &Path,
+) -> anyhow::Result<(bool, String)> {
+    let output = Command::new(bin("peercache-host"))
+        .args(["fetch", "--server", server, path, "-o"])
+        .arg(out)
+        .arg("--cache")
+        .arg(cache)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Prometheus text → sums per metric name.
+pub async fn metrics(base: &str) -> anyhow::Result<HashMap<String, f64>> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let mut out: HashMap<String, f64> = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = name_labels.split('{').next().unwrap_or("");
+        if let Ok(v) = value.parse::<f64>() {
+            *out.entry(name.to_string()).or_default() += v;
+        }
+    }
+    Ok(out)
+}
+
+/// A native-messaging session with a real host process, as a browser runs it.
+#[derive(Debug)]
+pub struct NativeSession {
+    /// The host process.
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: ChildStdout,
+}
+
+impl NativeSession {
+    /// Starts `peercache-host chrome-extension://<id>/` with `env`.
+    pub async fn start(env: &[(&str, &Path)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin("peercache-host"));
+        cmd.arg("chrome-extension://fmfjkafobffmfmdigggcgcdafihpelgn/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("stdout")?;
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Sends raw bytes (for malformed frames).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        stdin.write_all(bytes).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Sends one framed message.
+    pub async fn send(&mut self, msg: &serde_json::Value) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(msg)?;
+        let mut frame = (body.len() as u32).to_ne_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        self.send_raw(&frame).await
+    }
+
+    /// Reads one framed message (10 s timeout).
+    pub async fn recv(&mut self) -> anyhow::Result<serde_json::Value> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut len = [0u8; 4];
+            self.stdout.read_exact(&mut len).await?;
+            let len = u32::from_ne_bytes(len) as usize;
+            if len > 1 << 20 {
+                bail!("host sent a frame of {len} bytes");
+            }
+            let mut body = vec![0u8; len];
+            self.stdout.read_exact(&mut body).await?;
+            Ok(serde_json::from_slice(&body)?)
+        })
+        .await
+        .context("timed out waiting for a frame")?
+    }
+
+    /// Reads frames until one of type `ty`.
+    pub async fn recv_type(&mut self, ty: &str) -> anyhow::Result<serde_json::Value> {
+        for _ in 0..20 {
+            let m = self.recv().await?;
+            if m["type"] == ty {
+                return Ok(m);
+            }
+        }
+        bail!("no {ty} message")
+    }
+
+    /// Closes stdin, as a browser does when the port closes.
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Reads whatever is left on stdout until EOF.
+    pub async fn rest_of_stdout(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), self.stdout.read_to_end(&mut rest)).await??;
+        Ok(rest)
+    }
+}

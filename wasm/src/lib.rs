@@ -115,11 +115,20 @@ impl Brain {
                 self.host_version = Some(version);
                 false
             }
-            FromHost::Status { gateway_port, token, peer_id, counters, .. } => {
+            FromHost::Status {
+                gateway_port,
+                token,
+                peer_id,
+                counters,
+                ..
+            } => {
                 self.host = HostState::Connected;
                 self.counters = counters;
                 self.peer_id = Some(peer_id);
-                let gw = (gateway_port != 0).then_some(Gateway { port: gateway_port, token });
+                let gw = (gateway_port != 0).then_some(Gateway {
+                    port: gateway_port,
+                    token,
+                });
                 let changed = gw != self.gateway;
                 self.gateway = gw;
                 changed
@@ -175,7 +184,9 @@ impl Brain {
             Settings::default()
         } else {
             serde_wasm_bindgen::from_value(saved).unwrap_or_else(|e| {
-                web_sys::console::warn_1(&format!("peercache: ignoring unreadable settings: {e}").into());
+                web_sys::console::warn_1(
+                    &format!("peercache: ignoring unreadable settings: {e}").into(),
+                );
                 Settings::default()
             })
         };
@@ -189,7 +200,9 @@ impl Brain {
 
     /// The first message to send the host.
     pub fn hello(&self) -> JsValue {
-        to_js(&ToHost::Hello { version: env!("CARGO_PKG_VERSION").to_string() })
+        to_js(&ToHost::Hello {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
     }
 
     /// The `config` message reflecting the current settings.
@@ -249,7 +262,10 @@ mod tests {
     #[test]
     fn rules_follow_host_and_switches() {
         let mut b = Brain::default();
-        assert!(b.settings.advertised("https://s.example/", r#"scope="/static/""#));
+        assert!(
+            b.settings
+                .advertised("https://s.example/", r#"scope="/static/""#)
+        );
         assert!(b.settings.set_site_enabled("https://s.example", true));
         assert_eq!(b.view_model().rules, 0, "no host, no rules");
         let status = FromHost::Status {

@@ -20,16 +20,26 @@ fn enrolment_switch_and_rules_through_js_values() {
     )
     .unwrap();
     assert!(brain.on_host_message(status).unwrap());
-    assert_eq!(js_sys::Array::from(&brain.rules()).length(), 0, "site not switched on yet");
+    assert_eq!(
+        js_sys::Array::from(&brain.rules()).length(),
+        0,
+        "site not switched on yet"
+    );
     assert!(brain.set_site_enabled("https://198.51.100.2", true));
     let rules = js_sys::Array::from(&brain.rules());
     assert_eq!(rules.length(), 2);
-    let text = js_sys::JSON::stringify(&rules).unwrap().as_string().unwrap();
+    let text = js_sys::JSON::stringify(&rules)
+        .unwrap()
+        .as_string()
+        .unwrap();
     assert!(text.contains("127.0.0.1:4242/g/"));
     brain.set_enabled(false);
     assert_eq!(js_sys::Array::from(&brain.rules()).length(), 0);
     let view = brain.view();
-    assert_eq!(get(&get(&view, "counters"), "bytes_from_peers").as_f64(), Some(5.0));
+    assert_eq!(
+        get(&get(&view, "counters"), "bytes_from_peers").as_f64(),
+        Some(5.0)
+    );
 }
 
 #[wasm_bindgen_test]
@@ -41,7 +51,10 @@ fn settings_survive_a_round_trip_and_garbage_is_ignored() {
     let sites = get(&restored.view(), "sites");
     assert_eq!(js_sys::Array::from(&sites).length(), 1);
     let fresh = Brain::new(JsValue::from_str("not settings"));
-    assert_eq!(js_sys::Array::from(&get(&fresh.view(), "sites")).length(), 0);
+    assert_eq!(
+        js_sys::Array::from(&get(&fresh.view(), "sites")).length(),
+        0
+    );
     let mut b = Brain::new(JsValue::UNDEFINED);
     assert!(b.on_host_message(JsValue::from_str("{}")).is_err());
 }

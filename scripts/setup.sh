@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what building and testing peercache needs on a fresh Debian machine,
+# skipping whatever is already there. Idempotent. Needs root for apt.
+#   scripts/setup.sh          everything (browsers included)
+#   scripts/setup.sh --demo   only what the demo needs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+demo_only=false
+[ "${1:-}" = "--demo" ] && demo_only=true
+
+need_apt=()
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v curl >/dev/null || need_apt+=(curl)
+if ! $demo_only; then
+  [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)
+  command -v node >/dev/null || need_apt+=(nodejs npm)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if $demo_only; then
+  exit 0
+fi
+
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+want=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$want" ]; then
+  echo "setup: cargo install wasm-bindgen-cli $want (about 4 minutes)"
+  cargo install -q wasm-bindgen-cli --version "$want"
+fi
+
+if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  (cd tests/e2e && npm ci --silent --no-audit --no-fund)
+fi

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, lints, unit and property tests, the
+# integration tests with real processes, the wasm tests under Node, and the
+# end-to-end tests in real headless browsers. Installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { echo; echo "=== $* ($(( $(date +%s) - start ))s)"; }
+
+step setup
+scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -q -- -D warnings
+
+step "build binaries"
+cargo build -q --bins
+
+step "unit, property and integration tests"
+cargo test -q --workspace
+
+step "wasm tests (wasm-bindgen-test under Node)"
+cargo test -p peercache-wasm --target wasm32-unknown-unknown --test brain
+
+step "build the extension"
+scripts/build-extension.sh
+
+step "end to end in headless browsers"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "the end-to-end tests create network namespaces and must run as root" >&2
+  exit 1
+fi
+(cd tests/e2e && node --test --test-concurrency=1 --test-timeout=600000 ./*.test.mjs)
+
+step "all passed"

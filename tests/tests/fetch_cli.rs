@@ -1,0 +1,168 @@
+//! `peercache-host fetch` and `serve` as users run them: a referral to a real peer,
+//! a lying peer, and failures that must leave no partial file.
+
+use peercache_tests::{
+    TempDir, fetch_cli, make_site, metrics, spawn_peer, spawn_server, test_bytes,
+};
+
+#[tokio::test]
+async fn a_second_client_gets_the_file_from_the_first() {
+    let dir = TempDir::new("cli-refer");
+    let data = test_bytes(2_000_000, 3);
+    let root = make_site(&dir, &[("big.bin", &data)]);
+    let server = spawn_server(&root, &["--egress-limit", "8MiB", "--target-period", "0s"])
+        .await
+        .unwrap();
+
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/big.bin",
+        &dir.join("first"),
+        &dir.join("c1"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains("from the server"), "{err}");
+    assert_eq!(std::fs::read(dir.join("first")).unwrap(), data);
+
+    // The same cache, now serving: it is one peer (identity lives with the cache).
+    let peer = spawn_peer(&server.url, &dir.join("c1"), &[]).await.unwrap();
+    assert!(
+        peer.proc
+            .banner
+            .iter()
+            .any(|l| l == "announced 1 of 1 cached objects"),
+        "{:?}",
+        peer.proc.banner
+    );
+
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/big.bin",
+        &dir.join("second"),
+        &dir.join("c2"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("from peer {}", peer.id)), "{err}");
+    assert_eq!(std::fs::read(dir.join("second")).unwrap(), data);
+
+    let s = metrics(&server.url).await.unwrap();
+    assert_eq!(s["peercache_requests_referred_total"], 1.0);
+    assert_eq!(
+        s["peercache_bytes_reported_from_peers_total"],
+        data.len() as f64
+    );
+    let p = metrics(&peer.url).await.unwrap();
+    assert_eq!(p["peercache_uploads_total"], 1.0);
+    assert_eq!(p["peercache_bytes_uploaded_total"], data.len() as f64);
+
+    // The second client announced too: a third is referred to one of the two.
+    let r = reqwest::get(format!(
+        "{}/v1/objects/{}/peers",
+        server.url,
+        peercache_core::ObjectHash::of(&data)
+    ))
+    .await
+    .unwrap();
+    let holders: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        holders.as_array().unwrap().len(),
+        1,
+        "a fetch-only client has no address to serve from"
+    );
+}
+
+#[tokio::test]
+async fn a_lying_peer_never_gets_its_bytes_through() {
+    let dir = TempDir::new("cli-liar");
+    let data = test_bytes(500_000, 4);
+    let root = make_site(&dir, &[("f.bin", &data)]);
+    let server = spawn_server(&root, &["--egress-limit", "8MiB", "--target-period", "0s"])
+        .await
+        .unwrap();
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/f.bin",
+        &dir.join("x"),
+        &dir.join("liar"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let liar = spawn_peer(&server.url, &dir.join("liar"), &[])
+        .await
+        .unwrap();
+    // Its copy goes bad after it was listed.
+    let obj = dir
+        .join("liar/objects")
+        .join(peercache_core::ObjectHash::of(&data).to_hex());
+    let mut bad = std::fs::read(&obj).unwrap();
+    bad[12345] ^= 1;
+    std::fs::write(&obj, bad).unwrap();
+
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/f.bin",
+        &dir.join("out"),
+        &dir.join("victim"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains("from the server"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.join("out")).unwrap(),
+        data,
+        "the true bytes arrived"
+    );
+    // Nothing unverified reached the victim's cache.
+    let cached = std::fs::read(
+        dir.join("victim/objects")
+            .join(peercache_core::ObjectHash::of(&data).to_hex()),
+    )
+    .unwrap();
+    assert_eq!(cached, data);
+    let s = metrics(&server.url).await.unwrap();
+    assert_eq!(s["peercache_mismatch_reports_total"], 1.0);
+    let l = metrics(&liar.url).await.unwrap();
+    assert_eq!(l["peercache_uploads_total"], 1.0);
+}
+
+#[tokio::test]
+async fn failures_exit_non_zero_with_a_reason_and_leave_no_file() {
+    let dir = TempDir::new("cli-fail");
+    let root = make_site(&dir, &[("a.bin", b"abc")]);
+    let server = spawn_server(&root, &[]).await.unwrap();
+
+    let out = dir.join("missing");
+    let (ok, err) = fetch_cli(&server.url, "/static/nope.bin", &out, &dir.join("c"))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(err.contains("404"), "{err}");
+    assert!(!out.exists());
+
+    let (ok, err) = fetch_cli("http://127.0.0.1:9", "/static/a.bin", &out, &dir.join("c"))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(err.contains("unreachable"), "{err}");
+    assert!(!out.exists());
+
+    let (ok, err) = fetch_cli(&server.url, "static/a.bin", &out, &dir.join("c"))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(err.contains("must start with '/'"), "{err}");
+
+    // An existing output file is replaced only by a complete, verified one.
+    std::fs::write(&out, b"previous").unwrap();
+    let (ok, _) = fetch_cli(&server.url, "/static/nope.bin", &out, &dir.join("c"))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+}

@@ -1,0 +1,234 @@
+//! The server's API against a real `peercache-server` process: serve-or-refer and
+//! the answers to bad input.
+
+use peercache_core::hash::ObjectHash;
+use peercache_tests::{TempDir, make_site, spawn_server, test_bytes};
+use serde_json::json;
+
+async fn register_and_announce(
+    client: &reqwest::Client,
+    server: &str,
+    id: &str,
+    port: u16,
+    hash: &ObjectHash,
+) {
+    let r = client
+        .post(format!("{server}/v1/peers"))
+        .json(&json!({"peer_id": id, "port": port}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["addr"],
+        format!("http://127.0.0.1:{port}"),
+        "recorded at the connection's source address"
+    );
+    let r = client
+        .post(format!("{server}/v1/announce"))
+        .json(&json!({"peer_id": id, "have": [hash.to_hex()]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"][0], hash.to_hex());
+}
+
+#[tokio::test]
+async fn refers_clients_that_accept_referrals_and_serves_everyone_else() {
+    let dir = TempDir::new("srv-refer");
+    let data = test_bytes(300_000, 1);
+    let root = make_site(&dir, &[("a.bin", &data)]);
+    let server = spawn_server(&root, &["--egress-limit", "1MiB", "--target-period", "0s"])
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/static/a.bin", server.url);
+
+    // Every 200 carries hash, size and the advertisement.
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let hash = ObjectHash::of(&data);
+    assert_eq!(
+        r.headers()["peercache-object"].to_str().unwrap(),
+        format!("blake3={hash}; size={}", data.len())
+    );
+    assert_eq!(
+        r.headers()["peercache"].to_str().unwrap(),
+        "scope=\"/static/\""
+    );
+    assert_eq!(r.bytes().await.unwrap(), data);
+
+    // No holder yet: even a referral-capable client gets the bytes.
+    let r = http
+        .get(&url)
+        .header("Peercache-Client", "id=me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    register_and_announce(&http, &server.url, "holder1", 40001, &hash).await;
+
+    // Without Peercache-Client: always 200.
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    // With it: 300 and the referral, server last.
+    let r = http
+        .get(&url)
+        .header("Peercache-Client", "id=me; bw=1000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 300);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.peercache.referral+json"
+    );
+    let referral: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(referral["object"]["hash"], hash.to_hex());
+    assert_eq!(referral["object"]["size"], data.len());
+    assert_eq!(referral["proxies"][0]["id"], "holder1");
+    assert_eq!(referral["proxies"][0]["addr"], "http://127.0.0.1:40001");
+    let last = referral["proxies"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["id"], "server");
+    assert_eq!(referral["server"], server.url);
+    // The holder itself is never referred to itself.
+    let r = http
+        .get(&url)
+        .header("Peercache-Client", "id=holder1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A request with credentials is never referred.
+    let r = http
+        .get(&url)
+        .header("Peercache-Client", "id=me")
+        .header("Cookie", "session=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Outside the advertised scope: never referred.
+    let r = http
+        .get(format!("{}/", server.url))
+        .header("Peercache-Client", "id=me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn without_an_egress_limit_the_server_serves_within_the_default_period() {
+    let dir = TempDir::new("srv-fast");
+    let data = test_bytes(10_000, 2);
+    let root = make_site(&dir, &[("a.bin", &data)]);
+    let server = spawn_server(&root, &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    register_and_announce(&http, &server.url, "h", 40002, &ObjectHash::of(&data)).await;
+    let r = http
+        .get(format!("{}/static/a.bin", server.url))
+        .header("Peercache-Client", "id=me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "an idle, unlimited server sends in time");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_with_a_reason() {
+    let dir = TempDir::new("srv-bad");
+    let root = make_site(&dir, &[("a.bin", b"abc")]);
+    let server = spawn_server(&root, &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    let u = |p: &str| format!("{}{p}", server.url);
+
+    let r = http
+        .post(u("/v1/announce"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let reason = r.text().await.unwrap();
+    assert!(reason.contains("error"), "{reason}");
+
+    let r = http
+        .post(u("/v1/announce"))
+        .json(&json!({"peer_id": "x", "have": ["zz"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("hash"));
+
+    let r = http
+        .post(u("/v1/announce"))
+        .json(&json!({"peer_id": "nobody", "have": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("register"));
+
+    let r = http
+        .post(u("/v1/peers"))
+        .json(&json!({"peer_id": "../etc", "port": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let big = "x".repeat(100_000);
+    let r = http
+        .post(u("/v1/peers"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    let r = http
+        .get(u("/static/a.bin"))
+        .header("Peercache-Client", "bw=lots")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("bw"));
+
+    let r = http
+        .get(u("/static/..%2f..%2fetc%2fpasswd"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http.get(u("/nope.txt")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http.delete(u("/static/a.bin")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = http.get(u("/v1/objects/not-a-hash")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Still serving after all that.
+    assert_eq!(
+        http.get(u("/static/a.bin"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        &b"abc"[..]
+    );
+}
