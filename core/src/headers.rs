@@ -202,6 +202,42 @@ impl Advertisement {
     }
 }
 
+/// A `Range` header that cannot be satisfied or parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unsatisfiable or unsupported Range")]
+pub struct RangeError;
+
+/// Parses a single-range `Range: bytes=…` header against an object of `size`
+/// bytes. Returns the inclusive `(first, last)` byte positions. Multiple ranges
+/// are not supported (an error, so the caller answers `416`).
+pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), RangeError> {
+    let spec = value.trim().strip_prefix("bytes=").ok_or(RangeError)?;
+    if spec.contains(',') || size == 0 {
+        return Err(RangeError);
+    }
+    let (a, b) = spec.split_once('-').ok_or(RangeError)?;
+    let (a, b) = (a.trim(), b.trim());
+    let (first, last) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| RangeError)?;
+        if n == 0 {
+            return Err(RangeError);
+        }
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let first: u64 = a.parse().map_err(|_| RangeError)?;
+        let last = if b.is_empty() {
+            size - 1
+        } else {
+            b.parse::<u64>().map_err(|_| RangeError)?.min(size - 1)
+        };
+        (first, last)
+    };
+    if first > last || first >= size {
+        return Err(RangeError);
+    }
+    Ok((first, last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +257,32 @@ mod tests {
         assert!(ObjectHeader::parse("size=3").is_err());
     }
 
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Ok((0, 99)));
+        assert_eq!(parse_range("bytes=900-", 1000), Ok((900, 999)));
+        assert_eq!(parse_range("bytes=-100", 1000), Ok((900, 999)));
+        assert_eq!(parse_range("bytes=990-2000", 1000), Ok((990, 999)));
+        for bad in [
+            "bytes=1000-",
+            "bytes=5-1",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=-0",
+            "bytes=x-",
+        ] {
+            assert!(parse_range(bad, 1000).is_err(), "{bad}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn ranges_stay_inside_the_object(v in ".{0,40}", size in 0u64..10_000) {
+            if let Ok((a, b)) = parse_range(&v, size) {
+                prop_assert!(a <= b && b < size);
+            }
+        }
+
         #[test]
         fn object_header_round_trips(bytes in proptest::array::uniform32(any::<u8>()), size in any::<u64>()) {
             let h = ObjectHeader { hash: ObjectHash::from_bytes(bytes), size };

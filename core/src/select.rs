@@ -117,3 +117,133 @@ mod tests {
         );
     }
 }
+
+/// What a server knows about one holder of an object when it builds a referral.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HolderStats {
+    /// The peer.
+    pub id: String,
+    /// Its serving address.
+    pub addr: String,
+    /// Smoothed RTT of the server's pings, if any answered.
+    pub rtt_ms: Option<u32>,
+    /// Last reported load.
+    pub load: Option<crate::protocol::Load>,
+    /// Referrals to it handed out since its last load report.
+    pub pending: u32,
+    /// Clients' served reports for this object (M9).
+    pub uses: u64,
+}
+
+impl HolderStats {
+    /// Active uploads plus referrals not yet reflected in a report.
+    fn effective_active(&self) -> Option<(u32, u32)> {
+        self.load
+            .map(|l| (l.active.saturating_add(self.pending), l.limit))
+    }
+
+    /// True when it should not be referred at all (M12).
+    pub fn is_full(&self) -> bool {
+        self.effective_active()
+            .is_some_and(|(active, limit)| limit == 0 || active >= limit)
+    }
+}
+
+/// A peer is slow when its RTT is above `threshold_ms`, or above four times the
+/// median of the measured holders (M8).
+pub fn is_slow(rtt_ms: Option<u32>, median_ms: Option<u32>, threshold_ms: u32) -> bool {
+    match rtt_ms {
+        None => false,
+        Some(rtt) => {
+            rtt > threshold_ms || median_ms.is_some_and(|m| rtt > m.saturating_mul(4).max(20))
+        }
+    }
+}
+
+/// Ranks holders for a referral: full peers dropped; slow peers after the rest;
+/// then the least loaded (counting referrals handed out since the last report, so
+/// a crowd spreads over peers); then the most used (M9); then the lowest RTT.
+pub fn rank_holders(holders: Vec<HolderStats>, slow_threshold_ms: u32, max: usize) -> Vec<Proxy> {
+    let mut measured: Vec<u32> = holders.iter().filter_map(|h| h.rtt_ms).collect();
+    measured.sort_unstable();
+    let median = measured.get(measured.len() / 2).copied();
+    let mut usable: Vec<HolderStats> = holders.into_iter().filter(|h| !h.is_full()).collect();
+    usable.sort_by_key(|h| {
+        let load_permille = h
+            .effective_active()
+            .map_or(0, |(a, l)| u64::from(a) * 1000 / u64::from(l.max(1)));
+        (
+            is_slow(h.rtt_ms, median, slow_threshold_ms),
+            load_permille,
+            std::cmp::Reverse(h.uses),
+            h.rtt_ms.unwrap_or(u32::MAX),
+            h.id.clone(),
+        )
+    });
+    usable
+        .into_iter()
+        .take(max)
+        .map(|h| Proxy {
+            id: h.id,
+            addr: h.addr,
+            rtt_ms: h.rtt_ms,
+            load: h.load,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod rank_tests {
+    use super::*;
+    use crate::protocol::Load;
+    use proptest::prelude::*;
+
+    fn h(id: &str, rtt: Option<u32>, active: u32, pending: u32, uses: u64) -> HolderStats {
+        HolderStats {
+            id: id.into(),
+            addr: format!("http://{id}"),
+            rtt_ms: rtt,
+            load: Some(Load { active, limit: 4 }),
+            pending,
+            uses,
+        }
+    }
+
+    #[test]
+    fn slow_last_full_dropped_crowd_spread_most_used_first() {
+        let ids = |v: Vec<Proxy>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        let ranked = rank_holders(
+            vec![
+                h("slow", Some(900), 0, 0, 50),
+                h("full", Some(5), 2, 2, 9),
+                h("used", Some(9), 0, 0, 7),
+                h("new", Some(5), 0, 0, 0),
+            ],
+            500,
+            8,
+        );
+        assert_eq!(ids(ranked), ["used", "new", "slow"]);
+        // Pending referrals count as load: the next client goes elsewhere.
+        let ranked = rank_holders(
+            vec![h("used", Some(9), 0, 1, 7), h("new", Some(5), 0, 0, 0)],
+            500,
+            8,
+        );
+        assert_eq!(ids(ranked), ["new", "used"]);
+    }
+
+    proptest! {
+        #[test]
+        fn never_lists_a_full_peer_and_respects_max(
+            specs in proptest::collection::vec((proptest::option::of(0u32..2000), 0u32..6, 0u32..6, 0u64..10), 0..20),
+            max in 0usize..10,
+        ) {
+            let holders: Vec<_> = specs.iter().enumerate()
+                .map(|(i, (rtt, a, p, u))| h(&format!("p{i}"), *rtt, *a, *p, *u)).collect();
+            let full: Vec<String> = holders.iter().filter(|x| x.is_full()).map(|x| x.id.clone()).collect();
+            let ranked = rank_holders(holders, 500, max);
+            prop_assert!(ranked.len() <= max);
+            prop_assert!(ranked.iter().all(|p| !full.contains(&p.id)));
+        }
+    }
+}

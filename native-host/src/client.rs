@@ -332,6 +332,12 @@ impl Client {
             return Err(FetchError::BadUrl(url.to_string()));
         }
         let origin = origin(&url);
+        // Register first, so the server records that this peer fetched the object
+        // through it (B6); failure only costs sharing, never the download.
+        let known = self.registered.lock().await.contains_key(&origin);
+        if !known && let Err(e) = self.register(&origin).await {
+            tracing::debug!(error = %e, "registration failed; fetching anyway");
+        }
         let client_header = ClientHeader {
             peer_id: Some(self.peer_id.clone()),
             bandwidth: None,

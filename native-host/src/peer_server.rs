@@ -96,6 +96,7 @@ impl Drop for Slot {
 async fn object(
     State(state): State<PeerState>,
     method: Method,
+    req_headers: axum::http::HeaderMap,
     Path(hash): Path<String>,
 ) -> Response {
     let Ok(hash) = hash.parse::<ObjectHash>() else {
@@ -109,6 +110,21 @@ async fn object(
     let size = match file.metadata().await {
         Ok(m) => m.len(),
         Err(_) => return (StatusCode::NOT_FOUND, "not held").into_response(),
+    };
+    let range = match req_headers
+        .get(header::RANGE)
+        .map(|v| v.to_str().map(|v| headers::parse_range(v, size)))
+    {
+        None => None,
+        Some(Ok(Ok(r))) => Some(r),
+        Some(_) => {
+            let mut resp =
+                (StatusCode::RANGE_NOT_SATISFIABLE, "unsatisfiable range").into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return resp;
+        }
     };
     let headers_only = method == Method::HEAD;
     let slot = if headers_only {
@@ -128,11 +144,21 @@ async fn object(
             }
         }
     };
-    let builder = Response::builder()
-        .status(StatusCode::OK)
+    let (status, first, len) = match range {
+        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        None => (StatusCode::OK, 0, size),
+    };
+    let mut builder = Response::builder()
+        .status(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, size)
-        .header(header::ACCEPT_RANGES, "none");
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if range.is_some() {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {first}-{}/{size}", first + len - 1),
+        );
+    }
     if headers_only {
         return builder
             .body(Body::empty())
@@ -140,7 +166,15 @@ async fn object(
     }
     counter!("peercache_uploads_total").increment(1);
     let counters = state.counters.clone();
-    let reader = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+    let mut file = file;
+    if first > 0 {
+        use tokio::io::AsyncSeekExt;
+        if file.seek(std::io::SeekFrom::Start(first)).await.is_err() {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    use tokio::io::AsyncReadExt;
+    let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);
     let stream = reader.map(move |chunk| {
         let _held = &slot;
         if let Ok(c) = &chunk {

@@ -1,8 +1,10 @@
-//! The router: the site with serve-or-refer, the `/v1/` peer API, `/metrics`, `/admin`.
+//! The router and its state: the site with serve-or-refer, the `/v1/` peer API,
+//! `/metrics` and `/admin`.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -10,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use metrics::{counter, gauge};
@@ -28,12 +30,16 @@ use crate::config::Config;
 use crate::egress::EgressPipe;
 use crate::error::ApiError;
 use crate::site::{Site, SiteError, SiteObject};
-use crate::table::{Table, TableError};
+use crate::store::{Store, StoreError, now_ms};
 
 /// Largest JSON body the API accepts.
 pub const MAX_API_BODY: usize = 64 * 1024;
 /// Most hashes in one announce.
 pub const MAX_ANNOUNCE_HASHES: usize = 10_000;
+/// Most possession proofs the server runs for one announce.
+const MAX_PROOFS_PER_ANNOUNCE: usize = 8;
+/// Samples of the offload history kept for `/admin` (one per housekeeping tick).
+const HISTORY: usize = 150;
 
 /// Live figures for `/admin` (the same events also go to the metrics recorder).
 #[derive(Debug, Default)]
@@ -48,6 +54,36 @@ pub struct Figures {
     pub bytes_from_peers: AtomicU64,
     /// Mismatch reports.
     pub mismatches: AtomicU64,
+    /// Look-up table failures (each answered by serving directly).
+    pub store_errors: AtomicU64,
+    /// (unix seconds, bytes served, bytes from peers) samples.
+    pub history: Mutex<VecDeque<(u64, u64, u64)>>,
+}
+
+/// Per-peer token buckets for announces (B6).
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn allow(&self, key: &str, per_sec: u32) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() > 100_000 {
+            b.clear();
+        }
+        let cap = f64::from(per_sec.max(1)) * 4.0;
+        let now = Instant::now();
+        let (tokens, last) = b.entry(key.to_string()).or_insert((cap, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * f64::from(per_sec)).min(cap);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Shared state of one server process.
@@ -58,19 +94,23 @@ pub struct AppState {
     /// The object registry.
     pub site: Site,
     /// The look-up table.
-    pub table: Table,
+    pub store: Store,
     /// The egress model and throttle.
     pub egress: EgressPipe,
     /// Live figures.
     pub figures: Figures,
+    /// Client for pings and possession proofs.
+    pub http: reqwest::Client,
+    announce_limiter: RateLimiter,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     tls: bool,
 }
 
 impl AppState {
-    /// State for `config`.
+    /// State for `config` with a connected store.
     pub fn new(
         config: Config,
+        store: Store,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         tls: bool,
     ) -> Self {
@@ -81,41 +121,66 @@ impl AppState {
             "peercache_bytes_reported_from_peers_total",
             "peercache_announces_total",
             "peercache_mismatch_reports_total",
+            "peercache_store_errors_total",
+            "peercache_pings_total",
+            "peercache_ping_failures_total",
         ] {
             counter!(name).increment(0);
         }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
         Self {
             site: Site::new(config.root.clone()),
-            table: Table::new(config.peer_ttl, config.max_strikes),
+            store,
             egress: EgressPipe::new(config.egress_limit),
             figures: Figures::default(),
+            http,
+            announce_limiter: RateLimiter::default(),
             config,
             metrics,
             tls,
         }
     }
 
-    /// Expires lapsed peers and refreshes gauges every few seconds.
-    pub fn spawn_housekeeping(self: Arc<Self>) {
-        let weak = Arc::downgrade(&self);
-        drop(self);
+    /// Expires lapsed peers, refreshes gauges and samples the offload history.
+    pub fn spawn_housekeeping(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
                 let Some(state) = weak.upgrade() else { break };
-                let now = Instant::now();
-                state.table.expire(now);
-                let s = state.table.stats(now);
-                gauge!("peercache_peers", "state" => "live").set(s.peers as f64);
-                gauge!("peercache_peers", "state" => "serving").set(s.serving_peers as f64);
-                gauge!("peercache_peers", "state" => "delisted").set(s.delisted as f64);
-                gauge!("peercache_objects_listed").set(s.objects as f64);
+                let now = now_ms();
+                if let Err(e) = state.store.expire(now).await {
+                    tracing::warn!(error = %e, "expiring peers failed");
+                }
+                if let Ok(s) = state.store.stats(now).await {
+                    gauge!("peercache_peers", "state" => "live").set(s.peers as f64);
+                    gauge!("peercache_peers", "state" => "serving").set(s.serving_peers as f64);
+                    gauge!("peercache_peers", "state" => "delisted").set(s.delisted as f64);
+                    gauge!("peercache_objects_listed").set(s.objects as f64);
+                }
+                let f = &state.figures;
+                let mut h = f.history.lock().unwrap_or_else(|p| p.into_inner());
+                if h.len() >= HISTORY {
+                    h.pop_front();
+                }
+                h.push_back((
+                    now / 1000,
+                    f.bytes_served.load(Ordering::Relaxed),
+                    f.bytes_from_peers.load(Ordering::Relaxed),
+                ));
             }
         });
     }
 
-    fn own_url(&self, headers: &HeaderMap) -> String {
+    /// The server's own base URL, as the client addressed it.
+    pub fn own_url(&self, headers: &HeaderMap) -> String {
         if let Some(url) = &self.config.public_url {
             return url.trim_end_matches('/').to_string();
         }
@@ -124,6 +189,21 @@ impl AppState {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
         format!("{}://{host}", if self.tls { "https" } else { "http" })
+    }
+
+    fn store_failed(&self, e: &StoreError) {
+        counter!("peercache_store_errors_total").increment(1);
+        self.figures.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "look-up table unavailable");
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::UnknownPeer => ApiError::UnknownPeer("(delisted or lapsed)".into()),
+        StoreError::IdInUse => ApiError::Conflict("peer id is in use from another address".into()),
+        StoreError::Full => ApiError::Unavailable("peer table full".into()),
+        StoreError::Unavailable(e) => ApiError::Unavailable(e),
     }
 }
 
@@ -136,7 +216,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/objects/{hash}", get(object_by_hash))
         .route("/v1/objects/{hash}/peers", get(object_peers))
         .route("/metrics", get(metrics_text))
-        .route("/admin", get(admin))
+        .route("/admin", get(crate::admin::page))
+        .route("/admin/stats.json", get(crate::admin::stats_json))
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .fallback(site)
         .layer(TraceLayer::new_for_http())
@@ -157,19 +238,64 @@ async fn register(
     if req.port == Some(0) {
         return Err(ApiError::BadRequest("port must not be 0".into()));
     }
+    if !state
+        .announce_limiter
+        .allow(&req.peer_id, state.config.announce_rate)
+    {
+        return Err(ApiError::TooManyRequests);
+    }
     let addr = state
-        .table
-        .register(&req.peer_id, peer.ip(), req.port, req.load, Instant::now())
+        .store
+        .register(&req.peer_id, peer.ip(), req.port, req.load, now_ms())
+        .await
         .map_err(|e| match e {
-            TableError::UnknownPeer => ApiError::BadRequest("peer is delisted".into()),
-            TableError::Full => ApiError::Internal("peer table full".into()),
+            StoreError::UnknownPeer => ApiError::Forbidden("peer is delisted".into()),
+            other => store_error(other),
         })?;
     tracing::info!(peer = %req.peer_id, ?addr, "peer registered");
     Ok(Json(RegisterResponse {
         peer_id: req.peer_id,
         addr,
-        ttl_secs: state.table.ttl().as_secs(),
+        ttl_secs: state.store.limits().ttl_ms / 1000,
     }))
+}
+
+/// Checks that `addr` really holds `obj`: asks it for a small random range and
+/// compares with the server's own bytes (B6, "proves it holds it").
+async fn proves_possession(state: &AppState, addr: &str, obj: &SiteObject) -> bool {
+    if obj.size == 0 {
+        return true;
+    }
+    let len = obj.size.min(4096);
+    let offset = rand::random_range(0..=obj.size - len);
+    let mine = {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = obj.path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut f = std::fs::File::open(path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        })
+        .await
+    };
+    let Ok(Ok(mine)) = mine else { return false };
+    let resp = state
+        .http
+        .get(format!("{addr}/v1/objects/{}", obj.hash))
+        .header(
+            header::RANGE,
+            format!("bytes={offset}-{}", offset + len - 1),
+        )
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status() == StatusCode::PARTIAL_CONTENT => {
+            r.bytes().await.is_ok_and(|b| b.as_ref() == mine.as_slice())
+        }
+        _ => false,
+    }
 }
 
 async fn announce(
@@ -182,17 +308,72 @@ async fn announce(
             "at most {MAX_ANNOUNCE_HASHES} hashes per announce"
         )));
     }
+    if !state
+        .announce_limiter
+        .allow(&a.peer_id, state.config.announce_rate)
+    {
+        return Err(ApiError::TooManyRequests);
+    }
     counter!("peercache_announces_total").increment(1);
-    let (known, rejected): (Vec<ObjectHash>, Vec<ObjectHash>) =
-        a.have.iter().partition(|h| state.site.knows(h));
+    let now = now_ms();
+    let addr = state
+        .store
+        .peer_addr(&a.peer_id, now)
+        .await
+        .map_err(store_error)?;
+    let mut listable = Vec::with_capacity(a.have.len());
+    let mut rejected = Vec::new();
+    let mut proofs = 0;
+    for hash in &a.have {
+        let ok = if !state.site.knows(hash) {
+            false
+        } else if state
+            .store
+            .fetched(&a.peer_id, hash)
+            .await
+            .map_err(store_error)?
+        {
+            true
+        } else if let (Some(addr), true) = (&addr, proofs < MAX_PROOFS_PER_ANNOUNCE) {
+            proofs += 1;
+            let st = state.clone();
+            let h = *hash;
+            let obj = tokio::task::spawn_blocking(move || st.site.by_hash(&h))
+                .await
+                .ok()
+                .flatten();
+            match obj {
+                Some(obj) if proves_possession(&state, addr, &obj).await => {
+                    state
+                        .store
+                        .record_fetch(&a.peer_id, hash)
+                        .await
+                        .map_err(store_error)?;
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if ok {
+            listable.push(*hash);
+        } else {
+            rejected.push(*hash);
+        }
+    }
     let accepted = state
-        .table
-        .announce(&a.peer_id, &known, &a.dropped, a.load, Instant::now())
-        .map_err(|_| ApiError::UnknownPeer(a.peer_id.clone()))?;
+        .store
+        .announce(&a.peer_id, &listable, &a.dropped, a.load, now)
+        .await
+        .map_err(|e| match e {
+            StoreError::UnknownPeer => ApiError::UnknownPeer(a.peer_id.clone()),
+            other => store_error(other),
+        })?;
     Ok(Json(AnnounceResponse {
         accepted,
         rejected,
-        ttl_secs: state.table.ttl().as_secs(),
+        ttl_secs: state.store.limits().ttl_ms / 1000,
     }))
 }
 
@@ -201,6 +382,12 @@ async fn report(
     body: Result<Json<Report>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Json(r) = body?;
+    if !state.announce_limiter.allow(
+        &format!("report:{}", r.peer_id),
+        state.config.announce_rate * 4,
+    ) {
+        return Err(ApiError::TooManyRequests);
+    }
     let outcome = match r.outcome {
         Outcome::Served => "served",
         Outcome::Mismatch => "mismatch",
@@ -219,21 +406,28 @@ async fn report(
         state.figures.mismatches.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(source = %r.source, hash = %r.hash, "mismatch reported");
     }
-    state.table.report(&r);
+    state.store.report(&r).await.map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn parse_hash(s: &str) -> Result<ObjectHash, ApiError> {
+    s.parse()
+        .map_err(|e: peercache_core::hash::InvalidHash| ApiError::BadRequest(e.to_string()))
 }
 
 async fn object_peers(
     State(state): State<Arc<AppState>>,
     Path(hash): Path<String>,
 ) -> Result<Json<Vec<Proxy>>, ApiError> {
-    let hash: ObjectHash = hash
-        .parse()
-        .map_err(|e: peercache_core::hash::InvalidHash| ApiError::BadRequest(e.to_string()))?;
-    Ok(Json(state.table.holders(
-        &hash,
-        None,
-        Instant::now(),
+    let hash = parse_hash(&hash)?;
+    let stats = state
+        .store
+        .holder_stats(&hash, None, now_ms())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(peercache_core::select::rank_holders(
+        stats,
+        state.store.limits().slow_threshold_ms,
         state.config.max_proxies,
     )))
 }
@@ -243,9 +437,7 @@ async fn object_by_hash(
     method: Method,
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
-    let hash: ObjectHash = hash
-        .parse()
-        .map_err(|e: peercache_core::hash::InvalidHash| ApiError::BadRequest(e.to_string()))?;
+    let hash = parse_hash(&hash)?;
     let st = state.clone();
     let obj = tokio::task::spawn_blocking(move || st.site.by_hash(&hash))
         .await
@@ -263,55 +455,6 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
-}
-
-async fn admin(State(state): State<Arc<AppState>>) -> Html<String> {
-    let f = &state.figures;
-    let served = f.bytes_served.load(Ordering::Relaxed);
-    let from_peers = f.bytes_from_peers.load(Ordering::Relaxed);
-    let offload = if served + from_peers > 0 {
-        100.0 * from_peers as f64 / (served + from_peers) as f64
-    } else {
-        0.0
-    };
-    let stats = state.table.stats(Instant::now());
-    let mut rows = String::new();
-    for row in state.table.peer_rows() {
-        let load = row
-            .load
-            .map_or("-".to_string(), |l| format!("{}/{}", l.active, l.limit));
-        let (strikes, holdings) = (row.strikes, row.holdings);
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{load}</td><td>{strikes}</td><td>{holdings}</td></tr>",
-            html_escape(&row.id),
-            html_escape(row.addr.as_deref().unwrap_or("(client only)")),
-        ));
-    }
-    Html(format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>peercache admin</title>
-<meta http-equiv="refresh" content="2">
-<style>body{{font:14px system-ui;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
-<body><h1>peercache server</h1>
-<p>Requests served: <b id="served">{}</b> · referred: <b id="referred">{}</b></p>
-<p>Bytes served: <b>{served}</b> · reported from peers: <b>{from_peers}</b> · offload: <b id="offload">{offload:.1}%</b></p>
-<p>Live peers: {} (serving {}), objects listed: {}, delisted: {}, mismatch reports: {}</p>
-<table><tr><th>peer</th><th>address</th><th>load</th><th>strikes</th><th>objects</th></tr>{rows}</table>
-</body></html>"#,
-        f.served.load(Ordering::Relaxed),
-        f.referred.load(Ordering::Relaxed),
-        stats.peers,
-        stats.serving_peers,
-        stats.objects,
-        stats.delisted,
-        f.mismatches.load(Ordering::Relaxed),
-    ))
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -346,43 +489,89 @@ async fn site(
             SiteError::Io(e) => ApiError::Internal(e.to_string()),
         })?;
 
-    if let Some(value) = headers.get(headers::CLIENT) {
-        let client = value
-            .to_str()
-            .map_err(|_| ApiError::BadRequest("Peercache-Client is not ASCII".into()))
-            .and_then(|v| {
-                ClientHeader::parse(v).map_err(|e| ApiError::BadRequest(e.to_string()))
-            })?;
-        let in_scope = uri.path().starts_with(&state.config.scope);
-        if in_scope && request_shareable(method.as_str(), &header_pairs(&headers)).is_ok() {
-            let holders = state.table.holders(
-                &obj.hash,
-                client.peer_id.as_deref(),
-                Instant::now(),
-                state.config.max_proxies,
-            );
-            let base_ms = u64::try_from(state.config.target_period.as_millis()).unwrap_or(u64::MAX);
-            let decision = decide(
-                obj.size,
-                state.egress.snapshot(),
-                client.bandwidth,
-                base_ms,
-                holders.len(),
-            );
-            if decision == Decision::Refer {
-                return Ok(referral(
-                    &state,
-                    &headers,
-                    &uri,
-                    &obj,
-                    holders,
-                    base_ms,
-                    client.bandwidth,
-                ));
+    let client = match headers.get(headers::CLIENT) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Peercache-Client is not ASCII".into()))
+                .and_then(|v| {
+                    ClientHeader::parse(v).map_err(|e| ApiError::BadRequest(e.to_string()))
+                })?,
+        ),
+    };
+    let shareable = uri.path().starts_with(&state.config.scope)
+        && request_shareable(method.as_str(), &header_pairs(&headers)).is_ok();
+    if let (Some(client), true) = (&client, shareable) {
+        if let Some(decision) = decide_for(&state, client, &obj).await {
+            let (holders, base_ms) = decision;
+            if let Some(id) = &client.peer_id
+                && let Err(e) = state.store.record_fetch(id, &obj.hash).await
+            {
+                state.store_failed(&e);
             }
+            return Ok(referral(
+                &state,
+                &headers,
+                &uri,
+                &obj,
+                holders,
+                base_ms,
+                client.bandwidth,
+            ));
+        }
+        if let Some(id) = &client.peer_id
+            && let Err(e) = state.store.record_fetch(id, &obj.hash).await
+        {
+            state.store_failed(&e);
         }
     }
     send_object(&state, &obj, method == Method::HEAD).await
+}
+
+/// `Some((holders, base period))` when the client should be referred.
+async fn decide_for(
+    state: &AppState,
+    client: &ClientHeader,
+    obj: &SiteObject,
+) -> Option<(Vec<Proxy>, u64)> {
+    let base_ms = u64::try_from(state.config.target_period.as_millis()).unwrap_or(u64::MAX);
+    // Ask the table only when the server would be too slow with any holder at all.
+    if decide(
+        obj.size,
+        state.egress.snapshot(),
+        client.bandwidth,
+        base_ms,
+        1,
+    ) == Decision::Serve
+    {
+        return None;
+    }
+    let holders = match state
+        .store
+        .holders(
+            &obj.hash,
+            client.peer_id.as_deref(),
+            now_ms(),
+            state.config.max_proxies,
+        )
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            // No table, no referral: the client is served directly.
+            state.store_failed(&e);
+            return None;
+        }
+    };
+    (decide(
+        obj.size,
+        state.egress.snapshot(),
+        client.bandwidth,
+        base_ms,
+        holders.len(),
+    ) == Decision::Refer)
+        .then_some((holders, base_ms))
 }
 
 fn referral(

@@ -25,6 +25,14 @@ pub struct Config {
     /// Public base URL for the server's own proxy-list entry; derived from the
     /// request's `Host` when unset.
     pub public_url: Option<String>,
+    /// Where the look-up table lives.
+    pub store: StoreKind,
+    /// How often the server pings serving peers (M8).
+    pub ping_interval: Duration,
+    /// RTT above which a peer is demoted.
+    pub slow_threshold: Duration,
+    /// Announces a peer may send per second (burst: 4×).
+    pub announce_rate: u32,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -43,8 +51,37 @@ impl Config {
             max_strikes: 3,
             max_proxies: 8,
             public_url: None,
+            store: StoreKind::Memory,
+            ping_interval: Duration::from_secs(5),
+            slow_threshold: Duration::from_millis(500),
+            announce_rate: 5,
             tls_cert: None,
             tls_key: None,
+        }
+    }
+}
+
+/// Which backend holds the look-up table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Embedded, in this process (default).
+    Memory,
+    /// Shared through Redis at this URL.
+    Redis(String),
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "memory" {
+            Ok(StoreKind::Memory)
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(StoreKind::Redis(s.to_string()))
+        } else {
+            Err(format!(
+                "--store must be `memory` or `redis://HOST:PORT`, not {s:?}"
+            ))
         }
     }
 }
@@ -67,6 +104,10 @@ pub struct FileConfig {
     pub peer_ttl: Option<String>,
     /// Public base URL.
     pub public_url: Option<String>,
+    /// `memory` or `redis://…`.
+    pub store: Option<String>,
+    /// e.g. `5s`.
+    pub ping_interval: Option<String>,
     /// TLS certificate.
     pub tls_cert: Option<PathBuf>,
     /// TLS key.

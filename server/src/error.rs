@@ -16,6 +16,18 @@ pub enum ApiError {
     /// The body was refused by the extractor (too large, wrong type, bad JSON).
     #[error("{1}")]
     Rejected(StatusCode, String),
+    /// The caller may not do this (a delisted peer).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Conflicts with the current state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Too many requests from this peer.
+    #[error("too many requests; slow down")]
+    TooManyRequests,
+    /// A dependency (the look-up table) is down.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Nothing at this path or hash.
     #[error("not found")]
     NotFound,
@@ -34,6 +46,10 @@ impl IntoResponse for ApiError {
             ApiError::Rejected(status, _) => *status,
             ApiError::UnknownPeer(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

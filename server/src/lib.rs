@@ -3,10 +3,11 @@
 //! Layout (a library plus a thin `main`, as in mini-redis):
 //! - [`config`]: settings from flags and an optional TOML file.
 //! - [`site`]: the files it serves and their hashes (the object registry).
-//! - [`table`]: the look-up table content → peers, with liveness and strikes.
+//! - [`store`]: the look-up table content → peers (in memory or in Redis).
+//! - [`health`]: pinging peers and demoting or dropping slow and dead ones.
 //! - [`egress`]: the model (and the real throttle) of the server's own upload.
 //! - [`app`]: the axum router: the site with serve-or-refer, the `/v1/` API,
-//!   `/metrics` and `/admin`.
+//!   `/metrics`; [`admin`]: the live `/admin` page.
 //! - [`error`]: the API error enum, turned into `4xx` responses with a reason.
 //!
 //! [`run`] serves on a listener the caller binds (so tests use `127.0.0.1:0`) until
@@ -14,15 +15,17 @@
 //!
 //! Goals: the serve-or-refer decision of `peercache-core` applied to real traffic;
 //! every request answered (a `200` whenever no better answer exists).
-//! Non-goals here: Redis scale-out, peer health pings and upstream proxying (later
-//! issues; the table is behind one type so a second backend can slot in).
+//! Non-goals: proxying an upstream origin (not yet), authentication of peers
+//! beyond their connection's address.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod health;
 pub mod site;
-pub mod table;
+pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +42,9 @@ pub enum StartError {
     /// TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    /// The look-up table could not be reached.
+    #[error("look-up table: {0}")]
+    Store(#[from] store::StoreError),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -67,13 +73,25 @@ pub async fn run(
         ),
         _ => None,
     };
-    let state = Arc::new(AppState::new(config, metrics, tls.is_some()));
+    let limits = store::StoreLimits {
+        ttl_ms: u64::try_from(config.peer_ttl.as_millis()).unwrap_or(u64::MAX),
+        max_strikes: config.max_strikes,
+        slow_threshold_ms: u32::try_from(config.slow_threshold.as_millis()).unwrap_or(u32::MAX),
+    };
+    let table = match &config.store {
+        config::StoreKind::Memory => store::Store::Memory(store::MemoryStore::new(limits)),
+        config::StoreKind::Redis(url) => {
+            store::Store::Redis(store::RedisStore::connect(url, "pc:", limits).await?)
+        }
+    };
+    let state = Arc::new(AppState::new(config, table, metrics, tls.is_some()));
     let indexer = state.clone();
     let indexed = tokio::task::spawn_blocking(move || indexer.site.index_all())
         .await
         .unwrap_or(0);
     tracing::info!(files = indexed, "site indexed");
-    state.clone().spawn_housekeeping();
+    state.spawn_housekeeping();
+    health::spawn_pinger(&state);
     let router = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {
         None => {

@@ -37,6 +37,12 @@ struct Args {
     /// Public base URL of this server (for its own proxy-list entry).
     #[arg(long, env = "PEERCACHE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Where the look-up table lives: `memory` (default) or `redis://HOST:PORT`.
+    #[arg(long, env = "PEERCACHE_STORE")]
+    store: Option<String>,
+    /// How often to ping serving peers, e.g. `5s` (`0s` turns pinging off).
+    #[arg(long, env = "PEERCACHE_PING_INTERVAL")]
+    ping_interval: Option<String>,
     /// TLS certificate chain (PEM); with --tls-key serves https.
     #[arg(long, env = "PEERCACHE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -83,6 +89,12 @@ async fn main() -> anyhow::Result<()> {
         config.peer_ttl = parse_duration(&s)?;
     }
     config.public_url = args.public_url.or(file.public_url);
+    if let Some(s) = args.store.or(file.store) {
+        config.store = s.parse().map_err(anyhow::Error::msg)?;
+    }
+    if let Some(s) = args.ping_interval.or(file.ping_interval) {
+        config.ping_interval = parse_duration(&s)?;
+    }
     config.tls_cert = args.tls_cert.or(file.tls_cert);
     config.tls_key = args.tls_key.or(file.tls_key);
     if config.tls_cert.is_some() != config.tls_key.is_some() {

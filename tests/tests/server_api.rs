@@ -11,6 +11,7 @@ async fn register_and_announce(
     id: &str,
     port: u16,
     hash: &ObjectHash,
+    path: &str,
 ) {
     let r = client
         .post(format!("{server}/v1/peers"))
@@ -25,6 +26,27 @@ async fn register_and_announce(
         format!("http://127.0.0.1:{port}"),
         "recorded at the connection's source address"
     );
+    // Not fetched through this server (and nothing listening to prove it): refused.
+    let r = client
+        .post(format!("{server}/v1/announce"))
+        .json(&json!({"peer_id": id, "have": [hash.to_hex()]}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["rejected"][0],
+        hash.to_hex(),
+        "listed only after fetching through the server"
+    );
+    let r = client
+        .get(format!("{server}{path}"))
+        .header("Peercache-Client", format!("id={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
     let r = client
         .post(format!("{server}/v1/announce"))
         .json(&json!({"peer_id": id, "have": [hash.to_hex()]}))
@@ -70,14 +92,24 @@ async fn refers_clients_that_accept_referrals_and_serves_everyone_else() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    register_and_announce(&http, &server.url, "holder1", 40001, &hash).await;
+    register_and_announce(&http, &server.url, "holder1", 40001, &hash, "/static/a.bin").await;
 
     // Without Peercache-Client: always 200.
     assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
-    // With it: 300 and the referral, server last.
+    // A client declaring a link slower than the server's pipe would gain nothing
+    // from a peer (its target period grows with its own floor, M4): served.
     let r = http
         .get(&url)
-        .header("Peercache-Client", "id=me; bw=1000000")
+        .header("Peercache-Client", "id=me; bw=100000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    // A fast client: 300 and the referral, server last.
+    let r = http
+        .get(&url)
+        .header("Peercache-Client", "id=me; bw=100000000")
         .send()
         .await
         .unwrap();
@@ -133,7 +165,15 @@ async fn without_an_egress_limit_the_server_serves_within_the_default_period() {
     let root = make_site(&dir, &[("a.bin", &data)]);
     let server = spawn_server(&root, &[]).await.unwrap();
     let http = reqwest::Client::new();
-    register_and_announce(&http, &server.url, "h", 40002, &ObjectHash::of(&data)).await;
+    register_and_announce(
+        &http,
+        &server.url,
+        "h",
+        40002,
+        &ObjectHash::of(&data),
+        "/static/a.bin",
+    )
+    .await;
     let r = http
         .get(format!("{}/static/a.bin", server.url))
         .header("Peercache-Client", "id=me")

@@ -1,0 +1,137 @@
+//! `/admin`: a live page of the server's offload, peers and objects (B5). The page
+//! polls `/admin/stats.json` every second and redraws; the JSON is also handy for
+//! scripts.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::Html;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::store::now_ms;
+
+/// The figures the page shows.
+pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let f = &state.figures;
+    let now = now_ms();
+    let (stats, peers, store_ok) = match (
+        state.store.stats(now).await,
+        state.store.peer_rows(now).await,
+    ) {
+        (Ok(s), Ok(p)) => (s, p, true),
+        _ => (Default::default(), Vec::new(), false),
+    };
+    let served = f.bytes_served.load(Ordering::Relaxed);
+    let from_peers = f.bytes_from_peers.load(Ordering::Relaxed);
+    let history: Vec<_> = f
+        .history
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(t, s, p)| json!([t, s, p]))
+        .collect();
+    Json(json!({
+        "requests_served": f.served.load(Ordering::Relaxed),
+        "requests_referred": f.referred.load(Ordering::Relaxed),
+        "bytes_served": served,
+        "bytes_from_peers": from_peers,
+        "offload": if served + from_peers > 0 { from_peers as f64 / (served + from_peers) as f64 } else { 0.0 },
+        "mismatch_reports": f.mismatches.load(Ordering::Relaxed),
+        "store_ok": store_ok,
+        "store_errors": f.store_errors.load(Ordering::Relaxed),
+        "peers_live": stats.peers,
+        "peers_serving": stats.serving_peers,
+        "peers_delisted": stats.delisted,
+        "objects_listed": stats.objects,
+        "peers": peers.iter().map(|p| json!({
+            "id": p.id, "addr": p.addr, "rtt_ms": p.rtt_ms,
+            "load": p.load.map(|l| format!("{}/{}", l.active, l.limit)),
+            "strikes": p.strikes, "objects": p.holdings,
+        })).collect::<Vec<_>>(),
+        "history": history,
+    }))
+}
+
+/// The page.
+pub async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+const PAGE: &str = r##"<!doctype html>
+<html><head><meta charset="utf-8"><title>peercache admin</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:24px;color:#1d2430;max-width:980px}
+h1{font-size:20px;margin:0 0 12px}
+.cards{display:flex;gap:12px;flex-wrap:wrap}
+.card{border:1px solid #dde1e7;border-radius:8px;padding:10px 14px;min-width:140px}
+.card b{display:block;font-size:22px}
+table{border-collapse:collapse;width:100%;margin-top:12px}
+td,th{padding:4px 10px;border-bottom:1px solid #eceef2;text-align:left;font-variant-numeric:tabular-nums}
+svg{border:1px solid #dde1e7;border-radius:8px;margin-top:12px}
+.bad{color:#b3261e}
+</style></head>
+<body>
+<h1>peercache server</h1>
+<div class="cards">
+ <div class="card">offload<b id="offload">–</b></div>
+ <div class="card">served / referred<b><span id="served">0</span> / <span id="referred">0</span></b></div>
+ <div class="card">bytes from server<b id="bytes-served">0</b></div>
+ <div class="card">bytes from peers<b id="bytes-peers">0</b></div>
+ <div class="card">peers live / serving<b><span id="peers">0</span> / <span id="serving">0</span></b></div>
+ <div class="card">objects listed<b id="objects">0</b></div>
+ <div class="card">mismatches<b id="mismatches">0</b></div>
+</div>
+<p id="store"></p>
+<svg id="chart" width="940" height="160" viewBox="0 0 940 160"></svg>
+<table><thead><tr><th>peer</th><th>address</th><th>RTT</th><th>load</th><th>strikes</th><th>objects</th></tr></thead><tbody id="peer-rows"></tbody></table>
+<script>
+const fmt = (n) => { const u = ['B','KiB','MiB','GiB','TiB']; let i = 0; while (n >= 1024 && i < 4) { n /= 1024; i++; } return (i ? n.toFixed(1) : n) + ' ' + u[i]; };
+const set = (id, v) => { document.getElementById(id).textContent = v; };
+function chart(history) {
+  const svg = document.getElementById('chart');
+  if (history.length < 2) { svg.innerHTML = '<text x="12" y="24" fill="#5a6270">offload over time appears here</text>'; return; }
+  const rates = [];
+  for (let i = 1; i < history.length; i++) {
+    const dt = Math.max(1, history[i][0] - history[i-1][0]);
+    rates.push([(history[i][1] - history[i-1][1]) / dt, (history[i][2] - history[i-1][2]) / dt]);
+  }
+  const max = Math.max(1, ...rates.map(r => r[0] + r[1]));
+  const w = 940 / rates.length;
+  let out = '';
+  rates.forEach((r, i) => {
+    const hs = 140 * r[0] / max, hp = 140 * r[1] / max;
+    out += `<rect x="${i*w}" y="${150-hs-hp}" width="${Math.max(1,w-1)}" height="${hp}" fill="#2a7"/>`;
+    out += `<rect x="${i*w}" y="${150-hs}" width="${Math.max(1,w-1)}" height="${hs}" fill="#8a94a6"/>`;
+  });
+  out += '<text x="10" y="16" fill="#2a7">from peers</text><text x="100" y="16" fill="#8a94a6">from server</text>';
+  svg.innerHTML = out;
+}
+async function refresh() {
+  try {
+    const s = await (await fetch('/admin/stats.json')).json();
+    set('offload', (100 * s.offload).toFixed(1) + '%');
+    set('served', s.requests_served); set('referred', s.requests_referred);
+    set('bytes-served', fmt(s.bytes_served)); set('bytes-peers', fmt(s.bytes_from_peers));
+    set('peers', s.peers_live); set('serving', s.peers_serving); set('objects', s.objects_listed);
+    set('mismatches', s.mismatch_reports);
+    const st = document.getElementById('store');
+    st.className = s.store_ok ? '' : 'bad';
+    st.textContent = s.store_ok ? '' : 'look-up table unavailable: serving every request directly';
+    const rows = document.getElementById('peer-rows');
+    rows.replaceChildren(...s.peers.map(p => {
+      const tr = document.createElement('tr');
+      for (const v of [p.id, p.addr ?? '(client only)', p.rtt_ms == null ? '–' : p.rtt_ms + ' ms', p.load ?? '–', p.strikes, p.objects]) {
+        const td = document.createElement('td'); td.textContent = v; tr.append(td);
+      }
+      return tr;
+    }));
+    chart(s.history);
+    document.body.dataset.loaded = '1';
+  } catch (e) { /* the next tick retries */ }
+}
+refresh(); setInterval(refresh, 1000);
+</script>
+</body></html>"##;

@@ -1,0 +1,350 @@
+//! The embedded in-memory look-up table (the default backend).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use peercache_core::hash::ObjectHash;
+use peercache_core::protocol::{Load, Outcome, Report};
+use peercache_core::select::HolderStats;
+
+use super::{
+    MAX_HOLDINGS_PER_PEER, MAX_PEERS, MAX_PING_FAILURES, PeerRow, StoreError, StoreLimits,
+    TableStats, peer_url, smooth_rtt,
+};
+
+#[derive(Debug, Clone)]
+struct PeerRecord {
+    ip: IpAddr,
+    addr: Option<String>,
+    last_seen: u64,
+    load: Option<Load>,
+    pending: u32,
+    rtt_ms: Option<u32>,
+    ping_failures: u32,
+    strikes: u32,
+    held: HashSet<ObjectHash>,
+    fetched: HashSet<ObjectHash>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    peers: HashMap<String, PeerRecord>,
+    holders: HashMap<ObjectHash, HashMap<String, u64>>,
+}
+
+/// The in-memory table.
+#[derive(Debug)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    limits: StoreLimits,
+}
+
+fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemoryStore {
+    /// An empty table.
+    pub fn new(limits: StoreLimits) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            limits,
+        }
+    }
+
+    pub(super) fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
+    fn live(&self, r: &PeerRecord, now: u64) -> bool {
+        now.saturating_sub(r.last_seen) <= self.limits.ttl_ms && r.strikes < self.limits.max_strikes
+    }
+
+    pub(super) fn register(
+        &self,
+        id: &str,
+        ip: IpAddr,
+        port: Option<u16>,
+        load: Option<Load>,
+        now: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut inner = lock(&self.inner);
+        let addr = port.map(|p| peer_url(ip, p));
+        let ttl = self.limits.ttl_ms;
+        if let Some(rec) = inner.peers.get_mut(id) {
+            if rec.strikes >= self.limits.max_strikes {
+                return Err(StoreError::UnknownPeer);
+            }
+            if rec.ip != ip && now.saturating_sub(rec.last_seen) <= ttl {
+                return Err(StoreError::IdInUse);
+            }
+            rec.ip = ip;
+            rec.addr = addr.clone();
+            rec.last_seen = now;
+            rec.ping_failures = 0;
+            if load.is_some() {
+                rec.load = load;
+                rec.pending = 0;
+            }
+            return Ok(addr);
+        }
+        if inner.peers.len() >= MAX_PEERS {
+            return Err(StoreError::Full);
+        }
+        inner.peers.insert(
+            id.to_string(),
+            PeerRecord {
+                ip,
+                addr: addr.clone(),
+                last_seen: now,
+                load,
+                pending: 0,
+                rtt_ms: None,
+                ping_failures: 0,
+                strikes: 0,
+                held: HashSet::new(),
+                fetched: HashSet::new(),
+            },
+        );
+        Ok(addr)
+    }
+
+    pub(super) fn announce(
+        &self,
+        id: &str,
+        have: &[ObjectHash],
+        dropped: &[ObjectHash],
+        load: Option<Load>,
+        now: u64,
+    ) -> Result<Vec<ObjectHash>, StoreError> {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        let max_strikes = self.limits.max_strikes;
+        let rec = inner.peers.get_mut(id).ok_or(StoreError::UnknownPeer)?;
+        if rec.strikes >= max_strikes || now.saturating_sub(rec.last_seen) > self.limits.ttl_ms {
+            return Err(StoreError::UnknownPeer);
+        }
+        rec.last_seen = now;
+        if load.is_some() {
+            rec.load = load;
+            rec.pending = 0;
+        }
+        for hash in dropped {
+            rec.held.remove(hash);
+            if let Some(h) = inner.holders.get_mut(hash) {
+                h.remove(id);
+                if h.is_empty() {
+                    inner.holders.remove(hash);
+                }
+            }
+        }
+        let mut accepted = Vec::with_capacity(have.len());
+        for hash in have {
+            if !rec.held.contains(hash) {
+                if rec.held.len() >= MAX_HOLDINGS_PER_PEER {
+                    break;
+                }
+                rec.held.insert(*hash);
+                inner
+                    .holders
+                    .entry(*hash)
+                    .or_default()
+                    .entry(id.to_string())
+                    .or_insert(0);
+            }
+            accepted.push(*hash);
+        }
+        Ok(accepted)
+    }
+
+    pub(super) fn holder_stats(
+        &self,
+        hash: &ObjectHash,
+        exclude: Option<&str>,
+        now: u64,
+    ) -> Result<Vec<HolderStats>, StoreError> {
+        let inner = lock(&self.inner);
+        let Some(holders) = inner.holders.get(hash) else {
+            return Ok(Vec::new());
+        };
+        Ok(holders
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != exclude)
+            .filter_map(|(id, uses)| {
+                let r = inner.peers.get(id)?;
+                if !self.live(r, now) {
+                    return None;
+                }
+                Some(HolderStats {
+                    id: id.clone(),
+                    addr: r.addr.clone()?,
+                    rtt_ms: r.rtt_ms,
+                    load: r.load,
+                    pending: r.pending,
+                    uses: *uses,
+                })
+            })
+            .collect())
+    }
+
+    pub(super) fn book_referral(&self, id: &str) -> Result<(), StoreError> {
+        if let Some(r) = lock(&self.inner).peers.get_mut(id) {
+            r.pending = r.pending.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    pub(super) fn report(&self, report: &Report) -> Result<(), StoreError> {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        match report.outcome {
+            Outcome::Served => {
+                if let Some(uses) = inner
+                    .holders
+                    .get_mut(&report.hash)
+                    .and_then(|h| h.get_mut(&report.source))
+                {
+                    *uses += 1;
+                }
+            }
+            Outcome::Mismatch => {
+                if let Some(rec) = inner.peers.get_mut(&report.source) {
+                    rec.strikes += 1;
+                    rec.held.remove(&report.hash);
+                }
+                if let Some(h) = inner.holders.get_mut(&report.hash) {
+                    h.remove(&report.source);
+                }
+            }
+            Outcome::Failed => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn record_fetch(&self, peer: &str, hash: &ObjectHash) -> Result<(), StoreError> {
+        if let Some(r) = lock(&self.inner).peers.get_mut(peer)
+            && r.fetched.len() < MAX_HOLDINGS_PER_PEER
+        {
+            r.fetched.insert(*hash);
+        }
+        Ok(())
+    }
+
+    pub(super) fn fetched(&self, peer: &str, hash: &ObjectHash) -> Result<bool, StoreError> {
+        Ok(lock(&self.inner)
+            .peers
+            .get(peer)
+            .is_some_and(|r| r.fetched.contains(hash)))
+    }
+
+    pub(super) fn peer_addr(&self, peer: &str, now: u64) -> Result<Option<String>, StoreError> {
+        Ok(lock(&self.inner)
+            .peers
+            .get(peer)
+            .filter(|r| self.live(r, now))
+            .and_then(|r| r.addr.clone()))
+    }
+
+    pub(super) fn serving_peers(&self, now: u64) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(lock(&self.inner)
+            .peers
+            .iter()
+            .filter(|(_, r)| self.live(r, now))
+            .filter_map(|(id, r)| Some((id.clone(), r.addr.clone()?)))
+            .collect())
+    }
+
+    pub(super) fn record_ping(
+        &self,
+        peer: &str,
+        rtt_ms: Option<u32>,
+        load: Option<Load>,
+    ) -> Result<(), StoreError> {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        let Some(r) = inner.peers.get_mut(peer) else {
+            return Ok(());
+        };
+        match rtt_ms {
+            Some(rtt) => {
+                r.rtt_ms = Some(smooth_rtt(r.rtt_ms, rtt));
+                r.ping_failures = 0;
+                if load.is_some() {
+                    r.load = load;
+                    r.pending = 0;
+                }
+            }
+            None => {
+                r.ping_failures += 1;
+                if r.ping_failures >= MAX_PING_FAILURES {
+                    inner.peers.remove(peer);
+                    inner.holders.retain(|_, h| {
+                        h.remove(peer);
+                        !h.is_empty()
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn expire(&self, now: u64) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        let ttl = self.limits.ttl_ms;
+        let max_strikes = self.limits.max_strikes;
+        let dead: HashSet<String> = inner
+            .peers
+            .iter()
+            .filter(|(_, r)| now.saturating_sub(r.last_seen) > ttl && r.strikes < max_strikes)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        inner.peers.retain(|id, _| !dead.contains(id));
+        inner.holders.retain(|_, h| {
+            h.retain(|id, _| !dead.contains(id));
+            !h.is_empty()
+        });
+        Ok(())
+    }
+
+    pub(super) fn stats(&self, now: u64) -> Result<TableStats, StoreError> {
+        let inner = lock(&self.inner);
+        let mut s = TableStats {
+            objects: inner.holders.len(),
+            ..TableStats::default()
+        };
+        for r in inner.peers.values() {
+            if r.strikes >= self.limits.max_strikes {
+                s.delisted += 1;
+            } else if self.live(r, now) {
+                s.peers += 1;
+                if r.addr.is_some() {
+                    s.serving_peers += 1;
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    pub(super) fn peer_rows(&self, now: u64) -> Result<Vec<PeerRow>, StoreError> {
+        let inner = lock(&self.inner);
+        let mut rows: Vec<PeerRow> = inner
+            .peers
+            .iter()
+            .filter(|(_, r)| self.live(r, now) || r.strikes >= self.limits.max_strikes)
+            .map(|(id, r)| PeerRow {
+                id: id.clone(),
+                addr: r.addr.clone(),
+                load: r.load,
+                rtt_ms: r.rtt_ms,
+                strikes: r.strikes,
+                holdings: r.held.len(),
+            })
+            .collect();
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(rows)
+    }
+}

@@ -1,0 +1,245 @@
+//! The look-up table content → peers (M7), behind one type with two backends:
+//! the embedded in-memory table (default) and Redis (`--store redis://…`, B4), so
+//! several stateless server replicas can share it.
+//!
+//! What it keeps per peer: the address its connection came from (B6), its load
+//! and the referrals handed out since its last load report (M12), the smoothed RTT
+//! and failures of the server's pings (M8), strikes for verified mismatches (B6).
+//! Per object: its holders and how often each served it (M9). Per peer and object:
+//! whether the peer fetched it through this server (B6: only then, or with proof,
+//! is it listed).
+//!
+//! Times are wall-clock milliseconds so replicas agree. Ranking is
+//! `peercache_core::select::rank_holders`, the same for both backends.
+
+mod memory;
+mod redis;
+
+use std::net::IpAddr;
+
+use peercache_core::hash::ObjectHash;
+use peercache_core::protocol::{Load, Proxy, Report};
+use peercache_core::select::HolderStats;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// Most peers remembered at once.
+pub const MAX_PEERS: usize = 100_000;
+/// Most objects one peer may be listed for.
+pub const MAX_HOLDINGS_PER_PEER: usize = 100_000;
+/// Consecutive failed pings after which a peer is dropped.
+pub const MAX_PING_FAILURES: u32 = 3;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The peer never registered, lapsed, or was delisted.
+    #[error("unknown or delisted peer")]
+    UnknownPeer,
+    /// Another live peer holds this id from another address.
+    #[error("peer id in use from another address")]
+    IdInUse,
+    /// The table is full.
+    #[error("table full")]
+    Full,
+    /// The backend failed (Redis down, timeout).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Counts for metrics and the admin page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Live peers.
+    pub peers: usize,
+    /// Live peers able to serve (with an address).
+    pub serving_peers: usize,
+    /// Objects with at least one holder.
+    pub objects: usize,
+    /// Peers delisted for mismatches.
+    pub delisted: usize,
+}
+
+/// One peer as the admin page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    /// Peer id.
+    pub id: String,
+    /// Serving address, if any.
+    pub addr: Option<String>,
+    /// Last reported load.
+    pub load: Option<Load>,
+    /// Smoothed ping RTT.
+    pub rtt_ms: Option<u32>,
+    /// Verified mismatch reports against it.
+    pub strikes: u32,
+    /// Objects it is listed for.
+    pub holdings: usize,
+}
+
+/// Settings shared by both backends.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// A registration lives this long without a heartbeat.
+    pub ttl_ms: u64,
+    /// Strikes that delist a peer.
+    pub max_strikes: u32,
+    /// RTT above which a peer is demoted.
+    pub slow_threshold_ms: u32,
+}
+
+/// The base URL of a peer server at `ip:port`.
+pub fn peer_url(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+    }
+}
+
+/// Wall-clock milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Smooths an RTT sample into the running value (EWMA, α = 1/4).
+pub fn smooth_rtt(old: Option<u32>, sample: u32) -> u32 {
+    match old {
+        None => sample,
+        Some(old) => ((u64::from(old) * 3 + u64::from(sample)) / 4) as u32,
+    }
+}
+
+/// The look-up table.
+#[derive(Debug)]
+pub enum Store {
+    /// Embedded, in this process.
+    Memory(MemoryStore),
+    /// Shared through Redis.
+    Redis(RedisStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Memory($s) => $call,
+            Store::Redis($s) => $call.await,
+        }
+    };
+}
+
+impl Store {
+    /// Limits in force.
+    pub fn limits(&self) -> StoreLimits {
+        match self {
+            Store::Memory(s) => s.limits(),
+            Store::Redis(s) => s.limits(),
+        }
+    }
+
+    /// Records a peer at the address its connection came from.
+    pub async fn register(
+        &self,
+        id: &str,
+        ip: IpAddr,
+        port: Option<u16>,
+        load: Option<Load>,
+        now: u64,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.register(id, ip, port, load, now))
+    }
+
+    /// Applies an announce: `have` are hashes the caller checked the peer may be
+    /// listed for. Returns those accepted.
+    pub async fn announce(
+        &self,
+        id: &str,
+        have: &[ObjectHash],
+        dropped: &[ObjectHash],
+        load: Option<Load>,
+        now: u64,
+    ) -> Result<Vec<ObjectHash>, StoreError> {
+        dispatch!(self, s => s.announce(id, have, dropped, load, now))
+    }
+
+    /// Live, listed holders with an address, ranked; the first gets a pending
+    /// referral booked against its load.
+    pub async fn holders(
+        &self,
+        hash: &ObjectHash,
+        exclude: Option<&str>,
+        now: u64,
+        max: usize,
+    ) -> Result<Vec<Proxy>, StoreError> {
+        let stats = dispatch!(self, s => s.holder_stats(hash, exclude, now))?;
+        let ranked =
+            peercache_core::select::rank_holders(stats, self.limits().slow_threshold_ms, max);
+        if let Some(first) = ranked.first() {
+            dispatch!(self, s => s.book_referral(&first.id))?;
+        }
+        Ok(ranked)
+    }
+
+    /// Raw holder figures (for tests and the admin page).
+    pub async fn holder_stats(
+        &self,
+        hash: &ObjectHash,
+        exclude: Option<&str>,
+        now: u64,
+    ) -> Result<Vec<HolderStats>, StoreError> {
+        dispatch!(self, s => s.holder_stats(hash, exclude, now))
+    }
+
+    /// Applies a client's report.
+    pub async fn report(&self, report: &Report) -> Result<(), StoreError> {
+        dispatch!(self, s => s.report(report))
+    }
+
+    /// Notes that `peer` fetched `hash` through this server (or was referred for it).
+    pub async fn record_fetch(&self, peer: &str, hash: &ObjectHash) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_fetch(peer, hash))
+    }
+
+    /// True if `peer` fetched `hash` through this server.
+    pub async fn fetched(&self, peer: &str, hash: &ObjectHash) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.fetched(peer, hash))
+    }
+
+    /// The serving address of a live peer.
+    pub async fn peer_addr(&self, peer: &str, now: u64) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.peer_addr(peer, now))
+    }
+
+    /// Live peers with an address, for the pinger.
+    pub async fn serving_peers(&self, now: u64) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, s => s.serving_peers(now))
+    }
+
+    /// Records a ping: `Some(rtt)` answered, `None` failed. Too many failures drop
+    /// the peer.
+    pub async fn record_ping(
+        &self,
+        peer: &str,
+        rtt_ms: Option<u32>,
+        load: Option<Load>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_ping(peer, rtt_ms, load))
+    }
+
+    /// Forgets lapsed peers.
+    pub async fn expire(&self, now: u64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.expire(now))
+    }
+
+    /// Counts.
+    pub async fn stats(&self, now: u64) -> Result<TableStats, StoreError> {
+        dispatch!(self, s => s.stats(now))
+    }
+
+    /// Admin rows.
+    pub async fn peer_rows(&self, now: u64) -> Result<Vec<PeerRow>, StoreError> {
+        dispatch!(self, s => s.peer_rows(now))
+    }
+}
