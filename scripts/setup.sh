@@ -13,6 +13,7 @@ need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v redis-server >/dev/null || $demo_only || need_apt+=(redis-server)
 if ! $demo_only; then
   [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)
   command -v node >/dev/null || need_apt+=(nodejs npm)

@@ -346,3 +346,151 @@ impl NativeSession {
         Ok(rest)
     }
 }
+
+/// A running `redis-server` on a free loopback port (no persistence).
+#[derive(Debug)]
+pub struct Redis {
+    /// The process.
+    pub proc: Option<Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Redis {
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (as an outage would).
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.proc.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await;
+        self.proc = Some(start_redis(self.port).await?);
+        Ok(())
+    }
+}
+
+async fn start_redis(port: u16) -> anyhow::Result<Child> {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting redis-server (is it installed? scripts/setup.sh installs it)")?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("redis-server did not start on port {port}")
+}
+
+/// Starts a real `redis-server` on a free port.
+pub async fn spawn_redis() -> anyhow::Result<Redis> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(Redis {
+        proc: Some(start_redis(port).await?),
+        port,
+    })
+}
+
+/// Registers a client-only peer `id` with the server and fetches `path` through
+/// it with `Peercache-Client` (so the server may list it later); returns the status.
+pub async fn register_and_fetch(
+    server: &str,
+    id: &str,
+    port: Option<u16>,
+    path: &str,
+) -> anyhow::Result<u16> {
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{server}/v1/peers"))
+        .json(&serde_json::json!({"peer_id": id, "port": port}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("register: {}", r.status());
+    }
+    let r = http
+        .get(format!("{server}{path}"))
+        .header("Peercache-Client", format!("id={id}"))
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    r.bytes().await?;
+    Ok(status)
+}
+
+/// Announces `hashes` for `id`; returns the accepted ones.
+pub async fn announce(
+    server: &str,
+    id: &str,
+    hashes: &[String],
+    load: Option<(u32, u32)>,
+) -> anyhow::Result<Vec<String>> {
+    let mut body = serde_json::json!({"peer_id": id, "have": hashes});
+    if let Some((active, limit)) = load {
+        body["load"] = serde_json::json!({"active": active, "limit": limit});
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{server}/v1/announce"))
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("announce: {}", r.status());
+    }
+    let v: serde_json::Value = r.json().await?;
+    Ok(v["accepted"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// GETs `path` with `Peercache-Client: id=ID` and returns (status, body as JSON if a referral).
+pub async fn ask(
+    server: &str,
+    id: &str,
+    path: &str,
+) -> anyhow::Result<(u16, Option<serde_json::Value>)> {
+    let r = reqwest::Client::new()
+        .get(format!("{server}{path}"))
+        .header("Peercache-Client", format!("id={id}"))
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    if status == 300 {
+        Ok((status, Some(r.json().await?)))
+    } else {
+        r.bytes().await?;
+        Ok((status, None))
+    }
+}

@@ -1,0 +1,275 @@
+//! One test suite for the look-up table, run against both backends: the embedded
+//! in-memory table and Redis (a real `redis-server` started here).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use peercache_core::hash::ObjectHash;
+use peercache_core::protocol::{Load, Outcome, Report};
+use peercache_server::store::{MemoryStore, RedisStore, Store, StoreError, StoreLimits};
+use peercache_tests::spawn_redis;
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
+const OTHER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
+
+fn limits() -> StoreLimits {
+    StoreLimits {
+        ttl_ms: 60_000,
+        max_strikes: 2,
+        slow_threshold_ms: 500,
+    }
+}
+
+fn load(active: u32, limit: u32) -> Option<Load> {
+    Some(Load { active, limit })
+}
+
+fn report(source: &str, hash: ObjectHash, outcome: Outcome) -> Report {
+    Report {
+        peer_id: "client".into(),
+        hash,
+        source: source.into(),
+        outcome,
+        bytes: 10,
+        duration_ms: 1,
+    }
+}
+
+async fn ids(store: &Store, h: &ObjectHash, now: u64) -> Vec<String> {
+    store
+        .holders(h, Some("client"), now, 8)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
+/// The behaviour both backends must share.
+async fn suite(store: Store) {
+    let now = 1_000_000;
+    let h = ObjectHash::of(b"object");
+    let h2 = ObjectHash::of(b"other");
+
+    // Unknown peers cannot announce; registration records the source address.
+    assert_eq!(
+        store.announce("a", &[h], &[], None, now).await,
+        Err(StoreError::UnknownPeer)
+    );
+    assert_eq!(
+        store
+            .register("a", IP, Some(7000), load(0, 4), now)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("http://198.51.100.1:7000")
+    );
+    assert_eq!(
+        store
+            .register("b", IP, Some(7001), load(0, 4), now)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("http://198.51.100.1:7001")
+    );
+    assert_eq!(
+        store.register("c", IP, None, None, now).await.unwrap(),
+        None
+    );
+    // The same id from another address while alive: refused.
+    assert_eq!(
+        store.register("a", OTHER_IP, Some(7000), None, now).await,
+        Err(StoreError::IdInUse)
+    );
+
+    assert_eq!(
+        store.announce("a", &[h, h2], &[], None, now).await.unwrap(),
+        vec![h, h2]
+    );
+    store.announce("b", &[h], &[], None, now).await.unwrap();
+    store.announce("c", &[h], &[], None, now).await.unwrap();
+    // c has no address: never listed. Both a and b are.
+    let mut listed = ids(&store, &h, now).await;
+    listed.sort();
+    assert_eq!(listed, ["a", "b"]);
+    // The requester is excluded.
+    let for_a: Vec<_> = store
+        .holders(&h, Some("a"), now, 8)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert!(!for_a.contains(&"a".to_string()));
+
+    // M9: most used first (after a load report resets pending referrals).
+    for _ in 0..3 {
+        store
+            .report(&report("b", h, Outcome::Served))
+            .await
+            .unwrap();
+    }
+    store
+        .announce("a", &[], &[], load(0, 4), now)
+        .await
+        .unwrap();
+    store
+        .announce("b", &[], &[], load(0, 4), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store, &h, now).await.first().map(String::as_str),
+        Some("b")
+    );
+
+    // M12: referrals handed out count as load, so a crowd spreads.
+    store
+        .register("d", IP, Some(7002), load(0, 1), now)
+        .await
+        .unwrap();
+    store
+        .register("e", IP, Some(7003), load(0, 1), now)
+        .await
+        .unwrap();
+    store.announce("d", &[h2], &[], None, now).await.unwrap();
+    store.announce("e", &[h2], &[], None, now).await.unwrap();
+    store.announce("a", &[], &[h2], None, now).await.unwrap();
+    let first = ids(&store, &h2, now).await;
+    let second = ids(&store, &h2, now).await;
+    assert_eq!(first.len(), 2);
+    assert_eq!(second.len(), 1, "the first peer is now full");
+    assert_ne!(first[0], second[0]);
+    assert!(
+        ids(&store, &h2, now).await.is_empty(),
+        "both full: nobody to refer"
+    );
+    store
+        .announce("d", &[], &[], load(0, 1), now)
+        .await
+        .unwrap();
+    assert_eq!(ids(&store, &h2, now).await, ["d"]);
+    // A peer at its limit is not referred.
+    store
+        .announce("d", &[], &[], load(1, 1), now)
+        .await
+        .unwrap();
+    assert!(ids(&store, &h2, now).await.is_empty());
+
+    // M8: slow peers go last; dead ones are dropped after three failed pings.
+    store.record_ping("b", Some(900), None).await.unwrap();
+    store.record_ping("a", Some(5), None).await.unwrap();
+    assert_eq!(
+        ids(&store, &h, now).await,
+        ["a", "b"],
+        "slow b is demoted despite its use"
+    );
+    for _ in 0..3 {
+        store.record_ping("b", None, None).await.unwrap();
+    }
+    assert_eq!(ids(&store, &h, now).await, ["a"]);
+    let serving: Vec<String> = store
+        .serving_peers(now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!serving.contains(&"b".to_string()));
+
+    // B6: fetched-through-server bookkeeping.
+    assert!(!store.fetched("a", &h).await.unwrap());
+    store.record_fetch("a", &h).await.unwrap();
+    assert!(store.fetched("a", &h).await.unwrap());
+
+    // B6: verified mismatches give strikes; two delist.
+    store
+        .report(&report("a", h, Outcome::Mismatch))
+        .await
+        .unwrap();
+    assert!(
+        ids(&store, &h, now).await.is_empty(),
+        "a mismatch removes the listing at once"
+    );
+    store.announce("a", &[h], &[], None, now).await.unwrap();
+    store
+        .report(&report("a", h, Outcome::Mismatch))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.announce("a", &[h], &[], None, now).await,
+        Err(StoreError::UnknownPeer)
+    );
+    assert_eq!(
+        store.register("a", IP, Some(7000), None, now).await,
+        Err(StoreError::UnknownPeer)
+    );
+
+    // M7: dropped objects and lapsed peers disappear.
+    store
+        .register("f", IP, Some(7004), load(0, 4), now)
+        .await
+        .unwrap();
+    store.announce("f", &[h], &[], None, now).await.unwrap();
+    assert!(ids(&store, &h, now).await.contains(&"f".to_string()));
+    store.announce("f", &[], &[h], None, now).await.unwrap();
+    assert!(!ids(&store, &h, now).await.contains(&"f".to_string()));
+    store.announce("f", &[h], &[], None, now).await.unwrap();
+    let later = now + 61_000;
+    assert!(
+        ids(&store, &h, later).await.is_empty(),
+        "lapsed without a heartbeat"
+    );
+    store.expire(later).await.unwrap();
+    let stats = store.stats(later).await.unwrap();
+    assert_eq!(stats.peers, 0);
+    assert!(stats.delisted >= 1);
+    assert_eq!(
+        store.announce("f", &[h], &[], None, later).await,
+        Err(StoreError::UnknownPeer)
+    );
+}
+
+#[tokio::test]
+async fn memory_backend_passes_the_suite() {
+    suite(Store::Memory(MemoryStore::new(limits()))).await;
+}
+
+#[tokio::test]
+async fn redis_backend_passes_the_suite() {
+    let redis = spawn_redis()
+        .await
+        .expect("redis-server must be installed (scripts/setup.sh)");
+    let store = RedisStore::connect(&redis.url(), "suite:", limits())
+        .await
+        .unwrap();
+    suite(Store::Redis(store)).await;
+}
+
+#[tokio::test]
+async fn redis_backend_reports_an_outage_instead_of_hanging() {
+    let mut redis = spawn_redis().await.expect("redis-server");
+    let store = Store::Redis(
+        RedisStore::connect(&redis.url(), "outage:", limits())
+            .await
+            .unwrap(),
+    );
+    store.register("a", IP, Some(1), None, 1).await.unwrap();
+    redis.stop().await;
+    let started = std::time::Instant::now();
+    let err = store
+        .holders(&ObjectHash::of(b"x"), None, 1, 8)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    redis.restart().await.unwrap();
+    // The connection manager reconnects.
+    let mut ok = false;
+    for _ in 0..50 {
+        if store.register("a", IP, Some(1), None, 2).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the store recovers when Redis is back");
+}
