@@ -101,6 +101,8 @@ pub struct AppState {
     pub figures: Figures,
     /// Client for pings and possession proofs.
     pub http: reqwest::Client,
+    /// The origin, in upstream mode.
+    pub upstream: Option<crate::upstream::Upstream>,
     announce_limiter: RateLimiter,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     tls: bool,
@@ -140,6 +142,7 @@ impl AppState {
             egress: EgressPipe::new(config.egress_limit),
             figures: Figures::default(),
             http,
+            upstream: None,
             announce_limiter: RateLimiter::default(),
             config,
             metrics,
@@ -189,6 +192,19 @@ impl AppState {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
         format!("{}://{host}", if self.tls { "https" } else { "http" })
+    }
+
+    /// True if the server knows this object (from its directory or its upstream).
+    pub fn knows(&self, hash: &ObjectHash) -> bool {
+        self.site.knows(hash) || self.upstream.as_ref().is_some_and(|u| u.knows(hash))
+    }
+
+    /// The object with this hash. Blocking (it may hash a file).
+    pub fn object_by_hash(&self, hash: &ObjectHash) -> Option<SiteObject> {
+        match &self.upstream {
+            Some(u) => u.by_hash(hash),
+            None => self.site.by_hash(hash),
+        }
     }
 
     fn store_failed(&self, e: &StoreError) {
@@ -325,7 +341,7 @@ async fn announce(
     let mut rejected = Vec::new();
     let mut proofs = 0;
     for hash in &a.have {
-        let ok = if !state.site.knows(hash) {
+        let ok = if !state.knows(hash) {
             false
         } else if state
             .store
@@ -338,7 +354,7 @@ async fn announce(
             proofs += 1;
             let st = state.clone();
             let h = *hash;
-            let obj = tokio::task::spawn_blocking(move || st.site.by_hash(&h))
+            let obj = tokio::task::spawn_blocking(move || st.object_by_hash(&h))
                 .await
                 .ok()
                 .flatten();
@@ -439,7 +455,7 @@ async fn object_by_hash(
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
     let st = state.clone();
-    let obj = tokio::task::spawn_blocking(move || st.site.by_hash(&hash))
+    let obj = tokio::task::spawn_blocking(move || st.object_by_hash(&hash))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or(ApiError::NotFound)?;
@@ -475,19 +491,40 @@ async fn site(
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::MethodNotAllowed);
     }
-    let path = state.site.resolve(uri.path()).map_err(|e| match e {
-        SiteError::InvalidPath => ApiError::BadRequest("invalid path".into()),
-        _ => ApiError::NotFound,
-    })?;
-    let st = state.clone();
-    let obj = tokio::task::spawn_blocking(move || st.site.object(&path))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            SiteError::NotFound => ApiError::NotFound,
-            SiteError::InvalidPath => ApiError::BadRequest("invalid path".into()),
-            SiteError::Io(e) => ApiError::Internal(e.to_string()),
-        })?;
+    let obj = match &state.upstream {
+        Some(up) => {
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+            match up.fetch(&method, pq, &headers).await {
+                Ok(crate::upstream::Fetched::Object(obj)) => obj,
+                Ok(crate::upstream::Fetched::PassThrough(mut resp)) => {
+                    let ad = Advertisement {
+                        scope: state.config.scope.clone(),
+                    };
+                    if let Ok(v) = HeaderValue::from_str(&ad.to_header_value()) {
+                        resp.headers_mut().insert(headers::ADVERTISEMENT, v);
+                    }
+                    counter!("peercache_requests_passed_through_total").increment(1);
+                    return Ok(resp);
+                }
+                Err(e) => return Err(ApiError::BadGateway(e.to_string())),
+            }
+        }
+        None => {
+            let path = state.site.resolve(uri.path()).map_err(|e| match e {
+                SiteError::InvalidPath => ApiError::BadRequest("invalid path".into()),
+                _ => ApiError::NotFound,
+            })?;
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || st.site.object(&path))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| match e {
+                    SiteError::NotFound => ApiError::NotFound,
+                    SiteError::InvalidPath => ApiError::BadRequest("invalid path".into()),
+                    SiteError::Io(e) => ApiError::Internal(e.to_string()),
+                })?
+        }
+    };
 
     let client = match headers.get(headers::CLIENT) {
         None => None,

@@ -8,8 +8,14 @@ use serde::Deserialize;
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Directory served as the site.
+    /// Directory served as the site (unused with `upstream`).
     pub root: PathBuf,
+    /// Origin proxied instead of a directory (`--upstream URL`).
+    pub upstream: Option<String>,
+    /// Where objects kept from the upstream are stored.
+    pub upstream_cache: PathBuf,
+    /// Extra trusted root for the upstream (PEM).
+    pub ca_cert: Option<PathBuf>,
     /// Path prefix advertised for peer delivery (`Peercache: scope=…`).
     pub scope: String,
     /// Base target period (M3, M4).
@@ -44,6 +50,10 @@ impl Config {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
+            upstream: None,
+            upstream_cache: std::env::temp_dir()
+                .join(format!("peercache-upstream-{}", std::process::id())),
+            ca_cert: None,
             scope: "/static/".to_string(),
             target_period: Duration::from_secs(2),
             egress_limit: None,
@@ -92,6 +102,12 @@ impl std::str::FromStr for StoreKind {
 pub struct FileConfig {
     /// Site root.
     pub root: Option<PathBuf>,
+    /// Upstream origin.
+    pub upstream: Option<String>,
+    /// Upstream object store.
+    pub upstream_cache: Option<PathBuf>,
+    /// Extra trusted root.
+    pub ca_cert: Option<PathBuf>,
     /// Listen address.
     pub listen: Option<String>,
     /// Advertised scope.

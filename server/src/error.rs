@@ -34,6 +34,9 @@ pub enum ApiError {
     /// The method is not supported here.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The upstream origin failed.
+    #[error("bad gateway: {0}")]
+    BadGateway(String),
     /// A file could not be read.
     #[error("internal error: {0}")]
     Internal(String),
@@ -50,6 +53,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

@@ -15,8 +15,11 @@
 //!
 //! Goals: the serve-or-refer decision of `peercache-core` applied to real traffic;
 //! every request answered (a `200` whenever no better answer exists).
-//! Non-goals: proxying an upstream origin (not yet), authentication of peers
-//! beyond their connection's address.
+//! - [`upstream`]: `--upstream URL` mode, a reverse proxy that keeps shareable
+//!   responses by hash.
+//!
+//! Non-goals: authentication of peers beyond their connection's address; HTTP
+//! caching of private responses (they pass through untouched).
 
 pub mod admin;
 pub mod app;
@@ -26,6 +29,7 @@ pub mod error;
 pub mod health;
 pub mod site;
 pub mod store;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -57,14 +61,27 @@ pub async fn run(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let root_meta = std::fs::metadata(&config.root)
-        .map_err(|e| StartError::Root(config.root.display().to_string(), e))?;
-    if !root_meta.is_dir() {
-        return Err(StartError::Root(
-            config.root.display().to_string(),
-            std::io::Error::other("not a directory"),
-        ));
-    }
+    let upstream = match &config.upstream {
+        Some(url) => Some(
+            upstream::Upstream::new(
+                url,
+                config.upstream_cache.clone(),
+                config.ca_cert.as_deref(),
+            )
+            .map_err(|e| StartError::Root(url.clone(), std::io::Error::other(e.to_string())))?,
+        ),
+        None => {
+            let root_meta = std::fs::metadata(&config.root)
+                .map_err(|e| StartError::Root(config.root.display().to_string(), e))?;
+            if !root_meta.is_dir() {
+                return Err(StartError::Root(
+                    config.root.display().to_string(),
+                    std::io::Error::other("not a directory"),
+                ));
+            }
+            None
+        }
+    };
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
@@ -84,12 +101,16 @@ pub async fn run(
             store::Store::Redis(store::RedisStore::connect(url, "pc:", limits).await?)
         }
     };
-    let state = Arc::new(AppState::new(config, table, metrics, tls.is_some()));
-    let indexer = state.clone();
-    let indexed = tokio::task::spawn_blocking(move || indexer.site.index_all())
-        .await
-        .unwrap_or(0);
-    tracing::info!(files = indexed, "site indexed");
+    let mut app_state = AppState::new(config, table, metrics, tls.is_some());
+    app_state.upstream = upstream;
+    let state = Arc::new(app_state);
+    if state.upstream.is_none() {
+        let indexer = state.clone();
+        let indexed = tokio::task::spawn_blocking(move || indexer.site.index_all())
+            .await
+            .unwrap_or(0);
+        tracing::info!(files = indexed, "site indexed");
+    }
     state.spawn_housekeeping();
     health::spawn_pinger(&state);
     let router = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -20,8 +20,17 @@ struct Args {
     #[arg(long, env = "PEERCACHE_LISTEN")]
     listen: Option<String>,
     /// Directory to serve as the site.
-    #[arg(long, env = "PEERCACHE_ROOT")]
+    #[arg(long, env = "PEERCACHE_ROOT", conflicts_with = "upstream")]
     root: Option<PathBuf>,
+    /// Origin to proxy instead of a directory, e.g. `https://origin.internal`.
+    #[arg(long, env = "PEERCACHE_UPSTREAM")]
+    upstream: Option<String>,
+    /// Where objects kept from the upstream are stored.
+    #[arg(long, env = "PEERCACHE_UPSTREAM_CACHE")]
+    upstream_cache: Option<PathBuf>,
+    /// Extra trusted root certificate (PEM) for the upstream.
+    #[arg(long, env = "PEERCACHE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Path prefix advertised for delivery through peers.
     #[arg(long, env = "PEERCACHE_SCOPE")]
     scope: Option<String>,
@@ -69,10 +78,25 @@ async fn main() -> anyhow::Result<()> {
         }
         None => FileConfig::default(),
     };
-    let Some(root) = args.root.or(file.root) else {
-        bail!("--root DIR is required (the directory to serve)");
+    let upstream = args.upstream.or(file.upstream);
+    let root = args.root.or(file.root);
+    let mut config = match (root, &upstream) {
+        (Some(root), None) => Config::new(root),
+        (None, Some(url)) => {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                bail!("--upstream must be an http(s) URL: {url:?}");
+            }
+            let mut c = Config::new(PathBuf::new());
+            c.upstream = Some(url.clone());
+            c
+        }
+        (Some(_), Some(_)) => bail!("give either --root DIR or --upstream URL, not both"),
+        (None, None) => bail!("--root DIR or --upstream URL is required (what to serve)"),
     };
-    let mut config = Config::new(root);
+    if let Some(dir) = args.upstream_cache.or(file.upstream_cache) {
+        config.upstream_cache = dir;
+    }
+    config.ca_cert = args.ca_cert.or(file.ca_cert);
     if let Some(scope) = args.scope.or(file.scope) {
         if !scope.starts_with('/') {
             bail!("--scope must start with '/': {scope:?}");

@@ -162,6 +162,11 @@ pub async fn spawn_server(root: &Path, args: &[&str]) -> anyhow::Result<Server> 
         .arg(root)
         .args(["--listen", "127.0.0.1:0"])
         .args(args);
+    spawn_server_cmd(cmd).await
+}
+
+/// Starts a server from a prepared command (which must listen on `127.0.0.1:0`).
+pub async fn spawn_server_cmd(cmd: Command) -> anyhow::Result<Server> {
     let proc = spawn_until(cmd, "listening on").await?;
     let addr = proc
         .banner

@@ -1,0 +1,195 @@
+//! `--upstream` mode: a real origin (an axum app on loopback) behind a real
+//! `peercache-server`. Shareable responses are kept and referred; private ones
+//! pass through untouched and are never referred.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use peercache_tests::{Server, TempDir, fetch_cli, spawn_peer, test_bytes};
+
+async fn origin(hits: Arc<AtomicUsize>, public: Vec<u8>) -> String {
+    let h = hits.clone();
+    let app = Router::new()
+        .route(
+            "/static/public.bin",
+            get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = public.clone();
+                async move {
+                    (
+                        [
+                            (header::CACHE_CONTROL, "public, max-age=300"),
+                            (header::CONTENT_TYPE, "application/octet-stream"),
+                        ],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/static/private.js",
+            get(|| async {
+                (
+                    [(header::CACHE_CONTROL, "private, max-age=60")],
+                    "private();",
+                )
+            }),
+        )
+        .route(
+            "/static/cookie.js",
+            get(|| async { ([(header::SET_COOKIE, "session=abc")], "cookie();") }),
+        )
+        .route(
+            "/static/whoami",
+            get(|headers: HeaderMap| async move {
+                let who = headers
+                    .get(header::COOKIE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("anonymous")
+                    .to_string();
+                ([(header::CACHE_CONTROL, "public, max-age=300")], who).into_response()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn upstream_server(origin: &str, dir: &TempDir) -> Server {
+    let cache = dir.join("upstream-cache");
+    let mut cmd_args = vec![
+        "--upstream",
+        origin,
+        "--egress-limit",
+        "1MiB",
+        "--target-period",
+        "0s",
+        "--ping-interval",
+        "0s",
+    ];
+    let cache_s = cache.to_string_lossy().into_owned();
+    cmd_args.extend(["--upstream-cache", cache_s.as_str()]);
+    // spawn_server always passes --root; upstream mode needs its own spawn.
+    let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
+    cmd.args(["--listen", "127.0.0.1:0"]).args(&cmd_args);
+    peercache_tests::spawn_server_cmd(cmd).await.unwrap()
+}
+
+#[tokio::test]
+async fn shareable_responses_are_kept_and_referred_private_ones_pass_through() {
+    let dir = TempDir::new("upstream");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let public = test_bytes(300_000, 21);
+    let origin = origin(hits.clone(), public.clone()).await;
+    let server = upstream_server(&origin, &dir).await;
+    let http = reqwest::Client::new();
+
+    let r = http
+        .get(format!("{}/static/public.bin", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().contains_key("peercache-object"),
+        "a shareable response is hashed"
+    );
+    assert_eq!(r.bytes().await.unwrap(), public);
+    let r = http
+        .get(format!("{}/static/public.bin", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), public);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "kept: the origin was asked once"
+    );
+
+    for path in ["/static/private.js", "/static/cookie.js"] {
+        let r = http
+            .get(format!("{}{path}", server.url))
+            .header("Peercache-Client", "id=someone")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}: never referred");
+        assert!(
+            !r.headers().contains_key("peercache-object"),
+            "{path}: never hashed or shared"
+        );
+        if path.ends_with("cookie.js") {
+            assert_eq!(
+                r.headers()["set-cookie"],
+                "session=abc",
+                "passed through untouched"
+            );
+        }
+        assert!(
+            r.headers().contains_key("peercache"),
+            "the site still advertises its scope"
+        );
+    }
+
+    // A request with credentials goes to the origin with them, and is not kept.
+    let r = http
+        .get(format!("{}/static/whoami", server.url))
+        .header("Cookie", "user=ann")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("peercache-object"));
+    assert_eq!(r.text().await.unwrap(), "user=ann");
+    let r = http
+        .get(format!("{}/static/whoami", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "anonymous",
+        "the cookie-bound answer was never kept for others"
+    );
+
+    // Referral through a real peer, as for a site directory.
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/public.bin",
+        &dir.join("a"),
+        &dir.join("pa"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let peer = spawn_peer(&server.url, &dir.join("pa"), &[]).await.unwrap();
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/public.bin",
+        &dir.join("b"),
+        &dir.join("pb"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        ok && err.contains(&format!("from peer {}", peer.id)),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.join("b")).unwrap(), public);
+}
+
+#[tokio::test]
+async fn an_unreachable_origin_is_a_502_with_a_reason() {
+    let dir = TempDir::new("upstream-down");
+    let server = upstream_server("http://127.0.0.1:9", &dir).await;
+    let r = reqwest::get(format!("{}/static/x", server.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("origin unreachable"));
+}
