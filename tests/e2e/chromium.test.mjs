@@ -173,7 +173,38 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
       swarm.files.index.length + swarm.files.lie.length, 'the server sent the page and the true file');
     await page.close();
   });
+
+  it('the admin page shows the live offload, peers and mismatches', async () => {
+    const page = await context.newPage();
+    await page.setViewportSize({ width: 1020, height: 640 });
+    await page.goto(`${SITE}/admin`);
+    await page.waitForSelector('body[data-loaded="1"]');
+    await page.waitForFunction(() => document.querySelectorAll('#peer-rows tr').length >= 3);
+    const stats = await (await page.request.get(`${SITE}/admin/stats.json`)).json();
+    assert.equal(stats.requests_referred, 4, JSON.stringify(stats));
+    assert.ok(stats.bytes_from_peers >= swarm.files.big.length);
+    assert.equal(stats.mismatch_reports, 1);
+    const shown = await page.textContent('#offload');
+    assert.match(shown, /^\d+\.\d%$/);
+    assert.equal(await page.textContent('#referred'), String(stats.requests_referred));
+    if (SHOTS) await page.screenshot({ path: join(SHOTS, 'admin.png') });
+    await page.close();
+  });
+
+  it('the popup shows the host, the site switch and live counters', async () => {
+    const p = await popup();
+    await p.setViewportSize({ width: 360, height: 560 });
+    await p.waitForSelector('#host-status[data-state="connected"]');
+    await p.waitForFunction(() => document.getElementById('from-peers').textContent !== '0 B'
+      && document.getElementById('from-server').textContent !== '0 B');
+    const fromPeers = await p.textContent('#from-peers');
+    assert.match(fromPeers, /MiB|KiB/);
+    if (SHOTS) await p.screenshot({ path: join(SHOTS, 'popup-chromium.png') });
+    await p.close();
+  });
 });
+
+const SHOTS = process.env.PEERCACHE_SCREENSHOTS ? join(ROOT, 'docs') : null;
 
 function readdirHash(cache) {
   const names = readdirSync(join(cache, 'objects')).filter((n) => /^[0-9a-f]{64}$/.test(n));
