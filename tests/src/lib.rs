@@ -19,12 +19,14 @@ pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PEERCACHE_BIN_DIR") {
         return PathBuf::from(d);
     }
-    // target/<profile>/deps/<test> → target/<profile>
+    // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
 }
 
 /// Path of a workspace binary, with a clear error if it was not built.

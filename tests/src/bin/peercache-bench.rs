@@ -1,0 +1,297 @@
+//! Benchmarks of the coordination server (results go into BENCHMARKS.md).
+//!
+//! ```text
+//! cargo run --release -p peercache-tests --bin peercache-bench -- table
+//! cargo run --release -p peercache-tests --bin peercache-bench -- table-redis
+//! cargo run --release -p peercache-tests --bin peercache-bench -- latency
+//! ```
+//! `latency` needs `cargo build --release --bins` first (it starts the real server).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use peercache_core::decide::{Egress, decide};
+use peercache_core::hash::ObjectHash;
+use peercache_core::protocol::Load;
+use peercache_server::store::{MemoryStore, RedisStore, Store, StoreLimits};
+
+fn limits() -> StoreLimits {
+    StoreLimits {
+        ttl_ms: 3_600_000,
+        max_strikes: 3,
+        slow_threshold_ms: 500,
+    }
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn hash(i: u64) -> ObjectHash {
+    ObjectHash::of(&i.to_le_bytes())
+}
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+
+/// Fills a store with `peers` peers and `objects` objects, `holders` holders each.
+async fn fill(store: &Store, peers: u64, objects: u64, holders: u64) -> anyhow::Result<()> {
+    let now = 1;
+    for p in 0..peers {
+        store
+            .register(&format!("peer{p}"), IP, Some(10_000 + (p % 50_000) as u16), Some(Load { active: 0, limit: 1_000_000 }), now)
+            .await?;
+    }
+    // Peer p holds objects o where o % peers in [p, p + holders).
+    let per_peer = objects * holders / peers;
+    for p in 0..peers {
+        let hashes: Vec<ObjectHash> = (0..per_peer)
+            .map(|k| {
+                let o = (k * peers + p) / holders;
+                hash(o % objects)
+            })
+            .collect();
+        for chunk in hashes.chunks(5_000) {
+            store.announce(&format!("peer{p}"), chunk, &[], None, now).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn decisions_per_sec(store: &Store, objects: u64, seconds: f64) -> anyhow::Result<(f64, usize)> {
+    let egress = Egress {
+        limit_bytes_per_s: Some(10 << 20),
+        bytes_in_flight: 50 << 20,
+    };
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut referred = 0usize;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let h = hash(x % objects);
+            let list = store.holders(&h, Some("client"), 2, 8).await?;
+            if decide(1 << 20, egress, None, 2000, list.len()) == peercache_core::decide::Decision::Refer {
+                referred += 1;
+            }
+            n += 1;
+        }
+    }
+    Ok((n as f64 / started.elapsed().as_secs_f64(), referred))
+}
+
+async fn table_memory(objects: u64, peers: u64, holders: u64) -> anyhow::Result<()> {
+    let before = rss_bytes();
+    let store = Store::Memory(MemoryStore::new(limits()));
+    let t = Instant::now();
+    fill(&store, peers, objects, holders).await?;
+    let filled = t.elapsed();
+    let after = rss_bytes();
+    let entries = objects * holders;
+    println!("memory backend: {objects} objects, {peers} peers, {entries} holder entries, filled in {:.1} s", filled.as_secs_f64());
+    println!(
+        "memory backend: RSS +{:.0} MiB = {:.0} bytes per holder entry",
+        (after - before) as f64 / (1 << 20) as f64,
+        (after - before) as f64 / entries as f64
+    );
+    let (rate, referred) = decisions_per_sec(&store, objects, 5.0).await?;
+    println!("memory backend: {rate:.0} referral decisions/s on one core (look-up + ranking + decide; {referred} referrals)");
+    Ok(())
+}
+
+async fn redis_info_memory(url: &str) -> anyhow::Result<u64> {
+    let client = redis::Client::open(url)?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO")
+}
+
+async fn table_redis(objects: u64, peers: u64, holders: u64) -> anyhow::Result<()> {
+    let redis = peercache_tests::spawn_redis().await?;
+    let before = redis_info_memory(&redis.url()).await?;
+    let store = Store::Redis(RedisStore::connect(&redis.url(), "bench:", limits()).await?);
+    let t = Instant::now();
+    fill(&store, peers, objects, holders).await?;
+    let filled = t.elapsed();
+    let after = redis_info_memory(&redis.url()).await?;
+    let entries = objects * holders;
+    println!("redis backend: {objects} objects, {peers} peers, {entries} holder entries, filled in {:.1} s", filled.as_secs_f64());
+    println!(
+        "redis backend: used_memory +{:.0} MiB = {:.0} bytes per holder entry",
+        (after - before) as f64 / (1 << 20) as f64,
+        (after - before) as f64 / entries as f64
+    );
+    let (rate, _) = decisions_per_sec(&store, objects, 5.0).await?;
+    println!("redis backend: {rate:.0} referral decisions/s from one task (each a Redis round trip)");
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run_wave(url: &str, header: Option<&str>, concurrency: usize, per_task: usize) -> anyhow::Result<(Vec<Duration>, f64, Vec<u16>)> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let url = url.to_string();
+        let header = header.map(String::from);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(per_task);
+            for _ in 0..per_task {
+                let t = Instant::now();
+                let mut req = client.get(&url);
+                if let Some(h) = &header {
+                    req = req.header("Peercache-Client", h);
+                }
+                let status = match req.send().await {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        let _ = r.bytes().await;
+                        s
+                    }
+                    Err(_) => 0,
+                };
+                out.push((t.elapsed(), status));
+            }
+            out
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        for (d, s) in t.await? {
+            lat.push(d);
+            statuses.push(s);
+        }
+    }
+    let rps = lat.len() as f64 / started.elapsed().as_secs_f64();
+    lat.sort();
+    Ok((lat, rps, statuses))
+}
+
+async fn latency() -> anyhow::Result<()> {
+    let dir = peercache_tests::TempDir::new("bench-latency");
+    let body = peercache_tests::test_bytes(16 * 1024, 5);
+    let root = peercache_tests::make_site(&dir, &[("obj.bin", &body)]);
+    let server = peercache_tests::spawn_server(&root, &["--egress-limit", "1MiB", "--target-period", "0s", "--ping-interval", "0s"]).await?;
+    // One registered holder, listed the way a real peer gets listed.
+    peercache_tests::register_and_fetch(&server.url, "holder", Some(40000), "/static/obj.bin").await?;
+    let h = ObjectHash::of(&body).to_hex();
+    let accepted = peercache_tests::announce(&server.url, "holder", &[h], Some((0, 1_000_000))).await?;
+    if accepted.len() != 1 {
+        bail!("holder not listed");
+    }
+    let url = format!("{}/static/obj.bin", server.url);
+    let _ = run_wave(&url, Some("id=warm"), 50, 20).await?;
+    let (lat, rps, statuses) = run_wave(&url, Some("id=client"), 500, 20).await?;
+    let referrals = statuses.iter().filter(|s| **s == 300).count();
+    println!(
+        "referrals: 500 concurrent clients x 20 requests: {referrals}/{} answered 300, {rps:.0} req/s, p50 {:.1} ms, p99 {:.1} ms",
+        lat.len(),
+        percentile(&lat, 0.5).as_secs_f64() * 1000.0,
+        percentile(&lat, 0.99).as_secs_f64() * 1000.0
+    );
+    // The same server answering the same path with the 16 KiB file (no referral header).
+    let plain = peercache_tests::spawn_server(&root, &["--ping-interval", "0s"]).await?;
+    let (plat, prps, pstat) = run_wave(&format!("{}/static/obj.bin", plain.url), None, 500, 20).await?;
+    println!(
+        "plain 200s of the 16 KiB file from peercache-server: {}/{} ok, {prps:.0} req/s, p50 {:.1} ms, p99 {:.1} ms",
+        pstat.iter().filter(|s| **s == 200).count(),
+        plat.len(),
+        percentile(&plat, 0.5).as_secs_f64() * 1000.0,
+        percentile(&plat, 0.99).as_secs_f64() * 1000.0
+    );
+    if let Some(nginx) = nginx(&root).await? {
+        let (nlat, nrps, nstat) = run_wave(&format!("http://127.0.0.1:{}/static/obj.bin", nginx.1), None, 500, 20).await?;
+        println!(
+            "nginx static 200s of the same file: {}/{} ok, {nrps:.0} req/s, p50 {:.1} ms, p99 {:.1} ms",
+            nstat.iter().filter(|s| **s == 200).count(),
+            nlat.len(),
+            percentile(&nlat, 0.5).as_secs_f64() * 1000.0,
+            percentile(&nlat, 0.99).as_secs_f64() * 1000.0
+        );
+        println!(
+            "ratio: referral p99 / nginx p99 = {:.2}; referral req/s / nginx req/s = {:.2}",
+            percentile(&lat, 0.99).as_secs_f64() / percentile(&nlat, 0.99).as_secs_f64(),
+            rps / nrps
+        );
+        drop(nginx);
+    }
+    Ok(())
+}
+
+/// Starts Debian's nginx on a free port serving `root`, if nginx is installed.
+async fn nginx(root: &std::path::Path) -> anyhow::Result<Option<(NginxGuard, u16)>> {
+    if !std::path::Path::new("/usr/sbin/nginx").exists() {
+        println!("(nginx not installed: `apt-get install nginx` for the comparison)");
+        return Ok(None);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = root.parent().context("root has a parent")?.join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; worker_processes 1; pid {pid}; error_log {err};\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; sendfile on; keepalive_requests 100000;\n\
+               server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            pid = dir.join("nginx.pid").display(),
+            err = dir.join("error.log").display(),
+            root = root.display()
+        ),
+    )?;
+    let child = tokio::process::Command::new("/usr/sbin/nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(Some((NginxGuard(child), port)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nginx did not start")
+}
+
+/// Kills nginx on drop.
+struct NginxGuard(tokio::process::Child);
+
+impl Drop for NginxGuard {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_default();
+    match what.as_str() {
+        "table" => table_memory(1_000_000, 10_000, 3).await,
+        "table-redis" => table_redis(100_000, 10_000, 3).await,
+        "latency" => latency().await,
+        _ => bail!("usage: peercache-bench table|table-redis|latency"),
+    }
+}
