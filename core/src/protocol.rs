@@ -178,6 +178,19 @@ pub struct Counters {
     pub verification_failures: u64,
 }
 
+/// The host's limits and cache use, as the popup shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HostLimits {
+    /// Upload slots.
+    pub max_uploads: u32,
+    /// Upload cap in bytes per second (0 = none).
+    pub upload_rate: u64,
+    /// Cache size limit in bytes (0 = none).
+    pub cache_max: u64,
+    /// Bytes cached now.
+    pub cache_bytes: u64,
+}
+
 /// Messages from the extension to the native host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -193,6 +206,15 @@ pub enum ToHost {
         enabled: bool,
         /// Sites the gateway may fetch for.
         sites: Vec<EnabledSite>,
+    },
+    /// The user's workload and cache limits; applied at once.
+    Limits {
+        /// Upload slots.
+        max_uploads: u32,
+        /// Upload cap in bytes per second (0 = none).
+        upload_rate: u64,
+        /// Cache size in bytes (0 = none).
+        cache_max: u64,
     },
     /// Ask for a fresh `status`.
     GetStatus,
@@ -221,6 +243,9 @@ pub enum FromHost {
         peer_id: String,
         /// Counters since start.
         counters: Counters,
+        /// Limits in force.
+        #[serde(default)]
+        limits: HostLimits,
     },
     /// Something happened (a fetch, an upload, a failure).
     Event {

@@ -21,14 +21,17 @@ use futures_util::StreamExt;
 use metrics::counter;
 use peercache_core::hash::ObjectHash;
 use peercache_core::headers::{self, ClientHeader, ObjectHeader};
+use peercache_core::protocol::Proxy;
 use peercache_core::protocol::{
-    Announce, AnnounceResponse, Counters, Load, Outcome, Referral, RegisterRequest, Report,
+    Announce, AnnounceResponse, Counters, Outcome, Referral, RegisterRequest, Report,
     SERVER_PROXY_ID,
 };
+use peercache_core::select::{Policy, Probed, choose};
 use peercache_core::shareable::response_shareable;
 use tokio::sync::Mutex;
 
 use crate::cache::Cache;
+use crate::workload::Workload;
 
 /// Largest object the host buffers for verification (streaming verification of
 /// larger objects is a later issue).
@@ -66,6 +69,8 @@ impl HostCounters {
 pub enum Source {
     /// The coordination server.
     Server,
+    /// This host's own cache (re-verified).
+    Cache,
     /// A peer, by id.
     Peer(String),
 }
@@ -106,6 +111,17 @@ pub enum FetchError {
     BadUrl(String),
 }
 
+/// How the client picks among a referral's peers (M6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerPolicy {
+    /// The fastest ping first.
+    #[default]
+    Fastest,
+    /// The first (in the server's order) whose known throughput meets the target speed.
+    FirstMeetingTarget,
+}
+
 /// Settings for a [`Client`].
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
@@ -113,32 +129,30 @@ pub struct ClientOptions {
     pub ca_cert: Option<std::path::PathBuf>,
     /// Port of this host's peer server, if it serves.
     pub serve_port: Option<u16>,
+    /// Peer choice policy.
+    pub policy: PeerPolicy,
+    /// Target speed in bytes/s; `None` derives it from the referral.
+    pub target_speed: Option<u64>,
 }
 
-/// Upload slots of this host's peer server, shared so announces report the load.
-#[derive(Debug)]
-pub struct UploadSlots {
-    /// Uploads in progress.
-    pub active: std::sync::atomic::AtomicU32,
-    /// Limit.
-    pub limit: u32,
+/// How long a probe may take before the peer counts as unreachable.
+const PROBE_DEADLINE: Duration = Duration::from_millis(1500);
+/// Half-life of remembered throughput measurements.
+const THROUGHPUT_HALF_LIFE: Duration = Duration::from_secs(600);
+/// Most peers whose throughput is remembered.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// A remembered throughput measurement, decaying towards "unknown".
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    bytes_per_s: f64,
+    at: Instant,
 }
 
-impl UploadSlots {
-    /// `limit` slots, none in use.
-    pub fn new(limit: u32) -> Self {
-        Self {
-            active: std::sync::atomic::AtomicU32::new(0),
-            limit,
-        }
-    }
-
-    /// The current load.
-    pub fn load(&self) -> Load {
-        Load {
-            active: self.active.load(Ordering::Relaxed),
-            limit: self.limit,
-        }
+impl Measured {
+    /// The weight left after `age` (1 fresh, halving every half-life).
+    fn weight(&self, now: Instant) -> f64 {
+        0.5f64.powf(now.duration_since(self.at).as_secs_f64() / THROUGHPUT_HALF_LIFE.as_secs_f64())
     }
 }
 
@@ -149,8 +163,11 @@ pub struct Client {
     cache: Cache,
     peer_id: String,
     serve_port: Option<u16>,
-    slots: Option<Arc<UploadSlots>>,
+    slots: Option<Arc<Workload>>,
     registered: Mutex<HashMap<String, bool>>,
+    throughput: std::sync::Mutex<HashMap<String, Measured>>,
+    policy: PeerPolicy,
+    target_speed: Option<u64>,
     /// Counters.
     pub counters: Arc<HostCounters>,
 }
@@ -191,7 +208,7 @@ impl Client {
         peer_id: String,
         options: &ClientOptions,
         counters: Arc<HostCounters>,
-        slots: Option<Arc<UploadSlots>>,
+        slots: Option<Arc<Workload>>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             http: http_client(options.ca_cert.as_deref())?,
@@ -200,6 +217,9 @@ impl Client {
             serve_port: options.serve_port,
             slots,
             registered: Mutex::new(HashMap::new()),
+            throughput: std::sync::Mutex::new(HashMap::new()),
+            policy: options.policy,
+            target_speed: options.target_speed,
             counters,
         })
     }
@@ -325,6 +345,75 @@ impl Client {
         }
     }
 
+    /// What this host remembers of a peer's throughput (decayed; `None` once
+    /// the measurement has faded below a tenth of its weight).
+    pub fn remembered_throughput(&self, peer: &str) -> Option<u64> {
+        let map = self.throughput.lock().unwrap_or_else(|p| p.into_inner());
+        let m = map.get(peer)?;
+        (m.weight(Instant::now()) >= 0.1).then_some(m.bytes_per_s as u64)
+    }
+
+    fn remember_throughput(&self, peer: &str, bytes: u64, took: Duration) {
+        if took.is_zero() || bytes < 64 * 1024 {
+            return;
+        }
+        let sample = bytes as f64 / took.as_secs_f64();
+        let now = Instant::now();
+        let mut map = self.throughput.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_REMEMBERED && !map.contains_key(peer) {
+            map.clear();
+        }
+        let value = match map.get(peer) {
+            // Blend with what is left of the old measurement.
+            Some(old) => {
+                let w = old.weight(now) * 0.5;
+                old.bytes_per_s * w + sample * (1.0 - w)
+            }
+            None => sample,
+        };
+        map.insert(
+            peer.to_string(),
+            Measured {
+                bytes_per_s: value,
+                at: now,
+            },
+        );
+    }
+
+    /// Pings every candidate at once (deadline [`PROBE_DEADLINE`]) and orders
+    /// them by the configured policy (M6). Unreachable ones are dropped.
+    pub async fn probe_and_order(&self, proxies: &[Proxy], target_speed: u64) -> Vec<Proxy> {
+        let probes = proxies
+            .iter()
+            .filter(|p| p.id != SERVER_PROXY_ID)
+            .map(|p| async move {
+                let started = Instant::now();
+                let ok = tokio::time::timeout(
+                    PROBE_DEADLINE,
+                    self.http
+                        .get(format!("{}/v1/ping", p.addr.trim_end_matches('/')))
+                        .send(),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
+                let rtt =
+                    ok.then(|| u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX));
+                Probed {
+                    proxy: p.clone(),
+                    rtt_ms: rtt,
+                    throughput: self.remembered_throughput(&p.id),
+                }
+            });
+        let probed = futures_util::future::join_all(probes).await;
+        let policy = match self.policy {
+            PeerPolicy::Fastest => Policy::Fastest,
+            PeerPolicy::FirstMeetingTarget => {
+                Policy::FirstMeetingTarget(self.target_speed.unwrap_or(target_speed))
+            }
+        };
+        choose(probed, policy)
+    }
+
     /// One download of `url` through the whole client protocol.
     pub async fn fetch(&self, url: &str) -> Result<Fetched, FetchError> {
         let url = reqwest::Url::parse(url).map_err(|_| FetchError::BadUrl(url.to_string()))?;
@@ -372,10 +461,23 @@ impl Client {
         if size > MAX_OBJECT_SIZE {
             return Err(FetchError::TooLarge(size));
         }
-        for proxy in referral.proxies.iter().filter(|p| p.id != SERVER_PROXY_ID) {
+        if let Some(bytes) = self.read_own_cache(&hash, size).await {
+            counter!("peercache_cache_hits_total").increment(1);
+            return Ok(Fetched {
+                bytes,
+                content_type: referral.object.content_type.clone(),
+                hash: Some(hash),
+                source: Source::Cache,
+            });
+        }
+        let ordered = self
+            .probe_and_order(&referral.proxies, referral.target_speed)
+            .await;
+        for proxy in &ordered {
             let started = Instant::now();
             match self.fetch_from_peer(&proxy.addr, &hash, size).await {
                 Ok(bytes) => {
+                    self.remember_throughput(&proxy.id, bytes.len() as u64, started.elapsed());
                     self.counters
                         .bytes_from_peers
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -482,19 +584,56 @@ impl Client {
         })
     }
 
-    /// Stores verified bytes and announces them; failures only cost sharing.
+    /// Stores verified bytes and announces them (and whatever the cache evicted
+    /// to make room); failures only cost sharing, never the download.
     async fn keep(&self, origin: &str, hash: &ObjectHash, bytes: &Bytes) {
+        let mut dropped = Vec::new();
         if !self.cache.contains(hash) {
             let cache = self.cache.clone();
             let (h, b) = (*hash, bytes.clone());
-            let stored = tokio::task::spawn_blocking(move || cache.put(&h, &b)).await;
-            if !matches!(stored, Ok(Ok(()))) {
-                tracing::warn!(%hash, "could not store object; not sharing it");
-                return;
+            match tokio::task::spawn_blocking(move || cache.put(&h, &b)).await {
+                Ok(Ok(evicted)) => dropped = evicted,
+                Ok(Err(e)) => {
+                    counter!("peercache_cache_write_failures_total").increment(1);
+                    tracing::warn!(%hash, error = %e, "could not store object; not sharing it");
+                    return;
+                }
+                Err(_) => return,
             }
         }
         if let Err(e) = self.announce(origin, &[*hash], &[]).await {
             tracing::warn!(error = %e, "announce failed");
+        }
+        self.announce_dropped(&dropped).await;
+    }
+
+    /// Tells every server this host knows that it no longer holds `dropped`.
+    pub async fn announce_dropped(&self, dropped: &[ObjectHash]) {
+        if dropped.is_empty() {
+            return;
+        }
+        let origins: Vec<String> = self.registered.lock().await.keys().cloned().collect();
+        for origin in origins {
+            if let Err(e) = self.announce(&origin, &[], dropped).await {
+                tracing::warn!(%origin, error = %e, "announcing evictions failed");
+            }
+        }
+    }
+
+    /// The object from this host's own cache, re-verified (a disk can rot).
+    async fn read_own_cache(&self, hash: &ObjectHash, size: u64) -> Option<Bytes> {
+        if !self.cache.contains(hash) {
+            return None;
+        }
+        let path = self.cache.path_of(hash);
+        let bytes = tokio::fs::read(&path).await.ok()?;
+        if bytes.len() as u64 == size && ObjectHash::of(&bytes) == *hash {
+            self.cache.touch(hash);
+            Some(Bytes::from(bytes))
+        } else {
+            tracing::warn!(%hash, "cached copy is corrupt; removing it");
+            self.cache.remove(hash);
+            None
         }
     }
 
@@ -549,4 +688,25 @@ pub fn http_client(ca_cert: Option<&Path>) -> anyhow::Result<reqwest::Client> {
         builder = builder.tls_certs_merge([cert]);
     }
     Ok(builder.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_measurements_decay() {
+        let now = Instant::now();
+        let m = Measured {
+            bytes_per_s: 1e6,
+            at: now,
+        };
+        assert!((m.weight(now) - 1.0).abs() < 1e-9);
+        let later = now + THROUGHPUT_HALF_LIFE;
+        assert!((m.weight(later) - 0.5).abs() < 1e-6);
+        assert!(
+            m.weight(now + THROUGHPUT_HALF_LIFE * 4) < 0.1,
+            "forgotten after four half-lives"
+        );
+    }
 }

@@ -123,6 +123,7 @@ async fn handle(
     };
     let source = match &fetched.source {
         Source::Server => "server".to_string(),
+        Source::Cache => "cache".to_string(),
         Source::Peer(id) => format!("peer {id}"),
     };
     let mut resp = if method == Method::HEAD {

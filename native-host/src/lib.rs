@@ -12,6 +12,7 @@
 //!   enrolled requests to (token and Host checked, enrolled origins only).
 //! - [`native`]: native messaging with the extension on stdin/stdout (framed, capped,
 //!   stdout reserved for frames).
+//! - [`workload`]: upload slots, upload rate cap, per-requester rate (M12).
 //! - [`install`]: writing and removing the browsers' host manifests.
 //! - [`node`]: wiring of the above into one running peer (used by `serve` and by
 //!   native-messaging mode).
@@ -29,6 +30,7 @@ pub mod install;
 pub mod native;
 pub mod node;
 pub mod peer_server;
+pub mod workload;
 
 /// Version reported in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use peercache_host::client::Source;
+use peercache_core::units::parse_size;
+use peercache_host::client::{PeerPolicy, Source};
 use peercache_host::install::{self, Browser, Scope};
 use peercache_host::node::{self, NodeOptions};
 
@@ -28,16 +29,31 @@ enum Command {
     Serve {
         /// The coordination server, e.g. https://198.51.100.2
         #[arg(long, env = "PEERCACHE_SERVER")]
-        server: String,
-        /// Where the peer server listens.
-        #[arg(long, env = "PEERCACHE_LISTEN", default_value = "0.0.0.0:0")]
-        listen: SocketAddr,
+        server: Option<String>,
+        /// Where the peer server listens [default: 0.0.0.0:0].
+        #[arg(long, env = "PEERCACHE_LISTEN")]
+        listen: Option<SocketAddr>,
         /// Cache (and identity) directory.
         #[arg(long, env = "PEERCACHE_CACHE_DIR")]
         cache: Option<PathBuf>,
-        /// Upload slots (workload limit).
-        #[arg(long, env = "PEERCACHE_MAX_UPLOADS", default_value_t = 8)]
-        max_uploads: u32,
+        /// Upload slots (workload limit) [default: 8].
+        #[arg(long, env = "PEERCACHE_MAX_UPLOADS")]
+        max_uploads: Option<u32>,
+        /// Upload cap, e.g. `10MiB` (per second).
+        #[arg(long, env = "PEERCACHE_UPLOAD_LIMIT")]
+        upload_limit: Option<String>,
+        /// Cache size limit, e.g. `2GiB`.
+        #[arg(long, env = "PEERCACHE_CACHE_MAX")]
+        cache_max: Option<String>,
+        /// How to choose among referred peers.
+        #[arg(long, env = "PEERCACHE_POLICY", value_enum)]
+        policy: Option<PeerPolicy>,
+        /// Target speed for `first-meeting-target`, e.g. `5MiB` (per second).
+        #[arg(long, env = "PEERCACHE_TARGET_SPEED")]
+        target_speed: Option<String>,
+        /// TOML config file (keys as the long flags, with `_`); flags override it.
+        #[arg(long, env = "PEERCACHE_CONFIG")]
+        config: Option<PathBuf>,
         /// Extra trusted root certificate (PEM).
         #[arg(long, env = "PEERCACHE_CA_CERT")]
         ca_cert: Option<PathBuf>,
@@ -86,6 +102,21 @@ enum Command {
         #[arg(long)]
         system: bool,
     },
+}
+
+/// `serve`'s TOML config file; every key optional, flags win.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeConfig {
+    server: Option<String>,
+    listen: Option<SocketAddr>,
+    cache: Option<PathBuf>,
+    max_uploads: Option<u32>,
+    upload_limit: Option<String>,
+    cache_max: Option<String>,
+    policy: Option<PeerPolicy>,
+    target_speed: Option<String>,
+    ca_cert: Option<PathBuf>,
 }
 
 fn init_logging() {
@@ -152,12 +183,44 @@ async fn main() -> anyhow::Result<()> {
             listen,
             cache,
             max_uploads,
+            upload_limit,
+            cache_max,
+            policy,
+            target_speed,
+            config,
             ca_cert,
         } => {
-            let mut options = NodeOptions::new(cache.unwrap_or_else(node::default_cache_dir));
-            options.peer_listen = Some(listen);
-            options.max_uploads = max_uploads;
-            options.ca_cert = ca_cert;
+            let file: ServeConfig = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading config {}", path.display()))?;
+                    toml::from_str(&text)
+                        .with_context(|| format!("parsing config {}", path.display()))?
+                }
+                None => ServeConfig::default(),
+            };
+            let Some(server) = server.or(file.server) else {
+                bail!("--server URL is required (the coordination server to serve for)");
+            };
+            let mut options =
+                NodeOptions::new(cache.or(file.cache).unwrap_or_else(node::default_cache_dir));
+            options.peer_listen = Some(
+                listen
+                    .or(file.listen)
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            );
+            options.max_uploads = max_uploads.or(file.max_uploads).unwrap_or(8);
+            if let Some(s) = upload_limit.or(file.upload_limit) {
+                options.upload_limit = parse_size(&s)?;
+            }
+            if let Some(s) = cache_max.or(file.cache_max) {
+                options.cache_max = parse_size(&s)?;
+            }
+            options.policy = policy.or(file.policy).unwrap_or_default();
+            if let Some(s) = target_speed.or(file.target_speed) {
+                options.target_speed = Some(parse_size(&s)?);
+            }
+            options.ca_cert = ca_cert.or(file.ca_cert);
             options.metrics = Some(install_metrics()?);
             let node = node::start(options).await?;
             let server = server.trim_end_matches('/').to_string();
@@ -202,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", output.display()))?;
             let from = match fetched.source {
                 Source::Server => "the server".to_string(),
+                Source::Cache => "the local cache".to_string(),
                 Source::Peer(id) => format!("peer {id}"),
             };
             eprintln!(

@@ -69,6 +69,12 @@ fn status(node: &Node) -> FromHost {
             .unwrap_or_default(),
         peer_id: node.client.peer_id().to_string(),
         counters: node.counters.snapshot(),
+        limits: peercache_core::protocol::HostLimits {
+            max_uploads: node.workload.load().limit,
+            upload_rate: node.workload.rate(),
+            cache_max: node.client.cache().max_bytes(),
+            cache_bytes: node.client.cache().total_bytes(),
+        },
     }
 }
 
@@ -92,6 +98,31 @@ pub async fn handle(node: &Node, text: &str) -> Vec<FromHost> {
                 }];
             }
             *node.enrolment.write().await = Enrolment { enabled, sites };
+            vec![status(node)]
+        }
+        Ok(ToHost::Limits {
+            max_uploads,
+            upload_rate,
+            cache_max,
+        }) => {
+            if max_uploads > 1024 {
+                return vec![FromHost::Error {
+                    message: "max_uploads must be at most 1024".into(),
+                }];
+            }
+            node.workload.set(max_uploads, upload_rate);
+            let cache = node.client.cache().clone();
+            let dropped = tokio::task::spawn_blocking(move || cache.set_max_bytes(cache_max))
+                .await
+                .unwrap_or_default();
+            node.client.announce_dropped(&dropped).await;
+            tracing::info!(
+                max_uploads,
+                upload_rate,
+                cache_max,
+                evicted = dropped.len(),
+                "limits applied"
+            );
             vec![status(node)]
         }
         Ok(ToHost::GetStatus) => vec![status(node)],
@@ -147,4 +178,70 @@ where
     drop(out_tx);
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     tracing::info!("extension closed the connection; exiting");
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! The frame decoder against many random streams: it never panics, never
+    //! allocates for a frame over the cap, and stays in step.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_ne_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn run(stream: Vec<u8>) -> Vec<Inbound> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
+        read_frames(std::io::Cursor::new(stream), &tx);
+        drop(tx);
+        let mut out = Vec::new();
+        while let Ok(x) = rx.try_recv() {
+            out.push(x);
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes: no panic, and never more items than 4-byte headers.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let n = run(bytes.clone()).len();
+            prop_assert!(n <= bytes.len() / 4 + 1);
+        }
+
+        /// Well-formed frames, some oversized, some not UTF-8: each gives exactly one
+        /// item, in order, and the oversized ones are refused.
+        #[test]
+        fn framed_streams_stay_in_step(frames in proptest::collection::vec(
+            prop_oneof![
+                "[ -~]{0,200}".prop_map(|s| (s.into_bytes(), 0u8)),
+                (MAX_FRAME + 1..MAX_FRAME + 5000).prop_map(|n| (vec![b'x'; n], 1u8)),
+                Just((vec![0xff, 0xfe, 0xfd], 2u8)),
+            ], 0..12)) {
+            let stream: Vec<u8> = frames.iter().flat_map(|(b, _)| frame(b)).collect();
+            let items = run(stream);
+            prop_assert_eq!(items.len(), frames.len());
+            for ((body, kind), item) in frames.iter().zip(items) {
+                match (kind, item) {
+                    (0, Inbound::Message(text)) => prop_assert_eq!(text.as_bytes(), &body[..]),
+                    (1, Inbound::Refused(why)) => prop_assert!(why.contains("limit")),
+                    (2, Inbound::Refused(why)) => prop_assert!(why.contains("UTF-8")),
+                    (k, other) => prop_assert!(false, "kind {k} gave {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_claimed_length_on_a_short_stream_ends_the_session_without_allocating() {
+        let mut stream = u32::MAX.to_ne_bytes().to_vec();
+        stream.extend_from_slice(b"short");
+        assert!(run(stream).is_empty());
+    }
 }

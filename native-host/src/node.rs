@@ -11,9 +11,10 @@ use rand::RngCore;
 use tokio::sync::RwLock;
 
 use crate::cache::Cache;
-use crate::client::{Client, ClientOptions, HostCounters, UploadSlots};
+use crate::client::{Client, ClientOptions, HostCounters};
 use crate::gateway::{Enrolment, GatewayState};
 use crate::peer_server::PeerState;
+use crate::workload::Workload;
 
 /// How to start a node.
 #[derive(Debug, Clone)]
@@ -28,6 +29,14 @@ pub struct NodeOptions {
     pub ca_cert: Option<PathBuf>,
     /// Upload slots.
     pub max_uploads: u32,
+    /// Upload cap, bytes per second (0 = none).
+    pub upload_limit: u64,
+    /// Cache size limit in bytes (0 = none).
+    pub cache_max: u64,
+    /// Peer choice policy.
+    pub policy: crate::client::PeerPolicy,
+    /// Target speed for the first-meeting-target policy (bytes/s).
+    pub target_speed: Option<u64>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Prometheus handle for `/metrics`.
@@ -45,6 +54,10 @@ impl NodeOptions {
             gateway: false,
             ca_cert: None,
             max_uploads: 8,
+            upload_limit: 0,
+            cache_max: 0,
+            policy: crate::client::PeerPolicy::Fastest,
+            target_speed: None,
             heartbeat: Duration::from_secs(20),
             metrics: None,
             extension_origins: Vec::new(),
@@ -65,6 +78,8 @@ pub struct Node {
     pub enrolment: Arc<RwLock<Enrolment>>,
     /// Counters.
     pub counters: Arc<HostCounters>,
+    /// Workload limits (adjustable).
+    pub workload: Arc<Workload>,
 }
 
 /// The default cache directory: `$PEERCACHE_CACHE_DIR`, else
@@ -90,10 +105,12 @@ fn random_token() -> String {
 pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
     let cache = Cache::open(&options.cache_dir)
         .with_context(|| format!("opening cache {}", options.cache_dir.display()))?;
+    // Evictions at start-up need no announce: the start-up announce lists what is left.
+    let _ = cache.set_max_bytes(options.cache_max);
     let peer_id =
         crate::identity::load_or_create(&options.cache_dir).context("loading the peer id")?;
     let counters = Arc::new(HostCounters::default());
-    let slots = Arc::new(UploadSlots::new(options.max_uploads));
+    let slots = Arc::new(Workload::new(options.max_uploads, options.upload_limit));
 
     let peer_listener = match options.peer_listen {
         Some(addr) => Some(
@@ -110,6 +127,8 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         &ClientOptions {
             ca_cert: options.ca_cert.clone(),
             serve_port: peer_addr.map(|a| a.port()),
+            policy: options.policy,
+            target_speed: options.target_speed,
         },
         counters.clone(),
         Some(slots.clone()),
@@ -122,7 +141,8 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             metrics: options.metrics.clone(),
         });
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service).await {
                 tracing::error!(error = %e, "peer server stopped");
             }
         });
@@ -172,5 +192,6 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         gateway,
         enrolment,
         counters,
+        workload: slots,
     })
 }

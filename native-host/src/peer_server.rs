@@ -23,15 +23,16 @@ use peercache_core::hash::ObjectHash;
 use peercache_core::headers;
 
 use crate::cache::Cache;
-use crate::client::{HostCounters, UploadSlots};
+use crate::client::HostCounters;
+use crate::workload::Workload;
 
 /// State of the peer server.
 #[derive(Debug, Clone)]
 pub struct PeerState {
     /// The cache served from.
     pub cache: Cache,
-    /// Upload slots.
-    pub slots: Arc<UploadSlots>,
+    /// Workload limits.
+    pub slots: Arc<Workload>,
     /// Counters.
     pub counters: Arc<HostCounters>,
     /// Prometheus handle, when the binary installed a recorder.
@@ -48,7 +49,7 @@ pub fn router(state: PeerState) -> Router {
         .with_state(state)
 }
 
-fn load_header(slots: &UploadSlots) -> HeaderValue {
+fn load_header(slots: &Workload) -> HeaderValue {
     let l = slots.load();
     HeaderValue::from_str(&format!("{}/{}", l.active, l.limit))
         .unwrap_or(HeaderValue::from_static("0/0"))
@@ -73,32 +74,38 @@ async fn metrics_text(State(state): State<PeerState>) -> Response {
 }
 
 /// Holds one upload slot until dropped.
-struct Slot(Arc<UploadSlots>);
+struct Slot(Arc<Workload>);
 
 impl Slot {
-    fn try_take(slots: &Arc<UploadSlots>) -> Option<Self> {
-        slots
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-                (a < slots.limit).then_some(a + 1)
-            })
-            .ok()
-            .map(|_| Slot(slots.clone()))
+    fn try_take(slots: &Arc<Workload>) -> Option<Self> {
+        slots.try_take().then(|| Slot(slots.clone()))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.release();
     }
 }
 
 async fn object(
     State(state): State<PeerState>,
     method: Method,
+    axum::extract::ConnectInfo(requester): axum::extract::ConnectInfo<std::net::SocketAddr>,
     req_headers: axum::http::HeaderMap,
     Path(hash): Path<String>,
 ) -> Response {
+    if !state.slots.allow_requester(requester.ip()) {
+        counter!("peercache_requests_rate_limited_total").increment(1);
+        let mut resp = (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests from your address",
+        )
+            .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let Ok(hash) = hash.parse::<ObjectHash>() else {
         return (StatusCode::BAD_REQUEST, "not a BLAKE3 hash").into_response();
     };
@@ -165,6 +172,7 @@ async fn object(
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     counter!("peercache_uploads_total").increment(1);
+    state.cache.touch(&hash);
     let counters = state.counters.clone();
     let mut file = file;
     if first > 0 {
@@ -175,15 +183,22 @@ async fn object(
     }
     use tokio::io::AsyncReadExt;
     let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);
-    let stream = reader.map(move |chunk| {
+    let workload = state.slots.clone();
+    let stream = reader.then(move |chunk| {
+        // The slot is held until the body is dropped (finished or aborted).
         let _held = &slot;
-        if let Ok(c) = &chunk {
-            counters
-                .bytes_served
-                .fetch_add(c.len() as u64, Ordering::Relaxed);
-            counter!("peercache_bytes_uploaded_total").increment(c.len() as u64);
+        let workload = workload.clone();
+        let counters = counters.clone();
+        async move {
+            if let Ok(c) = &chunk {
+                workload.throttle(c.len() as u64).await;
+                counters
+                    .bytes_served
+                    .fetch_add(c.len() as u64, Ordering::Relaxed);
+                counter!("peercache_bytes_uploaded_total").increment(c.len() as u64);
+            }
+            chunk
         }
-        chunk
     });
     builder
         .body(Body::from_stream(stream))

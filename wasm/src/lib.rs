@@ -11,7 +11,7 @@
 //! Rust (the shell does it, so one shell serves both browsers).
 
 use peercache_core::extension::{Gateway, Settings};
-use peercache_core::protocol::{Counters, FromHost, ToHost};
+use peercache_core::protocol::{Counters, FromHost, HostLimits, ToHost};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
@@ -46,6 +46,8 @@ pub struct View {
     pub sites: Vec<SiteView>,
     /// Counters from the host.
     pub counters: Counters,
+    /// The host's limits and cache use.
+    pub limits: HostLimits,
     /// Number of interception rules in force.
     pub rules: usize,
     /// Command that installs the host.
@@ -73,6 +75,7 @@ pub struct Brain {
     host_version: Option<String>,
     peer_id: Option<String>,
     counters: Counters,
+    limits: HostLimits,
 }
 
 fn to_js<T: Serialize>(value: &T) -> JsValue {
@@ -98,6 +101,7 @@ impl Brain {
             host_version: None,
             peer_id: None,
             counters: Counters::default(),
+            limits: HostLimits::default(),
         }
     }
 
@@ -161,6 +165,7 @@ impl Brain {
                 })
                 .collect(),
             counters: self.counters,
+            limits: self.limits,
             rules: self.settings.rules(self.gateway.as_ref()).len(),
             install_command: "peercache-host install --browser chromium   # or chrome, firefox",
         }
@@ -274,6 +279,7 @@ mod tests {
             peer_addr: String::new(),
             peer_id: "p".into(),
             counters: Counters::default(),
+            limits: HostLimits::default(),
         };
         assert!(b.apply_host_message(status.clone()));
         assert!(!b.apply_host_message(status));

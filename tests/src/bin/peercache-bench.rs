@@ -27,7 +27,11 @@ fn limits() -> StoreLimits {
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -42,7 +46,16 @@ async fn fill(store: &Store, peers: u64, objects: u64, holders: u64) -> anyhow::
     let now = 1;
     for p in 0..peers {
         store
-            .register(&format!("peer{p}"), IP, Some(10_000 + (p % 50_000) as u16), Some(Load { active: 0, limit: 1_000_000 }), now)
+            .register(
+                &format!("peer{p}"),
+                IP,
+                Some(10_000 + (p % 50_000) as u16),
+                Some(Load {
+                    active: 0,
+                    limit: 1_000_000,
+                }),
+                now,
+            )
             .await?;
     }
     // Peer p holds objects o where o % peers in [p, p + holders).
@@ -55,13 +68,19 @@ async fn fill(store: &Store, peers: u64, objects: u64, holders: u64) -> anyhow::
             })
             .collect();
         for chunk in hashes.chunks(5_000) {
-            store.announce(&format!("peer{p}"), chunk, &[], None, now).await?;
+            store
+                .announce(&format!("peer{p}"), chunk, &[], None, now)
+                .await?;
         }
     }
     Ok(())
 }
 
-async fn decisions_per_sec(store: &Store, objects: u64, seconds: f64) -> anyhow::Result<(f64, usize)> {
+async fn decisions_per_sec(
+    store: &Store,
+    objects: u64,
+    seconds: f64,
+) -> anyhow::Result<(f64, usize)> {
     let egress = Egress {
         limit_bytes_per_s: Some(10 << 20),
         bytes_in_flight: 50 << 20,
@@ -77,7 +96,9 @@ async fn decisions_per_sec(store: &Store, objects: u64, seconds: f64) -> anyhow:
             x ^= x << 17;
             let h = hash(x % objects);
             let list = store.holders(&h, Some("client"), 2, 8).await?;
-            if decide(1 << 20, egress, None, 2000, list.len()) == peercache_core::decide::Decision::Refer {
+            if decide(1 << 20, egress, None, 2000, list.len())
+                == peercache_core::decide::Decision::Refer
+            {
                 referred += 1;
             }
             n += 1;
@@ -94,14 +115,19 @@ async fn table_memory(objects: u64, peers: u64, holders: u64) -> anyhow::Result<
     let filled = t.elapsed();
     let after = rss_bytes();
     let entries = objects * holders;
-    println!("memory backend: {objects} objects, {peers} peers, {entries} holder entries, filled in {:.1} s", filled.as_secs_f64());
+    println!(
+        "memory backend: {objects} objects, {peers} peers, {entries} holder entries, filled in {:.1} s",
+        filled.as_secs_f64()
+    );
     println!(
         "memory backend: RSS +{:.0} MiB = {:.0} bytes per holder entry",
         (after - before) as f64 / (1 << 20) as f64,
         (after - before) as f64 / entries as f64
     );
     let (rate, referred) = decisions_per_sec(&store, objects, 5.0).await?;
-    println!("memory backend: {rate:.0} referral decisions/s on one core (look-up + ranking + decide; {referred} referrals)");
+    println!(
+        "memory backend: {rate:.0} referral decisions/s on one core (look-up + ranking + decide; {referred} referrals)"
+    );
     Ok(())
 }
 
@@ -124,14 +150,19 @@ async fn table_redis(objects: u64, peers: u64, holders: u64) -> anyhow::Result<(
     let filled = t.elapsed();
     let after = redis_info_memory(&redis.url()).await?;
     let entries = objects * holders;
-    println!("redis backend: {objects} objects, {peers} peers, {entries} holder entries, filled in {:.1} s", filled.as_secs_f64());
+    println!(
+        "redis backend: {objects} objects, {peers} peers, {entries} holder entries, filled in {:.1} s",
+        filled.as_secs_f64()
+    );
     println!(
         "redis backend: used_memory +{:.0} MiB = {:.0} bytes per holder entry",
         (after - before) as f64 / (1 << 20) as f64,
         (after - before) as f64 / entries as f64
     );
     let (rate, _) = decisions_per_sec(&store, objects, 5.0).await?;
-    println!("redis backend: {rate:.0} referral decisions/s from one task (each a Redis round trip)");
+    println!(
+        "redis backend: {rate:.0} referral decisions/s from one task (each a Redis round trip)"
+    );
     Ok(())
 }
 
@@ -143,8 +174,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run_wave(url: &str, header: Option<&str>, concurrency: usize, per_task: usize) -> anyhow::Result<(Vec<Duration>, f64, Vec<u16>)> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+async fn run_wave(
+    url: &str,
+    header: Option<&str>,
+    concurrency: usize,
+    per_task: usize,
+) -> anyhow::Result<(Vec<Duration>, f64, Vec<u16>)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -189,11 +227,24 @@ async fn latency() -> anyhow::Result<()> {
     let dir = peercache_tests::TempDir::new("bench-latency");
     let body = peercache_tests::test_bytes(16 * 1024, 5);
     let root = peercache_tests::make_site(&dir, &[("obj.bin", &body)]);
-    let server = peercache_tests::spawn_server(&root, &["--egress-limit", "1MiB", "--target-period", "0s", "--ping-interval", "0s"]).await?;
+    let server = peercache_tests::spawn_server(
+        &root,
+        &[
+            "--egress-limit",
+            "1MiB",
+            "--target-period",
+            "0s",
+            "--ping-interval",
+            "0s",
+        ],
+    )
+    .await?;
     // One registered holder, listed the way a real peer gets listed.
-    peercache_tests::register_and_fetch(&server.url, "holder", Some(40000), "/static/obj.bin").await?;
+    peercache_tests::register_and_fetch(&server.url, "holder", Some(40000), "/static/obj.bin")
+        .await?;
     let h = ObjectHash::of(&body).to_hex();
-    let accepted = peercache_tests::announce(&server.url, "holder", &[h], Some((0, 1_000_000))).await?;
+    let accepted =
+        peercache_tests::announce(&server.url, "holder", &[h], Some((0, 1_000_000))).await?;
     if accepted.len() != 1 {
         bail!("holder not listed");
     }
@@ -209,7 +260,8 @@ async fn latency() -> anyhow::Result<()> {
     );
     // The same server answering the same path with the 16 KiB file (no referral header).
     let plain = peercache_tests::spawn_server(&root, &["--ping-interval", "0s"]).await?;
-    let (plat, prps, pstat) = run_wave(&format!("{}/static/obj.bin", plain.url), None, 500, 20).await?;
+    let (plat, prps, pstat) =
+        run_wave(&format!("{}/static/obj.bin", plain.url), None, 500, 20).await?;
     println!(
         "plain 200s of the 16 KiB file from peercache-server: {}/{} ok, {prps:.0} req/s, p50 {:.1} ms, p99 {:.1} ms",
         pstat.iter().filter(|s| **s == 200).count(),
@@ -218,7 +270,13 @@ async fn latency() -> anyhow::Result<()> {
         percentile(&plat, 0.99).as_secs_f64() * 1000.0
     );
     if let Some(nginx) = nginx(&root).await? {
-        let (nlat, nrps, nstat) = run_wave(&format!("http://127.0.0.1:{}/static/obj.bin", nginx.1), None, 500, 20).await?;
+        let (nlat, nrps, nstat) = run_wave(
+            &format!("http://127.0.0.1:{}/static/obj.bin", nginx.1),
+            None,
+            500,
+            20,
+        )
+        .await?;
         println!(
             "nginx static 200s of the same file: {}/{} ok, {nrps:.0} req/s, p50 {:.1} ms, p99 {:.1} ms",
             nstat.iter().filter(|s| **s == 200).count(),
@@ -242,7 +300,9 @@ async fn nginx(root: &std::path::Path) -> anyhow::Result<Option<(NginxGuard, u16
         println!("(nginx not installed: `apt-get install nginx` for the comparison)");
         return Ok(None);
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let dir = root.parent().context("root has a parent")?.join("nginx");
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("nginx.conf");
@@ -268,7 +328,10 @@ async fn nginx(root: &std::path::Path) -> anyhow::Result<Option<(NginxGuard, u16
         .kill_on_drop(true)
         .spawn()?;
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(Some((NginxGuard(child), port)));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
