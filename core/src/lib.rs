@@ -10,6 +10,7 @@
 //! - [`select`]: ordering a referral's proxy list (M5, M6).
 //! - [`shareable`]: which requests and responses may ever be shared with peers (B2).
 //! - [`extension`]: the extension's settings and the interception rules they produce.
+//! - [`verified`]: BLAKE3 verified streaming in 16 KiB groups (B1).
 //! - [`units`]: `10MiB` sizes and `500ms` durations for flags and config files.
 //!
 //! Goals: small, deterministic, exhaustively tested, builds for `wasm32-unknown-unknown`.
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod select;
 pub mod shareable;
 pub mod units;
+pub mod verified;
 
 pub use hash::ObjectHash;
 

@@ -157,6 +157,66 @@ impl Cache {
         Ok(self.evict_except(Some(hash)))
     }
 
+    /// A fresh temp path inside the cache (removed at the next open if left over).
+    pub fn temp_path(&self) -> PathBuf {
+        self.dir.join("objects").join(format!(
+            ".tmp-dl-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ))
+    }
+
+    /// Moves a complete, verified, fsynced temp file into the cache as `hash`;
+    /// returns the objects evicted to make room.
+    pub fn adopt(
+        &self,
+        hash: &ObjectHash,
+        tmp: &Path,
+        size: u64,
+    ) -> std::io::Result<Vec<ObjectHash>> {
+        let max = self.max_bytes();
+        if max > 0 && size > max {
+            let _ = std::fs::remove_file(tmp);
+            return Err(std::io::Error::other("object larger than the cache limit"));
+        }
+        std::fs::rename(tmp, self.path_of(hash))?;
+        {
+            let mut idx = self.lock();
+            idx.tick += 1;
+            let tick = idx.tick;
+            if let Some((old, _)) = idx.entries.insert(*hash, (size, tick)) {
+                idx.total -= old;
+            }
+            idx.total += size;
+        }
+        Ok(self.evict_except(Some(hash)))
+    }
+
+    /// The object's group CVs (verified-streaming outboard), computed once from
+    /// the cached bytes and kept beside them. Blocking.
+    pub fn outboard(&self, hash: &ObjectHash) -> std::io::Result<Vec<u8>> {
+        let dir = self.dir.join("outboard");
+        let path = dir.join(hash.to_hex());
+        if let Ok(ob) = std::fs::read(&path) {
+            return Ok(ob);
+        }
+        let file = std::fs::File::open(self.path_of(hash))?;
+        let size = file.metadata()?.len();
+        let ob =
+            peercache_core::verified::outboard_from_reader(std::io::BufReader::new(file), size)?;
+        std::fs::create_dir_all(&dir)?;
+        write_atomically(&path, &ob)?;
+        Ok(ob)
+    }
+
+    /// Keeps an outboard computed during a download (best effort).
+    pub fn store_outboard(&self, hash: &ObjectHash, outboard: &[u8]) {
+        let dir = self.dir.join("outboard");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = write_atomically(&dir.join(hash.to_hex()), outboard);
+        }
+    }
+
     /// Removes one object.
     pub fn remove(&self, hash: &ObjectHash) {
         let mut idx = self.lock();
@@ -164,6 +224,7 @@ impl Cache {
             idx.total -= len;
         }
         let _ = std::fs::remove_file(self.path_of(hash));
+        let _ = std::fs::remove_file(self.dir.join("outboard").join(hash.to_hex()));
     }
 
     fn evict(&self) -> Vec<ObjectHash> {
@@ -192,6 +253,7 @@ impl Cache {
             idx.entries.remove(&hash);
             idx.total -= len;
             let _ = std::fs::remove_file(self.path_of(&hash));
+            let _ = std::fs::remove_file(self.dir.join("outboard").join(hash.to_hex()));
             dropped.push(hash);
         }
         dropped

@@ -28,7 +28,8 @@ use peercache_core::protocol::{
 };
 use peercache_core::select::{Policy, Probed, choose};
 use peercache_core::shareable::response_shareable;
-use tokio::sync::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::cache::Cache;
 use crate::workload::Workload;
@@ -109,6 +110,9 @@ pub enum FetchError {
     /// The URL is not http(s).
     #[error("not an http(s) URL: {0}")]
     BadUrl(String),
+    /// The receiver went away before the end.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// How the client picks among a referral's peers (M6).
@@ -316,7 +320,7 @@ impl Client {
         }
     }
 
-    async fn report(
+    pub(crate) async fn report(
         &self,
         origin: String,
         hash: ObjectHash,
@@ -414,8 +418,65 @@ impl Client {
         choose(probed, policy)
     }
 
-    /// One download of `url` through the whole client protocol.
-    pub async fn fetch(&self, url: &str) -> Result<Fetched, FetchError> {
+    /// The HTTP client (system roots plus `--ca-cert`, no redirects).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Records a download's throughput from `peer` for later choices.
+    pub(crate) fn remember(&self, peer: &str, bytes: u64, took: Duration) {
+        self.remember_throughput(peer, bytes, took);
+    }
+
+    /// A peer sent bytes (or CVs) that do not match the server's hash: count it
+    /// and report it, so the server gives the peer a strike.
+    pub(crate) async fn note_mismatch(
+        &self,
+        origin: &str,
+        hash: ObjectHash,
+        peer: &str,
+        took: Duration,
+    ) {
+        self.counters
+            .verification_failures
+            .fetch_add(1, Ordering::Relaxed);
+        counter!("peercache_verification_failures_total").increment(1);
+        tracing::warn!(%peer, %hash, "peer sent bytes that do not match the server's hash");
+        self.report(
+            origin.to_string(),
+            hash,
+            peer.to_string(),
+            Outcome::Mismatch,
+            0,
+            took,
+        )
+        .await;
+    }
+
+    /// One download of `url` through the whole client protocol, buffered (for
+    /// objects up to [`MAX_OBJECT_SIZE`]).
+    pub async fn fetch(self: &Arc<Self>, url: &str) -> Result<Fetched, FetchError> {
+        let mut dl = self.open(url).await?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = dl.body.recv().await {
+            let chunk = chunk?;
+            if buf.len() as u64 + chunk.len() as u64 > MAX_OBJECT_SIZE {
+                return Err(FetchError::TooLarge(buf.len() as u64 + chunk.len() as u64));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let source = dl.finish().await?;
+        Ok(Fetched {
+            bytes: buf.freeze(),
+            content_type: dl.content_type,
+            hash: dl.hash,
+            source,
+        })
+    }
+
+    /// Starts one download of `url` through the whole client protocol. The
+    /// returned [`Download`] yields verified bytes in order as they arrive.
+    pub async fn open(self: &Arc<Self>, url: &str) -> Result<Download, FetchError> {
         let url = reqwest::Url::parse(url).map_err(|_| FetchError::BadUrl(url.to_string()))?;
         if url.scheme() != "https" && url.scheme() != "http" {
             return Err(FetchError::BadUrl(url.to_string()));
@@ -439,116 +500,97 @@ impl Client {
             .send()
             .await?;
         match resp.status().as_u16() {
-            200 => self.take_server_response(&origin, resp, None).await,
+            200 => Ok(self.stream_server_response(origin, resp, None)),
             300 => {
                 let body = read_limited(resp, MAX_REFERRAL_BYTES).await?;
                 let referral: Referral = serde_json::from_slice(&body)
                     .map_err(|e| FetchError::BadReferral(e.to_string()))?;
-                self.follow_referral(&origin, &url, referral).await
+                self.follow_referral(origin, url, referral).await
             }
             s => Err(FetchError::Status(s)),
         }
     }
 
     async fn follow_referral(
-        &self,
-        origin: &str,
-        url: &reqwest::Url,
+        self: &Arc<Self>,
+        origin: String,
+        url: reqwest::Url,
         referral: Referral,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<Download, FetchError> {
         let hash = referral.object.hash;
         let size = referral.object.size;
-        if size > MAX_OBJECT_SIZE {
-            return Err(FetchError::TooLarge(size));
-        }
-        if let Some(bytes) = self.read_own_cache(&hash, size).await {
+        let content_type = referral.object.content_type.clone();
+        if let Some(dl) = self.open_own_cache(&hash, size, &content_type).await {
             counter!("peercache_cache_hits_total").increment(1);
-            return Ok(Fetched {
-                bytes,
-                content_type: referral.object.content_type.clone(),
-                hash: Some(hash),
-                source: Source::Cache,
-            });
+            return Ok(dl);
         }
-        let ordered = self
+        let peers = self
             .probe_and_order(&referral.proxies, referral.target_speed)
             .await;
-        for proxy in &ordered {
-            let started = Instant::now();
-            match self.fetch_from_peer(&proxy.addr, &hash, size).await {
-                Ok(bytes) => {
-                    self.remember_throughput(&proxy.id, bytes.len() as u64, started.elapsed());
-                    self.counters
-                        .bytes_from_peers
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    counter!("peercache_bytes_from_peers_total").increment(bytes.len() as u64);
-                    self.keep(origin, &hash, &bytes).await;
-                    self.report(
-                        origin.to_string(),
-                        hash,
-                        proxy.id.clone(),
-                        Outcome::Served,
-                        bytes.len() as u64,
-                        started.elapsed(),
-                    )
-                    .await;
-                    tracing::info!(peer = %proxy.id, %hash, "fetched from peer");
-                    return Ok(Fetched {
-                        bytes,
-                        content_type: referral.object.content_type.clone(),
-                        hash: Some(hash),
-                        source: Source::Peer(proxy.id.clone()),
-                    });
-                }
-                Err(PeerError::Mismatch) => {
-                    self.counters
-                        .verification_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    counter!("peercache_verification_failures_total").increment(1);
-                    tracing::warn!(peer = %proxy.id, %hash, "peer sent bytes that do not match the server's hash");
-                    self.report(
-                        origin.to_string(),
-                        hash,
-                        proxy.id.clone(),
-                        Outcome::Mismatch,
-                        0,
-                        started.elapsed(),
-                    )
-                    .await;
-                }
-                Err(PeerError::Failed(e)) => {
-                    tracing::warn!(peer = %proxy.id, error = %e, "peer failed");
-                    self.report(
-                        origin.to_string(),
-                        hash,
-                        proxy.id.clone(),
-                        Outcome::Failed,
-                        0,
-                        started.elapsed(),
-                    )
-                    .await;
-                }
-            }
-        }
-        // Last resort: the server, which must send when asked without Peercache-Client.
+        let plan = crate::download::Plan {
+            origin: origin.clone(),
+            server: referral.server.clone(),
+            hash,
+            size,
+            peers,
+        };
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let (done_tx, done_rx) = oneshot::channel();
+        let client = self.clone();
+        tokio::spawn(async move {
+            let result = match crate::download::run(client.clone(), plan, tx.clone()).await {
+                // Nothing usable from peers (no outboard anywhere): the whole object
+                // from the server, checked against the referral's hash.
+                Err(FetchError::Status(502)) => client.server_whole(origin, url, hash, tx).await,
+                other => other,
+            };
+            let _ = done_tx.send(result);
+        });
+        Ok(Download {
+            content_type,
+            size: Some(size),
+            hash: Some(hash),
+            known_source: None,
+            body: rx,
+            done: Some(done_rx),
+        })
+    }
+
+    /// The last resort: the server, asked without `Peercache-Client`, must send.
+    async fn server_whole(
+        self: &Arc<Self>,
+        origin: String,
+        url: reqwest::Url,
+        hash: ObjectHash,
+        tx: mpsc::Sender<Result<Bytes, FetchError>>,
+    ) -> Result<Source, FetchError> {
         let resp = self
             .http
-            .get(url.clone())
-            .timeout(Duration::from_secs(300))
+            .get(url)
+            .timeout(Duration::from_secs(3600))
             .send()
             .await?;
         if resp.status().as_u16() != 200 {
             return Err(FetchError::Status(resp.status().as_u16()));
         }
-        self.take_server_response(origin, resp, Some(hash)).await
+        let mut dl = self.stream_server_response(origin, resp, Some(hash));
+        while let Some(chunk) = dl.body.recv().await {
+            if tx.send(chunk).await.is_err() {
+                return Err(FetchError::Cancelled);
+            }
+        }
+        dl.finish().await
     }
 
-    async fn take_server_response(
-        &self,
-        origin: &str,
+    /// Streams a server `200` to the caller while hashing it and writing it to a
+    /// temp file; keeps and announces it if it matches the hash (given, or named
+    /// in `Peercache-Object`) and may be shared.
+    fn stream_server_response(
+        self: &Arc<Self>,
+        origin: String,
         resp: reqwest::Response,
         expected: Option<ObjectHash>,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Download {
         let object = resp
             .headers()
             .get(headers::OBJECT)
@@ -561,50 +603,120 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_string();
-        let bytes = read_limited(resp, MAX_OBJECT_SIZE).await?;
-        self.counters
-            .bytes_from_server
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        counter!("peercache_bytes_from_server_total").increment(bytes.len() as u64);
-        let actual = ObjectHash::of(&bytes);
         let named = expected.or(object.map(|o| o.hash));
+        let size = resp.content_length();
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let (done_tx, done_rx) = oneshot::channel();
+        let client = self.clone();
+        tokio::spawn(async move {
+            let result = client
+                .pump_server_body(origin, resp, named, shareable, tx)
+                .await;
+            let _ = done_tx.send(result);
+        });
+        Download {
+            content_type,
+            size,
+            hash: named,
+            known_source: Some(Source::Server),
+            body: rx,
+            done: Some(done_rx),
+        }
+    }
+
+    async fn pump_server_body(
+        self: &Arc<Self>,
+        origin: String,
+        resp: reqwest::Response,
+        named: Option<ObjectHash>,
+        shareable: bool,
+        tx: mpsc::Sender<Result<Bytes, FetchError>>,
+    ) -> Result<Source, FetchError> {
+        let already = named.is_some_and(|h| self.cache.contains(&h));
+        if let (true, Some(h)) = (already, named) {
+            self.cache.touch(&h);
+        }
+        let keep = named.is_some() && shareable && !already;
+        let tmp = self.cache.temp_path();
+        let mut file = if keep {
+            tokio::fs::File::create(&tmp).await.ok()
+        } else {
+            None
+        };
+        let mut hasher = peercache_core::hash::StreamHasher::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    let _ = tx.send(Err(FetchError::Http(e))).await;
+                    return Err(FetchError::Status(502));
+                }
+            };
+            if hasher.len() + chunk.len() as u64 > MAX_OBJECT_SIZE {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                let _ = tx.send(Err(FetchError::TooLarge(hasher.len()))).await;
+                return Err(FetchError::TooLarge(hasher.len()));
+            }
+            hasher.update(&chunk);
+            self.counters
+                .bytes_from_server
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            counter!("peercache_bytes_from_server_total").increment(chunk.len() as u64);
+            if let Some(f) = file.as_mut()
+                && f.write_all(&chunk).await.is_err()
+            {
+                // A full disk stops caching, not the download.
+                counter!("peercache_cache_write_failures_total").increment(1);
+                file = None;
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            if tx.send(Ok(chunk)).await.is_err() {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(FetchError::Cancelled);
+            }
+        }
+        let actual = hasher.finish();
         if let Some(named) = named
             && named != actual
         {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            let _ = tx.send(Err(FetchError::ServerMismatch)).await;
             return Err(FetchError::ServerMismatch);
         }
-        if named.is_some() && shareable {
-            self.keep(origin, &actual, &bytes).await;
-        }
-        Ok(Fetched {
-            bytes,
-            content_type,
-            hash: named,
-            source: Source::Server,
-        })
-    }
-
-    /// Stores verified bytes and announces them (and whatever the cache evicted
-    /// to make room); failures only cost sharing, never the download.
-    async fn keep(&self, origin: &str, hash: &ObjectHash, bytes: &Bytes) {
-        let mut dropped = Vec::new();
-        if !self.cache.contains(hash) {
-            let cache = self.cache.clone();
-            let (h, b) = (*hash, bytes.clone());
-            match tokio::task::spawn_blocking(move || cache.put(&h, &b)).await {
-                Ok(Ok(evicted)) => dropped = evicted,
-                Ok(Err(e)) => {
-                    counter!("peercache_cache_write_failures_total").increment(1);
-                    tracing::warn!(%hash, error = %e, "could not store object; not sharing it");
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-        if let Err(e) = self.announce(origin, &[*hash], &[]).await {
+        if already
+            && shareable
+            && let Err(e) = self.announce(&origin, &[actual], &[]).await
+        {
             tracing::warn!(error = %e, "announce failed");
         }
-        self.announce_dropped(&dropped).await;
+        if let Some(f) = file {
+            let synced = f.sync_all().await;
+            drop(f);
+            let cache = self.cache.clone();
+            let (len, tmp2) = (hasher.len(), tmp.clone());
+            let kept = match synced {
+                Ok(()) => tokio::task::spawn_blocking(move || cache.adopt(&actual, &tmp2, len))
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
+            match kept {
+                Some(Ok(dropped)) => {
+                    if let Err(e) = self.announce(&origin, &[actual], &[]).await {
+                        tracing::warn!(error = %e, "announce failed");
+                    }
+                    self.announce_dropped(&dropped).await;
+                }
+                _ => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    counter!("peercache_cache_write_failures_total").increment(1);
+                    tracing::warn!(hash = %actual, "could not keep the object; not sharing it");
+                }
+            }
+        }
+        Ok(Source::Server)
     }
 
     /// Tells every server this host knows that it no longer holds `dropped`.
@@ -620,56 +732,88 @@ impl Client {
         }
     }
 
-    /// The object from this host's own cache, re-verified (a disk can rot).
-    async fn read_own_cache(&self, hash: &ObjectHash, size: u64) -> Option<Bytes> {
+    /// The object from this host's own cache, re-verified whole first (a disk can
+    /// rot), then streamed.
+    async fn open_own_cache(
+        &self,
+        hash: &ObjectHash,
+        size: u64,
+        content_type: &str,
+    ) -> Option<Download> {
         if !self.cache.contains(hash) {
             return None;
         }
         let path = self.cache.path_of(hash);
-        let bytes = tokio::fs::read(&path).await.ok()?;
-        if bytes.len() as u64 == size && ObjectHash::of(&bytes) == *hash {
-            self.cache.touch(hash);
-            Some(Bytes::from(bytes))
-        } else {
+        let (h, p) = (*hash, path.clone());
+        let intact = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let mut f = std::fs::File::open(&p)?;
+            let mut hasher = peercache_core::hash::StreamHasher::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok(hasher.len() == size && hasher.finish() == h)
+        })
+        .await;
+        if !matches!(intact, Ok(Ok(true))) {
             tracing::warn!(%hash, "cached copy is corrupt; removing it");
             self.cache.remove(hash);
-            None
+            return None;
         }
-    }
-
-    async fn fetch_from_peer(
-        &self,
-        addr: &str,
-        hash: &ObjectHash,
-        size: u64,
-    ) -> Result<Bytes, PeerError> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/objects/{hash}", addr.trim_end_matches('/')))
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .map_err(|e| PeerError::Failed(e.to_string()))?;
-        if resp.status().as_u16() != 200 {
-            return Err(PeerError::Failed(format!("status {}", resp.status())));
-        }
-        // One byte over the announced size already proves a mismatch.
-        let bytes = match read_limited(resp, size).await {
-            Ok(b) => b,
-            Err(FetchError::TooLarge(_)) => return Err(PeerError::Mismatch),
-            Err(e) => return Err(PeerError::Failed(e.to_string())),
-        };
-        if bytes.len() as u64 != size || ObjectHash::of(&bytes) != *hash {
-            return Err(PeerError::Mismatch);
-        }
-        Ok(bytes)
+        self.cache.touch(hash);
+        let file = tokio::fs::File::open(&path).await.ok()?;
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        tokio::spawn(async move {
+            let mut reader = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+            while let Some(chunk) = reader.next().await {
+                let item = chunk.map_err(|_| FetchError::Status(500));
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Some(Download {
+            content_type: content_type.to_string(),
+            size: Some(size),
+            hash: Some(*hash),
+            known_source: Some(Source::Cache),
+            body: rx,
+            done: None,
+        })
     }
 }
 
+/// Depth of the channel carrying verified chunks to the caller.
+const CHANNEL_DEPTH: usize = 16;
+
+/// A download in progress: verified bytes in order, then who served them.
 #[derive(Debug)]
-enum PeerError {
-    Mismatch,
-    Failed(String),
+pub struct Download {
+    /// Media type.
+    pub content_type: String,
+    /// Size, when known in advance.
+    pub size: Option<u64>,
+    /// The hash the bytes are checked against, if any.
+    pub hash: Option<ObjectHash>,
+    /// The source, when known before the first byte.
+    pub known_source: Option<Source>,
+    /// Verified chunks; an `Err` item means the download failed there.
+    pub body: mpsc::Receiver<Result<Bytes, FetchError>>,
+    done: Option<oneshot::Receiver<Result<Source, FetchError>>>,
+}
+
+impl Download {
+    /// Waits for the end (after the body was read) and says who served the bytes.
+    pub async fn finish(&mut self) -> Result<Source, FetchError> {
+        match self.done.take() {
+            None => Ok(self.known_source.clone().unwrap_or(Source::Cache)),
+            Some(rx) => rx.await.unwrap_or(Err(FetchError::Cancelled)),
+        }
+    }
 }
 
 /// An HTTP client that trusts the system roots plus `ca_cert`, and never follows

@@ -105,8 +105,8 @@ async fn handle(
         .filter(|o| *o == site_origin || state.extension_origins.iter().any(|e| e == o))
         .and_then(|o| HeaderValue::from_str(o).ok());
 
-    let fetched = match state.client.fetch(url.as_str()).await {
-        Ok(f) => f,
+    let dl = match state.client.open(url.as_str()).await {
+        Ok(d) => d,
         Err(FetchError::Status(s)) => {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY);
             return refuse(status, "the site answered with an error");
@@ -121,24 +121,30 @@ async fn handle(
                 .into_response();
         }
     };
-    let source = match &fetched.source {
-        Source::Server => "server".to_string(),
-        Source::Cache => "cache".to_string(),
-        Source::Peer(id) => format!("peer {id}"),
+    let source = match &dl.known_source {
+        Some(Source::Server) => "server".to_string(),
+        Some(Source::Cache) => "cache".to_string(),
+        Some(Source::Peer(id)) => format!("peer {id}"),
+        None => "peers".to_string(),
     };
+    let (content_type, size) = (dl.content_type.clone(), dl.size);
     let mut resp = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        Response::new(Body::from(fetched.bytes.clone()))
+        // Verified chunks, in order; a failure mid-way aborts the response.
+        let stream = futures_util::stream::unfold(dl, |mut dl| async move {
+            let item = dl.body.recv().await?;
+            Some((item.map_err(|e| std::io::Error::other(e.to_string())), dl))
+        });
+        Response::new(Body::from_stream(stream))
     };
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&fetched.content_type) {
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    h.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(fetched.bytes.len()),
-    );
+    if let Some(size) = size {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

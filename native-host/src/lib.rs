@@ -6,6 +6,7 @@
 //! - [`client`]: the client protocol: ask the server, follow a referral to a peer,
 //!   verify every byte against the server's hash, fall back to the server, store,
 //!   announce and report.
+//! - [`download`]: verified multi-source downloads with resume (B1, B3).
 //! - [`peer_server`]: the "proxy server client": serves cached objects to other
 //!   peers by hash, with upload slots and `/metrics`.
 //! - [`gateway`]: the local gateway on 127.0.0.1 that the extension redirects
@@ -19,11 +20,12 @@
 //!
 //! Goals: no unverified byte ever reaches the browser or the cache; every failure
 //! ends in the bytes from the server, or a clear error.
-//! Non-goals here: multi-source ranges, streaming verification of huge objects and
-//! the server-down cascade (later issues; [`client::Client::fetch`] is the seam).
+//! Non-goals here (not built yet): the server-down cascade, LAN multicast and
+//! signed object records (DESIGN M10, M11, B8).
 
 pub mod cache;
 pub mod client;
+pub mod download;
 pub mod gateway;
 pub mod identity;
 pub mod install;

@@ -256,21 +256,16 @@ async fn main() -> anyhow::Result<()> {
             options.ca_cert = ca_cert;
             let node = node::start(options).await?;
             let url = format!("{}{path}", server.trim_end_matches('/'));
-            let fetched = node
-                .client
-                .fetch(&url)
+            let (bytes, source) = download_to_file(&node.client, &url, &output)
                 .await
                 .with_context(|| format!("fetching {url}"))?;
-            peercache_host::cache::write_atomically(&output, &fetched.bytes)
-                .with_context(|| format!("writing {}", output.display()))?;
-            let from = match fetched.source {
+            let from = match source {
                 Source::Server => "the server".to_string(),
                 Source::Cache => "the local cache".to_string(),
                 Source::Peer(id) => format!("peer {id}"),
             };
             eprintln!(
-                "fetched {} bytes from {from} into {}",
-                fetched.bytes.len(),
+                "fetched {bytes} bytes from {from} into {}",
                 output.display()
             );
             Ok(())
@@ -307,6 +302,44 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Streams a download into `output` through a temp file beside it: the output
+/// appears only complete and verified (never partial).
+async fn download_to_file(
+    client: &Arc<peercache_host::client::Client>,
+    url: &str,
+    output: &std::path::Path,
+) -> anyhow::Result<(u64, Source)> {
+    use tokio::io::AsyncWriteExt;
+    let mut dl = client.open(url).await?;
+    let name = output
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = output.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut total = 0u64;
+        while let Some(chunk) = dl.body.recv().await {
+            let chunk = chunk?;
+            file.write_all(&chunk).await?;
+            total += chunk.len() as u64;
+        }
+        let source = dl.finish().await?;
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&tmp, output)
+            .await
+            .with_context(|| format!("writing {}", output.display()))?;
+        Ok::<_, anyhow::Error>((total, source))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
 }
 
 async fn native_mode(caller: &str) -> anyhow::Result<()> {

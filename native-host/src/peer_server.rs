@@ -44,6 +44,7 @@ pub fn router(state: PeerState) -> Router {
     Router::new()
         .route("/v1/ping", get(ping))
         .route("/v1/objects/{hash}", get(object))
+        .route("/v1/objects/{hash}/outboard", get(outboard))
         .route("/metrics", get(metrics_text))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -70,6 +71,21 @@ async fn metrics_text(State(state): State<PeerState>) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+/// The group CVs of a cached object, for verified streaming (B1).
+async fn outboard(State(state): State<PeerState>, Path(hash): Path<String>) -> Response {
+    let Ok(hash) = hash.parse::<ObjectHash>() else {
+        return (StatusCode::BAD_REQUEST, "not a BLAKE3 hash").into_response();
+    };
+    if !state.cache.contains(&hash) {
+        return (StatusCode::NOT_FOUND, "not held").into_response();
+    }
+    let cache = state.cache.clone();
+    match tokio::task::spawn_blocking(move || cache.outboard(&hash)).await {
+        Ok(Ok(ob)) => ([(header::CONTENT_TYPE, "application/octet-stream")], ob).into_response(),
+        _ => (StatusCode::NOT_FOUND, "not held").into_response(),
     }
 }
 

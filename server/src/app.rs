@@ -231,6 +231,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/report", post(report))
         .route("/v1/objects/{hash}", get(object_by_hash))
         .route("/v1/objects/{hash}/peers", get(object_peers))
+        .route("/v1/objects/{hash}/outboard", get(object_outboard))
         .route("/metrics", get(metrics_text))
         .route("/admin", get(crate::admin::page))
         .route("/admin/stats.json", get(crate::admin::stats_json))
@@ -448,9 +449,12 @@ async fn object_peers(
     )))
 }
 
+/// The server as a source in a referral (its own proxy-list entry): objects by
+/// hash, with `Range`, so a client can resume from the server where peers failed.
 async fn object_by_hash(
     State(state): State<Arc<AppState>>,
     method: Method,
+    req_headers: HeaderMap,
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
@@ -459,7 +463,39 @@ async fn object_by_hash(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or(ApiError::NotFound)?;
-    send_object(&state, &obj, method == Method::HEAD).await
+    let range = match req_headers.get(header::RANGE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| headers::parse_range(v, obj.size).ok())
+                .ok_or(ApiError::RangeNotSatisfiable(obj.size))?,
+        ),
+    };
+    send_object_range(&state, &obj, method == Method::HEAD, range).await
+}
+
+/// The object's group CVs (see `peercache_core::verified`), for verified streaming
+/// from the server as a source.
+async fn object_outboard(
+    State(state): State<Arc<AppState>>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash)?;
+    let st = state.clone();
+    let outboard = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+        let obj = st.object_by_hash(&hash).ok_or(ApiError::NotFound)?;
+        let file = std::fs::File::open(&obj.path).map_err(|e| ApiError::Internal(e.to_string()))?;
+        peercache_core::verified::outboard_from_reader(std::io::BufReader::new(file), obj.size)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        outboard,
+    )
+        .into_response())
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
@@ -688,11 +724,31 @@ async fn send_object(
     obj: &SiteObject,
     head_only: bool,
 ) -> Result<Response, ApiError> {
+    send_object_range(state, obj, head_only, None).await
+}
+
+/// Sends an object, or the inclusive byte range `range` of it (`206`).
+async fn send_object_range(
+    state: &Arc<AppState>,
+    obj: &SiteObject,
+    head_only: bool,
+    range: Option<(u64, u64)>,
+) -> Result<Response, ApiError> {
+    let (status, first, len) = match range {
+        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        None => (StatusCode::OK, 0, obj.size),
+    };
     let mut builder = Response::builder()
-        .status(StatusCode::OK)
+        .status(status)
         .header(header::CONTENT_TYPE, &obj.content_type)
-        .header(header::CONTENT_LENGTH, obj.size)
+        .header(header::CONTENT_LENGTH, len)
         .header(header::CACHE_CONTROL, "no-cache");
+    if range.is_some() {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {first}-{}/{}", first + len - 1, obj.size),
+        );
+    }
     if let Some(h) = builder.headers_mut() {
         add_object_headers(state, h, obj);
     }
@@ -701,17 +757,24 @@ async fn send_object(
             .body(Body::empty())
             .map_err(|e| ApiError::Internal(e.to_string()));
     }
-    let file = tokio::fs::File::open(&obj.path)
+    let mut file = tokio::fs::File::open(&obj.path)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if first > 0 {
+        use tokio::io::AsyncSeekExt;
+        file.seek(std::io::SeekFrom::Start(first))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     counter!("peercache_requests_served_total").increment(1);
     state.figures.served.fetch_add(1, Ordering::Relaxed);
-    state.egress.owe(obj.size);
+    state.egress.owe(len);
     let owed = Owed {
         state: state.clone(),
-        remaining: obj.size,
+        remaining: len,
     };
-    let reader = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+    use tokio::io::AsyncReadExt;
+    let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);
     let stream =
         futures_util::stream::unfold((reader, owed), |(mut reader, mut owed)| async move {
             match reader.next().await {

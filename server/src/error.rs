@@ -34,6 +34,9 @@ pub enum ApiError {
     /// The method is not supported here.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The `Range` cannot be satisfied for an object of this size.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable(u64),
     /// The upstream origin failed.
     #[error("bad gateway: {0}")]
     BadGateway(String),
@@ -54,6 +57,7 @@ impl IntoResponse for ApiError {
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

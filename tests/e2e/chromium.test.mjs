@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
-  installHostForChromium, sha256,
+  installHostForChromium, sha256, get,
 } from './harness.mjs';
 
 const EXT = join(ROOT, 'dist/chromium');
@@ -33,8 +33,12 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     assert.equal(honest.announced, 3, 'the honest peer is listed for the three files it fetched');
     const liar = await swarm.addPeer('liar', ['/static/lie.bin']);
     assert.equal(liar.announced, 1);
-    // The liar's copy goes bad after it was announced: it now serves wrong bytes.
-    const liarFile = join(liar.cache, 'objects', readdirHash(liar.cache));
+    // The liar's copy goes bad after it was announced and after it computed the
+    // true group CVs: it now serves a valid outboard with wrong bytes.
+    const liarHash = readdirHash(liar.cache);
+    const ob = await get(`http://127.0.0.1:${liar.port}/v1/objects/${liarHash}/outboard`);
+    assert.equal(ob.status, 200);
+    const liarFile = join(liar.cache, 'objects', liarHash);
     const bytes = readFileSync(liarFile);
     bytes[1000] ^= 0xff;
     writeFileSync(liarFile, bytes);

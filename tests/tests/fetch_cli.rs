@@ -95,7 +95,16 @@ async fn a_lying_peer_never_gets_its_bytes_through() {
     let liar = spawn_peer(&server.url, &dir.join("liar"), &[])
         .await
         .unwrap();
-    // Its copy goes bad after it was listed.
+    // Its copy goes bad after it was listed, and after it computed the (true) group
+    // CVs: it now sends a valid outboard with wrong bytes, the hardest case.
+    let h = peercache_core::ObjectHash::of(&data);
+    let ob = reqwest::get(format!("{}/v1/objects/{h}/outboard", liar.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        ob.bytes().await.unwrap().len() as u64,
+        peercache_core::verified::group_count(data.len() as u64) * 32
+    );
     let obj = dir
         .join("liar/objects")
         .join(peercache_core::ObjectHash::of(&data).to_hex());
@@ -128,7 +137,56 @@ async fn a_lying_peer_never_gets_its_bytes_through() {
     let s = metrics(&server.url).await.unwrap();
     assert_eq!(s["peercache_mismatch_reports_total"], 1.0);
     let l = metrics(&liar.url).await.unwrap();
-    assert_eq!(l["peercache_uploads_total"], 1.0);
+    assert_eq!(l["peercache_uploads_total"], 1.0, "{l:?}");
+    assert!(
+        l["peercache_bytes_uploaded_total"] < data.len() as f64,
+        "the download from the liar was cut at the first bad group: {l:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_whose_group_list_does_not_add_up_is_never_downloaded_from() {
+    let dir = TempDir::new("cli-bad-outboard");
+    let data = test_bytes(300_000, 5);
+    let root = make_site(&dir, &[("f.bin", &data)]);
+    let server = spawn_server(&root, &["--egress-limit", "8MiB", "--target-period", "0s"])
+        .await
+        .unwrap();
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/f.bin",
+        &dir.join("x"),
+        &dir.join("liar"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let liar = spawn_peer(&server.url, &dir.join("liar"), &[])
+        .await
+        .unwrap();
+    let obj = dir
+        .join("liar/objects")
+        .join(peercache_core::ObjectHash::of(&data).to_hex());
+    let mut bad = std::fs::read(&obj).unwrap();
+    bad[0] ^= 1;
+    std::fs::write(&obj, bad).unwrap();
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/f.bin",
+        &dir.join("out"),
+        &dir.join("v"),
+    )
+    .await
+    .unwrap();
+    assert!(ok && err.contains("from the server"), "{err}");
+    assert_eq!(std::fs::read(dir.join("out")).unwrap(), data);
+    let l = metrics(&liar.url).await.unwrap();
+    assert_eq!(
+        l["peercache_uploads_total"], 0.0,
+        "no content was fetched from it"
+    );
+    let s = metrics(&server.url).await.unwrap();
+    assert_eq!(s["peercache_mismatch_reports_total"], 1.0);
 }
 
 #[tokio::test]

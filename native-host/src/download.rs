@@ -1,0 +1,473 @@
+//! Verified, multi-source downloads (DESIGN B1, B3).
+//!
+//! 1. The group CVs (the outboard, `peercache_core::verified`) come from the first
+//!    peer whose list adds up to the server's hash; a peer whose list does not is
+//!    a liar (reported) and is not used.
+//! 2. The object is cut into 1 MiB segments. Workers, one per source, take
+//!    segments from a shared queue and fetch them with `Range`; each 16 KiB group
+//!    is checked against its CV before it is written (at its offset) into a temp
+//!    file in the cache. Large objects use up to four peers at once.
+//! 3. A source that fails, stalls or lies puts the rest of its segment back in the
+//!    queue (nothing verified is fetched twice) and the next source takes over;
+//!    the server, asked by hash, is the last one.
+//! 4. The caller receives the verified bytes in order as soon as they are
+//!    contiguous, so a large object streams with bounded memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use metrics::counter;
+use peercache_core::hash::ObjectHash;
+use peercache_core::protocol::{Outcome, Proxy, SERVER_PROXY_ID};
+use peercache_core::verified::{GROUP, group_count, group_len, verify_group, verify_outboard};
+use tokio::sync::{Notify, mpsc};
+
+use crate::client::{Client, FetchError, Source};
+
+/// Groups per segment (1 MiB).
+const SEGMENT_GROUPS: u64 = 64;
+/// Most sources downloading at once.
+const MAX_PARALLEL: usize = 4;
+/// Objects from this size up are fetched from several peers at once.
+const PARALLEL_FROM: u64 = 4 << 20;
+/// A source that sends nothing for this long is dropped.
+const STALL: Duration = Duration::from_secs(10);
+
+/// What to download.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The server's origin (for announces and reports).
+    pub origin: String,
+    /// The server's base URL as a source (`/v1/objects/{hash}`).
+    pub server: String,
+    /// The object.
+    pub hash: ObjectHash,
+    /// Its size.
+    pub size: u64,
+    /// Peers, best first.
+    pub peers: Vec<Proxy>,
+}
+
+#[derive(Debug, Clone)]
+struct SourceRef {
+    id: String,
+    base: String,
+}
+
+impl SourceRef {
+    fn is_server(&self) -> bool {
+        self.id == SERVER_PROXY_ID
+    }
+}
+
+#[derive(Debug)]
+enum WorkerError {
+    Mismatch,
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: VecDeque<(u64, u64)>,
+    done: Vec<bool>,
+    by_source: HashMap<String, u64>,
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Job {
+    client: Arc<Client>,
+    plan: Plan,
+    cvs: Arc<Vec<peercache_core::verified::ChainingValue>>,
+    file: Arc<std::fs::File>,
+    shared: Arc<Mutex<Shared>>,
+    progress: Arc<Notify>,
+}
+
+async fn fetch_outboard(
+    client: &Client,
+    base: &str,
+    plan: &Plan,
+) -> Result<Vec<peercache_core::verified::ChainingValue>, WorkerError> {
+    let limit = group_count(plan.size) * 32;
+    let resp = client
+        .http()
+        .get(format!(
+            "{}/v1/objects/{}/outboard",
+            base.trim_end_matches('/'),
+            plan.hash
+        ))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| WorkerError::Failed(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(WorkerError::Failed(format!(
+            "outboard: status {}",
+            resp.status()
+        )));
+    }
+    if resp.content_length().is_some_and(|l| l > limit) {
+        return Err(WorkerError::Mismatch);
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| WorkerError::Failed(e.to_string()))?;
+    verify_outboard(&plan.hash, plan.size, &body).map_err(|_| WorkerError::Mismatch)
+}
+
+async fn worker(job: Arc<Job>, source: SourceRef) -> (SourceRef, Result<(), WorkerError>) {
+    let result = worker_inner(&job, &source).await;
+    (source, result)
+}
+
+async fn worker_inner(job: &Job, source: &SourceRef) -> Result<(), WorkerError> {
+    let size = job.plan.size;
+    loop {
+        let Some((g0, g1)) = lock(&job.shared).queue.pop_front() else {
+            return Ok(());
+        };
+        let mut g = g0;
+        let outcome = async {
+            let first = g0 * GROUP;
+            let last = (g1 * GROUP).min(size).saturating_sub(1);
+            let mut req = job
+                .client
+                .http()
+                .get(format!(
+                    "{}/v1/objects/{}",
+                    source.base.trim_end_matches('/'),
+                    job.plan.hash
+                ))
+                .timeout(Duration::from_secs(3600));
+            let whole = first == 0 && last + 1 >= size;
+            if !whole {
+                req = req.header(reqwest::header::RANGE, format!("bytes={first}-{last}"));
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| WorkerError::Failed(e.to_string()))?;
+            let ok = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT
+                || (whole && resp.status() == reqwest::StatusCode::OK);
+            if !ok {
+                return Err(WorkerError::Failed(format!("status {}", resp.status())));
+            }
+            let mut stream = resp.bytes_stream();
+            let mut buf = BytesMut::new();
+            while g < g1 {
+                let need = group_len(size, g) as usize;
+                while buf.len() < need {
+                    match tokio::time::timeout(STALL, stream.next()).await {
+                        Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+                        Ok(Some(Err(e))) => return Err(WorkerError::Failed(e.to_string())),
+                        Ok(None) => return Err(WorkerError::Failed("stream ended early".into())),
+                        Err(_) => return Err(WorkerError::Failed("stalled".into())),
+                    }
+                }
+                let bytes = buf.split_to(need).freeze();
+                if !verify_group(&job.plan.hash, size, &job.cvs, g, &bytes) {
+                    return Err(WorkerError::Mismatch);
+                }
+                let file = job.file.clone();
+                let data = bytes.clone();
+                let offset = g * GROUP;
+                tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+                    .await
+                    .map_err(|e| WorkerError::Failed(e.to_string()))?
+                    .map_err(|e| WorkerError::Failed(format!("writing the cache: {e}")))?;
+                {
+                    let mut sh = lock(&job.shared);
+                    sh.done[g as usize] = true;
+                    *sh.by_source.entry(source.id.clone()).or_default() += need as u64;
+                }
+                let counters = &job.client.counters;
+                if source.is_server() {
+                    counters
+                        .bytes_from_server
+                        .fetch_add(need as u64, std::sync::atomic::Ordering::Relaxed);
+                    counter!("peercache_bytes_from_server_total").increment(need as u64);
+                } else {
+                    counters
+                        .bytes_from_peers
+                        .fetch_add(need as u64, std::sync::atomic::Ordering::Relaxed);
+                    counter!("peercache_bytes_from_peers_total").increment(need as u64);
+                }
+                job.progress.notify_one();
+                g += 1;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            // Give back what this source did not deliver, and stop using it.
+            if g < g1 {
+                lock(&job.shared).queue.push_front((g, g1));
+            }
+            job.progress.notify_one();
+            return Err(e);
+        }
+    }
+}
+
+/// Runs the download; verified bytes go to `tx` in order. Returns the source that
+/// sent the most bytes.
+pub async fn run(
+    client: Arc<Client>,
+    plan: Plan,
+    tx: mpsc::Sender<Result<Bytes, FetchError>>,
+) -> Result<Source, FetchError> {
+    let started = Instant::now();
+    let mut candidates: VecDeque<SourceRef> = plan
+        .peers
+        .iter()
+        .filter(|p| p.id != SERVER_PROXY_ID)
+        .map(|p| SourceRef {
+            id: p.id.clone(),
+            base: p.addr.clone(),
+        })
+        .collect();
+    let server = SourceRef {
+        id: SERVER_PROXY_ID.to_string(),
+        base: plan.server.clone(),
+    };
+
+    // 1. The outboard, from a peer whose list adds up to the server's hash.
+    let mut cvs = Vec::new();
+    if plan.size > GROUP {
+        let mut found = None;
+        while let Some(src) = candidates.pop_front() {
+            match fetch_outboard(&client, &src.base, &plan).await {
+                Ok(list) => {
+                    found = Some(list);
+                    candidates.push_front(src);
+                    break;
+                }
+                Err(WorkerError::Mismatch) => {
+                    client
+                        .note_mismatch(&plan.origin, plan.hash, &src.id, started.elapsed())
+                        .await;
+                }
+                Err(WorkerError::Failed(e)) => {
+                    tracing::info!(peer = %src.id, error = %e, "peer unusable");
+                    client
+                        .report(
+                            plan.origin.clone(),
+                            plan.hash,
+                            src.id.clone(),
+                            Outcome::Failed,
+                            0,
+                            started.elapsed(),
+                        )
+                        .await;
+                }
+            }
+        }
+        cvs = match found {
+            Some(list) => list,
+            None => fetch_outboard(&client, &server.base, &plan)
+                .await
+                .map_err(|_| FetchError::Status(502))?,
+        };
+    }
+
+    // 2. Segments, workers, in-order emission.
+    let groups = group_count(plan.size);
+    let parallel = if plan.size >= PARALLEL_FROM && candidates.len() >= 2 {
+        MAX_PARALLEL
+    } else {
+        1
+    };
+    // One source: one request for everything (the rest is re-queued on failure).
+    // Several: 1 MiB segments shared out.
+    let segment = if parallel == 1 {
+        groups
+    } else {
+        SEGMENT_GROUPS
+    };
+    let mut queue = VecDeque::new();
+    let mut s = 0;
+    while s < groups {
+        queue.push_back((s, (s + segment).min(groups)));
+        s += segment;
+    }
+    let tmp = client.cache().temp_path();
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.set_len(plan.size).map(|()| f));
+    let file = match file {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create a temp file in the cache");
+            return Err(FetchError::Status(507));
+        }
+    };
+    let job = Arc::new(Job {
+        client: client.clone(),
+        plan: plan.clone(),
+        cvs: Arc::new(cvs),
+        file: file.clone(),
+        shared: Arc::new(Mutex::new(Shared {
+            queue,
+            done: vec![false; groups as usize],
+            by_source: HashMap::new(),
+        })),
+        progress: Arc::new(Notify::new()),
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    while workers.len() < parallel {
+        let Some(src) = candidates.pop_front() else {
+            break;
+        };
+        workers.spawn(worker(job.clone(), src));
+    }
+    let mut server_started = false;
+    if workers.is_empty() {
+        server_started = true;
+        workers.spawn(worker(job.clone(), server.clone()));
+    }
+
+    let cleanup = |tmp: &std::path::Path| {
+        let _ = std::fs::remove_file(tmp);
+    };
+    let mut next: u64 = 0;
+    loop {
+        loop {
+            let ready = next < groups && lock(&job.shared).done[next as usize];
+            if !ready {
+                break;
+            }
+            let len = group_len(plan.size, next) as usize;
+            let f = file.clone();
+            let offset = next * GROUP;
+            let bytes = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                f.read_exact_at(&mut buf, offset).map(|()| buf)
+            })
+            .await;
+            let Ok(Ok(bytes)) = bytes else {
+                workers.abort_all();
+                cleanup(&tmp);
+                return Err(FetchError::Status(500));
+            };
+            if tx.send(Ok(Bytes::from(bytes))).await.is_err() {
+                // The browser went away.
+                workers.abort_all();
+                cleanup(&tmp);
+                return Err(FetchError::Cancelled);
+            }
+            next += 1;
+        }
+        if next >= groups {
+            break;
+        }
+        tokio::select! {
+            _ = job.progress.notified() => {}
+            Some(joined) = workers.join_next(), if !workers.is_empty() => {
+                if let Ok((src, Err(e))) = joined {
+                    match e {
+                        WorkerError::Mismatch => client.note_mismatch(&plan.origin, plan.hash, &src.id, started.elapsed()).await,
+                        WorkerError::Failed(why) => {
+                            tracing::info!(source = %src.id, error = %why, "source failed; resuming elsewhere");
+                            if !src.is_server() {
+                                client.report(plan.origin.clone(), plan.hash, src.id.clone(), Outcome::Failed, 0, started.elapsed()).await;
+                            }
+                        }
+                    }
+                    if src.is_server() {
+                        workers.abort_all();
+                        cleanup(&tmp);
+                        return Err(FetchError::Status(502));
+                    }
+                }
+                let pending = !lock(&job.shared).queue.is_empty();
+                if pending {
+                    if let Some(src) = candidates.pop_front() {
+                        workers.spawn(worker(job.clone(), src));
+                    } else if workers.is_empty() && !server_started {
+                        server_started = true;
+                        workers.spawn(worker(job.clone(), server.clone()));
+                    }
+                }
+            }
+        }
+        if workers.is_empty()
+            && next < groups
+            && lock(&job.shared).queue.is_empty()
+            && !lock(&job.shared).done.iter().all(|d| *d)
+        {
+            // Nothing queued, nobody working, not done: cannot happen, but never hang.
+            cleanup(&tmp);
+            return Err(FetchError::Status(500));
+        }
+        if workers.is_empty() && !lock(&job.shared).queue.is_empty() && !server_started {
+            server_started = true;
+            workers.spawn(worker(job.clone(), server.clone()));
+        }
+    }
+    workers.abort_all();
+
+    // 3. Keep, announce, report.
+    let by_source = std::mem::take(&mut lock(&job.shared).by_source);
+    let cache = client.cache().clone();
+    let (hash, size) = (plan.hash, plan.size);
+    let outboard = job
+        .cvs
+        .iter()
+        .flat_map(|cv| cv.iter().copied())
+        .collect::<Vec<u8>>();
+    let kept = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<ObjectHash>> {
+        file.sync_all()?;
+        drop(file);
+        let dropped = cache.adopt(&hash, &tmp, size)?;
+        cache.store_outboard(&hash, &outboard);
+        Ok(dropped)
+    })
+    .await;
+    match kept {
+        Ok(Ok(dropped)) => {
+            if let Err(e) = client.announce(&plan.origin, &[plan.hash], &[]).await {
+                tracing::warn!(error = %e, "announce failed");
+            }
+            client.announce_dropped(&dropped).await;
+        }
+        _ => {
+            counter!("peercache_cache_write_failures_total").increment(1);
+            tracing::warn!(hash = %plan.hash, "could not keep the object; not sharing it");
+        }
+    }
+    let took = started.elapsed();
+    for (id, bytes) in &by_source {
+        if id != SERVER_PROXY_ID {
+            client.remember(id, *bytes, took);
+            client
+                .report(
+                    plan.origin.clone(),
+                    plan.hash,
+                    id.clone(),
+                    Outcome::Served,
+                    *bytes,
+                    took,
+                )
+                .await;
+        }
+    }
+    let main = by_source
+        .iter()
+        .max_by_key(|(_, b)| **b)
+        .map(|(id, _)| id.clone());
+    Ok(match main {
+        Some(id) if id != SERVER_PROXY_ID => Source::Peer(id),
+        _ => Source::Server,
+    })
+}
