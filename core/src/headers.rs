@@ -21,6 +21,8 @@ pub const ADVERTISEMENT: &str = "peercache";
 pub const LOAD: &str = "peercache-load";
 /// Request header carrying the gateway's per-install token.
 pub const GATEWAY_TOKEN: &str = "x-peercache-token";
+/// Response header: the server's signed record of the object, as hex of its JSON.
+pub const RECORD: &str = "peercache-record";
 /// Media type of a referral body.
 pub const REFERRAL_CONTENT_TYPE: &str = "application/vnd.peercache.referral+json";
 
@@ -236,6 +238,27 @@ pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), RangeError> {
         return Err(RangeError);
     }
     Ok((first, last))
+}
+
+/// Encodes a signed record for the `Peercache-Record` header.
+pub fn encode_record(record: &crate::record::SignedRecord) -> String {
+    serde_json::to_vec(record)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Decodes a `Peercache-Record` header (at most 8 KiB of JSON).
+pub fn decode_record(value: &str) -> Option<crate::record::SignedRecord> {
+    if !value.len().is_multiple_of(2) || value.len() > 16 * 1024 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..value.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(value.get(i..i + 2)?, 16).ok())
+        .collect();
+    serde_json::from_slice(&bytes?).ok()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! - [`protocol`]: the JSON messages of `/v1/` and of native messaging (serde types).
 //! - [`headers`]: the `Peercache-Client`, `Peercache-Object` and `Peercache` headers.
 //! - [`hash`]: object hashes (BLAKE3) and their hex form.
+//! - [`record`]: signed object records (B8).
 //! - [`decide`]: serve-or-refer, from an egress model and the target period (M1, M3, M4).
 //! - [`select`]: ordering a referral's proxy list (M5, M6).
 //! - [`shareable`]: which requests and responses may ever be shared with peers (B2).
@@ -22,6 +23,7 @@ pub mod extension;
 pub mod hash;
 pub mod headers;
 pub mod protocol;
+pub mod record;
 pub mod select;
 pub mod shareable;
 pub mod units;

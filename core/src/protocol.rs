@@ -154,6 +154,27 @@ pub struct Referral {
     pub target_period_ms: u64,
     /// Bytes per second a source should reach to deliver within the period.
     pub target_speed: u64,
+    /// The server's signed record of the object (B8), for peers to pass on.
+    #[serde(default)]
+    pub record: Option<crate::record::SignedRecord>,
+}
+
+/// `GET /v1/key`: the server's record-signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerKey {
+    /// Ed25519 public key, 64 hex digits.
+    pub public_key: String,
+}
+
+/// Answer of a peer's `GET /v1/locate?url=…&ttl=N&qid=…` (M10, M11): holders of
+/// the object at `url` found here or deeper in the tree of peers, and the
+/// server's signed record of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LocateResponse {
+    /// The signed record, if any peer on the way kept one.
+    pub record: Option<crate::record::SignedRecord>,
+    /// Peers holding the object; an empty `addr` means "the peer you asked".
+    pub holders: Vec<Proxy>,
 }
 
 /// A site the user enabled: its origin and advertised scope.
@@ -303,6 +324,7 @@ mod tests {
             server: "https://s".into(),
             target_period_ms: 2000,
             target_speed: 10,
+            record: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         for key in [

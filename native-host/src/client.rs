@@ -113,6 +113,9 @@ pub enum FetchError {
     /// The receiver went away before the end.
     #[error("cancelled")]
     Cancelled,
+    /// The server is silent and peers could not stand in.
+    #[error("server unreachable, and {0}")]
+    ServerDown(&'static str),
 }
 
 /// How the client picks among a referral's peers (M6).
@@ -137,7 +140,15 @@ pub struct ClientOptions {
     pub policy: PeerPolicy,
     /// Target speed in bytes/s; `None` derives it from the referral.
     pub target_speed: Option<u64>,
+    /// How long the server may stay silent before the client turns to peers it
+    /// knows (M10); default [`DEFAULT_SERVER_TIMEOUT`].
+    pub server_timeout: Option<Duration>,
 }
+
+/// How long the server may stay silent before the client turns to other peers.
+pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Hops a cascade query may travel (M11).
+pub const LOCATE_TTL: u8 = 3;
 
 /// How long a probe may take before the peer counts as unreachable.
 const PROBE_DEADLINE: Duration = Duration::from_millis(1500);
@@ -172,6 +183,9 @@ pub struct Client {
     throughput: std::sync::Mutex<HashMap<String, Measured>>,
     policy: PeerPolicy,
     target_speed: Option<u64>,
+    server_timeout: Duration,
+    /// What this host remembers (pinned keys, records, auxiliary peers).
+    pub knowledge: Arc<crate::knowledge::Knowledge>,
     /// Counters.
     pub counters: Arc<HostCounters>,
 }
@@ -214,6 +228,7 @@ impl Client {
         counters: Arc<HostCounters>,
         slots: Option<Arc<Workload>>,
     ) -> anyhow::Result<Self> {
+        let knowledge = Arc::new(crate::knowledge::Knowledge::open(cache.dir()));
         Ok(Self {
             http: http_client(options.ca_cert.as_deref())?,
             cache,
@@ -224,6 +239,8 @@ impl Client {
             throughput: std::sync::Mutex::new(HashMap::new()),
             policy: options.policy,
             target_speed: options.target_speed,
+            server_timeout: options.server_timeout.unwrap_or(DEFAULT_SERVER_TIMEOUT),
+            knowledge,
             counters,
         })
     }
@@ -249,7 +266,7 @@ impl Client {
             .http
             .post(format!("{origin}/v1/peers"))
             .json(&req)
-            .timeout(Duration::from_secs(10))
+            .timeout(self.server_timeout)
             .send()
             .await?;
         if !resp.status().is_success() {
@@ -259,7 +276,31 @@ impl Client {
             .lock()
             .await
             .insert(origin.to_string(), true);
+        self.pin_server_key(origin).await;
         Ok(())
+    }
+
+    /// Pins the server's record-signing key on first contact (B8).
+    async fn pin_server_key(&self, origin: &str) {
+        if self.knowledge.pinned_key(origin).is_some() {
+            return;
+        }
+        let key = async {
+            let r = self
+                .http
+                .get(format!("{origin}/v1/key"))
+                .timeout(self.server_timeout)
+                .send()
+                .await
+                .ok()?;
+            r.json::<peercache_core::protocol::ServerKey>().await.ok()
+        }
+        .await;
+        if let Some(k) = key
+            && !self.knowledge.pin(origin, &k.public_key)
+        {
+            tracing::warn!(%origin, "the server presents a different key than the one pinned; keeping the pinned one");
+        }
     }
 
     /// Tells the server at `origin` what this host holds; registers first if needed
@@ -291,7 +332,7 @@ impl Client {
                 .http
                 .post(format!("{origin}/v1/announce"))
                 .json(&body)
-                .timeout(Duration::from_secs(10))
+                .timeout(self.server_timeout)
                 .send()
                 .await?;
             match resp.status().as_u16() {
@@ -341,7 +382,7 @@ impl Client {
             .http
             .post(format!("{origin}/v1/report"))
             .json(&report)
-            .timeout(Duration::from_secs(5))
+            .timeout(self.server_timeout)
             .send()
             .await;
         if let Err(e) = sent {
@@ -485,20 +526,47 @@ impl Client {
         // Register first, so the server records that this peer fetched the object
         // through it (B6); failure only costs sharing, never the download.
         let known = self.registered.lock().await.contains_key(&origin);
-        if !known && let Err(e) = self.register(&origin).await {
-            tracing::debug!(error = %e, "registration failed; fetching anyway");
+        if !known {
+            match self.register(&origin).await {
+                Ok(()) => {}
+                Err(FetchError::Http(e)) if e.is_timeout() || e.is_connect() => {
+                    tracing::info!(%origin, "server silent; asking known peers");
+                    counter!("peercache_server_silent_total").increment(1);
+                    return self.open_without_server(origin, url).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "registration failed; fetching anyway"),
+            }
         }
         let client_header = ClientHeader {
             peer_id: Some(self.peer_id.clone()),
             bandwidth: None,
         };
-        let resp = self
-            .http
-            .get(url.clone())
-            .header(headers::CLIENT, client_header.to_header_value())
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await?;
+        let sent = tokio::time::timeout(
+            self.server_timeout,
+            self.http
+                .get(url.clone())
+                .header(headers::CLIENT, client_header.to_header_value())
+                .send(),
+        )
+        .await;
+        let resp = match sent {
+            Ok(Ok(r)) if !matches!(r.status().as_u16(), 502..=504) => r,
+            Ok(Err(e)) if !(e.is_connect() || e.is_timeout()) => return Err(FetchError::Http(e)),
+            _ => {
+                // The server is silent past its period (or down): peers it told us about.
+                tracing::info!(%origin, "server silent; asking known peers");
+                counter!("peercache_server_silent_total").increment(1);
+                return self.open_without_server(origin, url).await;
+            }
+        };
+        if let Some(rec) = resp
+            .headers()
+            .get(headers::RECORD)
+            .and_then(|v| v.to_str().ok())
+            .and_then(headers::decode_record)
+        {
+            self.keep_record_if_valid(&origin, url.as_str(), &rec);
+        }
         match resp.status().as_u16() {
             200 => Ok(self.stream_server_response(origin, resp, None)),
             300 => {
@@ -520,6 +588,12 @@ impl Client {
         let hash = referral.object.hash;
         let size = referral.object.size;
         let content_type = referral.object.content_type.clone();
+        self.knowledge.learn_peers(&origin, &referral.proxies);
+        if let Some(rec) = &referral.record
+            && rec.record.hash == hash
+        {
+            self.keep_record_if_valid(&origin, url.as_str(), rec);
+        }
         if let Some(dl) = self.open_own_cache(&hash, size, &content_type).await {
             counter!("peercache_cache_hits_total").increment(1);
             return Ok(dl);
@@ -544,6 +618,139 @@ impl Client {
                 Err(FetchError::Status(502)) => client.server_whole(origin, url, hash, tx).await,
                 other => other,
             };
+            let _ = done_tx.send(result);
+        });
+        Ok(Download {
+            content_type,
+            size: Some(size),
+            hash: Some(hash),
+            known_source: None,
+            body: rx,
+            done: Some(done_rx),
+        })
+    }
+
+    /// Keeps a signed record if it verifies against the pinned key.
+    fn keep_record_if_valid(
+        &self,
+        origin: &str,
+        url: &str,
+        rec: &peercache_core::record::SignedRecord,
+    ) {
+        let Some(key) = self.knowledge.pinned_key(origin) else {
+            return;
+        };
+        if rec.verify(&key, url, now_secs()).is_ok() {
+            self.knowledge.keep_record(rec);
+        }
+    }
+
+    /// Asks `peer` where the object at `url` is (a cascade query, M11).
+    pub async fn locate(
+        &self,
+        peer: &Proxy,
+        url: &str,
+        ttl: u8,
+        qid: &str,
+    ) -> peercache_core::protocol::LocateResponse {
+        let Ok(mut target) =
+            reqwest::Url::parse(&format!("{}/v1/locate", peer.addr.trim_end_matches('/')))
+        else {
+            return Default::default();
+        };
+        target
+            .query_pairs_mut()
+            .append_pair("url", url)
+            .append_pair("ttl", &ttl.to_string())
+            .append_pair("qid", qid);
+        let resp = self
+            .http
+            .get(target)
+            .timeout(Duration::from_millis(1000 * (u64::from(ttl) + 1)))
+            .send()
+            .await;
+        let mut found: peercache_core::protocol::LocateResponse = match resp {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+            _ => return Default::default(),
+        };
+        for h in &mut found.holders {
+            if h.addr.is_empty() {
+                h.addr = peer.addr.clone();
+            }
+        }
+        found.holders.truncate(32);
+        found
+    }
+
+    /// The server is silent: find holders through the auxiliary proxy list and
+    /// the cascade, trust only a record signed with the pinned key, check the
+    /// peers' speed, and download verified bytes from them (M10, M11, B8).
+    async fn open_without_server(
+        self: &Arc<Self>,
+        origin: String,
+        url: reqwest::Url,
+    ) -> Result<Download, FetchError> {
+        let key = self
+            .knowledge
+            .pinned_key(&origin)
+            .ok_or(FetchError::ServerDown("no key pinned for this server yet"))?;
+        let now = now_secs();
+        let ask = self.knowledge.aux_peers(&origin);
+        let qid = format!("{:016x}", rand::random::<u64>());
+        let answers = futures_util::future::join_all(
+            ask.iter()
+                .take(16)
+                .map(|p| self.locate(p, url.as_str(), LOCATE_TTL, &qid)),
+        )
+        .await;
+        let mut record = self
+            .knowledge
+            .record_for(url.as_str())
+            .filter(|r| r.verify(&key, url.as_str(), now).is_ok());
+        let mut holders: Vec<Proxy> = Vec::new();
+        for a in answers {
+            if record.is_none()
+                && let Some(r) = a.record
+                && r.verify(&key, url.as_str(), now).is_ok()
+            {
+                record = Some(r);
+            }
+            for h in a.holders {
+                if h.id != self.peer_id && !holders.iter().any(|x| x.id == h.id) {
+                    holders.push(h);
+                }
+            }
+        }
+        let record = record.ok_or(FetchError::ServerDown(
+            "no peer has a record signed by the pinned key",
+        ))?;
+        let (hash, size, content_type) = (
+            record.record.hash,
+            record.record.size,
+            record.record.content_type.clone(),
+        );
+        if let Some(dl) = self.open_own_cache(&hash, size, &content_type).await {
+            return Ok(dl);
+        }
+        if holders.is_empty() {
+            return Err(FetchError::ServerDown("no peer holds the object"));
+        }
+        // Check speed before downloading: first to meet the target, else fastest.
+        let target = self.target_speed.unwrap_or_else(|| size.div_ceil(2).max(1));
+        let probed = self.probe_and_order(&holders, target).await;
+        let plan = crate::download::Plan {
+            origin: origin.clone(),
+            server: String::new(),
+            hash,
+            size,
+            peers: probed,
+        };
+        self.knowledge.keep_record(&record);
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let (done_tx, done_rx) = oneshot::channel();
+        let client = self.clone();
+        tokio::spawn(async move {
+            let result = crate::download::run(client, plan, tx).await;
             let _ = done_tx.send(result);
         });
         Ok(Download {
@@ -785,6 +992,12 @@ impl Client {
             done: None,
         })
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Depth of the channel carrying verified chunks to the caller.

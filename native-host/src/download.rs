@@ -272,6 +272,9 @@ pub async fn run(
         }
         cvs = match found {
             Some(list) => list,
+            None if plan.server.is_empty() => {
+                return Err(FetchError::ServerDown("no peer could prove the object"));
+            }
             None => fetch_outboard(&client, &server.base, &plan)
                 .await
                 .map_err(|_| FetchError::Status(502))?,
@@ -331,8 +334,9 @@ pub async fn run(
         };
         workers.spawn(worker(job.clone(), src));
     }
-    let mut server_started = false;
-    if workers.is_empty() {
+    // With no server (it is down), "started" means "never to be started".
+    let mut server_started = plan.server.is_empty();
+    if workers.is_empty() && !server_started {
         server_started = true;
         workers.spawn(worker(job.clone(), server.clone()));
     }
@@ -410,7 +414,12 @@ pub async fn run(
             cleanup(&tmp);
             return Err(FetchError::Status(500));
         }
-        if workers.is_empty() && !lock(&job.shared).queue.is_empty() && !server_started {
+        if workers.is_empty() && !lock(&job.shared).queue.is_empty() {
+            if server_started {
+                // Every peer failed and there is no server to finish the job.
+                cleanup(&tmp);
+                return Err(FetchError::ServerDown("every peer failed"));
+            }
             server_started = true;
             workers.spawn(worker(job.clone(), server.clone()));
         }

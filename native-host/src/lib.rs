@@ -14,14 +14,15 @@
 //! - [`native`]: native messaging with the extension on stdin/stdout (framed, capped,
 //!   stdout reserved for frames).
 //! - [`workload`]: upload slots, upload rate cap, per-requester rate (M12).
+//! - [`knowledge`]: pinned server keys, signed records, the auxiliary proxy list.
 //! - [`install`]: writing and removing the browsers' host manifests.
 //! - [`node`]: wiring of the above into one running peer (used by `serve` and by
 //!   native-messaging mode).
 //!
 //! Goals: no unverified byte ever reaches the browser or the cache; every failure
 //! ends in the bytes from the server, or a clear error.
-//! Non-goals here (not built yet): the server-down cascade, LAN multicast and
-//! signed object records (DESIGN M10, M11, B8).
+//! Non-goals here (not built yet): the LAN multicast who-has/i-have query (M10's
+//! broadcast); the cascade over known peers stands in for it.
 
 pub mod cache;
 pub mod client;
@@ -29,6 +30,7 @@ pub mod download;
 pub mod gateway;
 pub mod identity;
 pub mod install;
+pub mod knowledge;
 pub mod native;
 pub mod node;
 pub mod peer_server;

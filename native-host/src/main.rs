@@ -51,6 +51,12 @@ enum Command {
         /// Target speed for `first-meeting-target`, e.g. `5MiB` (per second).
         #[arg(long, env = "PEERCACHE_TARGET_SPEED")]
         target_speed: Option<String>,
+        /// Requests per second one requester may make [default: 100].
+        #[arg(long, env = "PEERCACHE_REQUESTER_RATE")]
+        requester_rate: Option<f64>,
+        /// How long the server may stay silent before known peers are asked, e.g. `3s`.
+        #[arg(long, env = "PEERCACHE_SERVER_TIMEOUT")]
+        server_timeout: Option<String>,
         /// TOML config file (keys as the long flags, with `_`); flags override it.
         #[arg(long, env = "PEERCACHE_CONFIG")]
         config: Option<PathBuf>,
@@ -116,6 +122,8 @@ struct ServeConfig {
     cache_max: Option<String>,
     policy: Option<PeerPolicy>,
     target_speed: Option<String>,
+    requester_rate: Option<f64>,
+    server_timeout: Option<String>,
     ca_cert: Option<PathBuf>,
 }
 
@@ -187,6 +195,8 @@ async fn main() -> anyhow::Result<()> {
             cache_max,
             policy,
             target_speed,
+            requester_rate,
+            server_timeout,
             config,
             ca_cert,
         } => {
@@ -221,6 +231,10 @@ async fn main() -> anyhow::Result<()> {
                 options.target_speed = Some(parse_size(&s)?);
             }
             options.ca_cert = ca_cert.or(file.ca_cert);
+            options.requester_rate = requester_rate.or(file.requester_rate);
+            if let Some(s) = server_timeout.or(file.server_timeout) {
+                options.server_timeout = Some(peercache_core::units::parse_duration(&s)?);
+            }
             options.metrics = Some(install_metrics()?);
             let node = node::start(options).await?;
             let server = server.trim_end_matches('/').to_string();

@@ -37,6 +37,10 @@ pub struct NodeOptions {
     pub policy: crate::client::PeerPolicy,
     /// Target speed for the first-meeting-target policy (bytes/s).
     pub target_speed: Option<u64>,
+    /// How long the server may stay silent before peers are asked.
+    pub server_timeout: Option<Duration>,
+    /// Requests per second one requester may make to the peer server.
+    pub requester_rate: Option<f64>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Prometheus handle for `/metrics`.
@@ -58,6 +62,8 @@ impl NodeOptions {
             cache_max: 0,
             policy: crate::client::PeerPolicy::Fastest,
             target_speed: None,
+            server_timeout: None,
+            requester_rate: None,
             heartbeat: Duration::from_secs(20),
             metrics: None,
             extension_origins: Vec::new(),
@@ -110,7 +116,11 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
     let peer_id =
         crate::identity::load_or_create(&options.cache_dir).context("loading the peer id")?;
     let counters = Arc::new(HostCounters::default());
-    let slots = Arc::new(Workload::new(options.max_uploads, options.upload_limit));
+    let mut workload = Workload::new(options.max_uploads, options.upload_limit);
+    if let Some(rate) = options.requester_rate {
+        workload = workload.with_requester_rate(rate);
+    }
+    let slots = Arc::new(workload);
 
     let peer_listener = match options.peer_listen {
         Some(addr) => Some(
@@ -129,6 +139,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             serve_port: peer_addr.map(|a| a.port()),
             policy: options.policy,
             target_speed: options.target_speed,
+            server_timeout: options.server_timeout,
         },
         counters.clone(),
         Some(slots.clone()),
@@ -139,6 +150,8 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             slots: slots.clone(),
             counters: counters.clone(),
             metrics: options.metrics.clone(),
+            client: client.clone(),
+            seen: Arc::new(crate::knowledge::SeenQueries::default()),
         });
         tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();

@@ -37,6 +37,19 @@ pub struct PeerState {
     pub counters: Arc<HostCounters>,
     /// Prometheus handle, when the binary installed a recorder.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The host's client (for its knowledge and to pass cascade queries on).
+    pub client: Arc<crate::client::Client>,
+    /// Cascade queries seen recently (loop protection).
+    pub seen: Arc<crate::knowledge::SeenQueries>,
+}
+
+/// Query of `GET /v1/locate`.
+#[derive(Debug, serde::Deserialize)]
+struct LocateQuery {
+    url: String,
+    #[serde(default)]
+    ttl: u8,
+    qid: String,
 }
 
 /// The peer server's router.
@@ -45,6 +58,7 @@ pub fn router(state: PeerState) -> Router {
         .route("/v1/ping", get(ping))
         .route("/v1/objects/{hash}", get(object))
         .route("/v1/objects/{hash}/outboard", get(outboard))
+        .route("/v1/locate", get(locate))
         .route("/metrics", get(metrics_text))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -72,6 +86,66 @@ async fn metrics_text(State(state): State<PeerState>) -> Response {
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
+}
+
+/// A cascade query (M11): does this host, or a peer it knows, hold the object at
+/// `url`? Answers with the holders found and the server's signed record; passes
+/// the query on with `ttl - 1` when it has nothing itself. A query id seen before
+/// gets an empty answer, so loops end.
+async fn locate(
+    State(state): State<PeerState>,
+    axum::extract::Query(q): axum::extract::Query<LocateQuery>,
+) -> Response {
+    if q.url.len() > 4096 || q.qid.is_empty() || q.qid.len() > 64 {
+        return (StatusCode::BAD_REQUEST, "bad locate query").into_response();
+    }
+    counter!("peercache_locate_queries_total").increment(1);
+    let mut answer = peercache_core::protocol::LocateResponse::default();
+    if !state.seen.first_time(&q.qid) {
+        return axum::Json(answer).into_response();
+    }
+    let knowledge = &state.client.knowledge;
+    if let Some(rec) = knowledge.record_for(&q.url) {
+        if state.cache.contains(&rec.record.hash) {
+            answer.holders.push(peercache_core::protocol::Proxy {
+                id: state.client.peer_id().to_string(),
+                addr: String::new(),
+                rtt_ms: None,
+                load: Some(state.slots.load()),
+            });
+        }
+        answer.record = Some(rec);
+    }
+    let ttl = q.ttl.min(crate::client::LOCATE_TTL);
+    if answer.holders.is_empty()
+        && ttl > 0
+        && let Ok(url) = reqwest::Url::parse(&q.url)
+    {
+        let origin = crate::client::origin(&url);
+        let me = state.client.peer_id().to_string();
+        let ask: Vec<_> = knowledge
+            .aux_peers(&origin)
+            .into_iter()
+            .filter(|p| p.id != me)
+            .take(8)
+            .collect();
+        let found = futures_util::future::join_all(
+            ask.iter()
+                .map(|p| state.client.locate(p, &q.url, ttl - 1, &q.qid)),
+        )
+        .await;
+        for f in found {
+            if answer.record.is_none() {
+                answer.record = f.record;
+            }
+            for h in f.holders {
+                if !answer.holders.iter().any(|x| x.id == h.id) {
+                    answer.holders.push(h);
+                }
+            }
+        }
+    }
+    axum::Json(answer).into_response()
 }
 
 /// The group CVs of a cached object, for verified streaming (B1).

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use peercache_core::protocol::Load;
 
-/// Requests per second one requester may make (burst: 4×).
-pub const PER_REQUESTER_RATE: f64 = 20.0;
+/// Requests per second one requester may make by default (burst: 4×).
+pub const PER_REQUESTER_RATE: f64 = 100.0;
 
 /// The limits and the current use.
 #[derive(Debug)]
@@ -21,6 +21,7 @@ pub struct Workload {
     rate: AtomicU64,
     next_free: tokio::sync::Mutex<Instant>,
     requesters: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    requester_rate: f64,
 }
 
 impl Workload {
@@ -32,7 +33,14 @@ impl Workload {
             rate: AtomicU64::new(rate),
             next_free: tokio::sync::Mutex::new(Instant::now()),
             requesters: Mutex::new(HashMap::new()),
+            requester_rate: PER_REQUESTER_RATE,
         }
+    }
+
+    /// Sets the per-requester request rate (requests per second).
+    pub fn with_requester_rate(mut self, rate: f64) -> Self {
+        self.requester_rate = rate.max(1.0);
+        self
     }
 
     /// The current load.
@@ -95,10 +103,11 @@ impl Workload {
         if map.len() > 10_000 {
             map.clear();
         }
-        let cap = PER_REQUESTER_RATE * 4.0;
+        let rate = self.requester_rate;
+        let cap = rate * 4.0;
         let now = Instant::now();
         let (tokens, last) = map.entry(who).or_insert((cap, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * PER_REQUESTER_RATE).min(cap);
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(cap);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -130,6 +139,7 @@ mod tests {
         w.set(5, 0);
         assert!(w.try_take());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let w = w.with_requester_rate(20.0);
         let allowed = (0..200).filter(|_| w.allow_requester(ip)).count();
         assert!((80..=85).contains(&allowed), "{allowed}");
         assert!(w.allow_requester("10.0.0.2".parse().unwrap()));

@@ -36,6 +36,8 @@ use crate::store::{Store, StoreError, now_ms};
 pub const MAX_API_BODY: usize = 64 * 1024;
 /// Most hashes in one announce.
 pub const MAX_ANNOUNCE_HASHES: usize = 10_000;
+/// How long a signed record stays valid.
+const RECORD_TTL_SECS: u64 = 24 * 3600;
 /// Most possession proofs the server runs for one announce.
 const MAX_PROOFS_PER_ANNOUNCE: usize = 8;
 /// Samples of the offload history kept for `/admin` (one per housekeeping tick).
@@ -103,6 +105,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// The origin, in upstream mode.
     pub upstream: Option<crate::upstream::Upstream>,
+    /// The record-signing key (B8).
+    pub signer: peercache_core::record::RecordSigner,
     announce_limiter: RateLimiter,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     tls: bool,
@@ -143,6 +147,7 @@ impl AppState {
             figures: Figures::default(),
             http,
             upstream: None,
+            signer: peercache_core::record::RecordSigner::from_secret(rand::random()),
             announce_limiter: RateLimiter::default(),
             config,
             metrics,
@@ -194,6 +199,17 @@ impl AppState {
         format!("{}://{host}", if self.tls { "https" } else { "http" })
     }
 
+    /// Signs the record of `obj` as served at `url` (valid for a day).
+    pub fn sign(&self, url: &str, obj: &SiteObject) -> peercache_core::record::SignedRecord {
+        self.signer.sign(peercache_core::record::ObjectRecord {
+            url: url.to_string(),
+            hash: obj.hash,
+            size: obj.size,
+            content_type: obj.content_type.clone(),
+            expires: now_ms() / 1000 + RECORD_TTL_SECS,
+        })
+    }
+
     /// True if the server knows this object (from its directory or its upstream).
     pub fn knows(&self, hash: &ObjectHash) -> bool {
         self.site.knows(hash) || self.upstream.as_ref().is_some_and(|u| u.knows(hash))
@@ -232,6 +248,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/objects/{hash}", get(object_by_hash))
         .route("/v1/objects/{hash}/peers", get(object_peers))
         .route("/v1/objects/{hash}/outboard", get(object_outboard))
+        .route("/v1/key", get(server_key))
         .route("/metrics", get(metrics_text))
         .route("/admin", get(crate::admin::page))
         .route("/admin/stats.json", get(crate::admin::stats_json))
@@ -498,6 +515,14 @@ async fn object_outboard(
         .into_response())
 }
 
+async fn server_key(
+    State(state): State<Arc<AppState>>,
+) -> Json<peercache_core::protocol::ServerKey> {
+    Json(peercache_core::protocol::ServerKey {
+        public_key: state.signer.public_hex(),
+    })
+}
+
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     match &state.metrics {
         Some(h) => (
@@ -599,7 +624,18 @@ async fn site(
             state.store_failed(&e);
         }
     }
-    send_object(&state, &obj, method == Method::HEAD).await
+    let url = format!(
+        "{}{}",
+        state.own_url(&headers),
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut resp = send_object(&state, &obj, method == Method::HEAD).await?;
+    if shareable
+        && let Ok(v) = HeaderValue::from_str(&headers::encode_record(&state.sign(&url, &obj)))
+    {
+        resp.headers_mut().insert(headers::RECORD, v);
+    }
+    Ok(resp)
 }
 
 /// `Some((holders, base period))` when the client should be referred.
@@ -664,9 +700,10 @@ fn referral(
         load: None,
     });
     let period = target_period_ms(base_ms, obj.size, bandwidth);
+    let url = format!("{own}{}", uri.path_and_query().map_or("/", |p| p.as_str()));
     let body = Referral {
         object: ObjectInfo {
-            url: format!("{own}{}", uri.path_and_query().map_or("/", |p| p.as_str())),
+            url: url.clone(),
             size: obj.size,
             hash: obj.hash,
             content_type: obj.content_type.clone(),
@@ -675,6 +712,7 @@ fn referral(
         server: own,
         target_period_ms: period,
         target_speed: target_speed(obj.size, period.max(1)),
+        record: Some(state.sign(&url, obj)),
     };
     counter!("peercache_requests_referred_total").increment(1);
     state.figures.referred.fetch_add(1, Ordering::Relaxed);

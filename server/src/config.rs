@@ -39,6 +39,9 @@ pub struct Config {
     pub slow_threshold: Duration,
     /// Announces a peer may send per second (burst: 4×).
     pub announce_rate: u32,
+    /// Where the record-signing key lives (created on first start); a fresh key
+    /// per start when unset.
+    pub key_file: Option<PathBuf>,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -65,6 +68,7 @@ impl Config {
             ping_interval: Duration::from_secs(5),
             slow_threshold: Duration::from_millis(500),
             announce_rate: 5,
+            key_file: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -124,6 +128,8 @@ pub struct FileConfig {
     pub store: Option<String>,
     /// e.g. `5s`.
     pub ping_interval: Option<String>,
+    /// Record-signing key file.
+    pub key_file: Option<PathBuf>,
     /// TLS certificate.
     pub tls_cert: Option<PathBuf>,
     /// TLS key.

@@ -49,6 +49,9 @@ pub enum StartError {
     /// The look-up table could not be reached.
     #[error("look-up table: {0}")]
     Store(#[from] store::StoreError),
+    /// The signing key could not be read or written.
+    #[error("signing key: {0}")]
+    Key(std::io::Error),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -101,8 +104,13 @@ pub async fn run(
             store::Store::Redis(store::RedisStore::connect(url, "pc:", limits).await?)
         }
     };
+    let key_file = config.key_file.clone();
     let mut app_state = AppState::new(config, table, metrics, tls.is_some());
     app_state.upstream = upstream;
+    if let Some(path) = key_file {
+        app_state.signer = load_or_create_key(&path).map_err(StartError::Key)?;
+    }
+    tracing::info!(key = %app_state.signer.public_hex(), "record-signing key");
     let state = Arc::new(app_state);
     if state.upstream.is_none() {
         let indexer = state.clone();
@@ -135,4 +143,37 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Reads the 32-byte record-signing secret from `path`, creating it (mode 0600)
+/// on first start, so clients' pinned key survives restarts.
+pub fn load_or_create_key(
+    path: &std::path::Path,
+) -> std::io::Result<peercache_core::record::RecordSigner> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let secret: [u8; 32] = bytes.try_into().map_err(|_| {
+                std::io::Error::other(format!("{} is not a 32-byte key", path.display()))
+            })?;
+            Ok(peercache_core::record::RecordSigner::from_secret(secret))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let signer = peercache_core::record::RecordSigner::from_secret(rand::random());
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            use std::io::Write;
+            #[cfg(unix)]
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            opts.mode(0o600);
+            let mut f = opts.open(path)?;
+            f.write_all(&signer.secret())?;
+            f.sync_all()?;
+            Ok(signer)
+        }
+        Err(e) => Err(e),
+    }
 }

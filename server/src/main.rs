@@ -52,6 +52,9 @@ struct Args {
     /// How often to ping serving peers, e.g. `5s` (`0s` turns pinging off).
     #[arg(long, env = "PEERCACHE_PING_INTERVAL")]
     ping_interval: Option<String>,
+    /// Record-signing key file (created on first start). Clients pin this key.
+    #[arg(long, env = "PEERCACHE_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// TLS certificate chain (PEM); with --tls-key serves https.
     #[arg(long, env = "PEERCACHE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -113,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         config.peer_ttl = parse_duration(&s)?;
     }
     config.public_url = args.public_url.or(file.public_url);
+    config.key_file = args.key_file.or(file.key_file);
     if let Some(s) = args.store.or(file.store) {
         config.store = s.parse().map_err(anyhow::Error::msg)?;
     }

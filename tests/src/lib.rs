@@ -80,9 +80,10 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce. Distinct
+/// seeds give distinct bytes.
 pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;

@@ -44,7 +44,14 @@ async fn ranges_workload_slots_rate_cap_and_requester_limits() {
     let (_server, peer) = seeded_peer(
         &dir,
         &[("a.bin", data.clone())],
-        &["--max-uploads", "1", "--upload-limit", "400KiB"],
+        &[
+            "--max-uploads",
+            "1",
+            "--upload-limit",
+            "400KiB",
+            "--requester-rate",
+            "20",
+        ],
     )
     .await;
     let http = reqwest::Client::new();

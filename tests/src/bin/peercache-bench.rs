@@ -294,6 +294,207 @@ async fn latency() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn timed_get(url: &str) -> anyhow::Result<(u64, Duration)> {
+    let t = Instant::now();
+    let mut r = reqwest::get(url).await?;
+    if !r.status().is_success() {
+        bail!("{url}: {}", r.status());
+    }
+    let mut n = 0u64;
+    while let Some(chunk) = r.chunk().await? {
+        n += chunk.len() as u64;
+    }
+    Ok((n, t.elapsed()))
+}
+
+/// Peer serving vs nginx (256 MiB object; 16 KiB objects), and a verified
+/// download through the client protocol vs a plain HTTP download.
+async fn peer_serving() -> anyhow::Result<()> {
+    let dir = peercache_tests::TempDir::new("bench-peer");
+    let big = peercache_tests::test_bytes(256 << 20, 7);
+    let small = peercache_tests::test_bytes(16 * 1024, 8);
+    let root = peercache_tests::make_site(&dir, &[("big.bin", &big), ("small.bin", &small)]);
+    let server = peercache_tests::spawn_server(
+        &root,
+        &[
+            "--egress-limit",
+            "1GiB",
+            "--target-period",
+            "0s",
+            "--ping-interval",
+            "0s",
+        ],
+    )
+    .await?;
+    for p in ["/static/big.bin", "/static/small.bin"] {
+        let (ok, err) =
+            peercache_tests::fetch_cli(&server.url, p, &dir.join("seed.out"), &dir.join("seed"))
+                .await?;
+        if !ok {
+            bail!("{err}");
+        }
+    }
+    let peer = peercache_tests::spawn_peer(
+        &server.url,
+        &dir.join("seed"),
+        &["--max-uploads", "4096", "--requester-rate", "1000000"],
+    )
+    .await?;
+    let (hb, hs) = (ObjectHash::of(&big), ObjectHash::of(&small));
+    let objects = dir.join("seed/objects");
+    let nginx = nginx(&dir.join("seed")).await?;
+    // 256 MiB, three runs each, best of three.
+    let mut best_peer = f64::MAX;
+    let mut best_nginx = f64::MAX;
+    for _ in 0..3 {
+        let (n, d) = timed_get(&format!("{}/v1/objects/{hb}", peer.url)).await?;
+        assert_eq!(n, big.len() as u64);
+        best_peer = best_peer.min(d.as_secs_f64());
+        if let Some((_, port)) = &nginx {
+            let (n, d) = timed_get(&format!("http://127.0.0.1:{port}/objects/{hb}")).await?;
+            assert_eq!(n, big.len() as u64);
+            best_nginx = best_nginx.min(d.as_secs_f64());
+        }
+    }
+    let peer_rate = 256.0 / best_peer;
+    println!("256 MiB from the peer: {peer_rate:.0} MiB/s (best of 3)");
+    if nginx.is_some() {
+        let nginx_rate = 256.0 / best_nginx;
+        println!(
+            "256 MiB from nginx:    {nginx_rate:.0} MiB/s (best of 3); ratio peer/nginx = {:.2}",
+            peer_rate / nginx_rate
+        );
+    }
+    // 16 KiB objects, 64 concurrent clients.
+    let (_, prps, pstat) =
+        run_wave(&format!("{}/v1/objects/{hs}", peer.url), None, 64, 200).await?;
+    let ok = pstat.iter().filter(|s| **s == 200).count();
+    println!(
+        "16 KiB objects from the peer: {prps:.0} req/s ({ok}/{} ok)",
+        pstat.len()
+    );
+    if let Some((_, port)) = &nginx {
+        let (_, nrps, _) = run_wave(
+            &format!("http://127.0.0.1:{port}/objects/{hs}"),
+            None,
+            64,
+            200,
+        )
+        .await?;
+        println!(
+            "16 KiB objects from nginx:    {nrps:.0} req/s; ratio peer/nginx = {:.2}",
+            prps / nrps
+        );
+    }
+    drop(nginx);
+    let _ = objects;
+    // Verified download through the whole client protocol vs a plain download.
+    let mut best_plain = f64::MAX;
+    let mut best_verified = f64::MAX;
+    for i in 0..3 {
+        let (_, d) = timed_get(&format!("{}/v1/objects/{hb}", peer.url)).await?;
+        best_plain = best_plain.min(d.as_secs_f64());
+        let t = Instant::now();
+        let cache = dir.join(&format!("client{i}"));
+        let (ok, err) =
+            peercache_tests::fetch_cli(&server.url, "/static/big.bin", &dir.join("v.out"), &cache)
+                .await?;
+        if !ok || !err.contains("from peer") {
+            bail!("verified download did not come from the peer: {err}");
+        }
+        best_verified = best_verified.min(t.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(&cache);
+    }
+    println!(
+        "verified download of 256 MiB (fetch CLI: referral, probe, outboard, per-16-KiB BLAKE3 checks, cache write): {:.0} MiB/s; plain GET of the same bytes: {:.0} MiB/s; ratio {:.2}",
+        256.0 / best_verified,
+        256.0 / best_plain,
+        best_plain / best_verified
+    );
+    Ok(())
+}
+
+/// N clients fetch one 64 MiB object at once from a capped server; each serves
+/// it (capped) as soon as it has it.
+async fn flash_crowd(n: usize) -> anyhow::Result<()> {
+    const F: u64 = 64 << 20;
+    const U_SERVER: u64 = 16 << 20;
+    const U_PEER: u64 = 32 << 20;
+    let dir = peercache_tests::TempDir::new("bench-crowd");
+    let data = peercache_tests::test_bytes(F as usize, 9);
+    let root = peercache_tests::make_site(&dir, &[("v.bin", &data)]);
+    let server = peercache_tests::spawn_server(
+        &root,
+        &[
+            "--egress-limit",
+            "16MiB",
+            "--target-period",
+            "1s",
+            "--ping-interval",
+            "0s",
+        ],
+    )
+    .await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = server.url.clone();
+        let out = dir.join(&format!("out{i}"));
+        let cache = dir.join(&format!("c{i}"));
+        tasks.push(tokio::spawn(async move {
+            let r = peercache_tests::fetch_cli(&url, "/static/v.bin", &out, &cache).await;
+            let done = started.elapsed();
+            let peer = match &r {
+                Ok((true, _)) => peercache_tests::spawn_peer(
+                    &url,
+                    &cache,
+                    &["--upload-limit", "32MiB", "--max-uploads", "4"],
+                )
+                .await
+                .ok(),
+                _ => None,
+            };
+            (r, done, peer)
+        }));
+    }
+    let mut times = Vec::new();
+    let mut peers = Vec::new();
+    let mut from_peers = 0;
+    for t in tasks {
+        let (r, done, peer) = t.await?;
+        let (ok, err) = r?;
+        if !ok {
+            bail!("{err}");
+        }
+        if err.contains("from peer") {
+            from_peers += 1;
+        }
+        times.push(done.as_secs_f64());
+        peers.extend(peer);
+    }
+    times.sort_by(f64::total_cmp);
+    let m = peercache_tests::metrics(&server.url).await?;
+    let served = m
+        .get("peercache_bytes_served_total")
+        .copied()
+        .unwrap_or(0.0);
+    let total = (F as f64) * n as f64;
+    let bound = (F as f64 / U_SERVER as f64)
+        .max(n as f64 * F as f64 / (U_SERVER as f64 + n as f64 * U_PEER as f64));
+    println!(
+        "flash crowd N={n}: 64 MiB each, server capped at 16 MiB/s, peers at 32 MiB/s upload: completion min {:.1} s, median {:.1} s, max {:.1} s; lower bound {:.1} s (max/bound {:.1}); bytes from peers {:.0}% ({} of {n} clients mainly from peers)",
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1],
+        bound,
+        times[times.len() - 1] / bound,
+        100.0 * (total - served).max(0.0) / total,
+        from_peers
+    );
+    drop(peers);
+    Ok(())
+}
+
 /// Starts Debian's nginx on a free port serving `root`, if nginx is installed.
 async fn nginx(root: &std::path::Path) -> anyhow::Result<Option<(NginxGuard, u16)>> {
     if !std::path::Path::new("/usr/sbin/nginx").exists() {
@@ -355,6 +556,11 @@ async fn main() -> anyhow::Result<()> {
         "table" => table_memory(1_000_000, 10_000, 3).await,
         "table-redis" => table_redis(100_000, 10_000, 3).await,
         "latency" => latency().await,
-        _ => bail!("usage: peercache-bench table|table-redis|latency"),
+        "peer-serving" => peer_serving().await,
+        "flash-crowd" => {
+            flash_crowd(8).await?;
+            flash_crowd(16).await
+        }
+        _ => bail!("usage: peercache-bench table|table-redis|latency|peer-serving|flash-crowd"),
     }
 }

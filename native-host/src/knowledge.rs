@@ -1,0 +1,182 @@
+//! What a host remembers between runs, beside its cache (DESIGN M10, B8):
+//! - the key of each server it has talked to, pinned on first contact;
+//! - the server's signed record of each object it keeps, to pass on to others;
+//! - an auxiliary proxy list per server: peers met in earlier referrals, tried
+//!   when the server is silent.
+//!
+//! All of it is small JSON written atomically; all of it is bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use peercache_core::protocol::Proxy;
+use peercache_core::record::SignedRecord;
+
+use crate::cache::write_atomically;
+
+/// Peers remembered per server.
+pub const MAX_AUX: usize = 64;
+/// Servers remembered.
+const MAX_SERVERS: usize = 256;
+
+/// The remembered state of one host.
+#[derive(Debug)]
+pub struct Knowledge {
+    dir: PathBuf,
+    keys: Mutex<BTreeMap<String, String>>,
+    aux: Mutex<BTreeMap<String, Vec<Proxy>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn load<T: serde::de::DeserializeOwned + Default>(path: &std::path::Path) -> T {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+impl Knowledge {
+    /// Loads what was remembered under `cache_dir`.
+    pub fn open(cache_dir: &std::path::Path) -> Self {
+        Self {
+            dir: cache_dir.to_path_buf(),
+            keys: Mutex::new(load(&cache_dir.join("servers.json"))),
+            aux: Mutex::new(load(&cache_dir.join("aux.json"))),
+        }
+    }
+
+    /// The pinned key of `origin`, if any.
+    pub fn pinned_key(&self, origin: &str) -> Option<String> {
+        lock(&self.keys).get(origin).cloned()
+    }
+
+    /// Pins `key` for `origin` unless one is pinned already (trust on first use).
+    /// Returns false when a different key was pinned before.
+    pub fn pin(&self, origin: &str, key: &str) -> bool {
+        let mut keys = lock(&self.keys);
+        match keys.get(origin) {
+            Some(k) => k == key,
+            None => {
+                if keys.len() >= MAX_SERVERS {
+                    return true;
+                }
+                keys.insert(origin.to_string(), key.to_string());
+                let _ = write_atomically(
+                    &self.dir.join("servers.json"),
+                    &serde_json::to_vec(&*keys).unwrap_or_default(),
+                );
+                true
+            }
+        }
+    }
+
+    /// Remembers the peers of a referral (most recent first, bounded).
+    pub fn learn_peers(&self, origin: &str, peers: &[Proxy]) {
+        let peers: Vec<&Proxy> = peers
+            .iter()
+            .filter(|p| p.id != peercache_core::protocol::SERVER_PROXY_ID)
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let mut aux = lock(&self.aux);
+        if aux.len() >= MAX_SERVERS && !aux.contains_key(origin) {
+            return;
+        }
+        let list = aux.entry(origin.to_string()).or_default();
+        for p in peers.into_iter().rev() {
+            list.retain(|q| q.id != p.id);
+            list.insert(0, p.clone());
+        }
+        list.truncate(MAX_AUX);
+        let _ = write_atomically(
+            &self.dir.join("aux.json"),
+            &serde_json::to_vec(&*aux).unwrap_or_default(),
+        );
+    }
+
+    /// The auxiliary proxy list for `origin`.
+    pub fn aux_peers(&self, origin: &str) -> Vec<Proxy> {
+        lock(&self.aux).get(origin).cloned().unwrap_or_default()
+    }
+
+    fn record_path(&self, url: &str) -> PathBuf {
+        self.dir
+            .join("records")
+            .join(peercache_core::ObjectHash::of(url.as_bytes()).to_hex())
+    }
+
+    /// Keeps the server's signed record for a URL.
+    pub fn keep_record(&self, record: &SignedRecord) {
+        let path = self.record_path(&record.record.url);
+        if let Some(parent) = path.parent()
+            && std::fs::create_dir_all(parent).is_ok()
+        {
+            let _ = write_atomically(&path, &serde_json::to_vec(record).unwrap_or_default());
+        }
+    }
+
+    /// The signed record kept for a URL.
+    pub fn record_for(&self, url: &str) -> Option<SignedRecord> {
+        let bytes = std::fs::read(self.record_path(url)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Recently seen cascade queries, for loop protection.
+#[derive(Debug, Default)]
+pub struct SeenQueries {
+    seen: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl SeenQueries {
+    /// True the first time `qid` is seen (within a minute).
+    pub fn first_time(&self, qid: &str) -> bool {
+        let mut seen = lock(&self.seen);
+        let now = std::time::Instant::now();
+        seen.retain(|_, t| now.duration_since(*t).as_secs() < 60);
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        seen.insert(qid.to_string(), now).is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_once_and_remembers_peers_across_opens() {
+        let dir = std::env::temp_dir().join(format!("pc-know-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = Knowledge::open(&dir);
+        assert!(k.pin("https://s", "aa"));
+        assert!(k.pin("https://s", "aa"));
+        assert!(!k.pin("https://s", "bb"), "a different key is refused");
+        let p = |id: &str| Proxy {
+            id: id.into(),
+            addr: format!("http://{id}"),
+            rtt_ms: None,
+            load: None,
+        };
+        k.learn_peers("https://s", &[p("a"), p("b")]);
+        k.learn_peers("https://s", &[p("c"), p("a")]);
+        let again = Knowledge::open(&dir);
+        assert_eq!(again.pinned_key("https://s").as_deref(), Some("aa"));
+        let ids: Vec<String> = again
+            .aux_peers("https://s")
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(ids, ["c", "a", "b"]);
+        let seen = SeenQueries::default();
+        assert!(seen.first_time("q1"));
+        assert!(!seen.first_time("q1"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
