@@ -33,7 +33,10 @@ function applyRules() {
 async function settingsChanged() {
   await api.storage.local.set({ settings: brain.settings() });
   if (port) {
-    try { port.postMessage(brain.config_message()); } catch (e) { log('post failed', e); }
+    try {
+      port.postMessage(brain.config_message());
+      port.postMessage(brain.limits_message());
+    } catch (e) { log('post failed', e); }
   }
   await applyRules();
 }
@@ -53,6 +56,7 @@ function connect() {
     if (msg.type === 'hello') {
       retryMs = 1000;
       port.postMessage(brain.config_message());
+      port.postMessage(brain.limits_message());
     }
     if (changed) await applyRules();
     if (msg.type === 'status') {
@@ -92,8 +96,19 @@ api.webRequest.onHeadersReceived.addListener(
 
 api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
   if (sender.id !== api.runtime.id || !brain) return false;
+  if (msg?.cmd === 'loopback') {
+    // From the content script of a page (never from incognito: not allowed there).
+    if (sender.tab?.incognito) return false;
+    const origin = sender.origin ?? (sender.url ? new URL(sender.url).origin : msg.origin);
+    if (brain.on_loopback(String(origin), String(msg.state))) applyRules();
+    return false;
+  }
   (async () => {
     switch (msg?.cmd) {
+      case 'limits':
+        brain.set_limits(Number(msg.max_uploads) | 0, Number(msg.upload_rate) || 0, Number(msg.cache_max) || 0);
+        await settingsChanged();
+        break;
       case 'toggle': brain.set_enabled(!!msg.on); await settingsChanged(); break;
       case 'auto': brain.set_auto_enable(!!msg.on); await settingsChanged(); break;
       case 'site': if (brain.set_site_enabled(String(msg.origin), !!msg.on)) await settingsChanged(); break;

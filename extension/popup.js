@@ -55,6 +55,7 @@ function render(view) {
   }
   for (const site of view.sites) {
     const li = document.createElement('li');
+    li.className = 'site';
     const label = document.createElement('label');
     const box = document.createElement('input');
     box.type = 'checkbox';
@@ -67,6 +68,15 @@ function render(view) {
     scope.className = 'hint';
     scope.textContent = site.scope;
     li.append(label, scope);
+    if (site.enabled && site.loopback && site.loopback !== 'granted' && site.loopback !== 'unsupported') {
+      const lna = document.createElement('span');
+      lna.className = 'lna';
+      lna.dataset.origin = site.origin;
+      lna.textContent = 'Downloads from this site go through peers. Its images and scripts load straight from the site '
+        + 'until you let it "access other apps and services on this device" (the browser asks on the site; or: '
+        + 'site settings → Local network access → Allow). Your administrator can allow it for you by policy.';
+      li.append(lna);
+    }
     list.append(li);
   }
   const c = view.counters;
@@ -75,8 +85,31 @@ function render(view) {
   document.getElementById('served').textContent = bytes(c.bytes_served);
   document.getElementById('failures').textContent = String(c.verification_failures);
   document.body.dataset.rules = String(view.rules);
+  const form = document.getElementById('limits');
+  if (!form.contains(document.activeElement)) {
+    const l = view.user_limits;
+    document.getElementById('max-uploads').value = l.max_uploads;
+    document.getElementById('upload-rate').value = +(l.upload_rate / 1048576).toFixed(1);
+    document.getElementById('cache-max').value = Math.round(l.cache_max / 1048576);
+  }
+  const hl = view.limits;
+  document.getElementById('cache-use').textContent = view.host === 'connected'
+    ? `Host: ${bytes(hl.cache_bytes)} cached of ${hl.cache_max ? bytes(hl.cache_max) : 'unlimited'}, ${hl.max_uploads} upload slots`
+    : '';
+  document.body.dataset.hostCacheMax = String(hl.cache_max);
+  document.body.dataset.hostMaxUploads = String(hl.max_uploads);
 }
 
+document.getElementById('limits').addEventListener('submit', (e) => {
+  e.preventDefault();
+  send({
+    cmd: 'limits',
+    max_uploads: Number(document.getElementById('max-uploads').value),
+    upload_rate: Number(document.getElementById('upload-rate').value) * 1048576,
+    cache_max: Number(document.getElementById('cache-max').value) * 1048576,
+  });
+  document.activeElement?.blur();
+});
 document.getElementById('toggle').addEventListener('change', (e) => send({ cmd: 'toggle', on: e.target.checked }));
 document.getElementById('auto').addEventListener('change', (e) => send({ cmd: 'auto', on: e.target.checked }));
 send({ cmd: 'view' });

@@ -28,6 +28,27 @@ pub struct SiteEntry {
     pub enabled: bool,
 }
 
+/// The workload and cache limits the user set in the popup (M12, M13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLimits {
+    /// Upload slots.
+    pub max_uploads: u32,
+    /// Upload cap in bytes per second (0 = none).
+    pub upload_rate: u64,
+    /// Cache size in bytes (0 = none).
+    pub cache_max: u64,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        Self {
+            max_uploads: 8,
+            upload_rate: 0,
+            cache_max: 2 << 30,
+        }
+    }
+}
+
 /// Everything the user set; persisted by the shell in `storage.local`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
@@ -39,6 +60,9 @@ pub struct Settings {
     /// Sites by origin.
     #[serde(default)]
     pub sites: BTreeMap<String, SiteEntry>,
+    /// Workload and cache limits.
+    #[serde(default)]
+    pub limits: UserLimits,
 }
 
 impl Default for Settings {
@@ -47,6 +71,7 @@ impl Default for Settings {
             enabled: true,
             auto_enable: false,
             sites: BTreeMap::new(),
+            limits: UserLimits::default(),
         }
     }
 }
@@ -64,17 +89,32 @@ pub struct Gateway {
 /// settings without limit.
 pub const MAX_SITES: usize = 256;
 
-/// Resource types redirected to the gateway.
-pub const INTERCEPTED_TYPES: [&str; 9] = [
-    "main_frame",
-    "sub_frame",
+/// Navigations and downloads: redirected to the gateway without any permission
+/// (browsers do not apply Local Network Access to top-level navigations).
+pub const NAVIGATION_TYPES: [&str; 3] = ["main_frame", "sub_frame", "other"];
+
+/// Subresources: redirected only for sites holding the loopback permission, so a
+/// missing or refused permission never breaks a page.
+pub const SUBRESOURCE_TYPES: [&str; 6] = [
     "image",
     "script",
     "stylesheet",
     "media",
     "font",
     "xmlhttprequest",
+];
+
+/// Every type that may reach the gateway (for the token rule).
+pub const INTERCEPTED_TYPES: [&str; 9] = [
+    "main_frame",
+    "sub_frame",
     "other",
+    "image",
+    "script",
+    "stylesheet",
+    "media",
+    "font",
+    "xmlhttprequest",
 ];
 
 /// The origin (`scheme://host[:port]`) of an http(s) URL, lower-cased.
@@ -162,7 +202,12 @@ impl Settings {
     }
 
     /// The declarativeNetRequest rules for the current state (Chromium shape).
-    pub fn rules(&self, gateway: Option<&Gateway>) -> Vec<serde_json::Value> {
+    /// Subresources are redirected only for origins in `loopback_granted`.
+    pub fn rules(
+        &self,
+        gateway: Option<&Gateway>,
+        loopback_granted: &std::collections::BTreeSet<String>,
+    ) -> Vec<serde_json::Value> {
         let Some(gw) = gateway else {
             return Vec::new();
         };
@@ -183,10 +228,15 @@ impl Settings {
                 "resourceTypes": INTERCEPTED_TYPES,
             }
         })];
-        for (i, site) in sites.iter().enumerate() {
+        let mut id = 2;
+        for site in &sites {
             let prefix = format!("{}{}", site.origin, site.scope);
+            let mut types: Vec<&str> = NAVIGATION_TYPES.to_vec();
+            if loopback_granted.contains(&site.origin) {
+                types.extend(SUBRESOURCE_TYPES);
+            }
             rules.push(serde_json::json!({
-                "id": i + 2,
+                "id": id,
                 "priority": 1,
                 "action": {
                     "type": "redirect",
@@ -194,10 +244,11 @@ impl Settings {
                 },
                 "condition": {
                     "regexFilter": format!("^({}[^#]*)$", regex_escape(&prefix)),
-                    "resourceTypes": INTERCEPTED_TYPES,
+                    "resourceTypes": types,
                     "requestMethods": ["get"],
                 }
             }));
+            id += 1;
         }
         rules
     }
@@ -216,11 +267,23 @@ mod tests {
             token: "t".into(),
         };
         let mut s = Settings::default();
+        let none = std::collections::BTreeSet::new();
+        let granted: std::collections::BTreeSet<String> =
+            ["https://198.51.100.2".to_string()].into();
         assert!(s.advertised("https://198.51.100.2/index.html", AD));
         assert!(!s.advertised("https://198.51.100.2/other", AD));
-        assert!(s.rules(Some(&gw)).is_empty());
+        assert!(s.rules(Some(&gw), &granted).is_empty());
         assert!(s.set_site_enabled("https://198.51.100.2", true));
-        let rules = s.rules(Some(&gw));
+        // Without the loopback permission: navigations and downloads only.
+        let types = &s.rules(Some(&gw), &none)[1]["condition"]["resourceTypes"];
+        assert_eq!(types.as_array().unwrap().len(), NAVIGATION_TYPES.len());
+        assert!(!types.to_string().contains("image"));
+        let rules = s.rules(Some(&gw), &granted);
+        assert!(
+            rules[1]["condition"]["resourceTypes"]
+                .to_string()
+                .contains("image")
+        );
         assert_eq!(rules.len(), 2);
         let redirect = &rules[1];
         assert_eq!(
@@ -234,9 +297,9 @@ mod tests {
         // The token travels in a header, never in a URL.
         assert!(!redirect.to_string().contains("\"t\""));
         s.enabled = false;
-        assert!(s.rules(Some(&gw)).is_empty());
+        assert!(s.rules(Some(&gw), &granted).is_empty());
         s.enabled = true;
-        assert!(s.rules(None).is_empty());
+        assert!(s.rules(None, &granted).is_empty());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! tested under Node with `wasm-bindgen-test`. Non-goals: calling `chrome.*` from
 //! Rust (the shell does it, so one shell serves both browsers).
 
-use peercache_core::extension::{Gateway, Settings};
+use std::collections::{BTreeMap, BTreeSet};
+
+use peercache_core::extension::{Gateway, Settings, UserLimits};
 use peercache_core::protocol::{Counters, FromHost, HostLimits, ToHost};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -50,6 +52,8 @@ pub struct View {
     pub limits: HostLimits,
     /// Number of interception rules in force.
     pub rules: usize,
+    /// The limits the user set.
+    pub user_limits: UserLimits,
     /// Command that installs the host.
     pub install_command: &'static str,
 }
@@ -63,6 +67,8 @@ pub struct SiteView {
     pub scope: String,
     /// The user's switch.
     pub enabled: bool,
+    /// The site's loopback-permission state as last seen, if any.
+    pub loopback: Option<String>,
 }
 
 /// The extension's brain.
@@ -76,6 +82,7 @@ pub struct Brain {
     peer_id: Option<String>,
     counters: Counters,
     limits: HostLimits,
+    loopback: BTreeMap<String, String>,
 }
 
 fn to_js<T: Serialize>(value: &T) -> JsValue {
@@ -102,6 +109,37 @@ impl Brain {
             peer_id: None,
             counters: Counters::default(),
             limits: HostLimits::default(),
+            loopback: BTreeMap::new(),
+        }
+    }
+
+    fn granted(&self) -> BTreeSet<String> {
+        self.loopback
+            .iter()
+            .filter(|(_, s)| s.as_str() == "granted")
+            .map(|(o, _)| o.clone())
+            .collect()
+    }
+
+    /// Records a site's loopback-permission state (`granted`, `denied`, `prompt`,
+    /// `unsupported`). True if the rules change.
+    pub fn loopback_state(&mut self, origin: &str, state: &str) -> bool {
+        if !self.settings.sites.contains_key(origin) || self.loopback.len() >= 1024 {
+            return false;
+        }
+        let before = self.granted();
+        self.loopback
+            .insert(origin.to_string(), state.chars().take(16).collect());
+        before != self.granted()
+    }
+
+    /// The `limits` message for the host.
+    pub fn limits_msg(&self) -> ToHost {
+        let l = self.settings.limits;
+        ToHost::Limits {
+            max_uploads: l.max_uploads,
+            upload_rate: l.upload_rate,
+            cache_max: l.cache_max,
         }
     }
 
@@ -124,10 +162,12 @@ impl Brain {
                 token,
                 peer_id,
                 counters,
+                limits,
                 ..
             } => {
                 self.host = HostState::Connected;
                 self.counters = counters;
+                self.limits = limits;
                 self.peer_id = Some(peer_id);
                 let gw = (gateway_port != 0).then_some(Gateway {
                     port: gateway_port,
@@ -162,11 +202,16 @@ impl Brain {
                     origin: origin.clone(),
                     scope: s.scope.clone(),
                     enabled: s.enabled,
+                    loopback: self.loopback.get(origin).cloned(),
                 })
                 .collect(),
             counters: self.counters,
             limits: self.limits,
-            rules: self.settings.rules(self.gateway.as_ref()).len(),
+            rules: self
+                .settings
+                .rules(self.gateway.as_ref(), &self.granted())
+                .len(),
+            user_limits: self.settings.limits,
             install_command: "peercache-host install --browser chromium   # or chrome, firefox",
         }
     }
@@ -251,7 +296,27 @@ impl Brain {
 
     /// The declarativeNetRequest rules for the current state.
     pub fn rules(&self) -> JsValue {
-        to_js(&self.settings.rules(self.gateway.as_ref()))
+        to_js(&self.settings.rules(self.gateway.as_ref(), &self.granted()))
+    }
+
+    /// A content script reported the site's loopback permission. True if the
+    /// rules must be reapplied.
+    pub fn on_loopback(&mut self, origin: &str, state: &str) -> bool {
+        self.loopback_state(origin, state)
+    }
+
+    /// Sets the workload and cache limits (applied by the host at once).
+    pub fn set_limits(&mut self, max_uploads: u32, upload_rate: f64, cache_max: f64) {
+        self.settings.limits = UserLimits {
+            max_uploads: max_uploads.min(1024),
+            upload_rate: upload_rate.max(0.0) as u64,
+            cache_max: cache_max.max(0.0) as u64,
+        };
+    }
+
+    /// The `limits` message for the host.
+    pub fn limits_message(&self) -> JsValue {
+        to_js(&self.limits_msg())
     }
 
     /// The popup's view model.
@@ -284,6 +349,13 @@ mod tests {
         assert!(b.apply_host_message(status.clone()));
         assert!(!b.apply_host_message(status));
         assert_eq!(b.view_model().rules, 2);
+        assert!(b.loopback_state("https://s.example", "granted"));
+        assert!(!b.loopback_state("https://s.example", "granted"));
+        assert!(
+            !b.loopback_state("https://unknown.example", "granted"),
+            "only enrolled sites"
+        );
+        assert!(b.loopback_state("https://s.example", "denied"));
         assert!(b.on_host_disconnected(Some("Native host has exited.".into())));
         assert_eq!(b.view_model().rules, 0);
         assert_eq!(b.view_model().host, HostState::Disconnected);
