@@ -228,8 +228,7 @@ impl Settings {
                 "resourceTypes": INTERCEPTED_TYPES,
             }
         })];
-        let mut id = 2;
-        for site in &sites {
+        for (id, site) in (2..).zip(sites.iter()) {
             let prefix = format!("{}{}", site.origin, site.scope);
             let mut types: Vec<&str> = NAVIGATION_TYPES.to_vec();
             if loopback_granted.contains(&site.origin) {
@@ -248,7 +247,6 @@ impl Settings {
                     "requestMethods": ["get"],
                 }
             }));
-            id += 1;
         }
         rules
     }
