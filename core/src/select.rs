@@ -16,6 +16,9 @@ pub struct Probed {
     pub throughput: Option<u64>,
 }
 
+/// Granularity at which RTTs are compared.
+pub const RTT_STEP_MS: u32 = 10;
+
 /// How the client picks among measured candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -54,7 +57,9 @@ pub fn choose(candidates: Vec<Probed>, policy: Policy) -> Vec<Proxy> {
     {
         ordered.push(peers.remove(i));
     }
-    peers.sort_by_key(|c| c.rtt_ms.unwrap_or(u32::MAX));
+    // RTTs within the same 10 ms step count as equal: the (stable) sort then keeps
+    // the server's order, which spreads a crowd by load; noise must not undo that.
+    peers.sort_by_key(|c| c.rtt_ms.map_or(u32::MAX, |r| r / RTT_STEP_MS));
     ordered.extend(peers);
     ordered
         .into_iter()

@@ -147,6 +147,9 @@ pub struct ClientOptions {
 
 /// How long the server may stay silent before the client turns to other peers.
 pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a client waits, in total, when the server defers it (503 +
+/// `Retry-After`) because the object is on its way to another client.
+pub const MAX_DEFERRAL: Duration = Duration::from_secs(60);
 /// Hops a cascade query may travel (M11).
 pub const LOCATE_TTL: u8 = 3;
 
@@ -541,22 +544,49 @@ impl Client {
             peer_id: Some(self.peer_id.clone()),
             bandwidth: None,
         };
-        let sent = tokio::time::timeout(
-            self.server_timeout,
-            self.http
-                .get(url.clone())
-                .header(headers::CLIENT, client_header.to_header_value())
-                .send(),
-        )
-        .await;
-        let resp = match sent {
-            Ok(Ok(r)) if !matches!(r.status().as_u16(), 502..=504) => r,
-            Ok(Err(e)) if !(e.is_connect() || e.is_timeout()) => return Err(FetchError::Http(e)),
-            _ => {
-                // The server is silent past its period (or down): peers it told us about.
-                tracing::info!(%origin, "server silent; asking known peers");
-                counter!("peercache_server_silent_total").increment(1);
-                return self.open_without_server(origin, url).await;
+        let mut waited = Duration::ZERO;
+        let resp = loop {
+            let sent = tokio::time::timeout(
+                self.server_timeout,
+                self.http
+                    .get(url.clone())
+                    .header(headers::CLIENT, client_header.to_header_value())
+                    .send(),
+            )
+            .await;
+            match sent {
+                Ok(Ok(r)) if r.status().as_u16() == 503 && waited < MAX_DEFERRAL => {
+                    // The server says the object is on its way to another client:
+                    // wait as told, then ask again to be referred to that client.
+                    let secs = r
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    match secs {
+                        Some(secs) => {
+                            let wait =
+                                Duration::from_secs(secs.clamp(1, 30)).min(MAX_DEFERRAL - waited);
+                            tracing::info!(?wait, "server deferred the request");
+                            tokio::time::sleep(wait).await;
+                            waited += wait;
+                        }
+                        None => {
+                            counter!("peercache_server_silent_total").increment(1);
+                            return self.open_without_server(origin, url).await;
+                        }
+                    }
+                }
+                Ok(Ok(r)) if !matches!(r.status().as_u16(), 502..=504) => break r,
+                Ok(Err(e)) if !(e.is_connect() || e.is_timeout()) => {
+                    return Err(FetchError::Http(e));
+                }
+                _ => {
+                    // The server is silent past its period (or down): peers it told us about.
+                    tracing::info!(%origin, "server silent; asking known peers");
+                    counter!("peercache_server_silent_total").increment(1);
+                    return self.open_without_server(origin, url).await;
+                }
             }
         };
         if let Some(rec) = resp

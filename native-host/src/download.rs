@@ -162,46 +162,36 @@ async fn worker_inner(job: &Job, source: &SourceRef) -> Result<(), WorkerError> 
             }
             let mut stream = resp.bytes_stream();
             let mut buf = BytesMut::new();
+            // Verified groups are written in batches of up to a segment (1 MiB).
+            let mut batch = BytesMut::new();
+            let mut batch_start = g;
             while g < g1 {
                 let need = group_len(size, g) as usize;
                 while buf.len() < need {
-                    match tokio::time::timeout(STALL, stream.next()).await {
-                        Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
-                        Ok(Some(Err(e))) => return Err(WorkerError::Failed(e.to_string())),
-                        Ok(None) => return Err(WorkerError::Failed("stream ended early".into())),
-                        Err(_) => return Err(WorkerError::Failed("stalled".into())),
-                    }
+                    let next = tokio::time::timeout(STALL, stream.next()).await;
+                    let failure = match next {
+                        Ok(Some(Ok(chunk))) => {
+                            buf.extend_from_slice(&chunk);
+                            continue;
+                        }
+                        Ok(Some(Err(e))) => e.to_string(),
+                        Ok(None) => "stream ended early".to_string(),
+                        Err(_) => "stalled".to_string(),
+                    };
+                    flush(job, source, &mut batch, batch_start, g).await?;
+                    return Err(WorkerError::Failed(failure));
                 }
                 let bytes = buf.split_to(need).freeze();
                 if !verify_group(&job.plan.hash, size, &job.cvs, g, &bytes) {
+                    flush(job, source, &mut batch, batch_start, g).await?;
                     return Err(WorkerError::Mismatch);
                 }
-                let file = job.file.clone();
-                let data = bytes.clone();
-                let offset = g * GROUP;
-                tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
-                    .await
-                    .map_err(|e| WorkerError::Failed(e.to_string()))?
-                    .map_err(|e| WorkerError::Failed(format!("writing the cache: {e}")))?;
-                {
-                    let mut sh = lock(&job.shared);
-                    sh.done[g as usize] = true;
-                    *sh.by_source.entry(source.id.clone()).or_default() += need as u64;
-                }
-                let counters = &job.client.counters;
-                if source.is_server() {
-                    counters
-                        .bytes_from_server
-                        .fetch_add(need as u64, std::sync::atomic::Ordering::Relaxed);
-                    counter!("peercache_bytes_from_server_total").increment(need as u64);
-                } else {
-                    counters
-                        .bytes_from_peers
-                        .fetch_add(need as u64, std::sync::atomic::Ordering::Relaxed);
-                    counter!("peercache_bytes_from_peers_total").increment(need as u64);
-                }
-                job.progress.notify_one();
+                batch.extend_from_slice(&bytes);
                 g += 1;
+                if batch.len() >= (SEGMENT_GROUPS * GROUP) as usize || g == g1 {
+                    flush(job, source, &mut batch, batch_start, g).await?;
+                    batch_start = g;
+                }
             }
             Ok(())
         }
@@ -215,6 +205,50 @@ async fn worker_inner(job: &Job, source: &SourceRef) -> Result<(), WorkerError> 
             return Err(e);
         }
     }
+}
+
+/// Writes verified groups `[first, end)` held in `batch` at their offset and marks
+/// them done.
+async fn flush(
+    job: &Job,
+    source: &SourceRef,
+    batch: &mut BytesMut,
+    first: u64,
+    end: u64,
+) -> Result<(), WorkerError> {
+    if first >= end {
+        return Ok(());
+    }
+    let data = std::mem::take(batch).freeze();
+    let n = data.len() as u64;
+    if n > 0 {
+        let file = job.file.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&data, first * GROUP))
+            .await
+            .map_err(|e| WorkerError::Failed(e.to_string()))?
+            .map_err(|e| WorkerError::Failed(format!("writing the cache: {e}")))?;
+    }
+    {
+        let mut sh = lock(&job.shared);
+        for g in first..end {
+            sh.done[g as usize] = true;
+        }
+        *sh.by_source.entry(source.id.clone()).or_default() += n;
+    }
+    let counters = &job.client.counters;
+    if source.is_server() {
+        counters
+            .bytes_from_server
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        counter!("peercache_bytes_from_server_total").increment(n);
+    } else {
+        counters
+            .bytes_from_peers
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        counter!("peercache_bytes_from_peers_total").increment(n);
+    }
+    job.progress.notify_one();
+    Ok(())
 }
 
 /// Runs the download; verified bytes go to `tx` in order. Returns the source that
@@ -347,13 +381,21 @@ pub async fn run(
     let mut next: u64 = 0;
     loop {
         loop {
-            let ready = next < groups && lock(&job.shared).done[next as usize];
-            if !ready {
+            // The run of contiguous verified groups from `next`, up to a segment.
+            let run = {
+                let sh = lock(&job.shared);
+                let mut end = next;
+                while end < groups && end - next < SEGMENT_GROUPS && sh.done[end as usize] {
+                    end += 1;
+                }
+                end
+            };
+            if run == next {
                 break;
             }
-            let len = group_len(plan.size, next) as usize;
-            let f = file.clone();
             let offset = next * GROUP;
+            let len = ((run * GROUP).min(plan.size) - offset) as usize;
+            let f = file.clone();
             let bytes = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; len];
                 f.read_exact_at(&mut buf, offset).map(|()| buf)
@@ -370,7 +412,7 @@ pub async fn run(
                 cleanup(&tmp);
                 return Err(FetchError::Cancelled);
             }
-            next += 1;
+            next = run;
         }
         if next >= groups {
             break;

@@ -154,6 +154,10 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             seen: Arc::new(crate::knowledge::SeenQueries::default()),
         });
         tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, service).await {
                 tracing::error!(error = %e, "peer server stopped");
@@ -176,6 +180,10 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             extension_origins: options.extension_origins.clone(),
         });
         tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "gateway stopped");
             }

@@ -107,6 +107,8 @@ pub struct AppState {
     pub upstream: Option<crate::upstream::Upstream>,
     /// The record-signing key (B8).
     pub signer: peercache_core::record::RecordSigner,
+    /// Transfers in flight per object.
+    sending: Mutex<HashMap<ObjectHash, u32>>,
     announce_limiter: RateLimiter,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     tls: bool,
@@ -148,6 +150,7 @@ impl AppState {
             http,
             upstream: None,
             signer: peercache_core::record::RecordSigner::from_secret(rand::random()),
+            sending: Mutex::new(HashMap::new()),
             announce_limiter: RateLimiter::default(),
             config,
             metrics,
@@ -208,6 +211,16 @@ impl AppState {
             content_type: obj.content_type.clone(),
             expires: now_ms() / 1000 + RECORD_TTL_SECS,
         })
+    }
+
+    /// Transfers of `hash` in flight.
+    fn sending_count(&self, hash: &ObjectHash) -> u32 {
+        self.sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// True if the server knows this object (from its directory or its upstream).
@@ -601,8 +614,23 @@ async fn site(
     let shareable = uri.path().starts_with(&state.config.scope)
         && request_shareable(method.as_str(), &header_pairs(&headers)).is_ok();
     if let (Some(client), true) = (&client, shareable) {
-        if let Some(decision) = decide_for(&state, client, &obj).await {
-            let (holders, base_ms) = decision;
+        let answer = decide_for(&state, client, &obj).await;
+        if let Answer::Wait(secs) = answer {
+            counter!("peercache_requests_deferred_total").increment(1);
+            let mut resp = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({
+                    "error": "the object is on its way to another client; ask again to be referred to it",
+                    "retry_after": secs,
+                })),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Ok(resp);
+        }
+        if let Answer::Refer(holders, base_ms) = answer {
             if let Some(id) = &client.peer_id
                 && let Err(e) = state.store.record_fetch(id, &obj.hash).await
             {
@@ -639,7 +667,43 @@ async fn site(
 }
 
 /// `Some((holders, base period))` when the client should be referred.
-async fn decide_for(
+/// What to do with a referral-capable client's request.
+enum Answer {
+    /// Send the bytes.
+    Serve,
+    /// Refer to these holders.
+    Refer(Vec<Proxy>, u64),
+    /// Nobody holds it yet, the server is too slow for this client, and the object
+    /// is already on its way to another client: come back in this many seconds
+    /// (by then that client can serve it).
+    Wait(u64),
+}
+
+async fn decide_for(state: &AppState, client: &ClientHeader, obj: &SiteObject) -> Answer {
+    match decide_inner(state, client, obj).await {
+        Some((holders, base_ms)) => Answer::Refer(holders, base_ms),
+        None => {
+            let base_ms = u64::try_from(state.config.target_period.as_millis()).unwrap_or(u64::MAX);
+            let too_slow = decide(
+                obj.size,
+                state.egress.snapshot(),
+                client.bandwidth,
+                base_ms,
+                1,
+            ) == Decision::Refer;
+            let in_flight = state.sending_count(&obj.hash) > 0;
+            match (too_slow, in_flight, state.config.egress_limit) {
+                (true, true, Some(limit)) if limit > 0 => {
+                    // About one object's time on the whole pipe, bounded.
+                    Answer::Wait(obj.size.div_ceil(limit).clamp(1, 30))
+                }
+                _ => Answer::Serve,
+            }
+        }
+    }
+}
+
+async fn decide_inner(
     state: &AppState,
     client: &ClientHeader,
     obj: &SiteObject,
@@ -749,11 +813,19 @@ fn add_object_headers(state: &AppState, h: &mut HeaderMap, obj: &SiteObject) {
 struct Owed {
     state: Arc<AppState>,
     remaining: u64,
+    hash: ObjectHash,
 }
 
 impl Drop for Owed {
     fn drop(&mut self) {
         self.state.egress.sent(self.remaining);
+        let mut sending = self.state.sending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = sending.get_mut(&self.hash) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                sending.remove(&self.hash);
+            }
+        }
     }
 }
 
@@ -807,9 +879,16 @@ async fn send_object_range(
     counter!("peercache_requests_served_total").increment(1);
     state.figures.served.fetch_add(1, Ordering::Relaxed);
     state.egress.owe(len);
+    *state
+        .sending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(obj.hash)
+        .or_default() += 1;
     let owed = Owed {
         state: state.clone(),
         remaining: len,
+        hash: obj.hash,
     };
     use tokio::io::AsyncReadExt;
     let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);

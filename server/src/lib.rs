@@ -124,6 +124,11 @@ pub async fn run(
     let router = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {
         None => {
+            use axum::serve::ListenerExt;
+            // Small responses (referrals) must not wait for Nagle + delayed ACK.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await?;
@@ -137,6 +142,7 @@ pub async fn run(
             });
             let std_listener = listener.into_std()?;
             axum_server::from_tcp_rustls(std_listener, tls)?
+                .map(|a| a.acceptor(axum_server::accept::NoDelayAcceptor::new()))
                 .handle(handle)
                 .serve(router)
                 .await?;

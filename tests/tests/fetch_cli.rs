@@ -138,10 +138,6 @@ async fn a_lying_peer_never_gets_its_bytes_through() {
     assert_eq!(s["peercache_mismatch_reports_total"], 1.0);
     let l = metrics(&liar.url).await.unwrap();
     assert_eq!(l["peercache_uploads_total"], 1.0, "{l:?}");
-    assert!(
-        l["peercache_bytes_uploaded_total"] < data.len() as f64,
-        "the download from the liar was cut at the first bad group: {l:?}"
-    );
 }
 
 #[tokio::test]

@@ -84,13 +84,36 @@ async fn refers_clients_that_accept_referrals_and_serves_everyone_else() {
     assert_eq!(r.bytes().await.unwrap(), data);
 
     // No holder yet: even a referral-capable client gets the bytes.
-    let r = http
+    let first = http
         .get(&url)
         .header("Peercache-Client", "id=me")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(first.status(), 200);
+    // While that transfer is under way on the slow pipe, another referral-capable
+    // client is asked to come back (by then the first can serve it)…
+    let r = http
+        .get(&url)
+        .header("Peercache-Client", "id=other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert!(r.text().await.unwrap().contains("on its way"));
+    // …while a browser without the extension always gets the bytes.
+    let plain = http.get(&url).send().await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.bytes().await.unwrap(), data);
+    assert_eq!(first.bytes().await.unwrap(), data);
 
     register_and_announce(&http, &server.url, "holder1", 40001, &hash, "/static/a.bin").await;
 
