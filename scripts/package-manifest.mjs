@@ -1,6 +1,7 @@
 // Writes the per-browser manifest from the one root manifest.json.
 // Chromium: no gecko settings, a service worker only. Firefox: no `key`, a
 // background script (Firefox MV3 does not run extension service workers).
+// Permissions are the same; nothing is asked for that the code does not use.
 import { readFileSync } from 'node:fs';
 
 const [browser, path] = process.argv.slice(2);
@@ -11,7 +12,6 @@ if (browser === 'chromium') {
 } else if (browser === 'firefox') {
   delete m.key;
   delete m.background.service_worker;
-  m.permissions.push('webRequestBlocking', 'webRequestFilterResponse');
 } else {
   console.error(`unknown browser ${browser}`);
   process.exit(2);

@@ -109,6 +109,8 @@ pub struct AppState {
     pub signer: peercache_core::record::RecordSigner,
     /// Transfers in flight per object.
     sending: Mutex<HashMap<ObjectHash, u32>>,
+    /// Recently signed records, by URL and hash.
+    signed: Mutex<HashMap<(String, ObjectHash), peercache_core::record::SignedRecord>>,
     announce_limiter: RateLimiter,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     tls: bool,
@@ -151,6 +153,7 @@ impl AppState {
             upstream: None,
             signer: peercache_core::record::RecordSigner::from_secret(rand::random()),
             sending: Mutex::new(HashMap::new()),
+            signed: Mutex::new(HashMap::new()),
             announce_limiter: RateLimiter::default(),
             config,
             metrics,
@@ -202,15 +205,30 @@ impl AppState {
         format!("{}://{host}", if self.tls { "https" } else { "http" })
     }
 
-    /// Signs the record of `obj` as served at `url` (valid for a day).
+    /// Signs the record of `obj` as served at `url` (valid for a day). Signatures
+    /// are reused for an hour, so a hot object costs one signature, not one per
+    /// request.
     pub fn sign(&self, url: &str, obj: &SiteObject) -> peercache_core::record::SignedRecord {
-        self.signer.sign(peercache_core::record::ObjectRecord {
+        let now = now_ms() / 1000;
+        let key = (url.to_string(), obj.hash);
+        let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rec) = signed.get(&key)
+            && rec.record.expires >= now + RECORD_TTL_SECS - 3600
+        {
+            return rec.clone();
+        }
+        let rec = self.signer.sign(peercache_core::record::ObjectRecord {
             url: url.to_string(),
             hash: obj.hash,
             size: obj.size,
             content_type: obj.content_type.clone(),
-            expires: now_ms() / 1000 + RECORD_TTL_SECS,
-        })
+            expires: now + RECORD_TTL_SECS,
+        });
+        if signed.len() >= 100_000 {
+            signed.clear();
+        }
+        signed.insert(key, rec.clone());
+        rec
     }
 
     /// Transfers of `hash` in flight.
