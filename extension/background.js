@@ -87,6 +87,64 @@ function onHeaders(details) {
   if (brain.on_advertisement(details.url, header.value)) settingsChanged();
 }
 
+// Firefox: subresources of enabled sites are not redirected (Local Network Access
+// would prompt); instead the background replaces the ORIGINAL response's body with
+// verified bytes from the gateway (filterResponseData), and asks the server for
+// headers only, so no byte travels twice. Status and content type stay the
+// server's, as the page sees them.
+const SUBRESOURCE_TYPES = ['image', 'script', 'stylesheet', 'media', 'font', 'xmlhttprequest'];
+const replaced = new Set();
+
+function replaceBody(details) {
+  if (!brain || details.method !== 'GET' || details.incognito || replaced.size > 1000) return {};
+  const target = brain.gateway_for(details.url);
+  if (!target) return {};
+  const filter = api.webRequest.filterResponseData(details.requestId);
+  replaced.add(details.requestId);
+  // Start fetching at once; write only from onstart on (earlier writes fail).
+  const body = fetch(target.url, { headers: { 'x-peercache-token': target.token }, cache: 'no-store' });
+  filter.ondata = () => {}; // the server sends headers only; drop anything else
+  filter.onstart = async () => {
+    try {
+      const resp = await body;
+      if (!resp.ok) throw new Error(`gateway ${resp.status}`);
+      const reader = resp.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        filter.write(value);
+      }
+    } catch (e) {
+      log('subresource through peers failed:', e?.message ?? e);
+    } finally {
+      filter.close();
+      replaced.delete(details.requestId);
+    }
+  };
+  filter.onerror = () => { replaced.delete(details.requestId); };
+  return {};
+}
+
+function askHeadersOnly(details) {
+  if (!replaced.has(details.requestId)) return {};
+  const requestHeaders = details.requestHeaders ?? [];
+  requestHeaders.push({ name: 'Peercache-Headers-Only', value: '1' });
+  return { requestHeaders };
+}
+
+if (api.webRequest.filterResponseData) {
+  api.webRequest.onBeforeRequest.addListener(
+    replaceBody,
+    { urls: ['https://*/*', 'http://*/*'], types: SUBRESOURCE_TYPES },
+    ['blocking'],
+  );
+  api.webRequest.onBeforeSendHeaders.addListener(
+    askHeadersOnly,
+    { urls: ['https://*/*', 'http://*/*'], types: SUBRESOURCE_TYPES },
+    ['blocking', 'requestHeaders'],
+  );
+}
+
 // Listeners are registered synchronously so a woken worker receives the event.
 api.webRequest.onHeadersReceived.addListener(
   onHeaders,

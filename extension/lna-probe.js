@@ -6,7 +6,10 @@
 (async () => {
   const api = globalThis.browser ?? globalThis.chrome;
   let status = null;
-  for (const name of ['loopback-network', 'local-network-access']) {
+  // Firefox: subresources keep their own request (filterResponseData), so the
+  // permission does not matter there.
+  const firefox = navigator.userAgent.includes('Firefox/');
+  for (const name of firefox ? [] : ['loopback-network', 'local-network-access']) {
     try { status = await navigator.permissions.query({ name }); break; } catch (_) { /* unknown name */ }
   }
   const send = (state) => api.runtime.sendMessage({ cmd: 'loopback', origin: location.origin, state }).catch(() => {});

@@ -1,7 +1,7 @@
 // Writes the per-browser manifest from the one root manifest.json.
 // Chromium: no gecko settings, a service worker only. Firefox: no `key`, a
 // background script (Firefox MV3 does not run extension service workers).
-// Permissions are the same; nothing is asked for that the code does not use.
+// Firefox also gets the blocking webRequest permissions its subresource path uses.
 import { readFileSync } from 'node:fs';
 
 const [browser, path] = process.argv.slice(2);
@@ -12,6 +12,10 @@ if (browser === 'chromium') {
 } else if (browser === 'firefox') {
   delete m.key;
   delete m.background.service_worker;
+  // Subresources go through filterResponseData on the original request.
+  m.permissions.push('webRequestBlocking', 'webRequestFilterResponse');
+  // Lets tests (and users) open the popup as a page.
+  m.web_accessible_resources = [{ resources: ['popup.html'], matches: ['<all_urls>'] }];
 } else {
   console.error(`unknown browser ${browser}`);
   process.exit(2);

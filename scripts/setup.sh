@@ -16,6 +16,7 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v redis-server >/dev/null || $demo_only || need_apt+=(redis-server)
 if ! $demo_only; then
   [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)
+  command -v firefox-esr >/dev/null || need_apt+=(firefox-esr)
   command -v node >/dev/null || need_apt+=(nodejs npm)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then

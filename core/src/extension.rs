@@ -201,6 +201,22 @@ impl Settings {
             .collect()
     }
 
+    /// The gateway URL for `url` if it lies in the scope of an enabled site (the
+    /// same test the redirect rules make; used where the shell intercepts with
+    /// `webRequest` instead, as Firefox does for subresources).
+    pub fn gateway_url(&self, gateway: Option<&Gateway>, url: &str) -> Option<String> {
+        let gw = gateway?;
+        let origin = origin_of(url)?;
+        let rest = &url[url.find("://")? + 3..];
+        let path = &rest[rest.find('/').unwrap_or(rest.len())..];
+        let path = if path.is_empty() { "/" } else { path };
+        let url = url.split('#').next()?;
+        self.enabled_sites()
+            .iter()
+            .any(|s| s.origin == origin && path.starts_with(&s.scope))
+            .then(|| format!("http://127.0.0.1:{}/g/{url}", gw.port))
+    }
+
     /// The declarativeNetRequest rules for the current state (Chromium shape).
     /// Subresources are redirected only for origins in `loopback_granted`.
     pub fn rules(
@@ -298,6 +314,41 @@ mod tests {
         assert!(s.rules(Some(&gw), &granted).is_empty());
         s.enabled = true;
         assert!(s.rules(None, &granted).is_empty());
+    }
+
+    #[test]
+    fn gateway_urls_only_inside_enabled_scopes() {
+        let gw = Gateway {
+            port: 4000,
+            token: "t".into(),
+        };
+        let mut s = Settings::default();
+        s.advertised("https://a.example/", AD);
+        assert_eq!(
+            s.gateway_url(Some(&gw), "https://a.example/static/x.js"),
+            None,
+            "not switched on"
+        );
+        s.set_site_enabled("https://a.example", true);
+        assert_eq!(
+            s.gateway_url(Some(&gw), "https://a.example/static/x.js#frag")
+                .as_deref(),
+            Some("http://127.0.0.1:4000/g/https://a.example/static/x.js")
+        );
+        assert_eq!(
+            s.gateway_url(Some(&gw), "https://a.example/private/x.js"),
+            None
+        );
+        assert_eq!(
+            s.gateway_url(Some(&gw), "https://b.example/static/x.js"),
+            None
+        );
+        assert_eq!(s.gateway_url(None, "https://a.example/static/x.js"), None);
+        s.enabled = false;
+        assert_eq!(
+            s.gateway_url(Some(&gw), "https://a.example/static/x.js"),
+            None
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub const ADVERTISEMENT: &str = "peercache";
 pub const LOAD: &str = "peercache-load";
 /// Request header carrying the gateway's per-install token.
 pub const GATEWAY_TOKEN: &str = "x-peercache-token";
+/// Request header from the Firefox extension: answer with headers only, the body
+/// comes from peers through the extension.
+pub const HEADERS_ONLY: &str = "peercache-headers-only";
 /// Response header: the server's signed record of the object, as hex of its JSON.
 pub const RECORD: &str = "peercache-record";
 /// Media type of a referral body.

@@ -134,6 +134,8 @@ impl AppState {
             "peercache_store_errors_total",
             "peercache_pings_total",
             "peercache_ping_failures_total",
+            "peercache_requests_headers_only_total",
+            "peercache_requests_deferred_total",
         ] {
             counter!(name).increment(0);
         }
@@ -675,7 +677,22 @@ async fn site(
         state.own_url(&headers),
         uri.path_and_query().map_or("/", |p| p.as_str())
     );
-    let mut resp = send_object(&state, &obj, method == Method::HEAD).await?;
+    // Firefox's extension replaces the body of this very request with verified
+    // bytes from peers (filterResponseData) and asks for headers only, so no byte
+    // travels twice.
+    let headers_only = shareable
+        && headers
+            .get(headers::HEADERS_ONLY)
+            .is_some_and(|v| v.as_bytes() == b"1");
+    let mut resp = if headers_only {
+        counter!("peercache_requests_headers_only_total").increment(1);
+        let mut r = send_object(&state, &obj, true).await?;
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        r
+    } else {
+        send_object(&state, &obj, method == Method::HEAD).await?
+    };
     if shareable
         && let Ok(v) = HeaderValue::from_str(&headers::encode_record(&state.sign(&url, &obj)))
     {

@@ -299,6 +299,18 @@ impl Brain {
         to_js(&self.settings.rules(self.gateway.as_ref(), &self.granted()))
     }
 
+    /// Where to fetch `url` from instead, with the token to send, if it lies in
+    /// an enabled site's scope and the host is connected: `{url, token}` or `null`.
+    pub fn gateway_for(&self, url: &str) -> JsValue {
+        match self.settings.gateway_url(self.gateway.as_ref(), url) {
+            Some(g) => to_js(&serde_json::json!({
+                "url": g,
+                "token": self.gateway.as_ref().map(|g| g.token.clone()).unwrap_or_default(),
+            })),
+            None => JsValue::NULL,
+        }
+    }
+
     /// A content script reported the site's loopback permission. True if the
     /// rules must be reapplied.
     pub fn on_loopback(&mut self, origin: &str, state: &str) -> bool {

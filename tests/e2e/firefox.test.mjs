@@ -1,0 +1,178 @@
+// Firefox ESR end to end (issue 5): the same extension (dist/firefox) and the real
+// native host, driven over WebDriver BiDi with puppeteer-core, against the
+// public-looking https site. Navigations and downloads are redirected to the
+// gateway; subresources keep their original request, whose body the background
+// replaces with verified bytes from the gateway while the server sends headers only.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, mkdirSync, readdirSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import puppeteer from 'puppeteer-core';
+import { writeFileSync } from 'node:fs';
+import { ROOT, BIN, SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get } from './harness.mjs';
+
+const EXT = join(ROOT, 'dist/firefox');
+const FIREFOX = process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr';
+const GECKO_ID = 'peercache@peercache.org';
+const UUID = '6f1d3c1e-8a2b-4c5d-9e0f-1a2b3c4d5e6f';
+const POPUP = `moz-extension://${UUID}/popup.html`;
+
+describe('firefox: peer delivery through the extension', { concurrency: false }, () => {
+  let swarm;
+  let browser;
+  let home;
+  let downloads;
+
+  /** A tab showing the popup (navigated from a web page: moz-extension URLs cannot be opened with goto). */
+  const popup = async () => {
+    const page = await browser.newPage();
+    await page.goto(`${SITE}/`);
+    await page.evaluate((u) => { location.href = u; }, POPUP);
+    await waitFor('the popup', async () => {
+      try { return (await page.evaluate(() => location.href)) === POPUP && await page.$('#toggle'); } catch (_) { return false; }
+    });
+    return page;
+  };
+  const backgroundReady = (page) => page.evaluate(async () => {
+    const w = await browser.runtime.getBackgroundPage();
+    return !!(w.peercache?.ready && w.peercache.hostSeen);
+  });
+  const ruleCount = (page) => page.evaluate(async () => (await browser.declarativeNetRequest.getSessionRules()).length);
+  const newDownload = async (before, size) => waitFor('a finished download', () => {
+    const all = readdirSync(downloads);
+    if (all.some((f) => f.endsWith('.part'))) return null;
+    const files = all.filter((f) => !before.includes(f)).map((f) => join(downloads, f));
+    return files.find((f) => readFileSync(f).length === size) ?? null;
+  }, 60000);
+
+  before(async () => {
+    swarm = await startSwarm();
+    await swarm.addPeer('honest', ['/static/big.bin', '/static/pic.svg', '/static/app.js']);
+    const liar = await swarm.addPeer('liar', ['/static/lie.bin']);
+    // It computed the true group CVs, then its copy went bad: a valid outboard with wrong bytes.
+    const liarHash = readdirSync(join(liar.cache, 'objects')).find((n) => /^[0-9a-f]{64}$/.test(n));
+    assert.equal((await get(`http://127.0.0.1:${liar.port}/v1/objects/${liarHash}/outboard`)).status, 200);
+    const liarFile = join(liar.cache, 'objects', liarHash);
+    const bad = readFileSync(liarFile);
+    bad[1000] ^= 0xff;
+    writeFileSync(liarFile, bad);
+    home = mkdtempSync(join(tmpdir(), 'peercache-firefox-home-'));
+    downloads = join(home, 'downloads');
+    mkdirSync(downloads);
+    execFileSync(join(BIN, 'peercache-host'), ['install', '--browser', 'firefox'], { env: { ...process.env, HOME: home } });
+    assert.ok(existsSync(join(home, '.mozilla/native-messaging-hosts/org.peercache.host.json')));
+    mkdirSync(join(swarm.dir, 'ff-host'), { recursive: true });
+    browser = await puppeteer.launch({
+      browser: 'firefox',
+      executablePath: FIREFOX,
+      headless: true,
+      acceptInsecureCerts: true,
+      env: {
+        ...process.env,
+        HOME: home,
+        PEERCACHE_CACHE_DIR: join(swarm.dir, 'ff-host'),
+        PEERCACHE_CA_CERT: swarm.caPath,
+        PEERCACHE_LOG: join(swarm.dir, 'ff-host.log'),
+      },
+      extraPrefsFirefox: {
+        'extensions.webextensions.uuids': JSON.stringify({ [GECKO_ID]: UUID }),
+        'browser.download.dir': downloads,
+        'browser.download.folderList': 2,
+        'browser.download.useDownloadDir': true,
+        'browser.download.always_ask_before_handling_new_types': false,
+        'browser.download.start_downloads_in_tmp_dir': false,
+        'extensions.background.idle.timeout': 300000,
+      },
+    });
+    const id = await browser.installExtension(EXT);
+    assert.equal(id, GECKO_ID);
+    const p = await popup();
+    await waitFor('the background to be ready', () => backgroundReady(p), 30000);
+    await p.close();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await stopSwarm(swarm);
+    if (home) rmSync(home, { recursive: true, force: true });
+  });
+
+  it('enrols the advertised site from the popup switch', async () => {
+    const p = await popup();
+    await p.waitForSelector('#host-status[data-state="connected"]');
+    await p.waitForSelector(`.site-switch[data-origin="${SITE}"]`);
+    assert.equal(await ruleCount(p), 0);
+    await p.click(`.site-switch[data-origin="${SITE}"]`);
+    await waitFor('rules', async () => (await ruleCount(p)) === 2);
+    await p.close();
+  });
+
+  it('downloads the large file from the peer, byte-identical', async () => {
+    const before = await serverMetrics(swarm);
+    const peerBefore = await peerMetrics(swarm.peers.honest);
+    const existing = readdirSync(downloads);
+    const page = await browser.newPage();
+    await page.goto(`${SITE}/`);
+    await page.click('#big');
+    const file = await newDownload(existing, swarm.files.big.length);
+    assert.equal(sha256(readFileSync(file)), sha256(swarm.files.big));
+    const after = await serverMetrics(swarm);
+    const peerAfter = await peerMetrics(swarm.peers.honest);
+    assert.equal(after.peercache_requests_referred_total - before.peercache_requests_referred_total, 1, 'the server referred');
+    assert.equal(peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total, swarm.files.big.length, 'the peer uploaded');
+    await page.close();
+  });
+
+  it("shows the page's image and script from the peer, the server sending headers only", async () => {
+    const before = await serverMetrics(swarm);
+    const peerBefore = await peerMetrics(swarm.peers.honest);
+    const page = await browser.newPage();
+    await page.goto(`${SITE}/assets.html`);
+    await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
+    assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120);
+    const after = await serverMetrics(swarm);
+    const peerAfter = await peerMetrics(swarm.peers.honest);
+    assert.equal(after.peercache_requests_headers_only_total - before.peercache_requests_headers_only_total, 2);
+    assert.equal(after.peercache_requests_referred_total - before.peercache_requests_referred_total, 2);
+    assert.equal(peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total,
+      swarm.files.pic.length + swarm.files.app.length, 'the bytes came from the peer, once');
+    await page.close();
+  });
+
+  it("never hands a lying peer's bytes to the user", async () => {
+    const before = await serverMetrics(swarm);
+    const existing = readdirSync(downloads);
+    const page = await browser.newPage();
+    await page.goto(`${SITE}/`);
+    await page.click('#lie');
+    const file = await newDownload(existing, swarm.files.lie.length);
+    assert.equal(sha256(readFileSync(file)), sha256(swarm.files.lie), 'the true bytes arrived');
+    const after = await serverMetrics(swarm);
+    assert.equal(after.peercache_mismatch_reports_total - before.peercache_mismatch_reports_total, 1);
+    await page.close();
+  });
+
+  it('with the toggle off, the bytes come straight from the server', async () => {
+    const p = await popup();
+    await p.click('#toggle');
+    await waitFor('rules removed', async () => (await ruleCount(p)) === 0);
+    const before = await serverMetrics(swarm);
+    const page = await browser.newPage();
+    await page.goto(`${SITE}/assets.html`);
+    await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
+    const after = await serverMetrics(swarm);
+    assert.equal(after.peercache_requests_referred_total, before.peercache_requests_referred_total);
+    assert.equal(after.peercache_requests_headers_only_total, before.peercache_requests_headers_only_total);
+    assert.ok(after.peercache_bytes_served_total - before.peercache_bytes_served_total >= swarm.files.pic.length + swarm.files.app.length);
+    await p.click('#toggle');
+    await waitFor('rules back', async () => (await ruleCount(p)) === 2);
+    if (process.env.PEERCACHE_SCREENSHOTS) {
+      await p.setViewport({ width: 360, height: 640 });
+      await p.screenshot({ path: join(ROOT, 'docs/popup-firefox.png') });
+    }
+    await p.close();
+    await page.close();
+  });
+});
