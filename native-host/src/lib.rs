@@ -21,8 +21,9 @@
 //!
 //! Goals: no unverified byte ever reaches the browser or the cache; every failure
 //! ends in the bytes from the server, or a clear error.
-//! Non-goals here (not built yet): the LAN multicast who-has/i-have query (M10's
-//! broadcast); the cascade over known peers stands in for it.
+//! - [`lan`]: the UDP multicast who-has / i-have query of the local network.
+//!
+//! Non-goals: serving partial objects (a peer serves only what it holds whole).
 
 pub mod cache;
 pub mod client;
@@ -31,6 +32,7 @@ pub mod gateway;
 pub mod identity;
 pub mod install;
 pub mod knowledge;
+pub mod lan;
 pub mod native;
 pub mod node;
 pub mod peer_server;

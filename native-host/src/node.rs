@@ -165,6 +165,13 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         });
     }
 
+    if let Some(addr) = peer_addr
+        && crate::lan::enabled()
+        && let Err(e) = crate::lan::spawn_responder(&client, addr.port())
+    {
+        tracing::info!(error = %e, "not answering LAN queries");
+    }
+
     let enrolment = Arc::new(RwLock::new(Enrolment::default()));
     let gateway = if options.gateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -227,6 +227,28 @@ pub async fn spawn_peer(server: &str, cache: &Path, args: &[&str]) -> anyhow::Re
     })
 }
 
+/// Starts a peer from a prepared `peercache-host serve` command.
+pub async fn spawn_peer_cmd(cmd: Command) -> anyhow::Result<Peer> {
+    let proc = spawn_until(cmd, "announced").await?;
+    let addr = proc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("peer listening on "))
+        .context("no peer address")?
+        .to_string();
+    let id = proc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("peer id "))
+        .context("no peer id")?
+        .to_string();
+    Ok(Peer {
+        url: format!("http://{addr}"),
+        id,
+        proc,
+    })
+}
+
 /// Runs `peercache-host fetch`; returns (success, stderr).
 pub async fn fetch_cli(
     server: &str,
