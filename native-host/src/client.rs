@@ -746,7 +746,11 @@ impl Client {
                 {
                     record = Some(r);
                 }
-                if proxy.id != self.peer_id && !holders.iter().any(|x| x.id == proxy.id) {
+                if proxy.id != self.peer_id
+                    && !holders
+                        .iter()
+                        .any(|x| x.id == proxy.id && x.addr == proxy.addr)
+                {
                     holders.push(proxy);
                 }
             }
@@ -759,7 +763,8 @@ impl Client {
                 record = Some(r);
             }
             for h in a.holders {
-                if h.id != self.peer_id && !holders.iter().any(|x| x.id == h.id) {
+                if h.id != self.peer_id && !holders.iter().any(|x| x.id == h.id && x.addr == h.addr)
+                {
                     holders.push(h);
                 }
             }
