@@ -638,26 +638,7 @@ impl Client {
             size,
             peers,
         };
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let (done_tx, done_rx) = oneshot::channel();
-        let client = self.clone();
-        tokio::spawn(async move {
-            let result = match crate::download::run(client.clone(), plan, tx.clone()).await {
-                // Nothing usable from peers (no outboard anywhere): the whole object
-                // from the server, checked against the referral's hash.
-                Err(FetchError::Status(502)) => client.server_whole(origin, url, hash, tx).await,
-                other => other,
-            };
-            let _ = done_tx.send(result);
-        });
-        Ok(Download {
-            content_type,
-            size: Some(size),
-            hash: Some(hash),
-            known_source: None,
-            body: rx,
-            done: Some(done_rx),
-        })
+        Ok(self.spawn_download(plan, content_type, Some(url)))
     }
 
     /// Keeps a signed record if it verifies against the pinned key.
@@ -794,21 +775,42 @@ impl Client {
             peers: probed,
         };
         self.knowledge.keep_record(&record);
+        Ok(self.spawn_download(plan, content_type, None))
+    }
+
+    /// Runs a verified download in the background. With `fallback_url`, when no
+    /// source could even prove the object (no outboard anywhere), the whole object
+    /// comes from the server at that URL, checked against the hash.
+    fn spawn_download(
+        self: &Arc<Self>,
+        plan: crate::download::Plan,
+        content_type: String,
+        fallback_url: Option<reqwest::Url>,
+    ) -> Download {
+        let (hash, size, origin) = (plan.hash, plan.size, plan.origin.clone());
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let (done_tx, done_rx) = oneshot::channel();
         let client = self.clone();
         tokio::spawn(async move {
-            let result = crate::download::run(client, plan, tx).await;
+            let result = match (
+                crate::download::run(client.clone(), plan, tx.clone()).await,
+                fallback_url,
+            ) {
+                (Err(FetchError::Status(502)), Some(url)) => {
+                    client.server_whole(origin, url, hash, tx).await
+                }
+                (other, _) => other,
+            };
             let _ = done_tx.send(result);
         });
-        Ok(Download {
+        Download {
             content_type,
             size: Some(size),
             hash: Some(hash),
             known_source: None,
             body: rx,
             done: Some(done_rx),
-        })
+        }
     }
 
     /// The last resort: the server, asked without `Peercache-Client`, must send.

@@ -207,24 +207,7 @@ pub async fn spawn_peer(server: &str, cache: &Path, args: &[&str]) -> anyhow::Re
     ])
     .arg(cache)
     .args(args);
-    let proc = spawn_until(cmd, "announced").await?;
-    let addr = proc
-        .banner
-        .iter()
-        .find_map(|l| l.strip_prefix("peer listening on "))
-        .context("no peer address")?
-        .to_string();
-    let id = proc
-        .banner
-        .iter()
-        .find_map(|l| l.strip_prefix("peer id "))
-        .context("no peer id")?
-        .to_string();
-    Ok(Peer {
-        url: format!("http://{addr}"),
-        id,
-        proc,
-    })
+    spawn_peer_cmd(cmd).await
 }
 
 /// Starts a peer from a prepared `peercache-host serve` command.
