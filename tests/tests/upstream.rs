@@ -193,3 +193,81 @@ async fn an_unreachable_origin_is_a_502_with_a_reason() {
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("origin unreachable"));
 }
+
+#[tokio::test]
+async fn through_the_gateway_a_set_cookie_response_is_delivered_but_never_kept_or_announced() {
+    use peercache_tests::NativeSession;
+    use serde_json::json;
+
+    let dir = TempDir::new("upstream-gateway");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let origin = origin(hits, test_bytes(1000, 3)).await;
+    let server = upstream_server(&origin, &dir).await;
+    let cache = dir.join("host");
+    let mut nm = NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
+        .await
+        .unwrap();
+    nm.send(&json!({"type": "hello", "version": "t"}))
+        .await
+        .unwrap();
+    let status = nm.recv_type("status").await.unwrap();
+    nm.send(&json!({"type": "config", "enabled": true, "sites": [{"origin": server.url, "scope": "/static/"}]}))
+        .await
+        .unwrap();
+    nm.recv_type("status").await.unwrap();
+    let gw = |path: &str| {
+        format!(
+            "http://127.0.0.1:{}/g/{}{path}",
+            status["gateway_port"], server.url
+        )
+    };
+    let token = status["token"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+
+    let r = http
+        .get(gw("/static/cookie.js"))
+        .header("x-peercache-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "cookie();",
+        "the page still gets it"
+    );
+    let r = http
+        .get(gw("/static/public.bin"))
+        .header("x-peercache-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    // Only the shareable one is kept (and so announced); the Set-Cookie one never.
+    // (Keeping happens just after the last byte went out: give it a moment.)
+    let public = peercache_core::ObjectHash::of(&test_bytes(1000, 3)).to_hex();
+    let mut kept = Vec::new();
+    for _ in 0..50 {
+        kept = std::fs::read_dir(cache.join("objects"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        if kept.contains(&public) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(kept, vec![public]);
+    let cookie_hash = peercache_core::ObjectHash::of(b"cookie();");
+    let holders: serde_json::Value =
+        reqwest::get(format!("{}/v1/objects/{cookie_hash}/peers", server.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(holders, json!([]));
+}
