@@ -89,6 +89,9 @@ pub enum Outcome {
     Mismatch,
     /// The source failed (refused, timed out, broke off).
     Failed,
+    /// The client did not use the peer it was referred to first (it had the object,
+    /// or chose another): the referral booked against that peer's load is released.
+    Unused,
 }
 
 /// `POST /v1/report`: which source served a referred download, and how (M9, B6).

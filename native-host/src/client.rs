@@ -626,6 +626,15 @@ impl Client {
         }
         if let Some(dl) = self.open_own_cache(&hash, size, &content_type).await {
             counter!("peercache_cache_hits_total").increment(1);
+            // Release the referral the server booked against its first peer.
+            if let Some(first) = referral.proxies.iter().find(|p| p.id != SERVER_PROXY_ID) {
+                let (client, first) = (self.clone(), first.id.clone());
+                tokio::spawn(async move {
+                    client
+                        .report(origin, hash, first, Outcome::Unused, 0, Duration::ZERO)
+                        .await;
+                });
+            }
             return Ok(dl);
         }
         let peers = self

@@ -459,6 +459,7 @@ async fn report(
         Outcome::Served => "served",
         Outcome::Mismatch => "mismatch",
         Outcome::Failed => "failed",
+        Outcome::Unused => "unused",
     };
     counter!("peercache_reports_total", "outcome" => outcome).increment(1);
     if r.outcome == Outcome::Served && r.source != SERVER_PROXY_ID {

@@ -142,8 +142,23 @@ async fn suite(store: Store) {
         ids(&store, &h2, now).await.is_empty(),
         "both full: nobody to refer"
     );
+    // A report closes a referral: that peer is free again without waiting for a
+    // load report.
+    store
+        .report(&report(&first[0], h2, Outcome::Served))
+        .await
+        .unwrap();
+    assert_eq!(ids(&store, &h2, now).await, [first[0].clone()]);
     store
         .announce("d", &[], &[], load(0, 1), now)
+        .await
+        .unwrap();
+    store
+        .announce("e", &[], &[], load(0, 1), now)
+        .await
+        .unwrap();
+    store
+        .announce("e", &[], &[], load(1, 1), now)
         .await
         .unwrap();
     assert_eq!(ids(&store, &h2, now).await, ["d"]);

@@ -20,6 +20,7 @@ struct PeerRecord {
     last_seen: u64,
     load: Option<Load>,
     pending: u32,
+    pending_at: u64,
     rtt_ms: Option<u32>,
     ping_failures: u32,
     strikes: u32,
@@ -100,6 +101,7 @@ impl MemoryStore {
                 last_seen: now,
                 load,
                 pending: 0,
+                pending_at: 0,
                 rtt_ms: None,
                 ping_failures: 0,
                 strikes: 0,
@@ -181,16 +183,24 @@ impl MemoryStore {
                     addr: r.addr.clone()?,
                     rtt_ms: r.rtt_ms,
                     load: r.load,
-                    pending: r.pending,
+                    pending: if now.saturating_sub(r.pending_at) > super::PENDING_WINDOW_MS {
+                        0
+                    } else {
+                        r.pending
+                    },
                     uses: *uses,
                 })
             })
             .collect())
     }
 
-    pub(super) fn book_referral(&self, id: &str) -> Result<(), StoreError> {
+    pub(super) fn book_referral(&self, id: &str, now: u64) -> Result<(), StoreError> {
         if let Some(r) = lock(&self.inner).peers.get_mut(id) {
+            if now.saturating_sub(r.pending_at) > super::PENDING_WINDOW_MS {
+                r.pending = 0;
+            }
             r.pending = r.pending.saturating_add(1);
+            r.pending_at = now;
         }
         Ok(())
     }
@@ -198,6 +208,10 @@ impl MemoryStore {
     pub(super) fn report(&self, report: &Report) -> Result<(), StoreError> {
         let mut guard = lock(&self.inner);
         let inner = &mut *guard;
+        // The referral this report closes no longer counts as load.
+        if let Some(rec) = inner.peers.get_mut(&report.source) {
+            rec.pending = rec.pending.saturating_sub(1);
+        }
         match report.outcome {
             Outcome::Served => {
                 if let Some(uses) = inner
@@ -217,7 +231,7 @@ impl MemoryStore {
                     h.remove(&report.source);
                 }
             }
-            Outcome::Failed => {}
+            Outcome::Failed | Outcome::Unused => {}
         }
         Ok(())
     }

@@ -28,6 +28,10 @@ pub use self::redis::RedisStore;
 pub const MAX_PEERS: usize = 100_000;
 /// Most objects one peer may be listed for.
 pub const MAX_HOLDINGS_PER_PEER: usize = 100_000;
+/// Referrals booked against a peer's load count for this long without a newer
+/// load report or a client's report (clients served from their own cache never
+/// report, so bookings must fade).
+pub const PENDING_WINDOW_MS: u64 = 10_000;
 /// Consecutive failed pings after which a peer is dropped.
 pub const MAX_PING_FAILURES: u32 = 3;
 
@@ -177,7 +181,7 @@ impl Store {
         let ranked =
             peercache_core::select::rank_holders(stats, self.limits().slow_threshold_ms, max);
         if let Some(first) = ranked.first() {
-            dispatch!(self, s => s.book_referral(&first.id))?;
+            dispatch!(self, s => s.book_referral(&first.id, now))?;
         }
         Ok(ranked)
     }

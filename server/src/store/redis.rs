@@ -59,12 +59,22 @@ struct PeerFields {
     seen: Option<u64>,
     load: Option<Load>,
     pending: u32,
+    pending_at: u64,
     rtt: Option<u32>,
     strikes: u32,
 }
 
-const FIELDS: [&str; 9] = [
-    "ip", "addr", "seen", "active", "limit", "pending", "rtt", "fails", "strikes",
+const FIELDS: [&str; 10] = [
+    "ip",
+    "addr",
+    "seen",
+    "active",
+    "limit",
+    "pending",
+    "rtt",
+    "fails",
+    "strikes",
+    "pending_at",
 ];
 
 fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
@@ -87,6 +97,7 @@ fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
         seen: num(2).map(|s| s.max(0) as u64),
         load,
         pending: num(5).unwrap_or(0).max(0) as u32,
+        pending_at: num(9).unwrap_or(0).max(0) as u64,
         rtt: num(6).filter(|r| *r >= 0).map(|r| r as u32),
         strikes: num(8).unwrap_or(0).max(0) as u32,
     }
@@ -286,7 +297,11 @@ impl RedisStore {
                 addr,
                 rtt_ms: f.rtt,
                 load: f.load,
-                pending: f.pending,
+                pending: if now.saturating_sub(f.pending_at) > super::PENDING_WINDOW_MS {
+                    0
+                } else {
+                    f.pending
+                },
                 uses: uses.max(0.0) as u64,
             });
         }
@@ -296,16 +311,36 @@ impl RedisStore {
         Ok(out)
     }
 
-    pub(super) async fn book_referral(&self, id: &str) -> Result<(), StoreError> {
+    pub(super) async fn book_referral(&self, id: &str, now: u64) -> Result<(), StoreError> {
+        let f = self.fields(id).await?;
+        let key = self.k("peer", id);
+        let mut pipe = redis::pipe();
+        if now.saturating_sub(f.pending_at) > super::PENDING_WINDOW_MS {
+            pipe.hset(&key, "pending", 0).ignore();
+        }
+        pipe.hincr(&key, "pending", 1).ignore();
+        pipe.hset(&key, "pending_at", now).ignore();
         let mut c = self.conn.clone();
-        c.hincr::<_, _, _, ()>(self.k("peer", id), "pending", 1)
-            .await
-            .map_err(unavailable)
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
     }
 
     pub(super) async fn report(&self, report: &Report) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
         let holders = self.k("holders", report.hash);
+        // The referral this report closes no longer counts as load (never below 0).
+        let peer_key = self.k("peer", &report.source);
+        let exists: bool = c.exists(&peer_key).await.map_err(unavailable)?;
+        if exists {
+            let left: i64 = c
+                .hincr(&peer_key, "pending", -1)
+                .await
+                .map_err(unavailable)?;
+            if left < 0 {
+                c.hset::<_, _, _, ()>(&peer_key, "pending", 0)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
         match report.outcome {
             Outcome::Served => {
                 redis::cmd("ZADD")
@@ -332,7 +367,7 @@ impl RedisStore {
                 }
                 pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
             }
-            Outcome::Failed => {}
+            Outcome::Failed | Outcome::Unused => {}
         }
         Ok(())
     }
