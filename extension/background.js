@@ -58,6 +58,13 @@ function connect() {
       port.postMessage(brain.config_message());
       port.postMessage(brain.limits_message());
     }
+    if (msg.type === 'not_shareable') {
+      // The site answered with a cookie or a private response: from now on this
+      // URL goes to the site itself (remembered across restarts).
+      log('not shareable, fetched from the site from now on:', msg.url, msg.reason);
+      if (changed) await settingsChanged();
+      return;
+    }
     if (changed) await applyRules();
     if (msg.type === 'status') {
       globalThis.peercache.hostSeen = true;
@@ -92,44 +99,77 @@ function onHeaders(details) {
 // verified bytes from the gateway (filterResponseData), and asks the server for
 // headers only, so no byte travels twice. Status and content type stay the
 // server's, as the page sees them.
+// A request that carries cookies or authorization, or whose answer is not the
+// server's headers-only reply (a Set-Cookie or private response is always sent
+// whole), keeps its own body untouched and the gateway fetch is cancelled.
 const SUBRESOURCE_TYPES = ['image', 'script', 'stylesheet', 'media', 'font', 'xmlhttprequest'];
-const replaced = new Set();
+const replaced = new Map(); // requestId → { abort, mode: 'pending' | 'peers' | 'original' }
+const hasHeader = (list, ...names) => (list ?? []).some((h) => names.includes(h.name.toLowerCase()));
 
 function replaceBody(details) {
   if (!brain || details.method !== 'GET' || details.incognito || replaced.size > 1000) return {};
   const target = brain.gateway_for(details.url);
   if (!target) return {};
   const filter = api.webRequest.filterResponseData(details.requestId);
-  replaced.add(details.requestId);
+  const abort = new AbortController();
+  const entry = { abort, mode: 'pending' };
+  replaced.set(details.requestId, entry);
+  const done = () => { replaced.delete(details.requestId); };
   // Start fetching at once; write only from onstart on (earlier writes fail).
-  const body = fetch(target.url, { headers: { 'x-peercache-token': target.token }, cache: 'no-store' });
-  filter.ondata = () => {}; // the server sends headers only; drop anything else
+  const body = fetch(target.url, {
+    headers: { 'x-peercache-token': target.token }, cache: 'no-store', signal: abort.signal,
+  });
+  body.catch(() => {}); // cancelled, or reported in onstart
+  filter.ondata = (event) => {
+    // The original body is the page's unless the server sent headers only.
+    if (entry.mode === 'original') filter.write(event.data);
+  };
+  filter.onstop = () => { if (entry.mode === 'original') { filter.close(); done(); } };
   filter.onstart = async () => {
+    if (entry.mode !== 'peers') {
+      entry.mode = 'original';
+      abort.abort();
+      return;
+    }
     try {
       const resp = await body;
       if (!resp.ok) throw new Error(`gateway ${resp.status}`);
       const reader = resp.body.getReader();
       for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
+        const { done: end, value } = await reader.read();
+        if (end) break;
         filter.write(value);
       }
     } catch (e) {
       log('subresource through peers failed:', e?.message ?? e);
     } finally {
       filter.close();
-      replaced.delete(details.requestId);
+      done();
     }
   };
-  filter.onerror = () => { replaced.delete(details.requestId); };
+  filter.onerror = () => { abort.abort(); done(); };
   return {};
 }
 
 function askHeadersOnly(details) {
-  if (!replaced.has(details.requestId)) return {};
+  const entry = replaced.get(details.requestId);
+  if (!entry) return {};
+  if (hasHeader(details.requestHeaders, 'cookie', 'authorization')) {
+    entry.mode = 'original'; // never sent through peers (B2)
+    entry.abort.abort();
+    return {};
+  }
   const requestHeaders = details.requestHeaders ?? [];
   requestHeaders.push({ name: 'Peercache-Headers-Only', value: '1' });
   return { requestHeaders };
+}
+
+function headersOnlyAnswer(details) {
+  const entry = replaced.get(details.requestId);
+  if (!entry || entry.mode !== 'pending') return {};
+  entry.mode = hasHeader(details.responseHeaders, 'peercache-headers-only') ? 'peers' : 'original';
+  if (entry.mode === 'original') entry.abort.abort();
+  return {};
 }
 
 if (api.webRequest.filterResponseData) {
@@ -142,6 +182,12 @@ if (api.webRequest.filterResponseData) {
     askHeadersOnly,
     { urls: ['https://*/*', 'http://*/*'], types: SUBRESOURCE_TYPES },
     ['blocking', 'requestHeaders'],
+  );
+  // Blocking, so the verdict is in before the filter's onstart.
+  api.webRequest.onHeadersReceived.addListener(
+    headersOnlyAnswer,
+    { urls: ['https://*/*', 'http://*/*'], types: SUBRESOURCE_TYPES },
+    ['blocking', 'responseHeaders'],
   );
 }
 
@@ -179,9 +225,34 @@ api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
   return true;
 });
 
+// Admin-managed settings (storage.managed): Chromium from the extension policy,
+// Firefox from policies.json or a managed storage manifest. None is normal.
+async function readManaged() {
+  try {
+    return await api.storage.managed.get();
+  } catch (_) {
+    return null;
+  }
+}
+
+function applyManaged(policy) {
+  try {
+    brain.set_managed(policy && Object.keys(policy).length ? policy : null);
+  } catch (e) {
+    log(e?.message ?? e);
+  }
+}
+
+api.storage.onChanged.addListener(async (_changes, area) => {
+  if (area !== 'managed' || !brain) return;
+  applyManaged(await readManaged());
+  await settingsChanged();
+});
+
 init().then(async () => {
   const saved = (await api.storage.local.get('settings')).settings;
   brain = new Brain(saved);
+  applyManaged(await readManaged());
   for (const [url, value] of pendingAds) brain.on_advertisement(url, value);
   pendingAds = [];
   await api.storage.local.set({ settings: brain.settings() });

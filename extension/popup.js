@@ -12,9 +12,56 @@ function send(msg) {
   return api.runtime.sendMessage(msg).then(render).catch(() => {});
 }
 
+// The site of the active tab (the page the popup was opened over), if any.
+async function activeSite() {
+  try {
+    const tabs = await api.tabs.query({ active: true, lastFocusedWindow: true });
+    const url = tabs.map((t) => t.url).find((u) => u && /^https?:/.test(u));
+    return url ? new URL(url).origin : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+function ago(secs) {
+  return secs < 60 ? `${secs} s ago` : `${Math.round(secs / 60)} min ago`;
+}
+
+async function renderPeers(peers) {
+  const site = await activeSite();
+  const shown = site ? peers.filter((p) => p.site === site) : peers;
+  document.getElementById('peers-site').textContent = site ? `for ${site}` : '(all sites)';
+  document.body.dataset.activeSite = site ?? '';
+  const list = document.getElementById('peers');
+  list.replaceChildren();
+  if (shown.length === 0) {
+    const li = document.createElement('li');
+    li.className = 'hint';
+    li.textContent = 'No peer has sent you anything for this site yet.';
+    list.append(li);
+    return;
+  }
+  for (const p of shown) {
+    const li = document.createElement('li');
+    li.className = 'peer';
+    li.dataset.addr = p.addr;
+    li.dataset.site = p.site;
+    li.textContent = `${p.addr} · ${bytes(p.bytes)} · ${ago(p.idle_secs)}${site ? '' : ` · ${p.site}`}`;
+    list.append(li);
+  }
+}
+
 function render(view) {
   if (!view || view.error) return;
+  const managed = view.managed ?? {};
   document.getElementById('toggle').checked = view.enabled;
+  document.getElementById('toggle').disabled = !!managed.enabled;
+  document.getElementById('auto').disabled = !!managed.auto_enable;
+  for (const id of ['max-uploads', 'upload-rate', 'cache-max', 'apply-limits']) {
+    document.getElementById(id).disabled = !!managed.limits;
+  }
+  document.body.dataset.managed = String(!!(managed.enabled || managed.auto_enable || managed.limits
+    || view.sites.some((s) => s.managed)));
   document.getElementById('toggle-label').textContent = view.enabled ? 'On' : 'Off';
   document.getElementById('auto').checked = view.auto_enable;
   const host = document.getElementById('host');
@@ -62,12 +109,19 @@ function render(view) {
     box.checked = site.enabled;
     box.dataset.origin = site.origin;
     box.className = 'site-switch';
+    box.disabled = !!site.managed;
     box.addEventListener('change', () => send({ cmd: 'site', origin: site.origin, on: box.checked }));
     label.append(box, ` ${site.origin}`);
     const scope = document.createElement('span');
     scope.className = 'hint';
     scope.textContent = site.scope;
     li.append(label, scope);
+    if (site.managed) {
+      const note = document.createElement('span');
+      note.className = 'hint managed';
+      note.textContent = ' Switched on by your administrator.';
+      li.append(note);
+    }
     if (site.enabled && site.loopback && site.loopback !== 'granted' && site.loopback !== 'unsupported') {
       const lna = document.createElement('span');
       lna.className = 'lna';
@@ -97,6 +151,7 @@ function render(view) {
     ? `Host: ${bytes(hl.cache_bytes)} cached of ${hl.cache_max ? bytes(hl.cache_max) : 'unlimited'}, ${hl.max_uploads} upload slots`
     : '';
   document.body.dataset.hostCacheMax = String(hl.cache_max);
+  renderPeers(view.peers ?? []);
   document.body.dataset.hostMaxUploads = String(hl.max_uploads);
 }
 

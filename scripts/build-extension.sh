@@ -19,6 +19,7 @@ for browser in chromium firefox; do
   rm -rf "$out"
   mkdir -p "$out/wasm"
   cp extension/*.js extension/*.html extension/*.css "$out/"
+  if [ "$browser" = chromium ]; then cp extension/managed_schema.json "$out/"; fi
   wasm-bindgen --target web --no-typescript --out-dir "$out/wasm" "$wasm"
   node scripts/package-manifest.mjs "$browser" manifest.json > "$out/manifest.json"
   (cd "$out" && rm -f "../peercache-$browser.zip" && python3 -m zipfile -c "../peercache-$browser.zip" ./* >/dev/null)

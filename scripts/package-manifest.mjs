@@ -12,6 +12,8 @@ if (browser === 'chromium') {
 } else if (browser === 'firefox') {
   delete m.key;
   delete m.background.service_worker;
+  // Firefox reads managed storage from policies.json or a native manifest, not a schema.
+  delete m.storage;
   // Subresources go through filterResponseData on the original request.
   m.permissions.push('webRequestBlocking', 'webRequestFilterResponse');
   // Lets tests (and users) open the popup as a page.

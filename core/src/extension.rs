@@ -30,6 +30,7 @@ pub struct SiteEntry {
 
 /// The workload and cache limits the user set in the popup (M12, M13).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UserLimits {
     /// Upload slots.
     pub max_uploads: u32,
@@ -63,7 +64,50 @@ pub struct Settings {
     /// Workload and cache limits.
     #[serde(default)]
     pub limits: UserLimits,
+    /// URLs inside an enabled scope whose response the host found not shareable
+    /// (`Set-Cookie`, `private`, …): the browser fetches them from the site itself,
+    /// so their cookies reach the site's origin. Oldest first, at most
+    /// [`MAX_DIRECT_URLS`].
+    #[serde(default)]
+    pub direct_urls: Vec<String>,
+    /// What an administrator set (`storage.managed`); read at every start, never
+    /// persisted, and it wins over the user's own switches.
+    #[serde(skip)]
+    pub managed: ManagedPolicy,
 }
+
+/// Admin-managed settings, from the browser's managed storage (Chromium: the
+/// `3rdparty.extensions.<id>` policy; Firefox: `policies.json` or a managed
+/// storage manifest). Every field is optional; what is absent stays the user's.
+/// The schema is `extension/managed_schema.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedPolicy {
+    /// Forces the global toggle.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Forces "switch on advertised sites automatically".
+    #[serde(default)]
+    pub auto_enable: Option<bool>,
+    /// Origins switched on as soon as they advertise; the user cannot switch them off.
+    #[serde(default)]
+    pub sites: Vec<String>,
+    /// Forces the sharing limits.
+    #[serde(default)]
+    pub limits: Option<UserLimits>,
+}
+
+impl ManagedPolicy {
+    /// Is `origin` switched on by policy?
+    pub fn manages(&self, origin: &str) -> bool {
+        self.sites.iter().any(|s| s.trim_end_matches('/') == origin)
+    }
+}
+
+/// Most URLs kept in [`Settings::direct_urls`].
+pub const MAX_DIRECT_URLS: usize = 256;
+
+/// Rule ids from here on are the per-URL `allow` rules of [`Settings::direct_urls`].
+pub const DIRECT_RULE_BASE: u32 = 1000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -72,6 +116,8 @@ impl Default for Settings {
             auto_enable: false,
             sites: BTreeMap::new(),
             limits: UserLimits::default(),
+            direct_urls: Vec::new(),
+            managed: ManagedPolicy::default(),
         }
     }
 }
@@ -162,7 +208,7 @@ impl Settings {
             }
             None if full => false,
             None => {
-                let enabled = self.auto_enable;
+                let enabled = self.auto_enable_now() || self.managed.manages(&origin);
                 self.sites.insert(
                     origin,
                     SiteEntry {
@@ -175,8 +221,40 @@ impl Settings {
         }
     }
 
-    /// Flips one site's switch; false if the site is unknown.
+    /// Applies an administrator's policy: forced switches take effect at once.
+    pub fn set_managed(&mut self, policy: ManagedPolicy) {
+        for (origin, entry) in self.sites.iter_mut() {
+            if policy.manages(origin) {
+                entry.enabled = true;
+            }
+        }
+        if let Some(limits) = policy.limits {
+            self.limits = limits;
+        }
+        self.managed = policy;
+    }
+
+    /// The global toggle in force (the policy's, else the user's).
+    pub fn enabled_now(&self) -> bool {
+        self.managed.enabled.unwrap_or(self.enabled)
+    }
+
+    /// "Switch on advertised sites automatically" in force.
+    pub fn auto_enable_now(&self) -> bool {
+        self.managed.auto_enable.unwrap_or(self.auto_enable)
+    }
+
+    /// The limits in force.
+    pub fn limits_now(&self) -> UserLimits {
+        self.managed.limits.unwrap_or(self.limits)
+    }
+
+    /// Flips one site's switch; false if the site is unknown or the policy holds
+    /// it on.
     pub fn set_site_enabled(&mut self, origin: &str, enabled: bool) -> bool {
+        if !enabled && self.managed.manages(origin) {
+            return false;
+        }
         match self.sites.get_mut(origin) {
             Some(entry) => {
                 entry.enabled = enabled;
@@ -186,9 +264,24 @@ impl Settings {
         }
     }
 
+    /// Remembers that `url` must be fetched from the site itself. True if new.
+    /// Only http(s) URLs of known sites are kept; the oldest goes when full.
+    pub fn fetch_directly(&mut self, url: &str) -> bool {
+        let url = url.split('#').next().unwrap_or(url);
+        let known = origin_of(url).is_some_and(|o| self.sites.contains_key(&o));
+        if !known || url.len() > 2048 || self.direct_urls.iter().any(|u| u == url) {
+            return false;
+        }
+        if self.direct_urls.len() >= MAX_DIRECT_URLS {
+            self.direct_urls.remove(0);
+        }
+        self.direct_urls.push(url.to_string());
+        true
+    }
+
     /// Sites the gateway may fetch for right now.
     pub fn enabled_sites(&self) -> Vec<EnabledSite> {
-        if !self.enabled {
+        if !self.enabled_now() {
             return Vec::new();
         }
         self.sites
@@ -211,6 +304,9 @@ impl Settings {
         let path = &rest[rest.find('/').unwrap_or(rest.len())..];
         let path = if path.is_empty() { "/" } else { path };
         let url = url.split('#').next()?;
+        if self.direct_urls.iter().any(|u| u == url) {
+            return None;
+        }
         self.enabled_sites()
             .iter()
             .any(|s| s.origin == origin && path.starts_with(&s.scope))
@@ -261,6 +357,17 @@ impl Settings {
                     "regexFilter": format!("^({}[^#]*)$", regex_escape(&prefix)),
                     "resourceTypes": types,
                     "requestMethods": ["get"],
+                }
+            }));
+        }
+        for (id, url) in (DIRECT_RULE_BASE..).zip(self.direct_urls.iter()) {
+            rules.push(serde_json::json!({
+                "id": id,
+                "priority": 3,
+                "action": { "type": "allow" },
+                "condition": {
+                    "regexFilter": format!("^{}(#.*)?$", regex_escape(url)),
+                    "resourceTypes": INTERCEPTED_TYPES,
                 }
             }));
         }
@@ -361,5 +468,99 @@ mod tests {
         s.auto_enable = true;
         assert!(s.advertised("HTTPS://Example.org:8443/a", AD));
         assert!(s.sites["https://example.org:8443"].enabled);
+    }
+
+    #[test]
+    fn a_url_found_not_shareable_goes_to_the_site_itself() {
+        let gw = Gateway {
+            port: 4000,
+            token: "t".into(),
+        };
+        let mut s = Settings::default();
+        assert!(s.advertised("https://a.example/", AD));
+        assert!(s.set_site_enabled("https://a.example", true));
+        let none = std::collections::BTreeSet::new();
+        assert_eq!(s.rules(Some(&gw), &none).len(), 2);
+        assert!(s.fetch_directly("https://a.example/static/session.js"));
+        assert!(
+            !s.fetch_directly("https://a.example/static/session.js#x"),
+            "already known"
+        );
+        assert!(
+            !s.fetch_directly("https://unknown.example/static/x.js"),
+            "only enrolled sites are remembered"
+        );
+        assert_eq!(
+            s.gateway_url(Some(&gw), "https://a.example/static/session.js"),
+            None
+        );
+        let rules = s.rules(Some(&gw), &none);
+        assert_eq!(rules.len(), 3);
+        let allow = &rules[2];
+        assert_eq!(allow["id"], DIRECT_RULE_BASE);
+        assert_eq!(allow["action"]["type"], "allow");
+        assert!(allow["priority"].as_u64() > rules[1]["priority"].as_u64());
+        assert_eq!(
+            allow["condition"]["regexFilter"],
+            r"^https://a\.example/static/session\.js(#.*)?$"
+        );
+        for i in 0..MAX_DIRECT_URLS {
+            s.fetch_directly(&format!("https://a.example/static/{i}"));
+        }
+        assert_eq!(s.direct_urls.len(), MAX_DIRECT_URLS);
+        assert_eq!(
+            s.direct_urls[0], "https://a.example/static/0",
+            "oldest went first"
+        );
+        // Survives a save and restore.
+        let saved = serde_json::to_string(&s).unwrap();
+        let back: Settings = serde_json::from_str(&saved).unwrap();
+        assert_eq!(back.direct_urls, s.direct_urls);
+    }
+
+    #[test]
+    fn an_administrator_policy_wins_over_the_user_switches() {
+        let mut s = Settings::default();
+        assert!(s.advertised("https://fleet.example/", AD));
+        assert!(!s.sites["https://fleet.example"].enabled);
+        s.set_managed(ManagedPolicy {
+            sites: vec![
+                "https://fleet.example/".into(),
+                "https://later.example".into(),
+            ],
+            limits: Some(UserLimits {
+                max_uploads: 2,
+                upload_rate: 1 << 20,
+                cache_max: 64 << 20,
+            }),
+            ..ManagedPolicy::default()
+        });
+        assert!(
+            s.sites["https://fleet.example"].enabled,
+            "switched on at once"
+        );
+        assert!(
+            !s.set_site_enabled("https://fleet.example", false),
+            "the user cannot switch it off"
+        );
+        assert!(s.sites["https://fleet.example"].enabled);
+        assert!(s.advertised("https://later.example/", AD));
+        assert!(
+            s.sites["https://later.example"].enabled,
+            "on as soon as it advertises"
+        );
+        assert!(s.advertised("https://other.example/", AD));
+        assert!(
+            !s.sites["https://other.example"].enabled,
+            "others stay opt-in"
+        );
+        assert_eq!(s.limits_now().max_uploads, 2);
+        s.enabled = false;
+        assert!(s.enabled_sites().is_empty(), "the user's toggle, no policy");
+        s.managed.enabled = Some(true);
+        assert_eq!(s.enabled_sites().len(), 2, "the policy's toggle wins");
+        // The policy is never persisted: a restart reads it afresh.
+        let back: Settings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.managed, ManagedPolicy::default());
     }
 }

@@ -202,6 +202,22 @@ pub struct Counters {
     pub verification_failures: u64,
 }
 
+/// A peer that recently sent this host verified bytes for a site, for the popup's
+/// "current peers" list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentPeer {
+    /// The site (server origin) the bytes belonged to.
+    pub site: String,
+    /// The peer's id.
+    pub id: String,
+    /// The peer's address as the server listed it.
+    pub addr: String,
+    /// Verified bytes received from it in this session.
+    pub bytes: u64,
+    /// Seconds since it last sent a byte.
+    pub idle_secs: u64,
+}
+
 /// The host's limits and cache use, as the popup shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct HostLimits {
@@ -270,6 +286,19 @@ pub enum FromHost {
         /// Limits in force.
         #[serde(default)]
         limits: HostLimits,
+        /// Peers that recently sent this host verified bytes, newest first.
+        #[serde(default)]
+        peers: Vec<RecentPeer>,
+    },
+    /// The server answered `url` with a response that may never be shared
+    /// (`Set-Cookie`, `private`, `no-store`, …). The extension stops sending that
+    /// URL to the gateway, so the browser fetches it from the site itself, with its
+    /// own cookies, from then on.
+    NotShareable {
+        /// The request URL.
+        url: String,
+        /// Why, for logs and the popup.
+        reason: String,
     },
     /// Something happened (a fetch, an upload, a failure).
     Event {

@@ -191,6 +191,19 @@ pub struct Client {
     pub knowledge: Arc<crate::knowledge::Knowledge>,
     /// Counters.
     pub counters: Arc<HostCounters>,
+    recent_peers: std::sync::Mutex<Vec<PeerUse>>,
+}
+
+/// Most peers remembered for the popup's "current peers" list.
+pub const MAX_RECENT_PEERS: usize = 32;
+
+#[derive(Debug)]
+struct PeerUse {
+    site: String,
+    id: String,
+    addr: String,
+    bytes: u64,
+    last: Instant,
 }
 
 /// The origin (`scheme://host:port`) of a URL.
@@ -245,7 +258,65 @@ impl Client {
             server_timeout: options.server_timeout.unwrap_or(DEFAULT_SERVER_TIMEOUT),
             knowledge,
             counters,
+            recent_peers: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records `bytes` verified bytes received from peer `id` (at `addr`) for
+    /// `site`; the oldest entry goes when the list is full.
+    pub fn note_peer_bytes(&self, site: &str, id: &str, addr: &str, bytes: u64) {
+        let mut list = self
+            .recent_peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if let Some(entry) = list.iter_mut().find(|p| p.site == site && p.id == id) {
+            entry.bytes += bytes;
+            entry.last = now;
+            entry.addr = addr.to_string();
+            return;
+        }
+        if list.len() >= MAX_RECENT_PEERS
+            && let Some(oldest) = list
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.last)
+                .map(|(i, _)| i)
+        {
+            list.swap_remove(oldest);
+        }
+        list.push(PeerUse {
+            site: site.to_string(),
+            id: id.to_string(),
+            addr: addr.to_string(),
+            bytes,
+            last: now,
+        });
+    }
+
+    /// Peers that recently sent verified bytes, most recent first.
+    pub fn recent_peers(&self) -> Vec<peercache_core::protocol::RecentPeer> {
+        let list = self
+            .recent_peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<_> = list
+            .iter()
+            .map(|p| {
+                (
+                    p.last,
+                    peercache_core::protocol::RecentPeer {
+                        site: p.site.clone(),
+                        id: p.id.clone(),
+                        addr: p.addr.clone(),
+                        bytes: p.bytes,
+                        idle_secs: p.last.elapsed().as_secs(),
+                    },
+                )
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.0));
+        out.into_iter().map(|(_, p)| p).collect()
     }
 
     /// This host's peer id.
@@ -817,6 +888,7 @@ impl Client {
             size: Some(size),
             hash: Some(hash),
             known_source: None,
+            not_shareable: None,
             body: rx,
             done: Some(done_rx),
         }
@@ -862,7 +934,8 @@ impl Client {
             .get(headers::OBJECT)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| ObjectHeader::parse(v).ok());
-        let shareable = response_shareable(&header_pairs(resp.headers())).is_ok();
+        let verdict = response_shareable(&header_pairs(resp.headers()));
+        let shareable = verdict.is_ok();
         let content_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -885,6 +958,7 @@ impl Client {
             size,
             hash: named,
             known_source: Some(Source::Server),
+            not_shareable: verdict.err(),
             body: rx,
             done: Some(done_rx),
         }
@@ -1047,6 +1121,7 @@ impl Client {
             size: Some(size),
             hash: Some(*hash),
             known_source: Some(Source::Cache),
+            not_shareable: None,
             body: rx,
             done: None,
         })
@@ -1073,6 +1148,9 @@ pub struct Download {
     pub hash: Option<ObjectHash>,
     /// The source, when known before the first byte.
     pub known_source: Option<Source>,
+    /// Why the server's response may never be shared (B2), if so: it was neither
+    /// kept nor announced, and the extension should stop routing its URL here.
+    pub not_shareable: Option<peercache_core::shareable::NotShareable>,
     /// Verified chunks; an `Err` item means the download failed there.
     pub body: mpsc::Receiver<Result<Bytes, FetchError>>,
     done: Option<oneshot::Receiver<Result<Source, FetchError>>>,

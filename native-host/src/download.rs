@@ -242,6 +242,8 @@ async fn flush(
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         counter!("peercache_bytes_from_server_total").increment(n);
     } else {
+        job.client
+            .note_peer_bytes(&job.plan.origin, &source.id, &source.base, n);
         counters
             .bytes_from_peers
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);

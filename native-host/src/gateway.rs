@@ -14,8 +14,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use metrics::counter;
 use peercache_core::headers;
-use peercache_core::protocol::EnabledSite;
+use peercache_core::protocol::{EnabledSite, FromHost};
 use tokio::sync::RwLock;
 
 use crate::client::{Client, FetchError, Source};
@@ -42,6 +43,8 @@ pub struct GatewayState {
     pub enrolment: Arc<RwLock<Enrolment>>,
     /// Origins of the extension itself (`chrome-extension://<id>`, `moz-extension://…`).
     pub extension_origins: Vec<String>,
+    /// Messages for the extension (bounded; dropped when the session is gone).
+    pub notices: tokio::sync::mpsc::Sender<FromHost>,
 }
 
 /// The gateway's router: every path is handled by one function.
@@ -121,6 +124,21 @@ async fn handle(
                 .into_response();
         }
     };
+    if let Some(why) = dl.not_shareable {
+        // The page still gets the bytes (without the cookie, which would land on
+        // 127.0.0.1); the extension sends this URL to the site itself from now on.
+        counter!("peercache_gateway_not_shareable_total").increment(1);
+        if state
+            .notices
+            .try_send(FromHost::NotShareable {
+                url: url.to_string(),
+                reason: why.to_string(),
+            })
+            .is_err()
+        {
+            tracing::warn!(%url, "no room to tell the extension a URL is not shareable");
+        }
+    }
     let source = match &dl.known_source {
         Some(Source::Server) => "server".to_string(),
         Some(Source::Cache) => "cache".to_string(),

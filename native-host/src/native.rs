@@ -75,6 +75,7 @@ fn status(node: &Node) -> FromHost {
             cache_max: node.client.cache().max_bytes(),
             cache_bytes: node.client.cache().total_bytes(),
         },
+        peers: node.client.recent_peers(),
     }
 }
 
@@ -152,8 +153,18 @@ where
     });
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut last_counters = node.counters.snapshot();
+    let mut notices = node
+        .notices
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
     loop {
         tokio::select! {
+            Some(notice) = async { match notices.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                if out_tx.try_send(notice).is_err() {
+                    tracing::warn!("the extension is not reading; a notice was dropped");
+                }
+            }
             item = in_rx.recv() => {
                 let replies = match item {
                     None => break,

@@ -15,6 +15,7 @@ use crate::client::{Client, ClientOptions, HostCounters};
 use crate::gateway::{Enrolment, GatewayState};
 use crate::peer_server::PeerState;
 use crate::workload::Workload;
+use peercache_core::protocol::FromHost;
 
 /// How to start a node.
 #[derive(Debug, Clone)]
@@ -86,7 +87,13 @@ pub struct Node {
     pub counters: Arc<HostCounters>,
     /// Workload limits (adjustable).
     pub workload: Arc<Workload>,
+    /// Messages the gateway has for the extension; the native session takes the
+    /// receiver.
+    pub notices: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<FromHost>>>,
 }
+
+/// Most messages waiting for the extension before new ones are dropped.
+pub const NOTICE_QUEUE: usize = 64;
 
 /// The default cache directory: `$PEERCACHE_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/peercache`, else `~/.cache/peercache`.
@@ -173,6 +180,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
     }
 
     let enrolment = Arc::new(RwLock::new(Enrolment::default()));
+    let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
     let gateway = if options.gateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -185,6 +193,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             host: format!("127.0.0.1:{port}"),
             enrolment: enrolment.clone(),
             extension_origins: options.extension_origins.clone(),
+            notices: notices_tx,
         });
         tokio::spawn(async move {
             use axum::serve::ListenerExt;
@@ -221,5 +230,6 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         enrolment,
         counters,
         workload: slots,
+        notices: std::sync::Mutex::new(Some(notices_rx)),
     })
 }

@@ -690,6 +690,9 @@ async fn site(
         let mut r = send_object(&state, &obj, true).await?;
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        // Tells the extension this body is empty on purpose: it fills it in.
+        r.headers_mut()
+            .insert(headers::HEADERS_ONLY, HeaderValue::from_static("1"));
         r
     } else {
         send_object(&state, &obj, method == Method::HEAD).await?

@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
-  ROOT, SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
-  installHostForChromium, sha256, get,
+  ROOT, SITE, COOKIE_SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
+  installHostForChromium, sha256, get, cacheHolds,
 } from './harness.mjs';
 
 const EXT = join(ROOT, 'dist/chromium');
@@ -280,6 +280,64 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     assert.match(fromPeers, /MiB|KiB/);
     if (SHOTS) await p.screenshot({ path: join(SHOTS, 'popup-chromium.png') });
     await p.close();
+  });
+
+  it("the popup lists the peers that served the active tab's site", async () => {
+    const page = await context.newPage();
+    await page.goto(`${SITE}/`);
+    const p = await popup();
+    await page.bringToFront();
+    const row = p.locator(`.peer[data-site="${SITE}"][data-addr$=":${swarm.peers.honest.port}"]`);
+    await row.waitFor({ timeout: 10000 });
+    assert.equal(await p.evaluate(() => document.body.dataset.activeSite), SITE);
+    assert.match(await row.textContent(), /MiB/, 'with the bytes it sent');
+    // The liar sent bytes too (they were rejected): only verified bytes count.
+    const liar = p.locator(`.peer[data-addr$=":${swarm.peers.liar.port}"]`);
+    assert.ok((await liar.count()) <= 1);
+    await p.close();
+    await page.close();
+  });
+
+  it('a response with Set-Cookie is never shared, and its URL goes to the site itself from then on', async () => {
+    // Enrol the second site (the origin behind peercache-server --upstream) with the loopback permission.
+    const page = await context.newPage();
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Browser.grantPermissions', { origin: COOKIE_SITE, permissions: ['loopbackNetwork', 'localNetwork'] });
+    await page.goto(`${COOKIE_SITE}/`);
+    const p = await popup();
+    const sw = p.locator(`.site-switch[data-origin="${COOKIE_SITE}"]`);
+    await sw.waitFor();
+    await sw.click();
+    await page.goto(`${COOKIE_SITE}/`);
+    await waitFor('subresource rules for the second site', () => worker.evaluate(async (site) =>
+      (await chrome.declarativeNetRequest.getSessionRules()).some((r) => r.action.type === 'redirect'
+        && r.condition.regexFilter.includes(site.replace(/\./g, '\\.')) && r.condition.resourceTypes.includes('script')),
+    COOKIE_SITE));
+    const before = await serverMetrics(swarm, COOKIE_SITE);
+    await page.goto(`${COOKIE_SITE}/cookie.html`);
+    await page.waitForFunction(() => window.sharedLoaded === 'ok' && window.sessionLoaded === 'ok');
+    const mid = await serverMetrics(swarm, COOKIE_SITE);
+    assert.ok(mid.peercache_requests_passed_through_total - before.peercache_requests_passed_through_total >= 1);
+    // The extension was told, and the URL now has an allow rule.
+    await waitFor('the allow rule', () => worker.evaluate(async (url) => (await chrome.declarativeNetRequest.getSessionRules())
+      .some((r) => r.action.type === 'allow' && new RegExp(r.condition.regexFilter).test(url)), `${COOKIE_SITE}/static/session.js`));
+    const host = join(swarm.dir, 'browser-host');
+    await waitFor('the shareable script kept', () => cacheHolds(host, swarm.cookieFiles.shared));
+    assert.equal(cacheHolds(host, swarm.cookieFiles.session), false, 'the cookie-setting script was never kept');
+    // Next loads: the script comes from the site itself, so its cookie lands on the site.
+    await page.reload();
+    await page.waitForFunction(() => window.sessionLoaded === 'ok');
+    assert.match(await page.evaluate(() => document.cookie), /session=s3cret/);
+    await page.reload();
+    await page.waitForFunction(() => window.sessionLoaded === 'ok');
+    const counts = await swarm.originCounts();
+    assert.ok(counts['/cookie.html'].with_cookie >= 1, `the site got its cookie back: ${JSON.stringify(counts)}`);
+    assert.equal(cacheHolds(host, swarm.cookieFiles.session), false);
+    // A fresh client asking the server for it is served, never referred.
+    const after = await serverMetrics(swarm, COOKIE_SITE);
+    assert.equal(after.peercache_requests_referred_total ?? 0, before.peercache_requests_referred_total ?? 0);
+    await p.close();
+    await page.close();
   });
 
   it('settings survive a browser restart', async () => {

@@ -5,7 +5,7 @@
 // Needs root (network namespaces), openssl, and the workspace binaries built
 // (`cargo build --bins`). Everything it creates is removed by `stop()`.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, mkdirSync, readFileSync, createWriteStream, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, mkdirSync, readFileSync, createWriteStream, rmSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { randomBytes, createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -18,6 +18,9 @@ export const BIN = process.env.PEERCACHE_BIN_DIR ?? join(ROOT, 'target/debug');
 export const SITE_IP = '198.51.100.2';
 export const HOST_IP = '198.51.100.1';
 export const SITE = `https://${SITE_IP}`;
+/** A second site, served by peercache-server --upstream in front of tests/e2e/origin.mjs. */
+export const COOKIE_SITE_IP = '198.51.100.3';
+export const COOKIE_SITE = `https://${COOKIE_SITE_IP}`;
 export const CHROMIUM_ID = 'fmfjkafobffmfmdigggcgcdafihpelgn';
 
 const sh = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
@@ -46,12 +49,15 @@ function start(name, cmd, args, { dir, ready, env }) {
   return { child, log, seen };
 }
 
-function run(cmd, args, env = {}) {
+/** Runs a command; resolves its stderr (or its stdout when `wantStdout`). */
+function run(cmd, args, env = {}, wantStdout = false) {
   return new Promise((res, rej) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let err = '';
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => { err += d; });
-    child.on('exit', (code) => (code === 0 ? res(err) : rej(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${err}`))));
+    child.on('exit', (code) => (code === 0 ? res(wantStdout ? out : err) : rej(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${err}`))));
   });
 }
 
@@ -74,7 +80,7 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
     '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
   sh('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
     '-keyout', join(dir, 'site.key'), '-out', join(dir, 'site.csr'), '-subj', `/CN=${SITE_IP}`]);
-  writeFileSync(join(dir, 'ext.cnf'), `subjectAltName=IP:${SITE_IP}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n`);
+  writeFileSync(join(dir, 'ext.cnf'), `subjectAltName=IP:${SITE_IP},IP:${COOKIE_SITE_IP}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n`);
   sh('openssl', ['x509', '-req', '-in', join(dir, 'site.csr'), '-CA', ca, '-CAkey', join(dir, 'ca.key'),
     '-CAcreateserial', '-out', join(dir, 'site.pem'), '-days', '2', '-extfile', join(dir, 'ext.cnf')]);
   state.ca = readFileSync(ca);
@@ -113,6 +119,7 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
   sh('ip', ['addr', 'add', `${HOST_IP}/24`, 'dev', vh]);
   sh('ip', ['link', 'set', vh, 'up']);
   sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', `${SITE_IP}/24`, 'dev', vs]);
+  sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', `${COOKIE_SITE_IP}/24`, 'dev', vs]);
   sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', vs, 'up']);
   sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
   state.veth = vh;
@@ -123,6 +130,25 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
   state.procs.push(server.child);
   await server.seen;
 
+  // The second site: an origin with a cookie-setting asset, behind the real server.
+  const origin = start('origin', 'ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'tests/e2e/origin.mjs'),
+    '127.0.0.1', '8081'], { dir, ready: /origin listening/ });
+  state.procs.push(origin.child);
+  await origin.seen;
+  const upstream = start('cookie-server', 'ip', ['netns', 'exec', ns, join(BIN, 'peercache-server'),
+    '--upstream', 'http://127.0.0.1:8081', '--upstream-cache', join(dir, 'upstream-cache'),
+    '--listen', `${COOKIE_SITE_IP}:443`, '--tls-cert', join(dir, 'site.pem'), '--tls-key', join(dir, 'site.key'),
+    '--egress-limit', '4MiB', '--target-period', '0s'], { dir, ready: /listening on (\S+)/ });
+  state.procs.push(upstream.child);
+  await upstream.seen;
+  /** What the origin saw, per path: requests and how many carried the session cookie. */
+  state.originCounts = async () => JSON.parse((await run('ip', ['netns', 'exec', ns, 'curl', '-s', 'http://127.0.0.1:8081/counts'], {}, true)));
+
+  for (const name of ['shared', 'session']) {
+    state.cookieFiles = state.cookieFiles ?? {};
+    state.cookieFiles[name] = Buffer.from(await run('ip', ['netns', 'exec', ns, 'curl', '-s',
+      `http://127.0.0.1:8081/static/${name}.js`], {}, true));
+  }
   state.peers = {};
   state.addPeer = async (name, paths) => {
     const cache = join(dir, `peer-${name}`);
@@ -173,12 +199,21 @@ export async function metrics(url, ca) {
   return out;
 }
 
-export async function serverMetrics(state) {
-  return metrics(`${SITE}/metrics`, state.ca);
+export async function serverMetrics(state, site = SITE) {
+  return metrics(`${site}/metrics`, state.ca);
 }
 
 export async function peerMetrics(peer) {
   return metrics(`http://127.0.0.1:${peer.port}/metrics`);
+}
+
+/** Does the host cache in `dir` hold an object with exactly these bytes? */
+export function cacheHolds(dir, bytes) {
+  const objects = join(dir, 'objects');
+  if (!existsSync(objects)) return false;
+  return readdirSync(objects)
+    .filter((n) => /^[0-9a-f]{64}$/.test(n))
+    .some((n) => statSync(join(objects, n)).size === bytes.length && readFileSync(join(objects, n)).equals(bytes));
 }
 
 export async function waitFor(what, fn, timeoutMs = 20000) {

@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use peercache_core::extension::{Gateway, Settings, UserLimits};
-use peercache_core::protocol::{Counters, FromHost, HostLimits, ToHost};
+use peercache_core::extension::{Gateway, ManagedPolicy, Settings, UserLimits};
+use peercache_core::protocol::{Counters, FromHost, HostLimits, RecentPeer, ToHost};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
@@ -56,6 +56,21 @@ pub struct View {
     pub user_limits: UserLimits,
     /// Command that installs the host.
     pub install_command: &'static str,
+    /// Peers that recently sent verified bytes (the popup shows the active tab's site's).
+    pub peers: Vec<RecentPeer>,
+    /// What the administrator fixed, so the popup can lock those controls.
+    pub managed: ManagedView,
+}
+
+/// Which controls an administrator's policy holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManagedView {
+    /// The global toggle.
+    pub enabled: bool,
+    /// The auto-enable setting.
+    pub auto_enable: bool,
+    /// The sharing limits.
+    pub limits: bool,
 }
 
 /// One row of the popup's site list.
@@ -69,6 +84,8 @@ pub struct SiteView {
     pub enabled: bool,
     /// The site's loopback-permission state as last seen, if any.
     pub loopback: Option<String>,
+    /// Switched on by the administrator's policy.
+    pub managed: bool,
 }
 
 /// The extension's brain.
@@ -83,6 +100,7 @@ pub struct Brain {
     counters: Counters,
     limits: HostLimits,
     loopback: BTreeMap<String, String>,
+    peers: Vec<RecentPeer>,
 }
 
 fn to_js<T: Serialize>(value: &T) -> JsValue {
@@ -110,6 +128,7 @@ impl Brain {
             counters: Counters::default(),
             limits: HostLimits::default(),
             loopback: BTreeMap::new(),
+            peers: Vec::new(),
         }
     }
 
@@ -135,7 +154,7 @@ impl Brain {
 
     /// The `limits` message for the host.
     pub fn limits_msg(&self) -> ToHost {
-        let l = self.settings.limits;
+        let l = self.settings.limits_now();
         ToHost::Limits {
             max_uploads: l.max_uploads,
             upload_rate: l.upload_rate,
@@ -163,11 +182,13 @@ impl Brain {
                 peer_id,
                 counters,
                 limits,
+                peers,
                 ..
             } => {
                 self.host = HostState::Connected;
                 self.counters = counters;
                 self.limits = limits;
+                self.peers = peers;
                 self.peer_id = Some(peer_id);
                 let gw = (gateway_port != 0).then_some(Gateway {
                     port: gateway_port,
@@ -177,6 +198,7 @@ impl Brain {
                 self.gateway = gw;
                 changed
             }
+            FromHost::NotShareable { url, .. } => self.settings.fetch_directly(&url),
             FromHost::Event { .. } => false,
             FromHost::Error { message } => {
                 self.host_error = Some(message);
@@ -188,8 +210,8 @@ impl Brain {
     /// The popup's view model.
     pub fn view_model(&self) -> View {
         View {
-            enabled: self.settings.enabled,
-            auto_enable: self.settings.auto_enable,
+            enabled: self.settings.enabled_now(),
+            auto_enable: self.settings.auto_enable_now(),
             host: self.host.clone(),
             host_error: self.host_error.clone(),
             host_version: self.host_version.clone(),
@@ -203,6 +225,7 @@ impl Brain {
                     scope: s.scope.clone(),
                     enabled: s.enabled,
                     loopback: self.loopback.get(origin).cloned(),
+                    managed: self.settings.managed.manages(origin),
                 })
                 .collect(),
             counters: self.counters,
@@ -211,15 +234,21 @@ impl Brain {
                 .settings
                 .rules(self.gateway.as_ref(), &self.granted())
                 .len(),
-            user_limits: self.settings.limits,
+            user_limits: self.settings.limits_now(),
             install_command: "peercache-host install --browser chromium   # or chrome, firefox",
+            peers: self.peers.clone(),
+            managed: ManagedView {
+                enabled: self.settings.managed.enabled.is_some(),
+                auto_enable: self.settings.managed.auto_enable.is_some(),
+                limits: self.settings.managed.limits.is_some(),
+            },
         }
     }
 
     /// The `config` message for the host.
     pub fn config(&self) -> ToHost {
         ToHost::Config {
-            enabled: self.settings.enabled,
+            enabled: self.settings.enabled_now(),
             sites: self.settings.enabled_sites(),
         }
     }
@@ -281,7 +310,22 @@ impl Brain {
 
     /// Sets the global toggle.
     pub fn set_enabled(&mut self, on: bool) {
+        // Kept as the user's choice; a policy's value is in force while it exists.
         self.settings.enabled = on;
+    }
+
+    /// Applies the administrator's policy (the `storage.managed` object, or
+    /// `null`/`undefined` for none). A policy that does not match the schema is
+    /// refused whole, with the reason.
+    pub fn set_managed(&mut self, policy: JsValue) -> Result<(), JsError> {
+        let policy: ManagedPolicy = if policy.is_undefined() || policy.is_null() {
+            ManagedPolicy::default()
+        } else {
+            serde_wasm_bindgen::from_value(policy)
+                .map_err(|e| JsError::new(&format!("managed policy ignored: {e}")))?
+        };
+        self.settings.set_managed(policy);
+        Ok(())
     }
 
     /// Sets "enable advertised sites automatically".
@@ -319,6 +363,9 @@ impl Brain {
 
     /// Sets the workload and cache limits (applied by the host at once).
     pub fn set_limits(&mut self, max_uploads: u32, upload_rate: f64, cache_max: f64) {
+        if self.settings.managed.limits.is_some() {
+            return;
+        }
         self.settings.limits = UserLimits {
             max_uploads: max_uploads.min(1024),
             upload_rate: upload_rate.max(0.0) as u64,
@@ -357,6 +404,7 @@ mod tests {
             peer_id: "p".into(),
             counters: Counters::default(),
             limits: HostLimits::default(),
+            peers: Vec::new(),
         };
         assert!(b.apply_host_message(status.clone()));
         assert!(!b.apply_host_message(status));

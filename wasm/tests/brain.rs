@@ -58,3 +58,92 @@ fn settings_survive_a_round_trip_and_garbage_is_ignored() {
     let mut b = Brain::new(JsValue::UNDEFINED);
     assert!(b.on_host_message(JsValue::from_str("{}")).is_err());
 }
+
+fn json(text: &str) -> JsValue {
+    js_sys::JSON::parse(text).unwrap()
+}
+
+const STATUS_WITH_PEERS: &str = r#"{"type":"status","gateway_port":4242,"token":"secret","peer_addr":"","peer_id":"p1",
+    "counters":{"bytes_from_peers":5,"bytes_from_server":0,"bytes_served":0,"verification_failures":0},
+    "peers":[{"site":"https://198.51.100.2","id":"peer-a","addr":"http://192.0.2.7:4000","bytes":8388608,"idle_secs":3}]}"#;
+
+#[wasm_bindgen_test]
+fn a_not_shareable_url_gets_an_allow_rule_and_the_view_lists_peers() {
+    let mut brain = Brain::new(JsValue::UNDEFINED);
+    brain.on_advertisement("https://198.51.100.2/", "scope=\"/static/\"");
+    brain.set_site_enabled("https://198.51.100.2", true);
+    assert!(brain.on_host_message(json(STATUS_WITH_PEERS)).unwrap());
+    let peers = js_sys::Array::from(&get(&brain.view(), "peers"));
+    assert_eq!(peers.length(), 1);
+    assert_eq!(
+        get(&peers.get(0), "addr").as_string().unwrap(),
+        "http://192.0.2.7:4000"
+    );
+    let notice = json(
+        r#"{"type":"not_shareable","url":"https://198.51.100.2/static/session.js","reason":"response has Set-Cookie"}"#,
+    );
+    assert!(
+        brain.on_host_message(notice.clone()).unwrap(),
+        "rules change"
+    );
+    assert!(!brain.on_host_message(notice).unwrap(), "only once");
+    let rules = js_sys::JSON::stringify(&brain.rules())
+        .unwrap()
+        .as_string()
+        .unwrap();
+    assert!(rules.contains(r#""type":"allow""#), "{rules}");
+    assert!(
+        brain
+            .gateway_for("https://198.51.100.2/static/session.js")
+            .is_null()
+    );
+    assert!(
+        !brain
+            .gateway_for("https://198.51.100.2/static/app.js")
+            .is_null()
+    );
+    // Remembered across a restart.
+    let restored = Brain::new(brain.settings());
+    assert!(
+        restored
+            .gateway_for("https://198.51.100.2/static/session.js")
+            .is_null()
+    );
+}
+
+#[wasm_bindgen_test]
+fn a_managed_policy_locks_what_it_sets_and_a_bad_one_is_refused() {
+    let mut brain = Brain::new(JsValue::UNDEFINED);
+    brain
+        .set_managed(json(
+            r#"{"sites":["https://198.51.100.2"],"limits":{"max_uploads":2,"upload_rate":1048576,"cache_max":67108864}}"#,
+        ))
+        .unwrap();
+    assert!(brain.on_advertisement("https://198.51.100.2/", "scope=\"/static/\""));
+    let view = brain.view();
+    let site = js_sys::Array::from(&get(&view, "sites")).get(0);
+    assert_eq!(get(&site, "enabled").as_bool(), Some(true));
+    assert_eq!(get(&site, "managed").as_bool(), Some(true));
+    assert!(!brain.set_site_enabled("https://198.51.100.2", false));
+    brain.set_limits(9, 0.0, 0.0);
+    assert_eq!(
+        get(&brain.limits_message(), "max_uploads").as_f64(),
+        Some(2.0)
+    );
+    assert_eq!(get(&get(&view, "managed"), "limits").as_bool(), Some(true));
+    assert!(
+        brain
+            .set_managed(json(r#"{"sites":"not a list"}"#))
+            .is_err()
+    );
+    assert_eq!(
+        get(&brain.limits_message(), "max_uploads").as_f64(),
+        Some(2.0),
+        "a bad policy changes nothing"
+    );
+    brain.set_managed(JsValue::NULL).unwrap();
+    assert!(
+        brain.set_site_enabled("https://198.51.100.2", false),
+        "policy gone"
+    );
+}
