@@ -11,7 +11,10 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import puppeteer from 'puppeteer-core';
 import { writeFileSync } from 'node:fs';
-import { ROOT, BIN, SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get } from './harness.mjs';
+import {
+  ROOT, BIN, SITE, COOKIE_SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get, cacheHolds,
+  firefoxManagedPolicy,
+} from './harness.mjs';
 
 const EXT = join(ROOT, 'dist/firefox');
 const FIREFOX = process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr';
@@ -63,6 +66,8 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     mkdirSync(downloads);
     execFileSync(join(BIN, 'peercache-host'), ['install', '--browser', 'firefox'], { env: { ...process.env, HOME: home } });
     assert.ok(existsSync(join(home, '.mozilla/native-messaging-hosts/org.peercache.host.json')));
+    // The administrator switches the second site on for everyone (managed storage).
+    firefoxManagedPolicy(home, { sites: [COOKIE_SITE] });
     mkdirSync(join(swarm.dir, 'ff-host'), { recursive: true });
     browser = await puppeteer.launch({
       browser: 'firefox',
@@ -173,6 +178,42 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
       await p.screenshot({ path: join(ROOT, 'docs/popup-firefox.png') });
     }
     await p.close();
+    await page.close();
+  });
+
+  it('lists the peers that served this browser in the popup', async () => {
+    const p = await popup();
+    const row = await p.waitForSelector(`.peer[data-site="${SITE}"][data-addr$=":${swarm.peers.honest.port}"]`, { timeout: 10000 });
+    assert.match(await row.evaluate((e) => e.textContent), /MiB/);
+    await p.close();
+  });
+
+  it('a response with Set-Cookie keeps its own body and cookie, and is never shared', async () => {
+    // The second site is switched on by policy as soon as it advertises, and locked.
+    const page = await browser.newPage();
+    await page.goto(`${COOKIE_SITE}/`);
+    const p = await popup();
+    const sw = await p.waitForSelector(`.site-switch[data-origin="${COOKIE_SITE}"]`);
+    assert.equal(await sw.evaluate((e) => e.checked && e.disabled), true, 'on, and locked by the administrator');
+    await p.close();
+    const before = await serverMetrics(swarm, COOKIE_SITE);
+    await page.goto(`${COOKIE_SITE}/cookie.html`);
+    await page.waitForFunction(() => window.sharedLoaded === 'ok' && window.sessionLoaded === 'ok');
+    assert.match(await page.evaluate(() => document.cookie), /session=s3cret/, 'the cookie reached the site at once');
+    const mid = await serverMetrics(swarm, COOKIE_SITE);
+    assert.equal(mid.peercache_requests_headers_only_total - (before.peercache_requests_headers_only_total ?? 0), 1,
+      'only the shareable script was answered with headers only');
+    const host = join(swarm.dir, 'ff-host');
+    await waitFor('the shareable script kept', () => cacheHolds(host, swarm.cookieFiles.shared));
+    assert.equal(cacheHolds(host, swarm.cookieFiles.session), false, 'the cookie-setting script was never kept');
+    // With the cookie set, every request of the site carries it: none goes through peers.
+    await page.goto(`${COOKIE_SITE}/cookie.html?again`);
+    await page.waitForFunction(() => window.sharedLoaded === 'ok' && window.sessionLoaded === 'ok');
+    const after = await serverMetrics(swarm, COOKIE_SITE);
+    assert.equal(after.peercache_requests_headers_only_total, mid.peercache_requests_headers_only_total);
+    const counts = await swarm.originCounts();
+    assert.ok(counts['/cookie.html'].with_cookie >= 1, JSON.stringify(counts));
+    assert.equal(cacheHolds(host, swarm.cookieFiles.session), false);
     await page.close();
   });
 });

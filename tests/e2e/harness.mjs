@@ -207,6 +207,15 @@ export async function peerMetrics(peer) {
   return metrics(`http://127.0.0.1:${peer.port}/metrics`);
 }
 
+/** Writes Firefox's managed storage manifest for the extension under `home` (what policies.json's 3rdparty section also sets). */
+export function firefoxManagedPolicy(home, data) {
+  const dir = join(home, '.mozilla/managed-storage');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'peercache@peercache.org.json'), JSON.stringify({
+    name: 'peercache@peercache.org', description: 'peercache settings set by the administrator', type: 'storage', data,
+  }));
+}
+
 /** Does the host cache in `dir` hold an object with exactly these bytes? */
 export function cacheHolds(dir, bytes) {
   const objects = join(dir, 'objects');
