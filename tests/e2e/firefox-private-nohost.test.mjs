@@ -1,0 +1,130 @@
+// Firefox ESR, the two cases where the extension must stay out of the way
+// (issue 5): a private window is never intercepted, and without the native host
+// pages load straight from the site, the popup says how to install the host, and
+// the extension connects by itself once it is installed. Both profiles get the
+// same administrator policy switching the test site on, so the only difference
+// from an intercepting browser is the private window or the missing host.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import puppeteer from 'puppeteer-core';
+import { BIN, ROOT, SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, firefoxManagedPolicy } from './harness.mjs';
+
+const EXT = join(ROOT, 'dist/firefox');
+const FIREFOX = process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr';
+const GECKO_ID = 'peercache@peercache.org';
+const UUID = '0b7e2c44-5d1a-4f3e-8c6b-2a9d7e1f4c30';
+const POPUP = `moz-extension://${UUID}/popup.html`;
+
+async function launch(home, swarm, prefs = {}) {
+  const browser = await puppeteer.launch({
+    browser: 'firefox',
+    executablePath: FIREFOX,
+    headless: true,
+    acceptInsecureCerts: true,
+    env: { ...process.env, HOME: home, PEERCACHE_CACHE_DIR: join(home, 'host-cache'), PEERCACHE_CA_CERT: swarm.caPath },
+    extraPrefsFirefox: {
+      'extensions.webextensions.uuids': JSON.stringify({ [GECKO_ID]: UUID }),
+      'extensions.background.idle.timeout': 300000,
+      ...prefs,
+    },
+  });
+  assert.equal(await browser.installExtension(EXT), GECKO_ID);
+  return browser;
+}
+
+/** Loads the assets page and returns the server's and the peer's counter deltas. */
+async function loadAssets(browser, swarm) {
+  const before = await serverMetrics(swarm);
+  const peerBefore = await peerMetrics(swarm.peers.honest);
+  const page = await browser.newPage();
+  await page.goto(`${SITE}/assets.html`);
+  await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
+  assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120, 'the page is intact');
+  await page.close();
+  const after = await serverMetrics(swarm);
+  const peerAfter = await peerMetrics(swarm.peers.honest);
+  const d = (name) => (after[name] ?? 0) - (before[name] ?? 0);
+  return {
+    referred: d('peercache_requests_referred_total'),
+    headersOnly: d('peercache_requests_headers_only_total'),
+    bytesServed: d('peercache_bytes_served_total'),
+    peerUploaded: peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total,
+  };
+}
+
+describe('firefox: private windows and a missing host', { concurrency: false }, () => {
+  let swarm;
+  const homes = [];
+  const newHome = (name) => {
+    const home = mkdtempSync(join(tmpdir(), `peercache-ff-${name}-`));
+    homes.push(home);
+    mkdirSync(join(home, 'host-cache'));
+    firefoxManagedPolicy(home, { sites: [SITE] });
+    return home;
+  };
+
+  before(async () => {
+    swarm = await startSwarm({ bigSize: 1 << 20 });
+    await swarm.addPeer('honest', ['/static/pic.svg', '/static/app.js']);
+  });
+
+  after(async () => {
+    await stopSwarm(swarm);
+    for (const h of homes) rmSync(h, { recursive: true, force: true });
+  });
+
+  it('a private window is never intercepted', async () => {
+    const home = newHome('private');
+    execFileSync(join(BIN, 'peercache-host'), ['install', '--browser', 'firefox'], { env: { ...process.env, HOME: home } });
+    // Every window of this profile is private.
+    const browser = await launch(home, swarm, { 'browser.privatebrowsing.autostart': true });
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${SITE}/`); // the advertisement is seen (or would be)
+      await page.close();
+      const got = await loadAssets(browser, swarm);
+      assert.equal(got.referred, 0, 'no referral');
+      assert.equal(got.headersOnly, 0, 'no body replaced');
+      assert.equal(got.peerUploaded, 0, 'no peer involved');
+      assert.ok(got.bytesServed >= swarm.files.pic.length + swarm.files.app.length, 'the site sent the bytes');
+    } finally {
+      await browser.close();
+    }
+  });
+
+  it('without the host, pages load from the site and the popup says how to install it; then it connects by itself', async () => {
+    const home = newHome('nohost');
+    const browser = await launch(home, swarm);
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${SITE}/`);
+      await page.evaluate((u) => { location.href = u; }, POPUP);
+      await waitFor('the popup', async () => {
+        try { return (await page.evaluate(() => location.href)) === POPUP && await page.$('#host-status'); } catch (_) { return false; }
+      });
+      await page.waitForSelector('#host-status[data-state="disconnected"]');
+      assert.match(await page.$eval('#host', (e) => e.textContent), /peercache-host install --browser/);
+      const site = await page.waitForSelector(`.site-switch[data-origin="${SITE}"]`);
+      assert.equal(await site.evaluate((e) => e.checked), true, 'switched on by policy');
+      assert.equal(await page.evaluate(async () => (await browser.declarativeNetRequest.getSessionRules()).length), 0,
+        'no rule points at a gateway that is not there');
+      const without = await loadAssets(browser, swarm);
+      assert.equal(without.referred + without.headersOnly, 0, 'straight from the site');
+
+      execFileSync(join(BIN, 'peercache-host'), ['install', '--browser', 'firefox'], { env: { ...process.env, HOME: home } });
+      await page.waitForSelector('#host-status[data-state="connected"]', { timeout: 45000 });
+      await waitFor('rules', async () => (await page.evaluate(async () =>
+        (await browser.declarativeNetRequest.getSessionRules()).length)) === 2);
+      const withHost = await loadAssets(browser, swarm);
+      assert.equal(withHost.headersOnly, 2, 'now the bodies come through the host');
+      assert.equal(withHost.peerUploaded, swarm.files.pic.length + swarm.files.app.length, 'from the peer');
+      await page.close();
+    } finally {
+      await browser.close();
+    }
+  });
+});
