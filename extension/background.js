@@ -249,10 +249,19 @@ api.storage.onChanged.addListener(async (_changes, area) => {
   await settingsChanged();
 });
 
+const startedAt = performance.now();
 init().then(async () => {
+  globalThis.peercache.timings = { wasm: performance.now() - startedAt };
   const saved = (await api.storage.local.get('settings')).settings;
   brain = new Brain(saved);
-  applyManaged(await readManaged());
+  // Chromium takes seconds to answer storage.managed when no policy is set, so
+  // the policy is applied when it arrives instead of holding up the start.
+  readManaged().then(async (policy) => {
+    applyManaged(policy);
+    globalThis.peercache.timings.managed = performance.now() - startedAt;
+    globalThis.peercache.policyRead = true;
+    await settingsChanged();
+  });
   for (const [url, value] of pendingAds) brain.on_advertisement(url, value);
   pendingAds = [];
   await api.storage.local.set({ settings: brain.settings() });

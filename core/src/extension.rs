@@ -208,7 +208,7 @@ impl Settings {
             }
             None if full => false,
             None => {
-                let enabled = self.auto_enable_now() || self.managed.manages(&origin);
+                let enabled = self.auto_enable_now();
                 self.sites.insert(
                     origin,
                     SiteEntry {
@@ -222,16 +222,14 @@ impl Settings {
     }
 
     /// Applies an administrator's policy: forced switches take effect at once.
+    /// The user's own choices stay as they were, so removing the policy gives them back.
     pub fn set_managed(&mut self, policy: ManagedPolicy) {
-        for (origin, entry) in self.sites.iter_mut() {
-            if policy.manages(origin) {
-                entry.enabled = true;
-            }
-        }
-        if let Some(limits) = policy.limits {
-            self.limits = limits;
-        }
         self.managed = policy;
+    }
+
+    /// Is this known site switched on (by the user or by policy)?
+    pub fn site_on(&self, origin: &str) -> bool {
+        self.managed.manages(origin) || self.sites.get(origin).is_some_and(|s| s.enabled)
     }
 
     /// The global toggle in force (the policy's, else the user's).
@@ -286,7 +284,7 @@ impl Settings {
         }
         self.sites
             .iter()
-            .filter(|(_, s)| s.enabled)
+            .filter(|(origin, s)| s.enabled || self.managed.manages(origin))
             .map(|(origin, s)| EnabledSite {
                 origin: origin.clone(),
                 scope: s.scope.clone(),
@@ -535,32 +533,29 @@ mod tests {
             }),
             ..ManagedPolicy::default()
         });
-        assert!(
-            s.sites["https://fleet.example"].enabled,
-            "switched on at once"
-        );
+        assert!(s.site_on("https://fleet.example"), "switched on at once");
         assert!(
             !s.set_site_enabled("https://fleet.example", false),
             "the user cannot switch it off"
         );
-        assert!(s.sites["https://fleet.example"].enabled);
+        assert!(s.site_on("https://fleet.example"));
         assert!(s.advertised("https://later.example/", AD));
         assert!(
-            s.sites["https://later.example"].enabled,
+            s.site_on("https://later.example"),
             "on as soon as it advertises"
         );
         assert!(s.advertised("https://other.example/", AD));
-        assert!(
-            !s.sites["https://other.example"].enabled,
-            "others stay opt-in"
-        );
+        assert!(!s.site_on("https://other.example"), "others stay opt-in");
         assert_eq!(s.limits_now().max_uploads, 2);
         s.enabled = false;
         assert!(s.enabled_sites().is_empty(), "the user's toggle, no policy");
         s.managed.enabled = Some(true);
         assert_eq!(s.enabled_sites().len(), 2, "the policy's toggle wins");
-        // The policy is never persisted: a restart reads it afresh.
+        // The policy is never persisted: a restart reads it afresh, and the user's
+        // own choices come back when it goes.
         let back: Settings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back.managed, ManagedPolicy::default());
+        assert!(!back.site_on("https://fleet.example"));
+        assert_eq!(back.limits_now(), UserLimits::default());
     }
 }

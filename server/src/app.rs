@@ -690,9 +690,12 @@ async fn site(
         let mut r = send_object(&state, &obj, true).await?;
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        // Tells the extension this body is empty on purpose: it fills it in.
+        // Tells the extension this body is empty on purpose: it fills it in. Never
+        // stored by the browser's cache, which would otherwise serve the empty body.
         r.headers_mut()
             .insert(headers::HEADERS_ONLY, HeaderValue::from_static("1"));
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         r
     } else {
         send_object(&state, &obj, method == Method::HEAD).await?

@@ -27,7 +27,7 @@ try {
   });
   const worker = context.serviceWorkers()[0] ?? await context.waitForEvent('serviceworker');
   await waitFor('ready', () => worker.evaluate(() => globalThis.peercache?.ready && globalThis.peercache.hostSeen), 30000);
-  console.log(`browser start to background ready: ${Date.now() - t0} ms`);
+  console.log(`browser start to background ready: ${Date.now() - t0} ms`, JSON.stringify(await worker.evaluate(() => globalThis.peercache.timings)));
 
   const page = await context.newPage();
   await page.goto(`${SITE}/`);

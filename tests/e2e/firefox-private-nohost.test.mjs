@@ -108,8 +108,9 @@ describe('firefox: private windows and a missing host', { concurrency: false }, 
       });
       await page.waitForSelector('#host-status[data-state="disconnected"]');
       assert.match(await page.$eval('#host', (e) => e.textContent), /peercache-host install --browser/);
-      const site = await page.waitForSelector(`.site-switch[data-origin="${SITE}"]`);
-      assert.equal(await site.evaluate((e) => e.checked), true, 'switched on by policy');
+      // Switched on by the policy, and locked.
+      const site = await page.waitForSelector(`.site-switch[data-origin="${SITE}"]:checked:disabled`);
+      assert.ok(site);
       assert.equal(await page.evaluate(async () => (await browser.declarativeNetRequest.getSessionRules()).length), 0,
         'no rule points at a gateway that is not there');
       const without = await loadAssets(browser, swarm);

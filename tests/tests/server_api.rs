@@ -207,6 +207,54 @@ async fn without_an_egress_limit_the_server_serves_within_the_default_period() {
 }
 
 #[tokio::test]
+async fn headers_only_is_marked_uncacheable_and_never_given_to_a_request_with_cookies() {
+    let dir = TempDir::new("srv-headers-only");
+    let data = test_bytes(30_000, 5);
+    let root = make_site(&dir, &[("pic.svg", &data)]);
+    let server = spawn_server(&root, &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/static/pic.svg", server.url);
+    let r = http
+        .get(&url)
+        .header("Peercache-Headers-Only", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(
+        h["content-type"], "image/svg+xml",
+        "the page sees the real type"
+    );
+    assert_eq!(h["peercache-headers-only"], "1");
+    assert_eq!(
+        h["cache-control"], "no-store",
+        "a browser cache never keeps the empty body"
+    );
+    assert!(h.contains_key("peercache-object"));
+    assert!(r.bytes().await.unwrap().is_empty());
+    // A request with a cookie is not shareable: the whole body, unmarked.
+    let r = http
+        .get(&url)
+        .header("Peercache-Headers-Only", "1")
+        .header("Cookie", "session=1")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("peercache-headers-only"));
+    assert_eq!(r.bytes().await.unwrap(), data);
+    // Outside the scope: the whole body too.
+    let r = http
+        .get(format!("{}/index.html", server.url))
+        .header("Peercache-Headers-Only", "1")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("peercache-headers-only"));
+    assert!(!r.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_4xx_with_a_reason() {
     let dir = TempDir::new("srv-bad");
     let root = make_site(&dir, &[("a.bin", b"abc")]);

@@ -223,7 +223,7 @@ impl Brain {
                 .map(|(origin, s)| SiteView {
                     origin: origin.clone(),
                     scope: s.scope.clone(),
-                    enabled: s.enabled,
+                    enabled: self.settings.site_on(origin),
                     loopback: self.loopback.get(origin).cloned(),
                     managed: self.settings.managed.manages(origin),
                 })
