@@ -30,8 +30,32 @@ function applyRules() {
   return rulesChain;
 }
 
+// A site whose scope would receive cookies is not intercepted at all (B2): the
+// redirect rules cannot see a request's headers, so the cookie store is asked.
+let cookieCheck = null;
+async function checkCookies() {
+  if (!api.cookies || !brain) return;
+  let changed = false;
+  for (const site of brain.view().sites) {
+    let bound = false;
+    try {
+      bound = (await api.cookies.getAll({ url: `${site.origin}${site.scope}` })).length > 0;
+    } catch (e) {
+      log('reading cookies failed:', e?.message ?? e);
+    }
+    if (brain.on_cookies(site.origin, bound)) changed = true;
+  }
+  if (changed) await applyRules();
+}
+
+function cookiesChanged() {
+  clearTimeout(cookieCheck);
+  cookieCheck = setTimeout(() => { checkCookies(); }, 100);
+}
+
 async function settingsChanged() {
   await api.storage.local.set({ settings: brain.settings() });
+  await checkCookies();
   if (port) {
     try {
       port.postMessage(brain.config_message());
@@ -191,6 +215,8 @@ if (api.webRequest.filterResponseData) {
   );
 }
 
+api.cookies?.onChanged.addListener(cookiesChanged);
+
 // Listeners are registered synchronously so a woken worker receives the event.
 api.webRequest.onHeadersReceived.addListener(
   onHeaders,
@@ -265,6 +291,7 @@ init().then(async () => {
   for (const [url, value] of pendingAds) brain.on_advertisement(url, value);
   pendingAds = [];
   await api.storage.local.set({ settings: brain.settings() });
+  await checkCookies();
   await applyRules();
   connect();
 }).catch((e) => log('wasm failed to start:', e));

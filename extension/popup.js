@@ -116,6 +116,13 @@ function render(view) {
     scope.className = 'hint';
     scope.textContent = site.scope;
     li.append(label, scope);
+    if (site.cookies && site.enabled) {
+      const note = document.createElement('span');
+      note.className = 'hint cookies';
+      note.dataset.origin = site.origin;
+      note.textContent = ' This site has set cookies for these files, so they load straight from it (requests with cookies never go through peers).';
+      li.append(note);
+    }
     if (site.managed) {
       const note = document.createElement('span');
       note.className = 'hint managed';

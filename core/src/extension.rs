@@ -74,6 +74,11 @@ pub struct Settings {
     /// persisted, and it wins over the user's own switches.
     #[serde(skip)]
     pub managed: ManagedPolicy,
+    /// Sites whose requests in scope would carry cookies right now, as the shell
+    /// last found in the browser's cookie store. They are not intercepted at all: a
+    /// request with cookies never goes through peers (B2). Never persisted.
+    #[serde(skip)]
+    pub cookie_bound: std::collections::BTreeSet<String>,
 }
 
 /// Admin-managed settings, from the browser's managed storage (Chromium: the
@@ -118,6 +123,7 @@ impl Default for Settings {
             limits: UserLimits::default(),
             direct_urls: Vec::new(),
             managed: ManagedPolicy::default(),
+            cookie_bound: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -227,6 +233,19 @@ impl Settings {
         self.managed = policy;
     }
 
+    /// Records whether requests to `origin`'s scope would carry cookies. True if
+    /// that changed (the rules must be reapplied). Only known sites are tracked.
+    pub fn set_cookie_bound(&mut self, origin: &str, bound: bool) -> bool {
+        if !self.sites.contains_key(origin) {
+            return false;
+        }
+        if bound {
+            self.cookie_bound.insert(origin.to_string())
+        } else {
+            self.cookie_bound.remove(origin)
+        }
+    }
+
     /// Is this known site switched on (by the user or by policy)?
     pub fn site_on(&self, origin: &str) -> bool {
         self.managed.manages(origin) || self.sites.get(origin).is_some_and(|s| s.enabled)
@@ -302,7 +321,7 @@ impl Settings {
         let path = &rest[rest.find('/').unwrap_or(rest.len())..];
         let path = if path.is_empty() { "/" } else { path };
         let url = url.split('#').next()?;
-        if self.direct_urls.iter().any(|u| u == url) {
+        if self.direct_urls.iter().any(|u| u == url) || self.cookie_bound.contains(&origin) {
             return None;
         }
         self.enabled_sites()
@@ -312,7 +331,8 @@ impl Settings {
     }
 
     /// The declarativeNetRequest rules for the current state (Chromium shape).
-    /// Subresources are redirected only for origins in `loopback_granted`.
+    /// Subresources are redirected only for origins in `loopback_granted`; sites in
+    /// [`Settings::cookie_bound`] get no rule at all.
     pub fn rules(
         &self,
         gateway: Option<&Gateway>,
@@ -321,7 +341,11 @@ impl Settings {
         let Some(gw) = gateway else {
             return Vec::new();
         };
-        let sites = self.enabled_sites();
+        let sites: Vec<EnabledSite> = self
+            .enabled_sites()
+            .into_iter()
+            .filter(|s| !self.cookie_bound.contains(&s.origin))
+            .collect();
         if sites.is_empty() {
             return Vec::new();
         }
@@ -557,5 +581,43 @@ mod tests {
         assert_eq!(back.managed, ManagedPolicy::default());
         assert!(!back.site_on("https://fleet.example"));
         assert_eq!(back.limits_now(), UserLimits::default());
+    }
+
+    #[test]
+    fn a_site_whose_requests_carry_cookies_is_not_intercepted() {
+        let gw = Gateway {
+            port: 4000,
+            token: "t".into(),
+        };
+        let mut s = Settings::default();
+        assert!(s.advertised("https://a.example/", AD));
+        assert!(s.advertised("https://b.example/", AD));
+        assert!(s.set_site_enabled("https://a.example", true));
+        assert!(s.set_site_enabled("https://b.example", true));
+        let none = std::collections::BTreeSet::new();
+        assert_eq!(s.rules(Some(&gw), &none).len(), 3);
+        assert!(s.set_cookie_bound("https://a.example", true));
+        assert!(!s.set_cookie_bound("https://a.example", true), "no change");
+        assert!(!s.set_cookie_bound("https://unknown.example", true));
+        let rules = s.rules(Some(&gw), &none);
+        assert_eq!(rules.len(), 2, "token rule and b's redirect only");
+        assert!(
+            !serde_json::to_string(&rules)
+                .unwrap()
+                .contains("a\\\\.example")
+        );
+        assert_eq!(s.gateway_url(Some(&gw), "https://a.example/static/x"), None);
+        assert!(
+            s.gateway_url(Some(&gw), "https://b.example/static/x")
+                .is_some()
+        );
+        assert!(s.set_cookie_bound("https://a.example", false));
+        assert_eq!(s.rules(Some(&gw), &none).len(), 3);
+        assert!(s.set_cookie_bound("https://b.example", true));
+        assert!(s.set_cookie_bound("https://a.example", true));
+        assert!(
+            s.rules(Some(&gw), &none).is_empty(),
+            "nothing left to intercept"
+        );
     }
 }

@@ -328,10 +328,19 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     await page.reload();
     await page.waitForFunction(() => window.sessionLoaded === 'ok');
     assert.match(await page.evaluate(() => document.cookie), /session=s3cret/);
-    await page.reload();
-    await page.waitForFunction(() => window.sessionLoaded === 'ok');
+    // With the cookie in the browser, every request to the site's scope would carry
+    // it: the site is no longer intercepted at all, and the popup says why.
+    await waitFor('the cookie-bound site to lose its redirect rules', () => worker.evaluate(async (site) =>
+      !(await chrome.declarativeNetRequest.getSessionRules()).some((r) => r.action.type === 'redirect'
+        && r.condition.regexFilter.includes(site.replace(/\./g, '\\.'))), COOKIE_SITE));
+    await p.reload();
+    await p.locator(`.cookies[data-origin="${COOKIE_SITE}"]`).waitFor();
+    const sharedBefore = (await swarm.originCounts())['/static/shared.js'].with_cookie;
+    await page.goto(`${COOKIE_SITE}/cookie.html?again`);
+    await page.waitForFunction(() => window.sessionLoaded === 'ok' && window.sharedLoaded === 'ok');
     const counts = await swarm.originCounts();
     assert.ok(counts['/cookie.html'].with_cookie >= 1, `the site got its cookie back: ${JSON.stringify(counts)}`);
+    assert.ok(counts['/static/shared.js'].with_cookie >= sharedBefore, JSON.stringify(counts));
     assert.equal(cacheHolds(host, swarm.cookieFiles.session), false);
     // A fresh client asking the server for it is served, never referred.
     const after = await serverMetrics(swarm, COOKIE_SITE);

@@ -206,7 +206,14 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     const host = join(swarm.dir, 'ff-host');
     await waitFor('the shareable script kept', () => cacheHolds(host, swarm.cookieFiles.shared));
     assert.equal(cacheHolds(host, swarm.cookieFiles.session), false, 'the cookie-setting script was never kept');
-    // With the cookie set, every request of the site carries it: none goes through peers.
+    // With the cookie set, every request of the site carries it: none goes through
+    // peers, and the site loses its redirect rules too (navigations cannot be
+    // checked request by request).
+    const p2 = await popup();
+    await p2.waitForSelector(`.cookies[data-origin="${COOKIE_SITE}"]`);
+    assert.equal(await p2.evaluate(async (site) => (await browser.declarativeNetRequest.getSessionRules())
+      .some((r) => r.action.type === 'redirect' && r.condition.regexFilter.includes(site.replace(/\./g, '\\.'))), COOKIE_SITE), false);
+    await p2.close();
     await page.goto(`${COOKIE_SITE}/cookie.html?again`);
     await page.waitForFunction(() => window.sharedLoaded === 'ok' && window.sessionLoaded === 'ok');
     const after = await serverMetrics(swarm, COOKIE_SITE);

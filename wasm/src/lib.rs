@@ -86,6 +86,8 @@ pub struct SiteView {
     pub loopback: Option<String>,
     /// Switched on by the administrator's policy.
     pub managed: bool,
+    /// The browser holds cookies for its scope, so it is not intercepted.
+    pub cookies: bool,
 }
 
 /// The extension's brain.
@@ -226,6 +228,7 @@ impl Brain {
                     enabled: self.settings.site_on(origin),
                     loopback: self.loopback.get(origin).cloned(),
                     managed: self.settings.managed.manages(origin),
+                    cookies: self.settings.cookie_bound.contains(origin),
                 })
                 .collect(),
             counters: self.counters,
@@ -359,6 +362,12 @@ impl Brain {
     /// rules must be reapplied.
     pub fn on_loopback(&mut self, origin: &str, state: &str) -> bool {
         self.loopback_state(origin, state)
+    }
+
+    /// The shell found that requests to `origin`'s scope would (or would no
+    /// longer) carry cookies. True if the rules must be reapplied.
+    pub fn on_cookies(&mut self, origin: &str, bound: bool) -> bool {
+        self.settings.set_cookie_bound(origin, bound)
     }
 
     /// Sets the workload and cache limits (applied by the host at once).

@@ -102,6 +102,21 @@ fn a_not_shareable_url_gets_an_allow_rule_and_the_view_lists_peers() {
             .gateway_for("https://198.51.100.2/static/app.js")
             .is_null()
     );
+    // Cookies for the scope: nothing of the site is intercepted, until they go.
+    assert!(brain.on_cookies("https://198.51.100.2", true));
+    assert!(
+        brain
+            .gateway_for("https://198.51.100.2/static/app.js")
+            .is_null()
+    );
+    let site = js_sys::Array::from(&get(&brain.view(), "sites")).get(0);
+    assert_eq!(get(&site, "cookies").as_bool(), Some(true));
+    assert!(brain.on_cookies("https://198.51.100.2", false));
+    assert!(
+        !brain
+            .gateway_for("https://198.51.100.2/static/app.js")
+            .is_null()
+    );
     // Remembered across a restart.
     let restored = Brain::new(brain.settings());
     assert!(
