@@ -10,11 +10,10 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, mkdirSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import puppeteer from 'puppeteer-core';
-import { BIN, ROOT, SITE, startSwarm, stopSwarm, waitFor, sha256, firefoxManagedPolicy } from './harness.mjs';
+import {
+  BIN, SITE, startSwarm, stopSwarm, waitFor, sha256, firefoxManagedPolicy, launchFirefox, imageMedian,
+} from './harness.mjs';
 
-const EXT = join(ROOT, 'dist/firefox');
-const GECKO_ID = 'peercache@peercache.org';
 const UUID = '3c9a6e1d-7b24-4f58-9e0a-5d1c2b3a4f6e';
 const POPUP = `moz-extension://${UUID}/popup.html`;
 const swarm = await startSwarm({ bigSize: 16 << 20 });
@@ -28,20 +27,11 @@ try {
   execFileSync(join(BIN, 'peercache-host'), ['install', '--browser', 'firefox'], { env: { ...process.env, HOME: home } });
   firefoxManagedPolicy(home, { sites: [SITE] });
   const t0 = Date.now();
-  browser = await puppeteer.launch({
-    browser: 'firefox', executablePath: process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr', headless: true, acceptInsecureCerts: true,
-    env: { ...process.env, HOME: home, PEERCACHE_CACHE_DIR: join(home, 'host-cache'), PEERCACHE_CA_CERT: swarm.caPath, PEERCACHE_LOG: '/tmp/ffbench-host.log' },
-    extraPrefsFirefox: {
-      'extensions.webextensions.uuids': JSON.stringify({ [GECKO_ID]: UUID }),
-      'extensions.background.idle.timeout': 300000,
-      'browser.download.dir': downloads,
-      'browser.download.folderList': 2,
-      'browser.download.useDownloadDir': true,
-      'browser.download.always_ask_before_handling_new_types': false,
-      'browser.download.start_downloads_in_tmp_dir': false,
-    },
+  browser = await launchFirefox(home, {
+    uuid: UUID,
+    downloads,
+    env: { PEERCACHE_CACHE_DIR: join(home, 'host-cache'), PEERCACHE_CA_CERT: swarm.caPath },
   });
-  await browser.installExtension(EXT);
   const popup = await browser.newPage();
   await popup.goto(`${SITE}/`);
   await popup.evaluate((u) => { location.href = u; }, POPUP);
@@ -57,16 +47,7 @@ try {
   await waitFor('rules', async () => (await popup.evaluate(async () => (await browser.declarativeNetRequest.getSessionRules()).length)) === 2);
 
   const page = await browser.newPage();
-  const imageTimes = async (n) => {
-    const times = [];
-    for (let i = 0; i < n; i++) {
-      await page.goto(`${SITE}/assets.html`);
-      await page.waitForFunction(() => document.getElementById('pic').complete && window.appLoaded === 'ok');
-      times.push(await page.evaluate(() => performance.getEntriesByType('resource').find((e) => e.name.includes('pic.svg')).duration));
-    }
-    times.sort((a, b) => a - b);
-    return times[Math.floor(times.length / 2)];
-  };
+  const imageTimes = (n) => imageMedian(page, n);
   const downloadTime = async () => {
     const page = await browser.newPage();
     await page.goto(`${SITE}/`);

@@ -6,10 +6,10 @@
 import { mkdtempSync, readFileSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { ROOT, SITE, CHROMIUM_ID, startSwarm, stopSwarm, waitFor, installHostForChromium, sha256, serverMetrics } from './harness.mjs';
+import {
+  SITE, CHROMIUM_ID, startSwarm, stopSwarm, waitFor, installHostForChromium, sha256, serverMetrics, launchChromium, imageMedian,
+} from './harness.mjs';
 
-const EXT = join(ROOT, 'dist/chromium');
 const swarm = await startSwarm({ bigSize: 16 << 20 });
 const udd = mkdtempSync(join(tmpdir(), 'peercache-bench-'));
 try {
@@ -17,14 +17,7 @@ try {
   await installHostForChromium(udd);
   mkdirSync(join(swarm.dir, 'host'), { recursive: true });
   const t0 = Date.now();
-  const context = await chromium.launchPersistentContext(udd, {
-    executablePath: '/usr/lib/chromium/chromium', headless: true, acceptDownloads: true, ignoreHTTPSErrors: true,
-    ignoreDefaultArgs: ['--disable-extensions', '--disable-component-extensions-with-background-pages'],
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--ignore-certificate-errors',
-      `--disable-extensions-except=${EXT}`, `--load-extension=${EXT}`],
-    env: { ...process.env, PEERCACHE_CACHE_DIR: join(swarm.dir, 'host'), PEERCACHE_CA_CERT: swarm.caPath },
-  });
+  const context = await launchChromium(udd, { PEERCACHE_CACHE_DIR: join(swarm.dir, 'host'), PEERCACHE_CA_CERT: swarm.caPath });
   const worker = context.serviceWorkers()[0] ?? await context.waitForEvent('serviceworker');
   await waitFor('ready', () => worker.evaluate(() => globalThis.peercache?.ready && globalThis.peercache.hostSeen), 30000);
   console.log(`browser start to background ready: ${Date.now() - t0} ms`, JSON.stringify(await worker.evaluate(() => globalThis.peercache.timings)));
@@ -40,16 +33,7 @@ try {
   await waitFor('subresource rules', () => worker.evaluate(async () => (await chrome.declarativeNetRequest.getSessionRules())
     .some((r) => r.action.type === 'redirect' && r.condition.resourceTypes.includes('image'))));
 
-  const imageTimes = async (n) => {
-    const times = [];
-    for (let i = 0; i < n; i++) {
-      await page.goto(`${SITE}/assets.html`);
-      await page.waitForFunction(() => document.getElementById('pic').complete && window.appLoaded === 'ok');
-      times.push(await page.evaluate(() => performance.getEntriesByType('resource').find((e) => e.name.includes('pic.svg')).duration));
-    }
-    times.sort((a, b) => a - b);
-    return times[Math.floor(times.length / 2)];
-  };
+  const imageTimes = (n) => imageMedian(page, n);
   const downloadTime = async () => {
     await page.goto(`${SITE}/`);
     const t = Date.now();

@@ -9,13 +9,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync, readdirSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import {
-  ROOT, SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, installHostForChromium,
+  SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, installHostForChromium, launchChromium,
 } from './harness.mjs';
 
-const EXT = join(ROOT, 'dist/chromium');
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/lib/chromium/chromium';
 const POLICY_DIR = '/etc/chromium/policies/managed';
 const POLICY_FILE = join(POLICY_DIR, 'peercache-e2e.json');
 
@@ -46,16 +43,7 @@ describe('chromium: settings managed by an administrator', { concurrency: false 
     udd = mkdtempSync(join(tmpdir(), 'peercache-managed-'));
     await installHostForChromium(udd);
     mkdirSync(join(swarm.dir, 'browser-host'), { recursive: true });
-    context = await chromium.launchPersistentContext(udd, {
-      executablePath: CHROMIUM,
-      headless: true,
-      ignoreHTTPSErrors: true,
-      ignoreDefaultArgs: ['--disable-extensions', '--disable-component-extensions-with-background-pages'],
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync', '--ignore-certificate-errors',
-        `--disable-extensions-except=${EXT}`, `--load-extension=${EXT}`],
-      env: { ...process.env, PEERCACHE_CACHE_DIR: join(swarm.dir, 'browser-host'), PEERCACHE_CA_CERT: swarm.caPath },
-    });
+    context = await launchChromium(udd, { PEERCACHE_CACHE_DIR: join(swarm.dir, 'browser-host'), PEERCACHE_CA_CERT: swarm.caPath });
     worker = context.serviceWorkers()[0] ?? await context.waitForEvent('serviceworker');
     await waitFor('the background to be ready', () => worker.evaluate(() => globalThis.peercache?.ready && globalThis.peercache.hostSeen));
   });

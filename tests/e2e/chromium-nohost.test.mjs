@@ -6,11 +6,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { ROOT, SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, waitFor, installHostForChromium, sha256 } from './harness.mjs';
+import {
+  SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, waitFor, installHostForChromium, sha256, launchChromium,
+} from './harness.mjs';
 
-const EXT = join(ROOT, 'dist/chromium');
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/lib/chromium/chromium';
 
 describe('chromium: the native host is missing', { concurrency: false }, () => {
   let swarm;
@@ -23,17 +22,7 @@ describe('chromium: the native host is missing', { concurrency: false }, () => {
     await swarm.addPeer('honest', ['/static/big.bin']);
     udd = mkdtempSync(join(tmpdir(), 'peercache-nohost-'));
     mkdirSync(join(swarm.dir, 'browser-host'), { recursive: true });
-    context = await chromium.launchPersistentContext(udd, {
-      executablePath: CHROMIUM,
-      headless: true,
-      acceptDownloads: true,
-      ignoreHTTPSErrors: true,
-      ignoreDefaultArgs: ['--disable-extensions', '--disable-component-extensions-with-background-pages'],
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync', '--ignore-certificate-errors',
-        `--disable-extensions-except=${EXT}`, `--load-extension=${EXT}`],
-      env: { ...process.env, PEERCACHE_CACHE_DIR: join(swarm.dir, 'browser-host'), PEERCACHE_CA_CERT: swarm.caPath },
-    });
+    context = await launchChromium(udd, { PEERCACHE_CACHE_DIR: join(swarm.dir, 'browser-host'), PEERCACHE_CA_CERT: swarm.caPath });
     worker = context.serviceWorkers()[0] ?? await context.waitForEvent('serviceworker');
     await waitFor('the background to start', () => worker.evaluate(() => globalThis.peercache?.ready));
   });

@@ -8,11 +8,9 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, SITE, COOKIE_SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
-  installHostForChromium, sha256, get, cacheHolds,
+  installHostForChromium, sha256, get, cacheHolds, launchChromium,
 } from './harness.mjs';
 
-const EXT = join(ROOT, 'dist/chromium');
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/lib/chromium/chromium';
 
 describe('chromium: peer delivery through the extension', { concurrency: false }, () => {
   let swarm;
@@ -28,23 +26,10 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
   const ruleCount = () => worker.evaluate(async () => (await chrome.declarativeNetRequest.getSessionRules()).length);
   const subresourceRules = () => worker.evaluate(async () => (await chrome.declarativeNetRequest.getSessionRules())
     .some((r) => r.action.type === 'redirect' && r.condition.resourceTypes.includes('image')));
-  const launch = () => chromium.launchPersistentContext(udd, {
-    executablePath: CHROMIUM,
-    headless: true,
-    acceptDownloads: true,
-    ignoreHTTPSErrors: true,
-    ignoreDefaultArgs: ['--disable-extensions', '--disable-component-extensions-with-background-pages'],
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--ignore-certificate-errors',
-      `--disable-extensions-except=${EXT}`, `--load-extension=${EXT}`, '--remote-debugging-port=0',
-    ],
-    env: {
-      ...process.env,
-      PEERCACHE_CACHE_DIR: join(swarm.dir, 'browser-host'),
-      PEERCACHE_CA_CERT: swarm.caPath,
-      PEERCACHE_LOG: join(swarm.dir, 'browser-host.log'),
-    },
+  const launch = () => launchChromium(udd, {
+    PEERCACHE_CACHE_DIR: join(swarm.dir, 'browser-host'),
+    PEERCACHE_CA_CERT: swarm.caPath,
+    PEERCACHE_LOG: join(swarm.dir, 'browser-host.log'),
   });
   // A browser-level DevTools session (for incognito contexts).
   const browserSession = async () => {

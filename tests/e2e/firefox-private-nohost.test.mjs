@@ -10,30 +10,19 @@ import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import puppeteer from 'puppeteer-core';
-import { BIN, ROOT, SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, firefoxManagedPolicy } from './harness.mjs';
+import {
+  BIN, SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, firefoxManagedPolicy, launchFirefox,
+} from './harness.mjs';
 
-const EXT = join(ROOT, 'dist/firefox');
-const FIREFOX = process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr';
-const GECKO_ID = 'peercache@peercache.org';
 const UUID = '0b7e2c44-5d1a-4f3e-8c6b-2a9d7e1f4c30';
 const POPUP = `moz-extension://${UUID}/popup.html`;
 
-async function launch(home, swarm, prefs = {}) {
-  const browser = await puppeteer.launch({
-    browser: 'firefox',
-    executablePath: FIREFOX,
-    headless: true,
-    acceptInsecureCerts: true,
-    env: { ...process.env, HOME: home, PEERCACHE_CACHE_DIR: join(home, 'host-cache'), PEERCACHE_CA_CERT: swarm.caPath },
-    extraPrefsFirefox: {
-      'extensions.webextensions.uuids': JSON.stringify({ [GECKO_ID]: UUID }),
-      'extensions.background.idle.timeout': 300000,
-      ...prefs,
-    },
+function launch(home, swarm, prefs = {}) {
+  return launchFirefox(home, {
+    uuid: UUID,
+    prefs,
+    env: { PEERCACHE_CACHE_DIR: join(home, 'host-cache'), PEERCACHE_CA_CERT: swarm.caPath },
   });
-  assert.equal(await browser.installExtension(EXT), GECKO_ID);
-  return browser;
 }
 
 /** Loads the assets page and returns the server's and the peer's counter deltas. */

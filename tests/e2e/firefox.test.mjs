@@ -9,16 +9,12 @@ import { mkdtempSync, readFileSync, rmSync, mkdirSync, readdirSync, existsSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import puppeteer from 'puppeteer-core';
 import { writeFileSync } from 'node:fs';
 import {
   ROOT, BIN, SITE, COOKIE_SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get, cacheHolds,
-  firefoxManagedPolicy,
+  firefoxManagedPolicy, launchFirefox,
 } from './harness.mjs';
 
-const EXT = join(ROOT, 'dist/firefox');
-const FIREFOX = process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr';
-const GECKO_ID = 'peercache@peercache.org';
 const UUID = '6f1d3c1e-8a2b-4c5d-9e0f-1a2b3c4d5e6f';
 const POPUP = `moz-extension://${UUID}/popup.html`;
 
@@ -69,30 +65,15 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     // The administrator switches the second site on for everyone (managed storage).
     firefoxManagedPolicy(home, { sites: [COOKIE_SITE] });
     mkdirSync(join(swarm.dir, 'ff-host'), { recursive: true });
-    browser = await puppeteer.launch({
-      browser: 'firefox',
-      executablePath: FIREFOX,
-      headless: true,
-      acceptInsecureCerts: true,
+    browser = await launchFirefox(home, {
+      uuid: UUID,
+      downloads,
       env: {
-        ...process.env,
-        HOME: home,
         PEERCACHE_CACHE_DIR: join(swarm.dir, 'ff-host'),
         PEERCACHE_CA_CERT: swarm.caPath,
         PEERCACHE_LOG: join(swarm.dir, 'ff-host.log'),
       },
-      extraPrefsFirefox: {
-        'extensions.webextensions.uuids': JSON.stringify({ [GECKO_ID]: UUID }),
-        'browser.download.dir': downloads,
-        'browser.download.folderList': 2,
-        'browser.download.useDownloadDir': true,
-        'browser.download.always_ask_before_handling_new_types': false,
-        'browser.download.start_downloads_in_tmp_dir': false,
-        'extensions.background.idle.timeout': 300000,
-      },
     });
-    const id = await browser.installExtension(EXT);
-    assert.equal(id, GECKO_ID);
     const p = await popup();
     await waitFor('the background to be ready', () => backgroundReady(p), 30000);
     await p.close();

@@ -12,6 +12,8 @@ import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import https from 'node:https';
 import http from 'node:http';
+import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const BIN = process.env.PEERCACHE_BIN_DIR ?? join(ROOT, 'target/debug');
@@ -22,6 +24,73 @@ export const SITE = `https://${SITE_IP}`;
 export const COOKIE_SITE_IP = '198.51.100.3';
 export const COOKIE_SITE = `https://${COOKIE_SITE_IP}`;
 export const CHROMIUM_ID = 'fmfjkafobffmfmdigggcgcdafihpelgn';
+export const GECKO_ID = 'peercache@peercache.org';
+export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/lib/chromium/chromium';
+export const FIREFOX = process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr';
+export const EXT_CHROMIUM = join(ROOT, 'dist/chromium');
+export const EXT_FIREFOX = join(ROOT, 'dist/firefox');
+
+/**
+ * Headless Chromium on the profile `userDataDir` with the built extension loaded
+ * (Playwright persistent context). `env` reaches the native host it starts.
+ */
+export function launchChromium(userDataDir, env) {
+  return chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    acceptDownloads: true,
+    ignoreHTTPSErrors: true,
+    ignoreDefaultArgs: ['--disable-extensions', '--disable-component-extensions-with-background-pages'],
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--ignore-certificate-errors',
+      `--disable-extensions-except=${EXT_CHROMIUM}`, `--load-extension=${EXT_CHROMIUM}`, '--remote-debugging-port=0',
+    ],
+    env: { ...process.env, ...env },
+  });
+}
+
+/**
+ * Headless Firefox ESR with `HOME=home` (where the host and any managed policy are
+ * registered), the extension installed over WebDriver BiDi under the fixed `uuid`,
+ * downloads saved to `downloads` if given. `env` reaches the native host.
+ */
+export async function launchFirefox(home, { uuid, env = {}, prefs = {}, downloads = null }) {
+  const browser = await puppeteer.launch({
+    browser: 'firefox',
+    executablePath: FIREFOX,
+    headless: true,
+    acceptInsecureCerts: true,
+    env: { ...process.env, HOME: home, ...env },
+    extraPrefsFirefox: {
+      'extensions.webextensions.uuids': JSON.stringify({ [GECKO_ID]: uuid }),
+      'extensions.background.idle.timeout': 300000,
+      ...(downloads ? {
+        'browser.download.dir': downloads,
+        'browser.download.folderList': 2,
+        'browser.download.useDownloadDir': true,
+        'browser.download.always_ask_before_handling_new_types': false,
+        'browser.download.start_downloads_in_tmp_dir': false,
+      } : {}),
+      ...prefs,
+    },
+  });
+  const id = await browser.installExtension(EXT_FIREFOX);
+  if (id !== GECKO_ID) throw new Error(`installed as ${id}, expected ${GECKO_ID}`);
+  return browser;
+}
+
+/** Median duration (ms) of the assets page's image over `n` loads of it in `page`. */
+export async function imageMedian(page, n) {
+  const times = [];
+  for (let i = 0; i < n; i++) {
+    await page.goto(`${SITE}/assets.html`);
+    await page.waitForFunction(() => document.getElementById('pic').complete && window.appLoaded === 'ok');
+    times.push(await page.evaluate(() => performance.getEntriesByType('resource').find((e) => e.name.includes('pic.svg')).duration));
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
 
 const sh = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 
