@@ -75,6 +75,8 @@ function connect() {
     return;
   }
   port.onMessage.addListener(async (msg) => {
+    lastHeard = Date.now();
+    stalled = false;
     let changed = false;
     try { changed = brain.on_host_message(msg); } catch (e) { log(e); return; }
     if (msg.type === 'hello') {
@@ -107,8 +109,27 @@ function connect() {
     setTimeout(connect, retryMs);
     retryMs = Math.min(retryMs * 2, 30000);
   });
+  lastHeard = Date.now();
   port.postMessage(brain.hello());
 }
+
+// A host that hangs (stopped, swapping, deadlocked) keeps its port open, so the
+// browser reports nothing: ask for a status every 2 s, and after 6 s of silence
+// take the rules down so pages load from the sites. The next answer brings the
+// gateway, and the rules, back.
+const HOST_STALL_MS = 6000;
+let lastHeard = Date.now();
+let stalled = false;
+setInterval(async () => {
+  if (!port || !brain) return;
+  try { port.postMessage({ type: 'get_status' }); } catch (_) { return; }
+  if (!stalled && Date.now() - lastHeard > HOST_STALL_MS) {
+    stalled = true;
+    log('the native host stopped answering; pages load from the sites until it does');
+    brain.on_host_disconnected('the native host stopped answering');
+    await applyRules();
+  }
+}, 2000);
 
 function onHeaders(details) {
   if (details.incognito) return;
@@ -130,8 +151,27 @@ const SUBRESOURCE_TYPES = ['image', 'script', 'stylesheet', 'media', 'font', 'xm
 const replaced = new Map(); // requestId → { abort, mode: 'pending' | 'peers' | 'original' }
 const hasHeader = (list, ...names) => (list ?? []).some((h) => names.includes(h.name.toLowerCase()));
 
+// When the gateway fails or stays silent, the rest of the body comes from the
+// site itself (a Range request from the first byte not yet written), so the page
+// never gets a short or empty body.
+const GATEWAY_FIRST_BYTE_MS = 5000;
+
+async function restFromSite(url, offset, filter) {
+  const headers = offset > 0 ? { Range: `bytes=${offset}-` } : {};
+  const resp = await fetch(url, { headers, cache: 'no-store', credentials: 'omit' });
+  const expected = offset > 0 ? 206 : 200;
+  if (resp.status !== expected) throw new Error(`the site answered ${resp.status} for the rest from byte ${offset}`);
+  const reader = resp.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    filter.write(value);
+  }
+}
+
 function replaceBody(details) {
-  if (!brain || details.method !== 'GET' || details.incognito || replaced.size > 1000) return {};
+  // tabId -1: the background's own requests (restFromSite), never replaced.
+  if (!brain || details.method !== 'GET' || details.incognito || details.tabId === -1 || replaced.size > 1000) return {};
   const target = brain.gateway_for(details.url);
   if (!target) return {};
   const filter = api.webRequest.filterResponseData(details.requestId);
@@ -155,17 +195,27 @@ function replaceBody(details) {
       abort.abort();
       return;
     }
+    let written = 0;
+    const silent = setTimeout(() => abort.abort(), GATEWAY_FIRST_BYTE_MS);
     try {
       const resp = await body;
+      clearTimeout(silent);
       if (!resp.ok) throw new Error(`gateway ${resp.status}`);
       const reader = resp.body.getReader();
       for (;;) {
         const { done: end, value } = await reader.read();
         if (end) break;
         filter.write(value);
+        written += value.byteLength;
       }
     } catch (e) {
-      log('subresource through peers failed:', e?.message ?? e);
+      clearTimeout(silent);
+      log('subresource through peers failed, the rest comes from the site:', e?.message ?? e);
+      try {
+        await restFromSite(details.url, written, filter);
+      } catch (e2) {
+        log('and from the site too:', e2?.message ?? e2);
+      }
     } finally {
       filter.close();
       done();
@@ -178,8 +228,10 @@ function replaceBody(details) {
 function askHeadersOnly(details) {
   const entry = replaced.get(details.requestId);
   if (!entry) return {};
-  if (hasHeader(details.requestHeaders, 'cookie', 'authorization')) {
-    entry.mode = 'original'; // never sent through peers (B2)
+  // Cookies or authorization: never through peers (B2). A Range request (media):
+  // the page expects exactly the part it asked for, so the site answers it.
+  if (hasHeader(details.requestHeaders, 'cookie', 'authorization', 'range')) {
+    entry.mode = 'original';
     entry.abort.abort();
     return {};
   }

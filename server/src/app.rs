@@ -698,7 +698,18 @@ async fn site(
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         r
     } else {
-        send_object(&state, &obj, method == Method::HEAD).await?
+        // Resumed downloads and media seek with `Range`; so does the extension when
+        // it finishes a body the gateway could not.
+        let range = match headers.get(header::RANGE) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| headers::parse_range(v, obj.size).ok())
+                    .ok_or(ApiError::RangeNotSatisfiable(obj.size))?,
+            ),
+        };
+        send_object_range(&state, &obj, method == Method::HEAD, range).await?
     };
     if shareable
         && let Ok(v) = HeaderValue::from_str(&headers::encode_record(&state.sign(&url, &obj)))

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, SITE, COOKIE_SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
-  installHostForChromium, sha256, get, cacheHolds, launchChromium,
+  installHostForChromium, sha256, get, cacheHolds, launchChromium, hostPid,
 } from './harness.mjs';
 
 
@@ -331,6 +331,32 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     const after = await serverMetrics(swarm, COOKIE_SITE);
     assert.equal(after.peercache_requests_referred_total ?? 0, before.peercache_requests_referred_total ?? 0);
     await p.close();
+    await page.close();
+  });
+
+  it('a host that stops answering: the rules come down and pages load from the site, then peers come back', async () => {
+    const pid = hostPid(join(swarm.dir, 'browser-host'));
+    assert.ok(pid, 'the browser started the host');
+    const rules = await ruleCount();
+    assert.ok(rules >= 2);
+    process.kill(pid, 'SIGSTOP');
+    const page = await context.newPage();
+    try {
+      await waitFor('rules removed', async () => (await ruleCount()) === 0, 15000);
+      const before = await serverMetrics(swarm);
+      await page.goto(`${SITE}/assets.html`);
+      await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
+      assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120);
+      const after = await serverMetrics(swarm);
+      assert.equal(after.peercache_requests_referred_total, before.peercache_requests_referred_total, 'straight from the site');
+      const p = await popup();
+      await p.waitForSelector('#host-status[data-state="disconnected"]');
+      assert.match(await p.textContent('#host'), /stopped answering/);
+      await p.close();
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await waitFor('rules back', async () => (await ruleCount()) === rules, 15000);
     await page.close();
   });
 

@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import {
   ROOT, BIN, SITE, COOKIE_SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get, cacheHolds,
-  firefoxManagedPolicy, launchFirefox,
+  firefoxManagedPolicy, launchFirefox, hostPid,
 } from './harness.mjs';
 
 const UUID = '6f1d3c1e-8a2b-4c5d-9e0f-1a2b3c4d5e6f';
@@ -203,5 +203,42 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     assert.ok(counts['/cookie.html'].with_cookie >= 1, JSON.stringify(counts));
     assert.equal(cacheHolds(host, swarm.cookieFiles.session), false);
     await page.close();
+  });
+
+  it('a host that stops answering never leaves a page short: the site fills in, and peers come back', async () => {
+    const pid = hostPid(join(swarm.dir, 'ff-host'));
+    assert.ok(pid, 'the browser started the host');
+    const p = await popup();
+    const rules = await ruleCount(p);
+    assert.ok(rules >= 2, 'the token rule and the test site');
+    process.kill(pid, 'SIGSTOP');
+    try {
+      // Intercepted while the host is silent: after 5 s without a first byte the
+      // background takes the bodies from the site instead.
+      const before = await serverMetrics(swarm);
+      const page = await browser.newPage();
+      await page.goto(`${SITE}/assets.html`);
+      await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete, { timeout: 30000 });
+      assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120, 'the image is whole');
+      const mid = await serverMetrics(swarm);
+      assert.equal(mid.peercache_requests_headers_only_total - before.peercache_requests_headers_only_total, 2,
+        'both were intercepted');
+      assert.ok(mid.peercache_bytes_served_total - before.peercache_bytes_served_total
+        >= swarm.files.pic.length + swarm.files.app.length, 'the site sent the bodies');
+      // The watchdog takes the rules down.
+      await waitFor('rules removed', async () => (await ruleCount(p)) === 0, 15000);
+      await page.close();
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await waitFor('rules back', async () => (await ruleCount(p)) === rules, 15000);
+    const before = await serverMetrics(swarm);
+    const page = await browser.newPage();
+    await page.goto(`${SITE}/assets.html`);
+    await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
+    const after = await serverMetrics(swarm);
+    assert.equal(after.peercache_requests_headers_only_total - before.peercache_requests_headers_only_total, 2, 'through the host again');
+    await page.close();
+    await p.close();
   });
 });

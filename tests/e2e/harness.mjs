@@ -285,6 +285,19 @@ export function firefoxManagedPolicy(home, data) {
   }));
 }
 
+/** The pid of the native host the browser started with PEERCACHE_CACHE_DIR=`cacheDir`. */
+export function hostPid(cacheDir) {
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (!cmd.includes('peercache-host')) continue;
+      const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      if (env.includes(`PEERCACHE_CACHE_DIR=${cacheDir}`)) return Number(pid);
+    } catch (_) { /* gone */ }
+  }
+  return null;
+}
+
 /** Does the host cache in `dir` hold an object with exactly these bytes? */
 export function cacheHolds(dir, bytes) {
   const objects = join(dir, 'objects');

@@ -207,7 +207,7 @@ async fn without_an_egress_limit_the_server_serves_within_the_default_period() {
 }
 
 #[tokio::test]
-async fn headers_only_is_marked_uncacheable_and_never_given_to_a_request_with_cookies() {
+async fn headers_only_answers_and_range_on_site_files() {
     let dir = TempDir::new("srv-headers-only");
     let data = test_bytes(30_000, 5);
     let root = make_site(&dir, &[("pic.svg", &data)]);
@@ -243,6 +243,23 @@ async fn headers_only_is_marked_uncacheable_and_never_given_to_a_request_with_co
         .unwrap();
     assert!(!r.headers().contains_key("peercache-headers-only"));
     assert_eq!(r.bytes().await.unwrap(), data);
+    // The site's files answer Range, as the objects API does.
+    let r = http
+        .get(&url)
+        .header("Range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 1000-29999/30000");
+    assert_eq!(r.bytes().await.unwrap(), data[1000..]);
+    let r = http
+        .get(&url)
+        .header("Range", "bytes=40000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416, "beyond the end");
     // Outside the scope: the whole body too.
     let r = http
         .get(format!("{}/index.html", server.url))
