@@ -144,6 +144,7 @@ function render(view) {
   document.getElementById('from-peers').textContent = bytes(c.bytes_from_peers);
   document.getElementById('from-server').textContent = bytes(c.bytes_from_server);
   document.getElementById('served').textContent = bytes(c.bytes_served);
+  document.getElementById('saved').textContent = bytes(view.bytes_saved ?? 0);
   document.getElementById('failures').textContent = String(c.verification_failures);
   document.body.dataset.rules = String(view.rules);
   const form = document.getElementById('limits');

@@ -24,4 +24,6 @@ for browser in chromium firefox; do
   node scripts/package-manifest.mjs "$browser" manifest.json > "$out/manifest.json"
   (cd "$out" && rm -f "../peercache-$browser.zip" && python3 -m zipfile -c "../peercache-$browser.zip" ./* >/dev/null)
 done
+# Firefox installs an .xpi directly (about:addons → Install Add-on From File); AMO takes either.
+cp dist/peercache-firefox.zip dist/peercache-firefox.xpi
 echo "built dist/chromium and dist/firefox ($(du -b dist/chromium/wasm/peercache_wasm_bg.wasm | cut -f1) bytes of wasm)"

@@ -200,6 +200,17 @@ pub struct Counters {
     pub bytes_served: u64,
     /// Downloads whose peer bytes failed verification.
     pub verification_failures: u64,
+    /// Bytes answered from this host's own cache (re-verified), without asking
+    /// the site for the body.
+    #[serde(default)]
+    pub bytes_from_cache: u64,
+}
+
+impl Counters {
+    /// Bytes the sites did not have to send: from peers plus from the own cache.
+    pub fn bytes_saved(&self) -> u64 {
+        self.bytes_from_peers.saturating_add(self.bytes_from_cache)
+    }
 }
 
 /// A peer that recently sent this host verified bytes for a site, for the popup's

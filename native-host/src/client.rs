@@ -51,6 +51,8 @@ pub struct HostCounters {
     pub bytes_served: AtomicU64,
     /// Peer downloads that failed verification.
     pub verification_failures: AtomicU64,
+    /// Bytes answered from the own cache.
+    pub bytes_from_cache: AtomicU64,
 }
 
 impl HostCounters {
@@ -61,6 +63,7 @@ impl HostCounters {
             bytes_from_server: self.bytes_from_server.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
             verification_failures: self.verification_failures.load(Ordering::Relaxed),
+            bytes_from_cache: self.bytes_from_cache.load(Ordering::Relaxed),
         }
     }
 }
@@ -1107,9 +1110,16 @@ impl Client {
         self.cache.touch(hash);
         let file = tokio::fs::File::open(&path).await.ok()?;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let counters = self.counters.clone();
         tokio::spawn(async move {
             let mut reader = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
             while let Some(chunk) = reader.next().await {
+                if let Ok(c) = &chunk {
+                    counters
+                        .bytes_from_cache
+                        .fetch_add(c.len() as u64, Ordering::Relaxed);
+                    counter!("peercache_bytes_from_cache_total").increment(c.len() as u64);
+                }
                 let item = chunk.map_err(|_| FetchError::Status(500));
                 if tx.send(item).await.is_err() {
                     break;

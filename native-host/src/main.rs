@@ -168,6 +168,7 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         "peercache_uploads_refused_total",
         "peercache_bytes_from_peers_total",
         "peercache_bytes_from_server_total",
+        "peercache_bytes_from_cache_total",
         "peercache_verification_failures_total",
     ] {
         metrics::counter!(name).increment(0);

@@ -160,6 +160,22 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     await page.close();
   });
 
+  it('switching one site off stops its interception at once', async () => {
+    const p = await popup();
+    const sw = p.locator(`.site-switch[data-origin="${SITE}"]`);
+    await sw.click();
+    await waitFor('rules removed', async () => (await ruleCount()) === 0);
+    const page = await context.newPage();
+    await page.goto(`${SITE}/`);
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#big')]);
+    assert.equal(download.url(), `${SITE}/static/big.bin`, 'straight from the site');
+    await download.path();
+    await sw.click();
+    await waitFor('rules back', async () => (await ruleCount()) === 2);
+    await p.close();
+    await page.close();
+  });
+
   it('never hands a lying peer\'s bytes to the user: the right bytes arrive from the server', async () => {
     const before = await serverMetrics(swarm);
     const liarBefore = await peerMetrics(swarm.peers.liar);
@@ -263,6 +279,11 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
       && document.getElementById('from-server').textContent !== '0 B');
     const fromPeers = await p.textContent('#from-peers');
     assert.match(fromPeers, /MiB|KiB/);
+    // The large file came once from the peer and once from the host's own cache.
+    const view = await worker.evaluate(() => globalThis.peercache.view());
+    assert.ok(view.counters.bytes_from_cache >= swarm.files.big.length, JSON.stringify(view.counters));
+    assert.equal(view.bytes_saved, view.counters.bytes_from_peers + view.counters.bytes_from_cache);
+    assert.match(await p.textContent('#saved'), /MiB/);
     if (SHOTS) await p.screenshot({ path: join(SHOTS, 'popup-chromium.png') });
     await p.close();
   });
@@ -272,9 +293,10 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     await page.goto(`${SITE}/`);
     const p = await popup();
     await page.bringToFront();
+    // The popup refreshes every 2 s and then shows the active tab's site.
+    await p.waitForFunction((site) => document.body.dataset.activeSite === site, SITE, { timeout: 10000 });
     const row = p.locator(`.peer[data-site="${SITE}"][data-addr$=":${swarm.peers.honest.port}"]`);
     await row.waitFor({ timeout: 10000 });
-    assert.equal(await p.evaluate(() => document.body.dataset.activeSite), SITE);
     assert.match(await row.textContent(), /MiB/, 'with the bytes it sent');
     // The liar sent bytes too (they were rejected): only verified bytes count.
     const liar = p.locator(`.peer[data-addr$=":${swarm.peers.liar.port}"]`);
@@ -288,11 +310,16 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     const page = await context.newPage();
     const cdp = await context.newCDPSession(page);
     await cdp.send('Browser.grantPermissions', { origin: COOKIE_SITE, permissions: ['loopbackNetwork', 'localNetwork'] });
-    await page.goto(`${COOKIE_SITE}/`);
+    // "Switch on advertised sites automatically": the site is on as soon as it advertises.
     const p = await popup();
+    await p.click('#auto');
+    await p.waitForFunction(() => document.getElementById('auto').checked);
+    await page.goto(`${COOKIE_SITE}/`);
+    await p.reload();
     const sw = p.locator(`.site-switch[data-origin="${COOKIE_SITE}"]`);
     await sw.waitFor();
-    await sw.click();
+    assert.equal(await sw.isChecked(), true, 'switched on by the auto setting');
+    await p.click('#auto');
     await page.goto(`${COOKIE_SITE}/`);
     await waitFor('subresource rules for the second site', () => worker.evaluate(async (site) =>
       (await chrome.declarativeNetRequest.getSessionRules()).some((r) => r.action.type === 'redirect'

@@ -48,6 +48,8 @@ pub struct View {
     pub sites: Vec<SiteView>,
     /// Counters from the host.
     pub counters: Counters,
+    /// Bytes the sites did not have to send (from peers and from the own cache).
+    pub bytes_saved: u64,
     /// The host's limits and cache use.
     pub limits: HostLimits,
     /// Number of interception rules in force.
@@ -232,6 +234,7 @@ impl Brain {
                 })
                 .collect(),
             counters: self.counters,
+            bytes_saved: self.counters.bytes_saved(),
             limits: self.limits,
             rules: self
                 .settings
