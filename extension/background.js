@@ -36,12 +36,12 @@ let cookieCheck = null;
 async function checkCookies() {
   if (!api.cookies || !brain) return;
   let changed = false;
-  for (const site of brain.view().sites) {
-    let bound = false;
+  for (const site of brain.view()?.sites ?? []) {
+    let bound = true; // if the store cannot be read, assume cookies: never intercept blind
     try {
       bound = (await api.cookies.getAll({ url: `${site.origin}${site.scope}` })).length > 0;
     } catch (e) {
-      log('reading cookies failed:', e?.message ?? e);
+      log('reading cookies failed; not intercepting', site.origin, e?.message ?? e);
     }
     if (brain.on_cookies(site.origin, bound)) changed = true;
   }
@@ -118,16 +118,26 @@ function connect() {
 // take the rules down so pages load from the sites. The next answer brings the
 // gateway, and the rules, back.
 const HOST_STALL_MS = 6000;
+const HOST_REPLACE_MS = 30000;
 let lastHeard = Date.now();
 let stalled = false;
 setInterval(async () => {
   if (!port || !brain) return;
   try { port.postMessage({ type: 'get_status' }); } catch (_) { return; }
-  if (!stalled && Date.now() - lastHeard > HOST_STALL_MS) {
+  const silentFor = Date.now() - lastHeard;
+  if (!stalled && silentFor > HOST_STALL_MS) {
     stalled = true;
     log('the native host stopped answering; pages load from the sites until it does');
     brain.on_host_disconnected('the native host stopped answering');
     await applyRules();
+  }
+  if (silentFor > HOST_REPLACE_MS) {
+    // Still hung: let it go and start a fresh one (disconnect() does not fire our
+    // own onDisconnect).
+    log('replacing the hung native host');
+    try { port.disconnect(); } catch (_) { /* gone */ }
+    port = null;
+    setTimeout(connect, 0);
   }
 }, 2000);
 
@@ -148,93 +158,112 @@ function onHeaders(details) {
 // server's headers-only reply (a Set-Cookie or private response is always sent
 // whole), keeps its own body untouched and the gateway fetch is cancelled.
 const SUBRESOURCE_TYPES = ['image', 'script', 'stylesheet', 'media', 'font', 'xmlhttprequest'];
-const replaced = new Map(); // requestId → { abort, mode: 'pending' | 'peers' | 'original' }
+// requestId → { url, mode: 'pending' | 'peers' | 'original', abort, body, failed }
+const replaced = new Map();
 const hasHeader = (list, ...names) => (list ?? []).some((h) => names.includes(h.name.toLowerCase()));
 
-// When the gateway fails or stays silent, the rest of the body comes from the
-// site itself (a Range request from the first byte not yet written), so the page
-// never gets a short or empty body.
+// When the gateway fails or goes silent (no first byte in 5 s, no next byte in
+// 10 s), the rest of the body comes from the site itself, a Range request from
+// the first byte not yet written, so the page never gets a short or empty body.
 const GATEWAY_FIRST_BYTE_MS = 5000;
+const GATEWAY_STALL_MS = 10000;
 
-async function restFromSite(url, offset, filter) {
+async function restFromSite(url, offset, filter, entry) {
   const headers = offset > 0 ? { Range: `bytes=${offset}-` } : {};
   const resp = await fetch(url, { headers, cache: 'no-store', credentials: 'omit' });
-  const expected = offset > 0 ? 206 : 200;
-  if (resp.status !== expected) throw new Error(`the site answered ${resp.status} for the rest from byte ${offset}`);
+  if (resp.status !== 200 && resp.status !== 206) throw new Error(`the site answered ${resp.status}`);
+  // A site that ignores Range sends everything: skip what was written already.
+  let skip = resp.status === 200 ? offset : 0;
   const reader = resp.body.getReader();
   for (;;) {
     const { done, value } = await reader.read();
     if (done) return;
-    filter.write(value);
+    if (entry.failed) { reader.cancel(); return; }
+    if (skip >= value.byteLength) { skip -= value.byteLength; continue; }
+    filter.write(skip ? value.subarray(skip) : value);
+    skip = 0;
   }
+}
+
+/** Reads `promise` or gives up after `ms`, aborting `abort`. */
+function withDeadline(promise, ms, abort) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => { abort.abort(); reject(new Error(`the gateway was silent for ${ms} ms`)); }, ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
 }
 
 function replaceBody(details) {
   // tabId -1: the background's own requests (restFromSite), never replaced.
   if (!brain || details.method !== 'GET' || details.incognito || details.tabId === -1 || replaced.size > 1000) return {};
+  if (replaced.has(details.requestId)) return {}; // a redirect hop of a request already handled
   const target = brain.gateway_for(details.url);
   if (!target) return {};
   const filter = api.webRequest.filterResponseData(details.requestId);
-  const abort = new AbortController();
-  const entry = { abort, mode: 'pending' };
+  const entry = { url: details.url, target, mode: 'pending', abort: new AbortController(), body: null, failed: false };
   replaced.set(details.requestId, entry);
-  const done = () => { replaced.delete(details.requestId); };
-  // Start fetching at once; write only from onstart on (earlier writes fail).
-  const body = fetch(target.url, {
-    headers: { 'x-peercache-token': target.token }, cache: 'no-store', signal: abort.signal,
-  });
-  body.catch(() => {}); // cancelled, or reported in onstart
+  const done = () => { if (replaced.get(details.requestId) === entry) replaced.delete(details.requestId); };
+  const close = () => { try { filter.close(); } catch (_) { /* already closed or failed */ } };
   filter.ondata = (event) => {
     // The original body is the page's unless the server sent headers only.
     if (entry.mode === 'original') filter.write(event.data);
   };
-  filter.onstop = () => { if (entry.mode === 'original') { filter.close(); done(); } };
+  filter.onstop = () => { if (entry.mode === 'original') { close(); done(); } };
   filter.onstart = async () => {
-    if (entry.mode !== 'peers') {
+    if (entry.mode !== 'peers' || !entry.body) {
       entry.mode = 'original';
-      abort.abort();
+      entry.abort.abort();
       return;
     }
     let written = 0;
-    const silent = setTimeout(() => abort.abort(), GATEWAY_FIRST_BYTE_MS);
     try {
-      const resp = await body;
-      clearTimeout(silent);
+      const resp = await withDeadline(entry.body, GATEWAY_FIRST_BYTE_MS, entry.abort);
       if (!resp.ok) throw new Error(`gateway ${resp.status}`);
       const reader = resp.body.getReader();
       for (;;) {
-        const { done: end, value } = await reader.read();
+        const { done: end, value } = await withDeadline(reader.read(), GATEWAY_STALL_MS, entry.abort);
         if (end) break;
         filter.write(value);
         written += value.byteLength;
       }
     } catch (e) {
-      clearTimeout(silent);
-      log('subresource through peers failed, the rest comes from the site:', e?.message ?? e);
-      try {
-        await restFromSite(details.url, written, filter);
-      } catch (e2) {
-        log('and from the site too:', e2?.message ?? e2);
+      if (!entry.failed) {
+        log('subresource through peers failed, the rest comes from the site:', e?.message ?? e);
+        try {
+          await restFromSite(entry.url, written, filter, entry);
+        } catch (e2) {
+          log('and from the site too:', e2?.message ?? e2);
+        }
       }
     } finally {
-      filter.close();
+      close();
       done();
     }
   };
-  filter.onerror = () => { abort.abort(); done(); };
+  // The page went away or the request failed: nothing more to write.
+  filter.onerror = () => { entry.failed = true; entry.abort.abort(); done(); };
   return {};
 }
 
 function askHeadersOnly(details) {
   const entry = replaced.get(details.requestId);
-  if (!entry) return {};
-  // Cookies or authorization: never through peers (B2). A Range request (media):
-  // the page expects exactly the part it asked for, so the site answers it.
+  // Only the request the entry was made for (not a later redirect hop).
+  if (!entry || entry.mode !== 'pending' || entry.url !== details.url) return {};
+  // Cookies or authorization: never through peers (B2), so the gateway is not even
+  // asked. A Range request (media): the page expects exactly the part it asked
+  // for, so the site answers it.
   if (hasHeader(details.requestHeaders, 'cookie', 'authorization', 'range')) {
     entry.mode = 'original';
-    entry.abort.abort();
     return {};
   }
+  // Start the gateway fetch now, alongside the headers-only request.
+  entry.body = fetch(entry.target.url, {
+    headers: { 'x-peercache-token': entry.target.token }, cache: 'no-store', signal: entry.abort.signal,
+  });
+  entry.body.catch(() => {}); // cancelled, or reported in onstart
   const requestHeaders = details.requestHeaders ?? [];
   requestHeaders.push({ name: 'Peercache-Headers-Only', value: '1' });
   return { requestHeaders };
@@ -242,8 +271,12 @@ function askHeadersOnly(details) {
 
 function headersOnlyAnswer(details) {
   const entry = replaced.get(details.requestId);
-  if (!entry || entry.mode !== 'pending') return {};
-  entry.mode = hasHeader(details.responseHeaders, 'peercache-headers-only') ? 'peers' : 'original';
+  if (!entry || entry.mode !== 'pending' || entry.url !== details.url) {
+    // A redirect hop, or a request left alone: the original body stays.
+    if (entry && entry.mode === 'pending') { entry.mode = 'original'; entry.abort.abort(); }
+    return {};
+  }
+  entry.mode = hasHeader(details.responseHeaders, 'peercache-headers-only') && entry.body ? 'peers' : 'original';
   if (entry.mode === 'original') entry.abort.abort();
   return {};
 }
@@ -276,15 +309,22 @@ api.webRequest.onHeadersReceived.addListener(
   ['responseHeaders'],
 );
 
+let pendingLoopback = [];
 api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
-  if (sender.id !== api.runtime.id || !brain) return false;
+  if (sender.id !== api.runtime.id) return false;
   if (msg?.cmd === 'loopback') {
     // From the content script of a page (never from incognito: not allowed there).
+    // The origin is the sender's as the browser reports it, never the message's.
     if (sender.tab?.incognito) return false;
-    const origin = sender.origin ?? (sender.url ? new URL(sender.url).origin : msg.origin);
+    const origin = sender.origin ?? (sender.url ? new URL(sender.url).origin : null);
+    if (!origin) return false;
+    if (!brain) { if (pendingLoopback.length < 64) pendingLoopback.push([origin, String(msg.state)]); return false; }
     if (brain.on_loopback(String(origin), String(msg.state))) applyRules();
     return false;
   }
+  // Everything else changes settings or reveals them: only the extension's own
+  // pages (the popup) may ask, never a content script in a web page.
+  if (!sender.url?.startsWith(api.runtime.getURL('')) || !brain) return false;
   (async () => {
     switch (msg?.cmd) {
       case 'limits':
@@ -323,7 +363,9 @@ function applyManaged(policy) {
 
 api.storage.onChanged.addListener(async (_changes, area) => {
   if (area !== 'managed' || !brain) return;
-  applyManaged(await readManaged());
+  const policy = await readManaged();
+  applyManaged(policy);
+  await api.storage.local.set({ managedSeen: policy ?? null });
   await settingsChanged();
 });
 
@@ -332,14 +374,20 @@ init().then(async () => {
   globalThis.peercache.timings = { wasm: performance.now() - startedAt };
   const saved = (await api.storage.local.get('settings')).settings;
   brain = new Brain(saved);
+  // The last policy seen applies from the first moment (managed storage can take
+  // seconds to answer); the fresh one replaces it when it arrives.
+  applyManaged((await api.storage.local.get('managedSeen')).managedSeen ?? null);
   // Chromium takes seconds to answer storage.managed when no policy is set, so
   // the policy is applied when it arrives instead of holding up the start.
   readManaged().then(async (policy) => {
     applyManaged(policy);
+    await api.storage.local.set({ managedSeen: policy ?? null });
     globalThis.peercache.timings.managed = performance.now() - startedAt;
     globalThis.peercache.policyRead = true;
     await settingsChanged();
-  });
+  }).catch((e) => log('applying the managed policy failed:', e?.message ?? e));
+  for (const [origin, state] of pendingLoopback) brain.on_loopback(origin, state);
+  pendingLoopback = [];
   for (const [url, value] of pendingAds) brain.on_advertisement(url, value);
   pendingAds = [];
   await api.storage.local.set({ settings: brain.settings() });

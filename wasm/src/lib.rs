@@ -17,6 +17,9 @@ use peercache_core::protocol::{Counters, FromHost, HostLimits, RecentPeer, ToHos
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+/// Largest integer a JavaScript number holds exactly.
+const MAX_EXACT_JS: u64 = (1 << 53) - 1;
+
 /// The state of the connection to the native host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -378,10 +381,19 @@ impl Brain {
         if self.settings.managed.limits.is_some() {
             return;
         }
+        // Kept within what JavaScript numbers hold exactly (2^53), so the settings
+        // always convert back; NaN counts as 0 (no cap).
+        let exact = |v: f64| {
+            if v.is_nan() {
+                0
+            } else {
+                v.clamp(0.0, MAX_EXACT_JS as f64) as u64
+            }
+        };
         self.settings.limits = UserLimits {
             max_uploads: max_uploads.min(1024),
-            upload_rate: upload_rate.max(0.0) as u64,
-            cache_max: cache_max.max(0.0) as u64,
+            upload_rate: exact(upload_rate),
+            cache_max: exact(cache_max),
         };
     }
 

@@ -162,3 +162,21 @@ fn a_managed_policy_locks_what_it_sets_and_a_bad_one_is_refused() {
         "policy gone"
     );
 }
+
+#[wasm_bindgen_test]
+fn huge_limits_are_clamped_so_the_settings_still_convert() {
+    let mut brain = Brain::new(JsValue::UNDEFINED);
+    brain.on_advertisement("https://a.example/", "scope=\"/s/\"");
+    brain.set_limits(5000, f64::INFINITY, 1e300);
+    let saved = brain.settings();
+    assert!(!saved.is_null(), "settings still convert");
+    let limits = get(&saved, "limits");
+    assert_eq!(get(&limits, "max_uploads").as_f64(), Some(1024.0));
+    assert_eq!(get(&limits, "cache_max").as_f64(), Some(9007199254740991.0));
+    brain.set_limits(1, f64::NAN, -5.0);
+    assert_eq!(
+        get(&get(&brain.settings(), "limits"), "upload_rate").as_f64(),
+        Some(0.0)
+    );
+    assert!(!brain.view().is_null());
+}
