@@ -23,6 +23,8 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
   let browser;
   let home;
   let downloads;
+  let profile;
+  let launchOptions;
 
   /** A tab showing the popup (navigated from a web page: moz-extension URLs cannot be opened with goto). */
   const popup = async () => {
@@ -65,9 +67,12 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     // The administrator switches the second site on for everyone (managed storage).
     firefoxManagedPolicy(home, { sites: [COOKIE_SITE] });
     mkdirSync(join(swarm.dir, 'ff-host'), { recursive: true });
-    browser = await launchFirefox(home, {
+    profile = join(home, 'profile');
+    mkdirSync(profile);
+    browser = await launchFirefox(home, launchOptions = {
       uuid: UUID,
       downloads,
+      profile,
       env: {
         PEERCACHE_CACHE_DIR: join(swarm.dir, 'ff-host'),
         PEERCACHE_CA_CERT: swarm.caPath,
@@ -240,5 +245,22 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     assert.equal(after.peercache_requests_headers_only_total - before.peercache_requests_headers_only_total, 2, 'through the host again');
     await page.close();
     await p.close();
+  });
+
+  it('settings survive a browser restart', async () => {
+    const p = await popup();
+    await p.$eval('#max-uploads', (e) => { e.value = '5'; });
+    await p.click('#apply-limits');
+    await p.waitForFunction(() => document.body.dataset.hostMaxUploads === '5');
+    await p.close();
+    await browser.close();
+    browser = await launchFirefox(home, launchOptions);
+    const q = await popup();
+    await waitFor('the background to be ready', () => backgroundReady(q), 30000);
+    const sw = await q.waitForSelector(`.site-switch[data-origin="${SITE}"]`);
+    assert.equal(await sw.evaluate((e) => e.checked), true, 'the site is still switched on');
+    await q.waitForFunction(() => document.getElementById('max-uploads').value === '5');
+    await waitFor('rules restored', async () => (await ruleCount(q)) >= 2);
+    await q.close();
   });
 });

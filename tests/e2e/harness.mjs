@@ -53,18 +53,23 @@ export function launchChromium(userDataDir, env) {
 /**
  * Headless Firefox ESR with `HOME=home` (where the host and any managed policy are
  * registered), the extension installed over WebDriver BiDi under the fixed `uuid`,
- * downloads saved to `downloads` if given. `env` reaches the native host.
+ * downloads saved to `downloads` if given, on the profile directory `profile` if
+ * given (to restart with the same one). `env` reaches the native host.
  */
-export async function launchFirefox(home, { uuid, env = {}, prefs = {}, downloads = null }) {
+export async function launchFirefox(home, { uuid, env = {}, prefs = {}, downloads = null, profile = undefined }) {
   const browser = await puppeteer.launch({
     browser: 'firefox',
     executablePath: FIREFOX,
+    userDataDir: profile,
     headless: true,
     acceptInsecureCerts: true,
     env: { ...process.env, HOME: home, ...env },
     extraPrefsFirefox: {
       'extensions.webextensions.uuids': JSON.stringify({ [GECKO_ID]: uuid }),
       'extensions.background.idle.timeout': 300000,
+      // The extension is installed over WebDriver BiDi as a temporary add-on; keep
+      // its storage when it is removed at shutdown, as a normal install would.
+      'extensions.webextensions.keepStorageOnUninstall': true,
       ...(downloads ? {
         'browser.download.dir': downloads,
         'browser.download.folderList': 2,
