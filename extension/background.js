@@ -86,9 +86,14 @@ function connect() {
     }
     if (msg.type === 'not_shareable') {
       // The site answered with a cookie or a private response: from now on this
-      // URL goes to the site itself (remembered across restarts).
+      // URL goes to the site itself (remembered across restarts). Once the rule is
+      // in force, the gateway may send the waiting request there too.
       log('not shareable, fetched from the site from now on:', msg.url, msg.reason);
       if (changed) await settingsChanged();
+      await rulesChain;
+      if (port && brain.is_direct(String(msg.url))) {
+        try { port.postMessage({ type: 'direct_ready', url: msg.url }); } catch (_) { /* reconnecting */ }
+      }
       return;
     }
     if (changed) await applyRules();

@@ -296,6 +296,12 @@ impl Settings {
         true
     }
 
+    /// Is `url` one of the URLs sent to the site itself?
+    pub fn is_direct(&self, url: &str) -> bool {
+        let url = url.split('#').next().unwrap_or(url);
+        self.direct_urls.iter().any(|u| u == url)
+    }
+
     /// Sites the gateway may fetch for right now.
     pub fn enabled_sites(&self) -> Vec<EnabledSite> {
         if !self.enabled_now() {
@@ -516,6 +522,8 @@ mod tests {
             s.gateway_url(Some(&gw), "https://a.example/static/session.js"),
             None
         );
+        assert!(s.is_direct("https://a.example/static/session.js"));
+        assert!(!s.is_direct("https://a.example/static/other.js"));
         let rules = s.rules(Some(&gw), &none);
         assert_eq!(rules.len(), 3);
         let allow = &rules[2];

@@ -269,6 +269,12 @@ pub enum ToHost {
     },
     /// Ask for a fresh `status`.
     GetStatus,
+    /// Answer to `not_shareable`: the rule that sends `url` to the site itself is
+    /// in force, so the gateway may redirect the browser there.
+    DirectReady {
+        /// The URL from `not_shareable`.
+        url: String,
+    },
 }
 
 /// Messages from the native host to the extension.

@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use metrics::counter;
 use peercache_core::headers;
 use peercache_core::protocol::{EnabledSite, FromHost};
-use tokio::sync::RwLock;
+use std::time::Duration;
+
+use tokio::sync::{RwLock, oneshot};
 
 use crate::client::{Client, FetchError, Source};
 
@@ -28,6 +30,56 @@ pub struct Enrolment {
     pub enabled: bool,
     /// Enabled sites.
     pub sites: Vec<EnabledSite>,
+}
+
+/// Gateway requests waiting for the extension to confirm that a URL now goes to
+/// the site itself (`direct_ready`), so they can redirect the browser there and
+/// the site's cookie lands where it belongs.
+#[derive(Debug, Default)]
+pub struct DirectAcks {
+    waiting: std::sync::Mutex<std::collections::HashMap<String, Vec<oneshot::Sender<()>>>>,
+}
+
+/// Most gateway requests waiting for a `direct_ready` at once.
+pub const MAX_DIRECT_WAITING: usize = 64;
+/// How long a gateway request waits for `direct_ready` before it sends the body
+/// itself (without the cookie).
+pub const DIRECT_ACK_WAIT: Duration = Duration::from_secs(2);
+
+impl DirectAcks {
+    /// Registers a wait for `url`; `None` when too many are waiting already.
+    pub fn wait_for(&self, url: &str) -> Option<oneshot::Receiver<()>> {
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        waiting.retain(|_, senders| {
+            senders.retain(|s| !s.is_closed());
+            !senders.is_empty()
+        });
+        if waiting.values().map(Vec::len).sum::<usize>() >= MAX_DIRECT_WAITING {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        waiting.entry(url.to_string()).or_default().push(tx);
+        Some(rx)
+    }
+
+    /// The extension confirmed `url`: wakes every request waiting for it. Returns
+    /// how many were waiting.
+    pub fn release(&self, url: &str) -> usize {
+        let senders = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(url)
+            .unwrap_or_default();
+        senders
+            .into_iter()
+            .map(|s| s.send(()))
+            .filter(Result::is_ok)
+            .count()
+    }
 }
 
 /// Gateway state.
@@ -45,6 +97,8 @@ pub struct GatewayState {
     pub extension_origins: Vec<String>,
     /// Messages for the extension (bounded; dropped when the session is gone).
     pub notices: tokio::sync::mpsc::Sender<FromHost>,
+    /// Requests waiting for `direct_ready`.
+    pub acks: Arc<DirectAcks>,
 }
 
 /// The gateway's router: every path is handled by one function.
@@ -125,18 +179,40 @@ async fn handle(
         }
     };
     if let Some(why) = dl.not_shareable {
-        // The page still gets the bytes (without the cookie, which would land on
-        // 127.0.0.1); the extension sends this URL to the site itself from now on.
+        // The extension sends this URL to the site itself from now on. Once it
+        // confirms, this request is redirected there too, so the response (and its
+        // cookie) reaches the browser from the site's own origin. Without a
+        // confirmation in time the page gets the bytes from here, without the
+        // cookie (which would land on 127.0.0.1).
         counter!("peercache_gateway_not_shareable_total").increment(1);
-        if state
+        let ack = state.acks.wait_for(url.as_str());
+        let told = state
             .notices
             .try_send(FromHost::NotShareable {
                 url: url.to_string(),
                 reason: why.to_string(),
             })
-            .is_err()
-        {
+            .is_ok();
+        if !told {
             tracing::warn!(%url, "no room to tell the extension a URL is not shareable");
+        }
+        if let (true, Some(rx)) = (told, ack)
+            && matches!(tokio::time::timeout(DIRECT_ACK_WAIT, rx).await, Ok(Ok(())))
+        {
+            drop(dl); // stops the server's body
+            counter!("peercache_gateway_sent_to_site_total").increment(1);
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
+                h.insert(header::LOCATION, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Some(o) = cors_origin {
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+                h.insert(header::VARY, HeaderValue::from_static("Origin"));
+            }
+            return resp;
         }
     }
     let source = match &dl.known_source {

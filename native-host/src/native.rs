@@ -127,6 +127,11 @@ pub async fn handle(node: &Node, text: &str) -> Vec<FromHost> {
             vec![status(node)]
         }
         Ok(ToHost::GetStatus) => vec![status(node)],
+        Ok(ToHost::DirectReady { url }) => {
+            let woken = node.acks.release(&url);
+            tracing::debug!(%url, woken, "the extension sends this URL to the site");
+            Vec::new()
+        }
         Err(e) => vec![FromHost::Error {
             message: format!("malformed message: {e}"),
         }],

@@ -90,6 +90,8 @@ pub struct Node {
     /// Messages the gateway has for the extension; the native session takes the
     /// receiver.
     pub notices: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<FromHost>>>,
+    /// Gateway requests waiting for the extension's `direct_ready`.
+    pub acks: Arc<crate::gateway::DirectAcks>,
 }
 
 /// Most messages waiting for the extension before new ones are dropped.
@@ -181,6 +183,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
 
     let enrolment = Arc::new(RwLock::new(Enrolment::default()));
     let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
+    let acks = Arc::new(crate::gateway::DirectAcks::default());
     let gateway = if options.gateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -194,6 +197,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             enrolment: enrolment.clone(),
             extension_origins: options.extension_origins.clone(),
             notices: notices_tx,
+            acks: acks.clone(),
         });
         tokio::spawn(async move {
             use axum::serve::ListenerExt;
@@ -231,5 +235,6 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         counters,
         workload: slots,
         notices: std::sync::Mutex::new(Some(notices_rx)),
+        acks,
     })
 }

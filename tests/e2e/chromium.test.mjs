@@ -328,6 +328,9 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     const before = await serverMetrics(swarm, COOKIE_SITE);
     await page.goto(`${COOKIE_SITE}/cookie.html`);
     await page.waitForFunction(() => window.sharedLoaded === 'ok' && window.sessionLoaded === 'ok');
+    // The gateway met Set-Cookie, the extension added the allow rule, and the
+    // gateway sent the browser to the site itself: the cookie landed at once.
+    assert.match(await page.evaluate(() => document.cookie), /session=s3cret/, 'the cookie is set on the first load');
     const mid = await serverMetrics(swarm, COOKIE_SITE);
     assert.ok(mid.peercache_requests_passed_through_total - before.peercache_requests_passed_through_total >= 1);
     // The extension was told, and the URL now has an allow rule.

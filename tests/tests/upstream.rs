@@ -195,7 +195,8 @@ async fn an_unreachable_origin_is_a_502_with_a_reason() {
 }
 
 #[tokio::test]
-async fn through_the_gateway_a_set_cookie_response_is_delivered_but_never_kept_or_announced() {
+async fn through_the_gateway_a_set_cookie_response_goes_to_the_site_and_is_never_kept_or_announced()
+{
     use peercache_tests::NativeSession;
     use serde_json::json;
 
@@ -234,8 +235,34 @@ async fn through_the_gateway_a_set_cookie_response_is_delivered_but_never_kept_o
     assert_eq!(
         r.text().await.unwrap(),
         "cookie();",
-        "the page still gets it"
+        "without the extension's answer the page still gets it, from the gateway"
     );
+    let notice = nm.recv_type("not_shareable").await.unwrap();
+    assert_eq!(notice["url"], format!("{}/static/cookie.js", server.url));
+    assert_eq!(notice["reason"], "response has Set-Cookie");
+    // With the extension's answer, the browser is sent to the site itself, so the
+    // cookie lands on the site's origin.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let pending = tokio::spawn(
+        no_redirects
+            .get(gw("/static/cookie.js"))
+            .header("x-peercache-token", &token)
+            .send(),
+    );
+    let notice = nm.recv_type("not_shareable").await.unwrap();
+    nm.send(&json!({"type": "direct_ready", "url": notice["url"]}))
+        .await
+        .unwrap();
+    let r = pending.await.unwrap().unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers()["location"],
+        format!("{}/static/cookie.js", server.url).as_str()
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
     let r = http
         .get(gw("/static/public.bin"))
         .header("x-peercache-token", &token)

@@ -364,6 +364,11 @@ impl Brain {
         }
     }
 
+    /// Is `url` sent to the site itself (an `allow` rule, after `not_shareable`)?
+    pub fn is_direct(&self, url: &str) -> bool {
+        self.settings.is_direct(url)
+    }
+
     /// A content script reported the site's loopback permission. True if the
     /// rules must be reapplied.
     pub fn on_loopback(&mut self, origin: &str, state: &str) -> bool {

@@ -87,6 +87,8 @@ fn a_not_shareable_url_gets_an_allow_rule_and_the_view_lists_peers() {
         "rules change"
     );
     assert!(!brain.on_host_message(notice).unwrap(), "only once");
+    assert!(brain.is_direct("https://198.51.100.2/static/session.js"));
+    assert!(!brain.is_direct("https://198.51.100.2/static/app.js"));
     let rules = js_sys::JSON::stringify(&brain.rules())
         .unwrap()
         .as_string()
