@@ -1213,4 +1213,37 @@ mod tests {
             "forgotten after four half-lives"
         );
     }
+
+    #[test]
+    fn the_recent_peers_list_adds_up_per_peer_and_stays_bounded() {
+        let dir = std::env::temp_dir().join(format!("peercache-recent-{}", std::process::id()));
+        let cache = Cache::open(&dir).unwrap();
+        let client = Client::new(
+            cache,
+            "me".into(),
+            &ClientOptions::default(),
+            Arc::new(HostCounters::default()),
+            None,
+        )
+        .unwrap();
+        client.note_peer_bytes("https://a.example", "p1", "http://192.0.2.1:1", 100);
+        client.note_peer_bytes("https://a.example", "p1", "http://192.0.2.1:1", 50);
+        client.note_peer_bytes("https://b.example", "p1", "http://192.0.2.1:1", 7);
+        let list = client.recent_peers();
+        assert_eq!(list.len(), 2, "one row per site and peer");
+        assert_eq!(list[0].site, "https://b.example", "newest first");
+        assert_eq!(list[1].bytes, 150);
+        for i in 0..(MAX_RECENT_PEERS + 10) {
+            client.note_peer_bytes(
+                "https://a.example",
+                &format!("x{i}"),
+                "http://192.0.2.2:1",
+                1,
+            );
+        }
+        let list = client.recent_peers();
+        assert_eq!(list.len(), MAX_RECENT_PEERS);
+        assert!(list.iter().all(|p| p.id != "p1"), "the oldest went first");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

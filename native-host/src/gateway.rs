@@ -257,3 +257,30 @@ async fn handle(
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_for_direct_ready_are_woken_per_url_and_bounded() {
+        let acks = DirectAcks::default();
+        let a1 = acks.wait_for("https://s/a").unwrap();
+        let a2 = acks.wait_for("https://s/a").unwrap();
+        let b = acks.wait_for("https://s/b").unwrap();
+        assert_eq!(acks.release("https://s/a"), 2);
+        assert!(a1.await.is_ok() && a2.await.is_ok());
+        assert_eq!(acks.release("https://s/a"), 0, "already released");
+        drop(b); // a request that gave up
+        let mut held = Vec::new();
+        for i in 0..MAX_DIRECT_WAITING {
+            held.push(acks.wait_for(&format!("https://s/{i}")).unwrap());
+        }
+        assert!(acks.wait_for("https://s/one-more").is_none(), "bounded");
+        held.pop();
+        assert!(
+            acks.wait_for("https://s/one-more").is_some(),
+            "a request that gave up frees its place"
+        );
+    }
+}
