@@ -18,6 +18,7 @@ globalThis.peercache = { ready: false, hostSeen: false, view: () => brain?.view(
 
 function log(...args) { console.log('[peercache]', ...args); }
 
+/** Puts the brain's rules in force; resolves true once they are, false if the browser refused them. */
 function applyRules() {
   rulesChain = rulesChain.then(async () => {
     const rules = brain ? brain.rules() : [];
@@ -26,7 +27,8 @@ function applyRules() {
       removeRuleIds: existing.map((r) => r.id),
       addRules: rules,
     });
-  }).catch((e) => log('applying rules failed:', e?.message ?? e));
+    return true;
+  }).catch((e) => { log('applying rules failed:', e?.message ?? e); return false; });
   return rulesChain;
 }
 
@@ -90,8 +92,9 @@ function connect() {
       // in force, the gateway may send the waiting request there too.
       log('not shareable, fetched from the site from now on:', msg.url, msg.reason);
       if (changed) await settingsChanged();
-      await rulesChain;
-      if (port && brain.is_direct(String(msg.url))) {
+      // Rules computed now include the allow rule; answer only once they are in force.
+      const inForce = await applyRules();
+      if (inForce && port && brain.is_direct(String(msg.url))) {
         try { port.postMessage({ type: 'direct_ready', url: msg.url }); } catch (_) { /* reconnecting */ }
       }
       return;
@@ -174,9 +177,19 @@ const GATEWAY_FIRST_BYTE_MS = 5000;
 const GATEWAY_STALL_MS = 10000;
 
 async function restFromSite(url, offset, filter, entry) {
-  const headers = offset > 0 ? { Range: `bytes=${offset}-` } : {};
+  const headers = {};
+  if (offset > 0) {
+    headers.Range = `bytes=${offset}-`;
+    // Only the rest of the same version (the server's ETag is the object's hash).
+    if (entry.etag) headers['If-Range'] = entry.etag;
+  }
   const resp = await fetch(url, { headers, cache: 'no-store', credentials: 'omit' });
   if (resp.status !== 200 && resp.status !== 206) throw new Error(`the site answered ${resp.status}`);
+  if (offset > 0 && resp.status === 200 && entry.etag) {
+    // The file changed since the bytes already written: they cannot be spliced.
+    resp.body?.cancel();
+    throw new Error('the file changed on the site mid-way');
+  }
   // A site that ignores Range sends everything: skip what was written already.
   let skip = resp.status === 200 ? offset : 0;
   const reader = resp.body.getReader();
@@ -282,6 +295,7 @@ function headersOnlyAnswer(details) {
     return {};
   }
   entry.mode = hasHeader(details.responseHeaders, 'peercache-headers-only') && entry.body ? 'peers' : 'original';
+  entry.etag = details.responseHeaders?.find((h) => h.name.toLowerCase() === 'etag')?.value ?? null;
   if (entry.mode === 'original') entry.abort.abort();
   return {};
 }

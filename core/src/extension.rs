@@ -40,6 +40,24 @@ pub struct UserLimits {
     pub cache_max: u64,
 }
 
+/// Largest integer a JavaScript number holds exactly (2^53 − 1): limits stay
+/// within it so they always convert to and from the extension's JavaScript.
+pub const MAX_EXACT_JS: u64 = (1 << 53) - 1;
+
+/// Most upload slots a host accepts.
+pub const MAX_UPLOAD_SLOTS: u32 = 1024;
+
+impl UserLimits {
+    /// The same limits within what the host and JavaScript accept.
+    pub fn clamped(self) -> Self {
+        Self {
+            max_uploads: self.max_uploads.min(MAX_UPLOAD_SLOTS),
+            upload_rate: self.upload_rate.min(MAX_EXACT_JS),
+            cache_max: self.cache_max.min(MAX_EXACT_JS),
+        }
+    }
+}
+
 impl Default for UserLimits {
     fn default() -> Self {
         Self {
@@ -104,7 +122,9 @@ pub struct ManagedPolicy {
 impl ManagedPolicy {
     /// Is `origin` switched on by policy?
     pub fn manages(&self, origin: &str) -> bool {
-        self.sites.iter().any(|s| s.trim_end_matches('/') == origin)
+        self.sites
+            .iter()
+            .any(|s| origin_of(s).is_some_and(|o| o == origin))
     }
 }
 
@@ -263,7 +283,7 @@ impl Settings {
 
     /// The limits in force.
     pub fn limits_now(&self) -> UserLimits {
-        self.managed.limits.unwrap_or(self.limits)
+        self.managed.limits.unwrap_or(self.limits).clamped()
     }
 
     /// Flips one site's switch; false if the site is unknown or the policy holds
@@ -555,13 +575,13 @@ mod tests {
         assert!(!s.sites["https://fleet.example"].enabled);
         s.set_managed(ManagedPolicy {
             sites: vec![
-                "https://fleet.example/".into(),
+                "https://Fleet.example/".into(),
                 "https://later.example".into(),
             ],
             limits: Some(UserLimits {
                 max_uploads: 2,
                 upload_rate: 1 << 20,
-                cache_max: 64 << 20,
+                cache_max: u64::MAX,
             }),
             ..ManagedPolicy::default()
         });
@@ -579,6 +599,7 @@ mod tests {
         assert!(s.advertised("https://other.example/", AD));
         assert!(!s.site_on("https://other.example"), "others stay opt-in");
         assert_eq!(s.limits_now().max_uploads, 2);
+        assert_eq!(s.limits_now().cache_max, MAX_EXACT_JS, "clamped");
         s.enabled = false;
         assert!(s.enabled_sites().is_empty(), "the user's toggle, no policy");
         s.managed.enabled = Some(true);

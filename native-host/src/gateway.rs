@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::counter;
 use peercache_core::headers;
 use peercache_core::protocol::{EnabledSite, FromHost};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{RwLock, oneshot};
 
@@ -38,7 +38,16 @@ pub struct Enrolment {
 #[derive(Debug, Default)]
 pub struct DirectAcks {
     waiting: std::sync::Mutex<std::collections::HashMap<String, Vec<oneshot::Sender<()>>>>,
+    /// URLs not to wait for again until the given time: ones just redirected (if
+    /// one comes back, the rule did not take: a redirect loop) and ones the
+    /// extension did not answer for (an old extension, a URL it cannot keep).
+    no_wait: std::sync::Mutex<std::collections::VecDeque<(String, Instant)>>,
 }
+
+/// How long a URL redirected to the site is not redirected again.
+pub const REDIRECT_HOLD: Duration = Duration::from_secs(10);
+/// How long a URL the extension did not answer for is not waited for again.
+pub const UNANSWERED_HOLD: Duration = Duration::from_secs(600);
 
 /// Most gateway requests waiting for a `direct_ready` at once.
 pub const MAX_DIRECT_WAITING: usize = 64;
@@ -47,8 +56,35 @@ pub const MAX_DIRECT_WAITING: usize = 64;
 pub const DIRECT_ACK_WAIT: Duration = Duration::from_secs(2);
 
 impl DirectAcks {
-    /// Registers a wait for `url`; `None` when too many are waiting already.
+    /// Do not wait for `url` again for `hold`.
+    pub fn hold(&self, url: &str, hold: Duration) {
+        let mut list = self
+            .no_wait
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        list.retain(|(u, until)| *until > now && u != url);
+        if list.len() >= MAX_DIRECT_WAITING {
+            list.pop_front();
+        }
+        list.push_back((url.to_string(), now + hold));
+    }
+
+    fn held(&self, url: &str) -> bool {
+        let now = Instant::now();
+        self.no_wait
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|(u, until)| u == url && *until > now)
+    }
+
+    /// Registers a wait for `url`; `None` when too many are waiting already or the
+    /// URL is held (see [`DirectAcks::hold`]).
     pub fn wait_for(&self, url: &str) -> Option<oneshot::Receiver<()>> {
+        if self.held(url) {
+            return None;
+        }
         let mut waiting = self
             .waiting
             .lock()
@@ -196,9 +232,18 @@ async fn handle(
         if !told {
             tracing::warn!(%url, "no room to tell the extension a URL is not shareable");
         }
-        if let (true, Some(rx)) = (told, ack)
-            && matches!(tokio::time::timeout(DIRECT_ACK_WAIT, rx).await, Ok(Ok(())))
-        {
+        let confirmed = match (told, ack) {
+            (true, Some(rx)) => {
+                let ok = matches!(tokio::time::timeout(DIRECT_ACK_WAIT, rx).await, Ok(Ok(())));
+                if !ok {
+                    state.acks.hold(url.as_str(), UNANSWERED_HOLD);
+                }
+                ok
+            }
+            _ => false,
+        };
+        if confirmed {
+            state.acks.hold(url.as_str(), REDIRECT_HOLD);
             drop(dl); // stops the server's body
             counter!("peercache_gateway_sent_to_site_total").increment(1);
             let mut resp = Response::new(Body::empty());
@@ -281,6 +326,24 @@ mod tests {
         assert!(
             acks.wait_for("https://s/one-more").is_some(),
             "a request that gave up frees its place"
+        );
+    }
+
+    #[test]
+    fn a_held_url_is_not_waited_for() {
+        let acks = DirectAcks::default();
+        acks.hold("https://s/looping", REDIRECT_HOLD);
+        assert!(acks.wait_for("https://s/looping").is_none());
+        assert!(acks.wait_for("https://s/other").is_some());
+        acks.hold("https://s/brief", Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(acks.wait_for("https://s/brief").is_some(), "the hold ends");
+        for i in 0..(MAX_DIRECT_WAITING * 2) {
+            acks.hold(&format!("https://s/{i}"), UNANSWERED_HOLD);
+        }
+        assert!(
+            acks.no_wait.lock().unwrap().len() <= MAX_DIRECT_WAITING,
+            "bounded"
         );
     }
 }

@@ -699,15 +699,12 @@ async fn site(
         r
     } else {
         // Resumed downloads and media seek with `Range`; so does the extension when
-        // it finishes a body the gateway could not.
-        let range = match headers.get(header::RANGE) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|v| headers::parse_range(v, obj.size).ok())
-                    .ok_or(ApiError::RangeNotSatisfiable(obj.size))?,
-            ),
+        // it finishes a body the gateway could not (with `If-Range`, so it never
+        // splices two versions).
+        let range = if method == Method::GET {
+            site_range(&headers, &obj)?
+        } else {
+            None
         };
         send_object_range(&state, &obj, method == Method::HEAD, range).await?
     };
@@ -717,6 +714,40 @@ async fn site(
         resp.headers_mut().insert(headers::RECORD, v);
     }
     Ok(resp)
+}
+
+/// The byte range a GET of a site file asks for (RFC 9110 §14): none when absent,
+/// when `If-Range` names another version, or when the header is not a single
+/// byte range we understand (the whole file is sent); `416` only for a range
+/// that starts at or past the end.
+fn site_range(req: &HeaderMap, obj: &SiteObject) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(value) = req.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if let Some(tag) = req.get(header::IF_RANGE)
+        && tag.as_bytes() != etag(obj).as_bytes()
+    {
+        return Ok(None);
+    }
+    if let Ok(range) = headers::parse_range(value, obj.size) {
+        return Ok(Some(range));
+    }
+    let starts_past_end = value
+        .trim()
+        .strip_prefix("bytes=")
+        .filter(|spec| !spec.contains(','))
+        .and_then(|spec| spec.split_once('-'))
+        .and_then(|(first, _)| first.trim().parse::<u64>().ok())
+        .is_some_and(|first| first >= obj.size);
+    if starts_past_end {
+        return Err(ApiError::RangeNotSatisfiable(obj.size));
+    }
+    Ok(None)
+}
+
+/// A site file's strong validator: its hash.
+fn etag(obj: &SiteObject) -> String {
+    format!("\"{}\"", obj.hash.to_hex())
 }
 
 /// `Some((holders, base period))` when the client should be referred.
@@ -853,6 +884,9 @@ fn add_object_headers(state: &AppState, h: &mut HeaderMap, obj: &SiteObject) {
     };
     if let Ok(v) = HeaderValue::from_str(&object.to_header_value()) {
         h.insert(headers::OBJECT, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag(obj)) {
+        h.insert(header::ETAG, v);
     }
     let ad = Advertisement {
         scope: state.config.scope.clone(),

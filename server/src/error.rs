@@ -75,6 +75,12 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("1"),
             );
         }
+        if let ApiError::RangeNotSatisfiable(size) = self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::CONTENT_RANGE, v);
+        }
         resp
     }
 }

@@ -252,6 +252,11 @@ async fn headers_only_answers_and_range_on_site_files() {
         .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 1000-29999/30000");
+    let etag = r.headers()["etag"].clone();
+    assert_eq!(
+        etag.to_str().unwrap(),
+        format!("\"{}\"", ObjectHash::of(&data).to_hex())
+    );
     assert_eq!(r.bytes().await.unwrap(), data[1000..]);
     let r = http
         .get(&url)
@@ -260,6 +265,36 @@ async fn headers_only_answers_and_range_on_site_files() {
         .await
         .unwrap();
     assert_eq!(r.status(), 416, "beyond the end");
+    assert_eq!(r.headers()["content-range"], "bytes */30000");
+    for (range, if_range) in [
+        ("bytes=0-0,-1", None), // several ranges: not supported, the whole file
+        ("bytes=5-3", None),    // reversed: ignored
+        ("items=0-5", None),    // another unit: ignored
+        ("bytes=1000-", Some("\"0000\"")), // another version: the whole (current) file
+    ] {
+        let mut req = http.get(&url).header("Range", range);
+        if let Some(tag) = if_range {
+            req = req.header("If-Range", tag);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{range}");
+        assert_eq!(r.bytes().await.unwrap(), data, "{range}");
+    }
+    let r = http
+        .get(&url)
+        .header("Range", "bytes=1000-")
+        .header("If-Range", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206, "the same version: the rest");
+    let r = http
+        .head(&url)
+        .header("Range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "Range is for GET only");
     // Outside the scope: the whole body too.
     let r = http
         .get(format!("{}/index.html", server.url))

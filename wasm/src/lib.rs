@@ -12,13 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use peercache_core::extension::{Gateway, ManagedPolicy, Settings, UserLimits};
+use peercache_core::extension::{Gateway, MAX_EXACT_JS, ManagedPolicy, Settings, UserLimits};
 use peercache_core::protocol::{Counters, FromHost, HostLimits, RecentPeer, ToHost};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
-
-/// Largest integer a JavaScript number holds exactly.
-const MAX_EXACT_JS: u64 = (1 << 53) - 1;
 
 /// The state of the connection to the native host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
