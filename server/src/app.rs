@@ -136,6 +136,7 @@ impl AppState {
             "peercache_ping_failures_total",
             "peercache_requests_headers_only_total",
             "peercache_requests_deferred_total",
+            "peercache_range_requests_total",
         ] {
             counter!(name).increment(0);
         }
@@ -706,6 +707,9 @@ async fn site(
         } else {
             None
         };
+        if range.is_some() {
+            counter!("peercache_range_requests_total").increment(1);
+        }
         send_object_range(&state, &obj, method == Method::HEAD, range).await?
     };
     if shareable

@@ -52,6 +52,8 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     swarm = await startSwarm();
     await swarm.addPeer('honest', ['/static/big.bin', '/static/pic.svg', '/static/app.js']);
     const liar = await swarm.addPeer('liar', ['/static/lie.bin']);
+    // Holds one file and sends it at 512 KiB/s, so a transfer can be caught mid-way.
+    await swarm.addPeer('slow', ['/static/slow.bin'], ['--upload-limit', '512KiB']);
     // It computed the true group CVs, then its copy went bad: a valid outboard with wrong bytes.
     const liarHash = readdirSync(join(liar.cache, 'objects')).find((n) => /^[0-9a-f]{64}$/.test(n));
     assert.equal((await get(`http://127.0.0.1:${liar.port}/v1/objects/${liarHash}/outboard`)).status, 200);
@@ -207,6 +209,42 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     const counts = await swarm.originCounts();
     assert.ok(counts['/cookie.html'].with_cookie >= 1, JSON.stringify(counts));
     assert.equal(cacheHolds(host, swarm.cookieFiles.session), false);
+    await page.close();
+  });
+
+  it('a host that stalls mid-body: the rest of the body comes from the site (Range + If-Range), byte-identical', async () => {
+    const pid = hostPid(join(swarm.dir, 'ff-host'));
+    assert.ok(pid);
+    const before = await serverMetrics(swarm);
+    const slowBefore = await peerMetrics(swarm.peers.slow);
+    const page = await browser.newPage();
+    await page.goto(`${SITE}/`);
+    await page.evaluate(() => {
+      window.slowDigest = fetch('/static/slow.bin')
+        .then((r) => r.arrayBuffer())
+        .then((b) => crypto.subtle.digest('SHA-256', b))
+        .then((d) => [...new Uint8Array(d)].map((x) => x.toString(16).padStart(2, '0')).join(''))
+        .then((hex) => { window.slowDone = hex; }, (e) => { window.slowDone = `error: ${e}`; });
+    });
+    // Part of the file is on its way from the slow peer, through the host, to the page.
+    await waitFor('bytes flowing', async () => (await peerMetrics(swarm.peers.slow)).peercache_bytes_uploaded_total
+      - slowBefore.peercache_bytes_uploaded_total >= 1 << 20, 20000);
+    process.kill(pid, 'SIGSTOP');
+    let digest;
+    try {
+      digest = await waitFor('the body', () => page.evaluate(() => window.slowDone ?? null), 40000);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    assert.equal(digest, sha256(swarm.files.slow), 'byte-identical');
+    const after = await serverMetrics(swarm);
+    assert.equal(after.peercache_requests_headers_only_total - before.peercache_requests_headers_only_total, 1);
+    assert.equal(after.peercache_range_requests_total - before.peercache_range_requests_total, 1, 'the rest by Range');
+    assert.ok(after.peercache_bytes_served_total - before.peercache_bytes_served_total < swarm.files.slow.length,
+      'only the rest came from the site');
+    const p = await popup();
+    await waitFor('rules back', async () => (await ruleCount(p)) >= 2, 20000);
+    await p.close();
     await page.close();
   });
 

@@ -166,11 +166,13 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
   state.files = {
     big: randomBytes(bigSize),
     lie: randomBytes(2 << 20),
+    slow: randomBytes(4 << 20),
     pic: Buffer.from(svg('peercache')),
     app: Buffer.from(`window.appLoaded = 'ok'; /* ${randomBytes(20000).toString('hex')} */\n`),
   };
   writeFileSync(join(site, 'static/big.bin'), state.files.big);
   writeFileSync(join(site, 'static/lie.bin'), state.files.lie);
+  writeFileSync(join(site, 'static/slow.bin'), state.files.slow);
   writeFileSync(join(site, 'static/pic.svg'), state.files.pic);
   writeFileSync(join(site, 'static/app.js'), state.files.app);
   state.files.index = Buffer.from(`<!doctype html><html><head><title>test site</title></head><body>
@@ -224,13 +226,13 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
       `http://127.0.0.1:8081/static/${name}.js`], {}, true));
   }
   state.peers = {};
-  state.addPeer = async (name, paths) => {
+  state.addPeer = async (name, paths, extraArgs = []) => {
     const cache = join(dir, `peer-${name}`);
     for (const p of paths) {
       await run(join(BIN, 'peercache-host'), ['fetch', '--server', SITE, p, '-o', join(dir, `${name}.out`), '--cache', cache, '--ca-cert', ca]);
     }
     const peer = start(`peer-${name}`, join(BIN, 'peercache-host'), ['serve', '--server', SITE, '--cache', cache,
-      '--listen', '0.0.0.0:0', '--ca-cert', ca], { dir, ready: /announced (\d+) of (\d+)/ });
+      '--listen', '0.0.0.0:0', '--ca-cert', ca, ...extraArgs], { dir, ready: /announced (\d+) of (\d+)/ });
     state.procs.push(peer.child);
     const { match: m, text } = await peer.seen;
     const port = text.match(/peer listening on [\d.]+:(\d+)/)?.[1];
