@@ -41,7 +41,12 @@ async function checkCookies() {
   for (const site of brain.view()?.sites ?? []) {
     let bound = true; // if the store cannot be read, assume cookies: never intercept blind
     try {
-      bound = (await api.cookies.getAll({ url: `${site.origin}${site.scope}` })).length > 0;
+      // Cookies sent to the scope root, and cookies for a deeper path inside it.
+      const atRoot = await api.cookies.getAll({ url: `${site.origin}${site.scope}` });
+      const host = new URL(site.origin).hostname;
+      const inside = (await api.cookies.getAll({ domain: host }))
+        .filter((c) => c.path.startsWith(site.scope) && (!c.hostOnly || c.domain === host));
+      bound = atRoot.length + inside.length > 0;
     } catch (e) {
       log('reading cookies failed; not intercepting', site.origin, e?.message ?? e);
     }

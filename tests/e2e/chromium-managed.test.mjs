@@ -96,4 +96,14 @@ describe('chromium: settings managed by an administrator', { concurrency: false 
       swarm.files.pic.length + swarm.files.app.length);
     await page.close();
   });
+
+  it('a cookie anywhere inside the scope stops interception of the site until it is gone', async () => {
+    const rules = () => worker.evaluate(async () => (await chrome.declarativeNetRequest.getSessionRules()).length);
+    assert.equal(await rules(), 2);
+    // A cookie for a deeper path than the scope root: requests there would carry it.
+    await context.addCookies([{ name: 'deep', value: '1', domain: '198.51.100.2', path: '/static/deep/', secure: true }]);
+    await waitFor('the site to lose its rules', async () => (await rules()) === 0);
+    await context.clearCookies();
+    await waitFor('the rules back', async () => (await rules()) === 2);
+  });
 });
