@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync, readdirSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, installHostForChromium, launchChromium,
+  SITE, CHROMIUM_ID, startSwarm, stopSwarm, waitFor, installHostForChromium, launchChromium, loadAssets,
 } from './harness.mjs';
 
 const POLICY_DIR = '/etc/chromium/policies/managed';
@@ -84,16 +84,9 @@ describe('chromium: settings managed by an administrator', { concurrency: false 
     await page.goto(`${SITE}/`);
     await waitFor('subresource rules', () => worker.evaluate(async () => (await chrome.declarativeNetRequest.getSessionRules())
       .some((r) => r.action.type === 'redirect' && r.condition.resourceTypes.includes('image'))));
-    const before = await serverMetrics(swarm);
-    const peerBefore = await peerMetrics(swarm.peers.honest);
-    await page.goto(`${SITE}/assets.html`);
-    await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
-    assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120);
-    const after = await serverMetrics(swarm);
-    const peerAfter = await peerMetrics(swarm.peers.honest);
-    assert.equal(after.peercache_requests_referred_total - before.peercache_requests_referred_total, 2);
-    assert.equal(peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total,
-      swarm.files.pic.length + swarm.files.app.length);
+    const got = await loadAssets(page, swarm, swarm.peers.honest);
+    assert.equal(got.referred, 2);
+    assert.equal(got.peerUploaded, swarm.files.pic.length + swarm.files.app.length);
     await page.close();
   });
 

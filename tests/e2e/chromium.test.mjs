@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, SITE, COOKIE_SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
-  installHostForChromium, sha256, get, cacheHolds, launchChromium, hostPid,
+  installHostForChromium, sha256, get, cacheHolds, launchChromium, hostPid, loadAssets,
 } from './harness.mjs';
 
 
@@ -118,17 +118,10 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     // The extension learns of the permission on the site's next page.
     await page.goto(`${SITE}/`);
     await waitFor('subresource rules', () => subresourceRules());
-    const before = await serverMetrics(swarm);
-    const peerBefore = await peerMetrics(swarm.peers.honest);
-    await page.goto(`${SITE}/assets.html`);
-    await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
-    assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120);
-    const after = await serverMetrics(swarm);
-    const peerAfter = await peerMetrics(swarm.peers.honest);
-    assert.equal(after.peercache_requests_referred_total - before.peercache_requests_referred_total, 2);
-    assert.equal(peerAfter.peercache_uploads_total - peerBefore.peercache_uploads_total, 2);
-    assert.equal(peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total,
-      swarm.files.pic.length + swarm.files.app.length);
+    const got = await loadAssets(page, swarm, swarm.peers.honest);
+    assert.equal(got.referred, 2);
+    assert.equal(got.peerUploads, 2);
+    assert.equal(got.peerUploaded, swarm.files.pic.length + swarm.files.app.length);
     await page.close();
   });
 

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import {
-  BIN, SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, firefoxManagedPolicy, launchFirefox,
+  BIN, SITE, startSwarm, stopSwarm, waitFor, firefoxManagedPolicy, launchFirefox, loadAssets,
 } from './harness.mjs';
 
 const UUID = '0b7e2c44-5d1a-4f3e-8c6b-2a9d7e1f4c30';
@@ -25,24 +25,14 @@ function launch(home, swarm, prefs = {}) {
   });
 }
 
-/** Loads the assets page and returns the server's and the peer's counter deltas. */
-async function loadAssets(browser, swarm) {
-  const before = await serverMetrics(swarm);
-  const peerBefore = await peerMetrics(swarm.peers.honest);
+/** Loads the assets page in a new tab; see harness `loadAssets`. */
+async function loadAssetsIn(browser, swarm) {
   const page = await browser.newPage();
-  await page.goto(`${SITE}/assets.html`);
-  await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
-  assert.equal(await page.evaluate(() => document.getElementById('pic').naturalWidth), 120, 'the page is intact');
-  await page.close();
-  const after = await serverMetrics(swarm);
-  const peerAfter = await peerMetrics(swarm.peers.honest);
-  const d = (name) => (after[name] ?? 0) - (before[name] ?? 0);
-  return {
-    referred: d('peercache_requests_referred_total'),
-    headersOnly: d('peercache_requests_headers_only_total'),
-    bytesServed: d('peercache_bytes_served_total'),
-    peerUploaded: peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total,
-  };
+  try {
+    return await loadAssets(page, swarm, swarm.peers.honest);
+  } finally {
+    await page.close();
+  }
 }
 
 describe('firefox: private windows and a missing host', { concurrency: false }, () => {
@@ -75,7 +65,7 @@ describe('firefox: private windows and a missing host', { concurrency: false }, 
       const page = await browser.newPage();
       await page.goto(`${SITE}/`); // the advertisement is seen (or would be)
       await page.close();
-      const got = await loadAssets(browser, swarm);
+      const got = await loadAssetsIn(browser, swarm);
       assert.equal(got.referred, 0, 'no referral');
       assert.equal(got.headersOnly, 0, 'no body replaced');
       assert.equal(got.peerUploaded, 0, 'no peer involved');
@@ -102,14 +92,14 @@ describe('firefox: private windows and a missing host', { concurrency: false }, 
       assert.ok(site);
       assert.equal(await page.evaluate(async () => (await browser.declarativeNetRequest.getSessionRules()).length), 0,
         'no rule points at a gateway that is not there');
-      const without = await loadAssets(browser, swarm);
+      const without = await loadAssetsIn(browser, swarm);
       assert.equal(without.referred + without.headersOnly, 0, 'straight from the site');
 
       execFileSync(join(BIN, 'peercache-host'), ['install', '--browser', 'firefox'], { env: { ...process.env, HOME: home } });
       await page.waitForSelector('#host-status[data-state="connected"]', { timeout: 45000 });
       await waitFor('rules', async () => (await page.evaluate(async () =>
         (await browser.declarativeNetRequest.getSessionRules()).length)) === 2);
-      const withHost = await loadAssets(browser, swarm);
+      const withHost = await loadAssetsIn(browser, swarm);
       assert.equal(withHost.headersOnly, 2, 'now the bodies come through the host');
       assert.equal(withHost.peerUploaded, swarm.files.pic.length + swarm.files.app.length, 'from the peer');
       await page.close();

@@ -85,6 +85,30 @@ export async function launchFirefox(home, { uuid, env = {}, prefs = {}, download
   return browser;
 }
 
+/**
+ * Loads the assets page in `page` (Playwright or Puppeteer), checks that it is
+ * whole, and returns what it cost: referrals and headers-only answers at the
+ * server, bytes the server sent, and requests and bytes `peer` uploaded.
+ */
+export async function loadAssets(page, state, peer) {
+  const before = await serverMetrics(state);
+  const peerBefore = await peerMetrics(peer);
+  await page.goto(`${SITE}/assets.html`);
+  await page.waitForFunction(() => window.appLoaded === 'ok' && document.getElementById('pic').complete);
+  const width = await page.evaluate(() => document.getElementById('pic').naturalWidth);
+  if (width !== 120) throw new Error(`the page's image is broken (width ${width})`);
+  const after = await serverMetrics(state);
+  const peerAfter = await peerMetrics(peer);
+  const d = (a, b, name) => (a[name] ?? 0) - (b[name] ?? 0);
+  return {
+    referred: d(after, before, 'peercache_requests_referred_total'),
+    headersOnly: d(after, before, 'peercache_requests_headers_only_total'),
+    bytesServed: d(after, before, 'peercache_bytes_served_total'),
+    peerUploads: d(peerAfter, peerBefore, 'peercache_uploads_total'),
+    peerUploaded: d(peerAfter, peerBefore, 'peercache_bytes_uploaded_total'),
+  };
+}
+
 /** Median duration (ms) of the assets page's image over `n` loads of it in `page`. */
 export async function imageMedian(page, n) {
   const times = [];
