@@ -190,7 +190,7 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
   state.files = {
     big: randomBytes(bigSize),
     lie: randomBytes(2 << 20),
-    slow: randomBytes(4 << 20),
+    slow: randomBytes(8 << 20),
     pic: Buffer.from(svg('peercache')),
     app: Buffer.from(`window.appLoaded = 'ok'; /* ${randomBytes(20000).toString('hex')} */\n`),
   };
@@ -216,6 +216,11 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
   const vs = `pcs${process.pid % 100000}`;
   sh('ip', ['link', 'add', vh, 'type', 'veth', 'peer', 'name', vs]);
   sh('ip', ['link', 'set', vs, 'netns', ns]);
+  // No IPv6 on the test link: its link-local address would appear a moment after
+  // the link comes up, and browsers abort requests in flight on such a network
+  // change (ERR_NETWORK_CHANGED).
+  sh('sysctl', ['-q', '-w', `net.ipv6.conf.${vh}.disable_ipv6=1`]);
+  sh('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv6.conf.${vs}.disable_ipv6=1`]);
   sh('ip', ['addr', 'add', `${HOST_IP}/24`, 'dev', vh]);
   sh('ip', ['link', 'set', vh, 'up']);
   sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', `${SITE_IP}/24`, 'dev', vs]);
