@@ -16,6 +16,9 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
 
+step "cargo doc (broken links and HTML are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
+
 step "build binaries"
 cargo build -q --bins
 

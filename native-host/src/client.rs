@@ -502,7 +502,7 @@ impl Client {
         );
     }
 
-    /// Pings every candidate at once (deadline [`PROBE_DEADLINE`]) and orders
+    /// Pings every candidate at once (deadline `PROBE_DEADLINE`) and orders
     /// them by the configured policy (M6). Unreachable ones are dropped.
     pub async fn probe_and_order(&self, proxies: &[Proxy], target_speed: u64) -> Vec<Proxy> {
         let probes = proxies

@@ -1,5 +1,5 @@
 //! The LAN query (DESIGN M10): when the server is silent, a host asks its local
-//! network over UDP multicast "who has <url>?" and hosts that hold the object
+//! network over UDP multicast "who has `<url>`?" and hosts that hold the object
 //! answer "I have it" (unicast, with their peer port and the server's signed
 //! record). The requester trusts only records signed with the pinned key and
 //! measures the holders like any other.

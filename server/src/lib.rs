@@ -6,7 +6,7 @@
 //! - [`store`]: the look-up table content → peers (in memory or in Redis).
 //! - [`health`]: pinging peers and demoting or dropping slow and dead ones.
 //! - [`egress`]: the model (and the real throttle) of the server's own upload.
-//! - [`app`]: the axum router: the site with serve-or-refer, the `/v1/` API,
+//! - [`app`](mod@app): the axum router: the site with serve-or-refer, the `/v1/` API,
 //!   `/metrics`; [`admin`]: the live `/admin` page.
 //! - [`error`]: the API error enum, turned into `4xx` responses with a reason.
 //!
