@@ -232,6 +232,20 @@ pub async fn spawn_peer_cmd(cmd: Command) -> anyhow::Result<Peer> {
     })
 }
 
+/// A peer that holds `path`: fetched once through `server` into `cache` (the
+/// bytes also written to `out`), then serving from that cache.
+pub async fn seed_peer(
+    server: &str,
+    path: &str,
+    out: &Path,
+    cache: &Path,
+    args: &[&str],
+) -> anyhow::Result<Peer> {
+    let (ok, err) = fetch_cli(server, path, out, cache).await?;
+    anyhow::ensure!(ok, "fetching {path} for the peer failed: {err}");
+    spawn_peer(server, cache, args).await
+}
+
 /// Runs `peercache-host fetch`; returns (success, stderr).
 pub async fn fetch_cli(
     server: &str,

@@ -2,7 +2,7 @@
 //! a lying peer, and failures that must leave no partial file.
 
 use peercache_tests::{
-    TempDir, fetch_cli, make_site, metrics, spawn_peer, spawn_server, test_bytes,
+    TempDir, fetch_cli, make_site, metrics, seed_peer, spawn_peer, spawn_server, test_bytes,
 };
 
 #[tokio::test]
@@ -83,18 +83,15 @@ async fn a_lying_peer_never_gets_its_bytes_through() {
     let server = spawn_server(&root, &["--egress-limit", "8MiB", "--target-period", "0s"])
         .await
         .unwrap();
-    let (ok, err) = fetch_cli(
+    let liar = seed_peer(
         &server.url,
         "/static/f.bin",
         &dir.join("x"),
         &dir.join("liar"),
+        &[],
     )
     .await
     .unwrap();
-    assert!(ok, "{err}");
-    let liar = spawn_peer(&server.url, &dir.join("liar"), &[])
-        .await
-        .unwrap();
     // Its copy goes bad after it was listed, and after it computed the (true) group
     // CVs: it now sends a valid outboard with wrong bytes, the hardest case.
     let h = peercache_core::ObjectHash::of(&data);
@@ -148,18 +145,15 @@ async fn a_peer_whose_group_list_does_not_add_up_is_never_downloaded_from() {
     let server = spawn_server(&root, &["--egress-limit", "8MiB", "--target-period", "0s"])
         .await
         .unwrap();
-    let (ok, err) = fetch_cli(
+    let liar = seed_peer(
         &server.url,
         "/static/f.bin",
         &dir.join("x"),
         &dir.join("liar"),
+        &[],
     )
     .await
     .unwrap();
-    assert!(ok, "{err}");
-    let liar = spawn_peer(&server.url, &dir.join("liar"), &[])
-        .await
-        .unwrap();
     let obj = dir
         .join("liar/objects")
         .join(peercache_core::ObjectHash::of(&data).to_hex());

@@ -4,7 +4,7 @@
 //! signed the record with the key the client pinned on an earlier visit.
 
 use peercache_tests::{
-    TempDir, fetch_cli, make_site, metrics, spawn_peer, spawn_server, test_bytes,
+    TempDir, fetch_cli, make_site, metrics, seed_peer, spawn_peer, spawn_server, test_bytes,
 };
 
 #[tokio::test]
@@ -135,18 +135,15 @@ async fn a_record_signed_with_another_key_is_never_used() {
         k2.as_str(),
     ]);
     let impostor = peercache_tests::spawn_server_cmd(cmd).await.unwrap();
-    let (ok, err) = fetch_cli(
+    let _p = seed_peer(
         &impostor.url,
         "/static/f.bin",
         &dir.join("o"),
         &dir.join("p"),
+        &[],
     )
     .await
     .unwrap();
-    assert!(ok, "{err}");
-    let _p = spawn_peer(&impostor.url, &dir.join("p"), &[])
-        .await
-        .unwrap();
     // The client met that peer in a referral from the impostor…
     let (ok, err) = fetch_cli(
         &impostor.url,

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use peercache_core::hash::ObjectHash;
 use peercache_tests::{
-    TempDir, announce, ask, fetch_cli, make_site, metrics, register_and_fetch, spawn_peer,
-    spawn_redis, spawn_server, test_bytes,
+    TempDir, announce, ask, fetch_cli, make_site, metrics, register_and_fetch, seed_peer,
+    spawn_peer, spawn_redis, spawn_server, test_bytes,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -150,18 +150,15 @@ async fn the_server_pings_peers_demotes_slow_ones_and_drops_dead_ones() {
             .len(),
         1
     );
-    let (ok, err) = fetch_cli(
+    let fast = seed_peer(
         &server.url,
         "/static/h.bin",
         &dir.join("o"),
         &dir.join("fast"),
+        &[],
     )
     .await
     .unwrap();
-    assert!(ok, "{err}");
-    let fast = spawn_peer(&server.url, &dir.join("fast"), &[])
-        .await
-        .unwrap();
     // The slow one was used most.
     for _ in 0..3 {
         reqwest::Client::new()
@@ -226,11 +223,15 @@ async fn two_servers_sharing_redis_give_the_same_referrals() {
     let two = spawn_server(&root, &args).await.unwrap();
 
     // A peer fetches through replica one and announces there…
-    let (ok, err) = fetch_cli(&one.url, "/static/r.bin", &dir.join("o"), &dir.join("p"))
-        .await
-        .unwrap();
-    assert!(ok, "{err}");
-    let peer = spawn_peer(&one.url, &dir.join("p"), &[]).await.unwrap();
+    let peer = seed_peer(
+        &one.url,
+        "/static/r.bin",
+        &dir.join("o"),
+        &dir.join("p"),
+        &[],
+    )
+    .await
+    .unwrap();
     // …and replica two refers to it.
     let (status, referral) = ask(&two.url, "someone", "/static/r.bin").await.unwrap();
     assert_eq!(status, 300);
@@ -274,11 +275,15 @@ async fn when_redis_goes_away_clients_are_served_directly_and_referrals_resume_a
     )
     .await
     .unwrap();
-    let (ok, err) = fetch_cli(&server.url, "/static/o.bin", &dir.join("o"), &dir.join("p"))
-        .await
-        .unwrap();
-    assert!(ok, "{err}");
-    let peer = spawn_peer(&server.url, &dir.join("p"), &[]).await.unwrap();
+    let peer = seed_peer(
+        &server.url,
+        "/static/o.bin",
+        &dir.join("o"),
+        &dir.join("p"),
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         ask(&server.url, "c1", "/static/o.bin").await.unwrap().0,
         300

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use peercache_tests::{Server, TempDir, fetch_cli, spawn_peer, test_bytes};
+use peercache_tests::{Server, TempDir, fetch_cli, seed_peer, test_bytes};
 
 async fn origin(hits: Arc<AtomicUsize>, public: Vec<u8>) -> String {
     let h = hits.clone();
@@ -158,16 +158,15 @@ async fn shareable_responses_are_kept_and_referred_private_ones_pass_through() {
     );
 
     // Referral through a real peer, as for a site directory.
-    let (ok, err) = fetch_cli(
+    let peer = seed_peer(
         &server.url,
         "/static/public.bin",
         &dir.join("a"),
         &dir.join("pa"),
+        &[],
     )
     .await
     .unwrap();
-    assert!(ok, "{err}");
-    let peer = spawn_peer(&server.url, &dir.join("pa"), &[]).await.unwrap();
     let (ok, err) = fetch_cli(
         &server.url,
         "/static/public.bin",
