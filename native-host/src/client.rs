@@ -121,6 +121,18 @@ pub enum FetchError {
     ServerDown(&'static str),
 }
 
+impl FetchError {
+    /// Worth trying again later: the server is unreachable or answered 5xx/429
+    /// (its look-up table may be down for a moment). Bad input is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Http(_) | FetchError::ServerDown(_) => true,
+            FetchError::Status(s) => *s >= 500 || *s == 429,
+            _ => false,
+        }
+    }
+}
+
 /// How the client picks among a referral's peers (M6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -240,11 +241,22 @@ async fn main() -> anyhow::Result<()> {
             let node = node::start(options).await?;
             let server = server.trim_end_matches('/').to_string();
             let held = node.client.cache().list()?;
-            let accepted = node
-                .client
-                .announce(&server, &held, &[])
-                .await
-                .with_context(|| format!("registering with {server}"))?;
+            // A server whose look-up table is down for a moment answers 503: try
+            // again with backoff (about 30 s in all) before giving up.
+            let mut wait = Duration::from_millis(250);
+            let accepted = loop {
+                match node.client.announce(&server, &held, &[]).await {
+                    Ok(accepted) => break accepted,
+                    Err(e) if e.is_transient() && wait <= Duration::from_secs(16) => {
+                        tracing::warn!(error = %e, retry_in = ?wait, "registering failed; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("registering with {server}"));
+                    }
+                }
+            };
             if let Some(addr) = node.peer_addr {
                 println!("peer listening on {addr}");
             }
