@@ -35,10 +35,14 @@ function applyRules() {
 // A site whose scope would receive cookies is not intercepted at all (B2): the
 // redirect rules cannot see a request's headers, so the cookie store is asked.
 let cookieCheck = null;
-async function checkCookies() {
+const cookieHosts = new Set(); // hosts whose cookies changed since the last check
+/** Re-reads the cookie state of every known site, or only of sites on `hosts`. */
+async function checkCookies(hosts = null) {
   if (!api.cookies || !brain) return;
   let changed = false;
-  for (const site of brain.view()?.sites ?? []) {
+  const sites = (brain.view()?.sites ?? [])
+    .filter((site) => !hosts || hosts.has(new URL(site.origin).hostname));
+  for (const site of sites) {
     let bound = true; // if the store cannot be read, assume cookies: never intercept blind
     try {
       // Cookies sent to the scope root, and cookies for a deeper path inside it.
@@ -55,9 +59,22 @@ async function checkCookies() {
   if (changed) await applyRules();
 }
 
-function cookiesChanged() {
-  clearTimeout(cookieCheck);
-  cookieCheck = setTimeout(() => { checkCookies(); }, 100);
+// Pages change cookies all the time: only sites on the changed cookie's host
+// (or a parent domain's cookie) are checked again, at most every 100 ms.
+function cookiesChanged(change) {
+  const domain = String(change?.cookie?.domain ?? '').replace(/^\./, '');
+  if (!brain || !domain) return;
+  for (const site of brain.view()?.sites ?? []) {
+    const host = new URL(site.origin).hostname;
+    if (host === domain || host.endsWith(`.${domain}`)) cookieHosts.add(host);
+  }
+  if (cookieHosts.size === 0 || cookieCheck) return;
+  cookieCheck = setTimeout(() => {
+    const hosts = new Set(cookieHosts);
+    cookieHosts.clear();
+    cookieCheck = null;
+    checkCookies(hosts);
+  }, 100);
 }
 
 async function settingsChanged() {
