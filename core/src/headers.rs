@@ -13,6 +13,8 @@ use crate::hash::{InvalidHash, ObjectHash};
 
 /// Request header: the client accepts referrals.
 pub const CLIENT: &str = "peercache-client";
+/// `Peercache-Auth`: a request signed with the peer's key (`crate::auth`).
+pub const AUTH: &str = "peercache-auth";
 /// Response header: hash and size of the object in a `200`.
 pub const OBJECT: &str = "peercache-object";
 /// Response header: the site's advertisement of its peer scope.

@@ -3,6 +3,8 @@
 //! The server, the native host and the browser extension's wasm brain all link this
 //! crate, so the rules they apply are the same code:
 //!
+//! - [`auth`]: a peer is its key: signed requests to the server (B6).
+//! - [`peer`]: the peer plane: dial info and the peer protocol's messages.
 //! - [`protocol`]: the JSON messages of `/v1/` and of native messaging (serde types).
 //! - [`headers`]: the `Peercache-Client`, `Peercache-Object` and `Peercache` headers.
 //! - [`hash`]: object hashes (BLAKE3) and their hex form.
@@ -18,10 +20,12 @@
 //! Non-goals: networking, clocks, files, randomness. Callers pass `now` and measured
 //! figures in; this crate never reads them itself.
 
+pub mod auth;
 pub mod decide;
 pub mod extension;
 pub mod hash;
 pub mod headers;
+pub mod peer;
 pub mod protocol;
 pub mod record;
 pub mod select;

@@ -24,20 +24,34 @@ impl Load {
     }
 }
 
-/// `POST /v1/peers`: a host introduces itself. The server records the source address
-/// of the connection, never an address the host claims (B6); `port` is where the
-/// host's peer server listens, if it serves at all.
+/// `POST /v1/peers`: a host introduces itself, signed with its key
+/// (`crate::auth`). Of the direct addresses it reports, the server lists only
+/// those on the source address of the connection (B6); when none is, it lists that
+/// source address with the endpoint's `port`. A client that does not serve sends
+/// no `dial`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterRequest {
-    /// The host's stable id (kept with its cache).
+    /// The host's id: its public key, 64 hex digits.
     pub peer_id: String,
-    /// Port of the peer server on the connection's source address; `None` for a
-    /// client that does not serve.
+    /// How to reach its peer endpoint (relay and direct addresses), if it serves.
+    #[serde(default)]
+    pub dial: Option<crate::peer::DialInfo>,
+    /// The UDP port its peer endpoint is bound to, if it serves.
     #[serde(default)]
     pub port: Option<u16>,
     /// Load at registration time.
     #[serde(default)]
     pub load: Option<Load>,
+}
+
+/// A relay the server offers its peers (B10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayInfo {
+    /// Its URL, e.g. `https://198.51.100.2:8443/`.
+    pub url: String,
+    /// The UDP port of its QUIC address discovery, if it runs one.
+    #[serde(default)]
+    pub qad_port: Option<u16>,
 }
 
 /// Answer to a registration.
@@ -49,6 +63,10 @@ pub struct RegisterResponse {
     pub addr: Option<String>,
     /// Seconds until the registration lapses without a heartbeat (an announce).
     pub ttl_secs: u64,
+    /// Relays the host should keep a connection to, so peers behind routers can
+    /// reach it (and it learns its public address).
+    #[serde(default)]
+    pub relays: Vec<RelayInfo>,
 }
 
 /// `POST /v1/announce`: what a peer now holds or dropped, and its load. Doubles as
@@ -111,6 +129,10 @@ pub struct Report {
     /// Time taken, milliseconds.
     #[serde(default)]
     pub duration_ms: u64,
+    /// Whether the connection to the source went direct (`true`) or only through
+    /// a relay (`false`), if known.
+    #[serde(default)]
+    pub direct: Option<bool>,
 }
 
 /// The object a referral is about.
@@ -129,10 +151,16 @@ pub struct ObjectInfo {
 /// One entry of a referral's proxy list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proxy {
-    /// Peer id, or `server` for the server's own entry.
+    /// Peer id (its public key), or `server` for the server's own entry.
     pub id: String,
-    /// Base URL of the source, e.g. `http://198.51.100.1:40123`.
+    /// For a peer, its dial string (`crate::peer::DialInfo`, e.g.
+    /// `peer:?relay=https://198.51.100.2:8443/&direct=198.51.100.7:5000`); for
+    /// the server, its base URL.
     pub addr: String,
+    /// Whether connections to it were seen to go direct (`Some(false)`: relay
+    /// only), if known.
+    #[serde(default)]
+    pub direct: Option<bool>,
     /// The server's smoothed round-trip time to it, if measured.
     #[serde(default)]
     pub rtt_ms: Option<u32>,
@@ -363,7 +391,8 @@ mod tests {
             },
             proxies: vec![Proxy {
                 id: "p".into(),
-                addr: "http://10.0.0.2:1".into(),
+                addr: "peer:?direct=192.0.2.2:1".into(),
+                direct: Some(true),
                 rtt_ms: Some(3),
                 load: Some(Load {
                     active: 0,

@@ -14,6 +14,9 @@ pub struct Probed {
     pub rtt_ms: Option<u32>,
     /// Throughput learned from earlier downloads, bytes per second.
     pub throughput: Option<u64>,
+    /// Whether the probe's connection went direct (`Some(false)`: only through a
+    /// relay), if known.
+    pub direct: Option<bool>,
 }
 
 /// Granularity at which RTTs are compared.
@@ -43,12 +46,19 @@ pub fn order_holders(mut proxies: Vec<Proxy>) -> Vec<Proxy> {
 }
 
 /// Orders measured candidates by policy; unreachable ones are dropped. The server's
-/// own entry, if present, always stays last as the fallback.
+/// own entry, if present, always stays last as the fallback. Peers reached only
+/// through a relay are dropped when a direct source exists (another peer, or the
+/// server): a relayed byte crosses the site anyway, so it saves nothing (B10).
 pub fn choose(candidates: Vec<Probed>, policy: Policy) -> Vec<Proxy> {
     let (servers, mut peers): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .partition(|c| c.proxy.id == SERVER_PROXY_ID);
     peers.retain(|c| c.rtt_ms.is_some() && !c.proxy.load.is_some_and(|l| l.is_full()));
+    let direct_source =
+        !servers.is_empty() || peers.iter().any(|c| c.direct != Some(false));
+    if direct_source {
+        peers.retain(|c| c.direct != Some(false));
+    }
     let mut ordered: Vec<Probed> = Vec::with_capacity(peers.len());
     if let Policy::FirstMeetingTarget(target) = policy
         && let Some(i) = peers
@@ -77,6 +87,7 @@ mod tests {
         Proxy {
             id: id.into(),
             addr: format!("http://{id}"),
+            direct: None,
             rtt_ms: rtt,
             load,
         }
@@ -104,6 +115,7 @@ mod tests {
             proxy: proxy(id, None, None),
             rtt_ms: rtt,
             throughput: tp,
+            direct: None,
         };
         let list = vec![
             c("server", Some(1), None),
@@ -132,6 +144,8 @@ pub struct HolderStats {
     pub addr: String,
     /// Smoothed RTT of the server's pings, if any answered.
     pub rtt_ms: Option<u32>,
+    /// Whether connections to it go direct (`Some(false)`: relay only), if known.
+    pub direct: Option<bool>,
     /// Last reported load.
     pub load: Option<crate::protocol::Load>,
     /// Referrals to it handed out since its last load report.
@@ -166,7 +180,8 @@ pub fn is_slow(rtt_ms: Option<u32>, median_ms: Option<u32>, threshold_ms: u32) -
 }
 
 /// Ranks holders for a referral: full peers dropped; slow peers after the rest;
-/// then the least loaded (counting referrals handed out since the last report, so
+/// peers reached only through a relay after those reached directly (B10: a relayed
+/// byte crosses the site anyway); then the least loaded (counting referrals handed out since the last report, so
 /// a crowd spreads over peers); then the most used (M9); then the lowest RTT.
 pub fn rank_holders(holders: Vec<HolderStats>, slow_threshold_ms: u32, max: usize) -> Vec<Proxy> {
     let mut measured: Vec<u32> = holders.iter().filter_map(|h| h.rtt_ms).collect();
@@ -179,6 +194,7 @@ pub fn rank_holders(holders: Vec<HolderStats>, slow_threshold_ms: u32, max: usiz
             .map_or(0, |(a, l)| u64::from(a) * 1000 / u64::from(l.max(1)));
         (
             is_slow(h.rtt_ms, median, slow_threshold_ms),
+            h.direct == Some(false),
             load_permille,
             std::cmp::Reverse(h.uses),
             h.rtt_ms.unwrap_or(u32::MAX),
@@ -191,10 +207,47 @@ pub fn rank_holders(holders: Vec<HolderStats>, slow_threshold_ms: u32, max: usiz
         .map(|h| Proxy {
             id: h.id,
             addr: h.addr,
+            direct: h.direct,
             rtt_ms: h.rtt_ms,
             load: h.load,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use super::*;
+
+    fn probed(id: &str, rtt: u32, direct: Option<bool>) -> Probed {
+        Probed {
+            proxy: Proxy {
+                id: id.into(),
+                addr: String::new(),
+                direct: None,
+                rtt_ms: None,
+                load: None,
+            },
+            rtt_ms: Some(rtt),
+            throughput: None,
+            direct,
+        }
+    }
+
+    #[test]
+    fn a_relay_only_peer_is_used_only_when_nothing_direct_exists() {
+        let ids = |v: Vec<Proxy>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        // A direct peer exists: the relayed one is not used, however fast.
+        let list = vec![probed("relayed", 1, Some(false)), probed("direct", 50, Some(true))];
+        assert_eq!(ids(choose(list, Policy::Fastest)), ["direct"]);
+        // Only the server is direct: it is used, not the relay.
+        let list = vec![probed("relayed", 1, Some(false)), probed(SERVER_PROXY_ID, 0, Some(true))];
+        assert_eq!(ids(choose(list, Policy::Fastest)), [SERVER_PROXY_ID]);
+        // The server is down and no direct peer: the relay is better than nothing.
+        let mut dead = probed("dead", 1, None);
+        dead.rtt_ms = None;
+        let list = vec![probed("relayed", 1, Some(false)), dead];
+        assert_eq!(ids(choose(list, Policy::Fastest)), ["relayed"]);
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +261,7 @@ mod rank_tests {
             id: id.into(),
             addr: format!("http://{id}"),
             rtt_ms: rtt,
+            direct: None,
             load: Some(Load { active, limit: 4 }),
             pending,
             uses,
@@ -235,6 +289,19 @@ mod rank_tests {
             8,
         );
         assert_eq!(ids(ranked), ["new", "used"]);
+    }
+
+    #[test]
+    fn peers_reached_only_through_a_relay_go_after_direct_ones() {
+        let ids = |v: Vec<Proxy>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        let mut relayed = h("relayed", Some(5), 0, 0, 9);
+        relayed.direct = Some(false);
+        let mut direct = h("direct", Some(40), 1, 0, 0);
+        direct.direct = Some(true);
+        let unknown = h("unknown", Some(30), 1, 0, 0);
+        let ranked = rank_holders(vec![relayed, direct, unknown], 500, 8);
+        assert_eq!(ids(ranked.clone()), ["unknown", "direct", "relayed"]);
+        assert_eq!(ranked[2].direct, Some(false), "the flag travels to the client");
     }
 
     proptest! {

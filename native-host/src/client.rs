@@ -23,8 +23,8 @@ use peercache_core::hash::ObjectHash;
 use peercache_core::headers::{self, ClientHeader, ObjectHeader};
 use peercache_core::protocol::Proxy;
 use peercache_core::protocol::{
-    Announce, AnnounceResponse, Counters, Outcome, Referral, RegisterRequest, Report,
-    SERVER_PROXY_ID,
+    Announce, AnnounceResponse, Counters, Outcome, Referral, RegisterRequest, RegisterResponse,
+    Report, SERVER_PROXY_ID,
 };
 use peercache_core::select::{Policy, Probed, choose};
 use peercache_core::shareable::response_shareable;
@@ -149,8 +149,9 @@ pub enum PeerPolicy {
 pub struct ClientOptions {
     /// Extra trusted root certificate (PEM) for servers with their own CA.
     pub ca_cert: Option<std::path::PathBuf>,
-    /// Port of this host's peer server, if it serves.
-    pub serve_port: Option<u16>,
+    /// This host serves other peers (its endpoint accepts peer connections), so
+    /// registrations carry its dial info.
+    pub serving: bool,
     /// Peer choice policy.
     pub policy: PeerPolicy,
     /// Target speed in bytes/s; `None` derives it from the referral.
@@ -168,8 +169,30 @@ pub const MAX_DEFERRAL: Duration = Duration::from_secs(60);
 /// Hops a cascade query may travel (M11).
 pub const LOCATE_TTL: u8 = 3;
 
-/// How long a probe may take before the peer counts as unreachable.
-const PROBE_DEADLINE: Duration = Duration::from_millis(1500);
+/// How long a probe may take before the peer counts as unreachable (a dial
+/// through a relay and the hole punch included).
+const PROBE_DEADLINE: Duration = Duration::from_millis(2500);
+/// How long a probe waits for a relayed connection to find a direct path.
+const DIRECT_PATH_WAIT: Duration = Duration::from_millis(600);
+/// How long a registration waits for the endpoint to reach the server's relay.
+const RELAY_WAIT: Duration = Duration::from_secs(3);
+
+/// What a client tells the server about one source of a referred download.
+#[derive(Debug, Clone)]
+pub struct SourceReport {
+    /// The object.
+    pub hash: ObjectHash,
+    /// The source's peer id.
+    pub source: String,
+    /// How it went.
+    pub outcome: Outcome,
+    /// Verified bytes it sent.
+    pub bytes: u64,
+    /// Time taken.
+    pub took: Duration,
+    /// Whether the connection to it went direct, if known.
+    pub direct: Option<bool>,
+}
 /// Half-life of remembered throughput measurements.
 const THROUGHPUT_HALF_LIFE: Duration = Duration::from_secs(600);
 /// Most peers whose throughput is remembered.
@@ -194,8 +217,9 @@ impl Measured {
 pub struct Client {
     http: reqwest::Client,
     cache: Cache,
-    peer_id: String,
-    serve_port: Option<u16>,
+    identity: crate::identity::Identity,
+    dialer: Arc<peercache_net::PeerDialer>,
+    serving: bool,
     slots: Option<Arc<Workload>>,
     registered: Mutex<HashMap<String, bool>>,
     throughput: std::sync::Mutex<HashMap<String, Measured>>,
@@ -254,7 +278,8 @@ impl Client {
     /// A client with its cache and identity.
     pub fn new(
         cache: Cache,
-        peer_id: String,
+        identity: crate::identity::Identity,
+        dialer: Arc<peercache_net::PeerDialer>,
         options: &ClientOptions,
         counters: Arc<HostCounters>,
         slots: Option<Arc<Workload>>,
@@ -263,8 +288,9 @@ impl Client {
         Ok(Self {
             http: http_client(options.ca_cert.as_deref())?,
             cache,
-            peer_id,
-            serve_port: options.serve_port,
+            identity,
+            dialer,
+            serving: options.serving,
             slots,
             registered: Mutex::new(HashMap::new()),
             throughput: std::sync::Mutex::new(HashMap::new()),
@@ -334,9 +360,49 @@ impl Client {
         out.into_iter().map(|(_, p)| p).collect()
     }
 
-    /// This host's peer id.
+    /// This host's peer id (its public key).
     pub fn peer_id(&self) -> &str {
-        &self.peer_id
+        self.identity.peer_id()
+    }
+
+    /// The connections to other peers.
+    pub fn dialer(&self) -> &Arc<peercache_net::PeerDialer> {
+        &self.dialer
+    }
+
+    /// POSTs `body` as JSON to `origin` + `path`, signed with this host's key.
+    async fn signed_post<T: serde::Serialize>(
+        &self,
+        origin: &str,
+        path: &str,
+        body: &T,
+    ) -> Result<reqwest::Response, FetchError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| FetchError::BadReferral(e.to_string()))?;
+        let auth = self.identity.sign("POST", path, &bytes);
+        Ok(self
+            .http
+            .post(format!("{origin}{path}"))
+            .header(headers::AUTH, auth)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes)
+            .timeout(self.server_timeout)
+            .send()
+            .await?)
+    }
+
+    fn registration(&self) -> RegisterRequest {
+        let endpoint = self.dialer.endpoint();
+        RegisterRequest {
+            peer_id: self.peer_id().to_string(),
+            dial: self
+                .serving
+                .then(|| peercache_net::endpoint::dial_info(endpoint)),
+            port: self
+                .serving
+                .then(|| peercache_net::endpoint::bound_port(endpoint))
+                .flatten(),
+            load: self.slots.as_ref().map(|s| s.load()),
+        }
     }
 
     /// The cache.
@@ -344,22 +410,32 @@ impl Client {
         &self.cache
     }
 
-    /// Registers with the server at `origin` (its source address is recorded there).
+    /// Registers with the server at `origin`, proven by this host's key. When the
+    /// server names relays, the endpoint connects to them (so peers behind other
+    /// routers can reach it, and it learns its public address) and, if that
+    /// changed how it can be dialed, registers again with the new dial info.
     pub async fn register(&self, origin: &str) -> Result<(), FetchError> {
-        let req = RegisterRequest {
-            peer_id: self.peer_id.clone(),
-            port: self.serve_port,
-            load: self.slots.as_ref().map(|s| s.load()),
-        };
-        let resp = self
-            .http
-            .post(format!("{origin}/v1/peers"))
-            .json(&req)
-            .timeout(self.server_timeout)
-            .send()
-            .await?;
+        let req = self.registration();
+        let resp = self.signed_post(origin, "/v1/peers", &req).await?;
         if !resp.status().is_success() {
             return Err(FetchError::Status(resp.status().as_u16()));
+        }
+        let answer: RegisterResponse = resp.json().await?;
+        if !answer.relays.is_empty() {
+            peercache_net::endpoint::add_relays(
+                self.dialer.endpoint(),
+                &answer.relays,
+                RELAY_WAIT,
+            )
+            .await;
+            let again = self.registration();
+            if self.serving && again.dial != req.dial {
+                tracing::info!(dial = ?again.dial, "dial info changed; registering again");
+                let resp = self.signed_post(origin, "/v1/peers", &again).await?;
+                if !resp.status().is_success() {
+                    return Err(FetchError::Status(resp.status().as_u16()));
+                }
+            }
         }
         self.registered
             .lock()
@@ -411,19 +487,13 @@ impl Client {
             self.register(origin).await?;
         }
         let body = Announce {
-            peer_id: self.peer_id.clone(),
+            peer_id: self.peer_id().to_string(),
             have: have.to_vec(),
             dropped: dropped.to_vec(),
             load: self.slots.as_ref().map(|s| s.load()),
         };
         for attempt in 0..2 {
-            let resp = self
-                .http
-                .post(format!("{origin}/v1/announce"))
-                .json(&body)
-                .timeout(self.server_timeout)
-                .send()
-                .await?;
+            let resp = self.signed_post(origin, "/v1/announce", &body).await?;
             match resp.status().as_u16() {
                 200 => {
                     let ans: AnnounceResponse = resp.json().await?;
@@ -450,30 +520,17 @@ impl Client {
         }
     }
 
-    pub(crate) async fn report(
-        &self,
-        origin: String,
-        hash: ObjectHash,
-        source: String,
-        outcome: Outcome,
-        bytes: u64,
-        took: Duration,
-    ) {
+    pub(crate) async fn report(&self, origin: String, report: SourceReport) {
         let report = Report {
-            peer_id: self.peer_id.clone(),
-            hash,
-            source,
-            outcome,
-            bytes,
-            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            peer_id: self.peer_id().to_string(),
+            hash: report.hash,
+            source: report.source,
+            outcome: report.outcome,
+            bytes: report.bytes,
+            duration_ms: u64::try_from(report.took.as_millis()).unwrap_or(u64::MAX),
+            direct: report.direct,
         };
-        let sent = self
-            .http
-            .post(format!("{origin}/v1/report"))
-            .json(&report)
-            .timeout(self.server_timeout)
-            .send()
-            .await;
+        let sent = self.signed_post(&origin, "/v1/report", &report).await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "report failed");
         }
@@ -514,30 +571,50 @@ impl Client {
         );
     }
 
-    /// Pings every candidate at once (deadline `PROBE_DEADLINE`) and orders
-    /// them by the configured policy (M6). Unreachable ones are dropped.
-    pub async fn probe_and_order(&self, proxies: &[Proxy], target_speed: u64) -> Vec<Proxy> {
-        let probes = proxies
-            .iter()
-            .filter(|p| p.id != SERVER_PROXY_ID)
-            .map(|p| async move {
-                let started = Instant::now();
-                let ok = tokio::time::timeout(
-                    PROBE_DEADLINE,
-                    self.http
-                        .get(format!("{}/v1/ping", p.addr.trim_end_matches('/')))
-                        .send(),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
-                let rtt =
-                    ok.then(|| u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX));
-                Probed {
+    /// Pings every candidate at once (deadline `PROBE_DEADLINE`) over its QUIC
+    /// connection and orders them by the configured policy (M6). Unreachable ones
+    /// are dropped; so are peers reached only through a relay when a direct source
+    /// (another peer, or the server) exists, and those are reported to the server
+    /// as relay-only (B10).
+    pub async fn probe_and_order(
+        &self,
+        origin: &str,
+        hash: ObjectHash,
+        proxies: &[Proxy],
+        target_speed: u64,
+    ) -> Vec<Proxy> {
+        let probes = proxies.iter().map(|p| async move {
+            if p.id == SERVER_PROXY_ID {
+                return Probed {
                     proxy: p.clone(),
-                    rtt_ms: rtt,
-                    throughput: self.remembered_throughput(&p.id),
-                }
-            });
+                    rtt_ms: Some(0),
+                    throughput: None,
+                    direct: Some(true),
+                };
+            }
+            let pinged = match peercache_core::peer::DialInfo::parse(&p.addr) {
+                Ok(dial) => tokio::time::timeout(PROBE_DEADLINE, async {
+                    let pinged = self.dialer.ping(&p.id, &dial).await.ok()?;
+                    let direct = pinged.direct
+                        || self
+                            .dialer
+                            .wait_direct(&p.id, &dial, DIRECT_PATH_WAIT)
+                            .await;
+                    Some((pinged.rtt, direct))
+                })
+                .await
+                .ok()
+                .flatten(),
+                Err(_) => None,
+            };
+            Probed {
+                proxy: p.clone(),
+                rtt_ms: pinged
+                    .map(|(rtt, _)| u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX)),
+                throughput: self.remembered_throughput(&p.id),
+                direct: pinged.map(|(_, d)| d),
+            }
+        });
         let probed = futures_util::future::join_all(probes).await;
         let policy = match self.policy {
             PeerPolicy::Fastest => Policy::Fastest,
@@ -545,7 +622,34 @@ impl Client {
                 Policy::FirstMeetingTarget(self.target_speed.unwrap_or(target_speed))
             }
         };
-        choose(probed, policy)
+        let relay_only: Vec<String> = probed
+            .iter()
+            .filter(|c| c.direct == Some(false))
+            .map(|c| c.proxy.id.clone())
+            .collect();
+        let chosen = choose(probed, policy);
+        for id in relay_only {
+            if chosen.iter().any(|p| p.id == id) {
+                continue;
+            }
+            counter!("peercache_relay_only_peers_skipped_total").increment(1);
+            tracing::info!(peer = %id, "skipping a peer reachable only through the relay");
+            if !origin.is_empty() {
+                self.report(
+                    origin.to_string(),
+                    SourceReport {
+                        hash,
+                        source: id,
+                        outcome: Outcome::Unused,
+                        bytes: 0,
+                        took: Duration::ZERO,
+                        direct: Some(false),
+                    },
+                )
+                .await;
+            }
+        }
+        chosen
     }
 
     /// The HTTP client (system roots plus `--ca-cert`, no redirects).
@@ -574,11 +678,14 @@ impl Client {
         tracing::warn!(%peer, %hash, "peer sent bytes that do not match the server's hash");
         self.report(
             origin.to_string(),
-            hash,
-            peer.to_string(),
-            Outcome::Mismatch,
-            0,
-            took,
+            SourceReport {
+                hash,
+                source: peer.to_string(),
+                outcome: Outcome::Mismatch,
+                bytes: 0,
+                took,
+                direct: None,
+            },
         )
         .await;
     }
@@ -627,7 +734,7 @@ impl Client {
             }
         }
         let client_header = ClientHeader {
-            peer_id: Some(self.peer_id.clone()),
+            peer_id: Some(self.peer_id().to_string()),
             bandwidth: None,
         };
         let mut waited = Duration::ZERO;
@@ -716,15 +823,21 @@ impl Client {
             if let Some(first) = referral.proxies.iter().find(|p| p.id != SERVER_PROXY_ID) {
                 let (client, first) = (self.clone(), first.id.clone());
                 tokio::spawn(async move {
-                    client
-                        .report(origin, hash, first, Outcome::Unused, 0, Duration::ZERO)
-                        .await;
+                    let unused = SourceReport {
+                        hash,
+                        source: first,
+                        outcome: Outcome::Unused,
+                        bytes: 0,
+                        took: Duration::ZERO,
+                        direct: None,
+                    };
+                    client.report(origin, unused).await;
                 });
             }
             return Ok(dl);
         }
         let peers = self
-            .probe_and_order(&referral.proxies, referral.target_speed)
+            .probe_and_order(&origin, hash, &referral.proxies, referral.target_speed)
             .await;
         let plan = crate::download::Plan {
             origin: origin.clone(),
@@ -751,7 +864,8 @@ impl Client {
         }
     }
 
-    /// Asks `peer` where the object at `url` is (a cascade query, M11).
+    /// Asks `peer` where the object at `url` is (a cascade query, M11), over its
+    /// QUIC connection. Holders it names without an address are the peer itself.
     pub async fn locate(
         &self,
         peer: &Proxy,
@@ -759,32 +873,22 @@ impl Client {
         ttl: u8,
         qid: &str,
     ) -> peercache_core::protocol::LocateResponse {
-        let Ok(mut target) =
-            reqwest::Url::parse(&format!("{}/v1/locate", peer.addr.trim_end_matches('/')))
-        else {
+        let Ok(dial) = peercache_core::peer::DialInfo::parse(&peer.addr) else {
             return Default::default();
         };
-        target
-            .query_pairs_mut()
-            .append_pair("url", url)
-            .append_pair("ttl", &ttl.to_string())
-            .append_pair("qid", qid);
-        let resp = self
-            .http
-            .get(target)
-            .timeout(Duration::from_millis(1000 * (u64::from(ttl) + 1)))
-            .send()
-            .await;
-        let mut found: peercache_core::protocol::LocateResponse = match resp {
-            Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+        let deadline = Duration::from_millis(1000 * (u64::from(ttl) + 1));
+        let asked = tokio::time::timeout(deadline, self.dialer.locate(&peer.id, &dial, url, ttl, qid)).await;
+        let mut found = match asked {
+            Ok(Ok(found)) => found,
             _ => return Default::default(),
         };
+        found.holders.truncate(32);
         for h in &mut found.holders {
-            if h.addr.is_empty() {
+            if h.addr.is_empty() && h.id == peer.id {
                 h.addr = peer.addr.clone();
             }
         }
-        found.holders.truncate(32);
+        found.holders.retain(|h| peercache_core::peer::DialInfo::parse(&h.addr).is_ok());
         found
     }
 
@@ -822,7 +926,7 @@ impl Client {
                 {
                     record = Some(r);
                 }
-                if proxy.id != self.peer_id
+                if proxy.id != self.peer_id()
                     && !holders
                         .iter()
                         .any(|x| x.id == proxy.id && x.addr == proxy.addr)
@@ -839,7 +943,7 @@ impl Client {
                 record = Some(r);
             }
             for h in a.holders {
-                if h.id != self.peer_id && !holders.iter().any(|x| x.id == h.id && x.addr == h.addr)
+                if h.id != self.peer_id() && !holders.iter().any(|x| x.id == h.id && x.addr == h.addr)
                 {
                     holders.push(h);
                 }
@@ -861,7 +965,7 @@ impl Client {
         }
         // Check speed before downloading: first to meet the target, else fastest.
         let target = self.target_speed.unwrap_or_else(|| size.div_ceil(2).max(1));
-        let probed = self.probe_and_order(&holders, target).await;
+        let probed = self.probe_and_order("", hash, &holders, target).await;
         let plan = crate::download::Plan {
             origin: origin.clone(),
             server: String::new(),

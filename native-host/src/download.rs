@@ -22,11 +22,23 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use metrics::counter;
 use peercache_core::hash::ObjectHash;
+use peercache_core::peer::DialInfo;
 use peercache_core::protocol::{Outcome, Proxy, SERVER_PROXY_ID};
 use peercache_core::verified::{GROUP, group_count, group_len, verify_group, verify_outboard};
 use tokio::sync::{Notify, mpsc};
 
-use crate::client::{Client, FetchError, Source};
+use crate::client::{Client, FetchError, Source, SourceReport};
+
+fn failed_report(plan: &Plan, id: &str, took: Duration) -> SourceReport {
+    SourceReport {
+        hash: plan.hash,
+        source: id.to_string(),
+        outcome: Outcome::Failed,
+        bytes: 0,
+        took,
+        direct: None,
+    }
+}
 
 /// Groups per segment (1 MiB).
 const SEGMENT_GROUPS: u64 = 64;
@@ -52,15 +64,106 @@ pub struct Plan {
     pub peers: Vec<Proxy>,
 }
 
+/// One source: the server over HTTP, or a peer over its QUIC connection.
 #[derive(Debug, Clone)]
 struct SourceRef {
     id: String,
-    base: String,
+    kind: SourceKind,
+}
+
+#[derive(Debug, Clone)]
+enum SourceKind {
+    /// The server's base URL (`/v1/objects/{hash}`).
+    Server(String),
+    /// How to dial the peer.
+    Peer(DialInfo),
 }
 
 impl SourceRef {
     fn is_server(&self) -> bool {
-        self.id == SERVER_PROXY_ID
+        matches!(self.kind, SourceKind::Server(_))
+    }
+
+    fn peer(p: &Proxy) -> Option<Self> {
+        let dial = DialInfo::parse(&p.addr).ok()?;
+        Some(Self {
+            id: p.id.clone(),
+            kind: SourceKind::Peer(dial),
+        })
+    }
+
+    /// How the popup shows where the bytes came from.
+    fn display(&self) -> String {
+        match &self.kind {
+            SourceKind::Server(base) => base.clone(),
+            SourceKind::Peer(dial) => dial.display(),
+        }
+    }
+}
+
+/// A body arriving from a source, read piece by piece.
+enum Body {
+    Http(futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>),
+    Peer(peercache_net::ObjectBody),
+}
+
+impl Body {
+    async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        match self {
+            Body::Http(s) => s.next().await.map(|r| r.map_err(|e| e.to_string())),
+            Body::Peer(b) => b.next_chunk().await.map_err(|e| e.to_string()).transpose(),
+        }
+    }
+}
+
+/// Opens bytes `first..=last` of the object at `source` (`whole`: all of it).
+async fn open_range(
+    job: &Job,
+    source: &SourceRef,
+    first: u64,
+    last: u64,
+    whole: bool,
+) -> Result<Body, WorkerError> {
+    match &source.kind {
+        SourceKind::Server(base) => {
+            let mut req = job
+                .client
+                .http()
+                .get(format!(
+                    "{}/v1/objects/{}",
+                    base.trim_end_matches('/'),
+                    job.plan.hash
+                ))
+                .timeout(Duration::from_secs(3600));
+            if !whole {
+                req = req.header(reqwest::header::RANGE, format!("bytes={first}-{last}"));
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| WorkerError::Failed(e.to_string()))?;
+            let ok = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT
+                || (whole && resp.status() == reqwest::StatusCode::OK);
+            if !ok {
+                return Err(WorkerError::Failed(format!("status {}", resp.status())));
+            }
+            Ok(Body::Http(resp.bytes_stream().boxed()))
+        }
+        SourceKind::Peer(dial) => {
+            let range = (!whole).then_some((first, last));
+            let (header, body) = job
+                .client
+                .dialer()
+                .object(&source.id, dial, job.plan.hash, range)
+                .await
+                .map_err(|e| WorkerError::Failed(e.to_string()))?;
+            if header.size.is_some_and(|s| s != job.plan.size) {
+                return Err(WorkerError::Mismatch);
+            }
+            let direct = body.is_direct();
+            lock(&job.shared).paths.insert(source.id.clone(), direct);
+            Ok(Body::Peer(body))
+        }
     }
 }
 
@@ -75,6 +178,8 @@ struct Shared {
     queue: VecDeque<(u64, u64)>,
     done: Vec<bool>,
     by_source: HashMap<String, u64>,
+    /// Whether each peer's connection went direct.
+    paths: HashMap<String, bool>,
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -92,34 +197,47 @@ struct Job {
 
 async fn fetch_outboard(
     client: &Client,
-    base: &str,
+    source: &SourceRef,
     plan: &Plan,
 ) -> Result<Vec<peercache_core::verified::ChainingValue>, WorkerError> {
     let limit = group_count(plan.size) * 32;
-    let resp = client
-        .http()
-        .get(format!(
-            "{}/v1/objects/{}/outboard",
-            base.trim_end_matches('/'),
-            plan.hash
-        ))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| WorkerError::Failed(e.to_string()))?;
-    if !resp.status().is_success() {
-        return Err(WorkerError::Failed(format!(
-            "outboard: status {}",
-            resp.status()
-        )));
-    }
-    if resp.content_length().is_some_and(|l| l > limit) {
-        return Err(WorkerError::Mismatch);
-    }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| WorkerError::Failed(e.to_string()))?;
+    let body = match &source.kind {
+        SourceKind::Server(base) => {
+            let resp = client
+                .http()
+                .get(format!(
+                    "{}/v1/objects/{}/outboard",
+                    base.trim_end_matches('/'),
+                    plan.hash
+                ))
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .map_err(|e| WorkerError::Failed(e.to_string()))?;
+            if !resp.status().is_success() {
+                return Err(WorkerError::Failed(format!(
+                    "outboard: status {}",
+                    resp.status()
+                )));
+            }
+            if resp.content_length().is_some_and(|l| l > limit) {
+                return Err(WorkerError::Mismatch);
+            }
+            resp.bytes()
+                .await
+                .map_err(|e| WorkerError::Failed(e.to_string()))?
+                .to_vec()
+        }
+        SourceKind::Peer(dial) => client
+            .dialer()
+            .outboard(&source.id, dial, plan.hash, limit)
+            .await
+            .map_err(|e| match e {
+                // Longer than the object's CVs can be: a liar.
+                peercache_net::PeerError::TooLong(_) => WorkerError::Mismatch,
+                other => WorkerError::Failed(other.to_string()),
+            })?,
+    };
     verify_outboard(&plan.hash, plan.size, &body).map_err(|_| WorkerError::Mismatch)
 }
 
@@ -138,29 +256,8 @@ async fn worker_inner(job: &Job, source: &SourceRef) -> Result<(), WorkerError> 
         let outcome = async {
             let first = g0 * GROUP;
             let last = (g1 * GROUP).min(size).saturating_sub(1);
-            let mut req = job
-                .client
-                .http()
-                .get(format!(
-                    "{}/v1/objects/{}",
-                    source.base.trim_end_matches('/'),
-                    job.plan.hash
-                ))
-                .timeout(Duration::from_secs(3600));
             let whole = first == 0 && last + 1 >= size;
-            if !whole {
-                req = req.header(reqwest::header::RANGE, format!("bytes={first}-{last}"));
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| WorkerError::Failed(e.to_string()))?;
-            let ok = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT
-                || (whole && resp.status() == reqwest::StatusCode::OK);
-            if !ok {
-                return Err(WorkerError::Failed(format!("status {}", resp.status())));
-            }
-            let mut stream = resp.bytes_stream();
+            let mut stream = open_range(job, source, first, last, whole).await?;
             let mut buf = BytesMut::new();
             // Verified groups are written in batches of up to a segment (1 MiB).
             let mut batch = BytesMut::new();
@@ -174,7 +271,7 @@ async fn worker_inner(job: &Job, source: &SourceRef) -> Result<(), WorkerError> 
                             buf.extend_from_slice(&chunk);
                             continue;
                         }
-                        Ok(Some(Err(e))) => e.to_string(),
+                        Ok(Some(Err(e))) => e,
                         Ok(None) => "stream ended early".to_string(),
                         Err(_) => "stalled".to_string(),
                     };
@@ -243,7 +340,7 @@ async fn flush(
         counter!("peercache_bytes_from_server_total").increment(n);
     } else {
         job.client
-            .note_peer_bytes(&job.plan.origin, &source.id, &source.base, n);
+            .note_peer_bytes(&job.plan.origin, &source.id, &source.display(), n);
         counters
             .bytes_from_peers
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -265,14 +362,11 @@ pub async fn run(
         .peers
         .iter()
         .filter(|p| p.id != SERVER_PROXY_ID)
-        .map(|p| SourceRef {
-            id: p.id.clone(),
-            base: p.addr.clone(),
-        })
+        .filter_map(SourceRef::peer)
         .collect();
     let server = SourceRef {
         id: SERVER_PROXY_ID.to_string(),
-        base: plan.server.clone(),
+        kind: SourceKind::Server(plan.server.clone()),
     };
 
     // 1. The outboard, from a peer whose list adds up to the server's hash.
@@ -280,7 +374,7 @@ pub async fn run(
     if plan.size > GROUP {
         let mut found = None;
         while let Some(src) = candidates.pop_front() {
-            match fetch_outboard(&client, &src.base, &plan).await {
+            match fetch_outboard(&client, &src, &plan).await {
                 Ok(list) => {
                     found = Some(list);
                     candidates.push_front(src);
@@ -296,11 +390,7 @@ pub async fn run(
                     client
                         .report(
                             plan.origin.clone(),
-                            plan.hash,
-                            src.id.clone(),
-                            Outcome::Failed,
-                            0,
-                            started.elapsed(),
+                            failed_report(&plan, &src.id, started.elapsed()),
                         )
                         .await;
                 }
@@ -311,7 +401,7 @@ pub async fn run(
             None if plan.server.is_empty() => {
                 return Err(FetchError::ServerDown("no peer could prove the object"));
             }
-            None => fetch_outboard(&client, &server.base, &plan)
+            None => fetch_outboard(&client, &server, &plan)
                 .await
                 .map_err(|_| FetchError::Status(502))?,
         };
@@ -360,6 +450,7 @@ pub async fn run(
             queue,
             done: vec![false; groups as usize],
             by_source: HashMap::new(),
+            paths: HashMap::new(),
         })),
         progress: Arc::new(Notify::new()),
     });
@@ -428,7 +519,7 @@ pub async fn run(
                         WorkerError::Failed(why) => {
                             tracing::info!(source = %src.id, error = %why, "source failed; resuming elsewhere");
                             if !src.is_server() {
-                                client.report(plan.origin.clone(), plan.hash, src.id.clone(), Outcome::Failed, 0, started.elapsed()).await;
+                                client.report(plan.origin.clone(), failed_report(&plan, &src.id, started.elapsed())).await;
                             }
                         }
                     }
@@ -472,6 +563,7 @@ pub async fn run(
 
     // 3. Keep, announce, report.
     let by_source = std::mem::take(&mut lock(&job.shared).by_source);
+    let paths = std::mem::take(&mut lock(&job.shared).paths);
     let cache = client.cache().clone();
     let (hash, size) = (plan.hash, plan.size);
     let outboard = job
@@ -503,16 +595,18 @@ pub async fn run(
     for (id, bytes) in &by_source {
         if id != SERVER_PROXY_ID {
             client.remember(id, *bytes, took);
-            client
-                .report(
-                    plan.origin.clone(),
-                    plan.hash,
-                    id.clone(),
-                    Outcome::Served,
-                    *bytes,
-                    took,
-                )
-                .await;
+            if paths.get(id) == Some(&false) {
+                counter!("peercache_bytes_from_peers_relayed_total").increment(*bytes);
+            }
+            let served = SourceReport {
+                hash: plan.hash,
+                source: id.clone(),
+                outcome: Outcome::Served,
+                bytes: *bytes,
+                took,
+                direct: paths.get(id).copied(),
+            };
+            client.report(plan.origin.clone(), served).await;
         }
     }
     let main = by_source

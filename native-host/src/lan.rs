@@ -36,13 +36,13 @@ pub enum LanMessage {
         /// Query id (replies carry it back).
         qid: String,
     },
-    /// I do: fetch it from my peer server on `port`.
+    /// I do: dial my key at the datagram's source address, UDP `port`.
     IHave {
         /// The query id.
         qid: String,
         /// The holder's peer id.
         id: String,
-        /// Its peer-server port on the address the datagram came from.
+        /// Its peer endpoint's UDP port on the address the datagram came from.
         port: u16,
         /// The server's signed record it keeps.
         record: Option<SignedRecord>,
@@ -136,14 +136,20 @@ pub async fn query(url: &str, wait: Duration) -> Vec<(Proxy, Option<SignedRecord
                 && port != 0
                 && found.len() < 32
             {
-                let addr = match from.ip() {
-                    std::net::IpAddr::V4(ip) => format!("http://{ip}:{port}"),
-                    std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
-                };
+                // Dialed at the address the answer came from, by its key.
+                let addr = peercache_core::peer::DialInfo {
+                    relay: None,
+                    direct: vec![SocketAddr::new(from.ip(), port)],
+                }
+                .to_dial_string();
+                if !peercache_core::auth::is_peer_key(&id) {
+                    continue;
+                }
                 found.push((
                     Proxy {
                         id,
                         addr,
+                        direct: Some(true),
                         rtt_ms: None,
                         load: None,
                     },

@@ -31,12 +31,20 @@ enum Command {
         /// The coordination server, e.g. https://198.51.100.2
         #[arg(long, env = "PEERCACHE_SERVER")]
         server: Option<String>,
-        /// Where the peer server listens [default: 0.0.0.0:0].
+        /// The UDP address the peer endpoint (QUIC) listens on [default: 0.0.0.0:0].
+        /// Nothing needs opening: peers behind routers are reached by hole punching
+        /// or the site's relay.
         #[arg(long, env = "PEERCACHE_LISTEN")]
         listen: Option<SocketAddr>,
-        /// Cache (and identity) directory.
+        /// Cache directory.
         #[arg(long, env = "PEERCACHE_CACHE_DIR")]
         cache: Option<PathBuf>,
+        /// State directory: the peer key [default: ~/.local/state/peercache].
+        #[arg(long, env = "PEERCACHE_STATE_DIR")]
+        state: Option<PathBuf>,
+        /// Operator-only `/metrics` listener [default: 127.0.0.1:0].
+        #[arg(long, env = "PEERCACHE_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         /// Upload slots (workload limit) [default: 8].
         #[arg(long, env = "PEERCACHE_MAX_UPLOADS")]
         max_uploads: Option<u32>,
@@ -75,9 +83,12 @@ enum Command {
         /// Output file (written atomically).
         #[arg(short, long)]
         output: PathBuf,
-        /// Cache (and identity) directory.
+        /// Cache directory.
         #[arg(long, env = "PEERCACHE_CACHE_DIR")]
         cache: Option<PathBuf>,
+        /// State directory: the peer key [default: ~/.local/state/peercache].
+        #[arg(long, env = "PEERCACHE_STATE_DIR")]
+        state: Option<PathBuf>,
         /// Extra trusted root certificate (PEM).
         #[arg(long, env = "PEERCACHE_CA_CERT")]
         ca_cert: Option<PathBuf>,
@@ -118,6 +129,8 @@ struct ServeConfig {
     server: Option<String>,
     listen: Option<SocketAddr>,
     cache: Option<PathBuf>,
+    state: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
     max_uploads: Option<u32>,
     upload_limit: Option<String>,
     cache_max: Option<String>,
@@ -192,6 +205,8 @@ async fn main() -> anyhow::Result<()> {
             server,
             listen,
             cache,
+            state,
+            metrics_listen,
             max_uploads,
             upload_limit,
             cache_max,
@@ -214,8 +229,17 @@ async fn main() -> anyhow::Result<()> {
             let Some(server) = server.or(file.server) else {
                 bail!("--server URL is required (the coordination server to serve for)");
             };
-            let mut options =
-                NodeOptions::new(cache.or(file.cache).unwrap_or_else(node::default_cache_dir));
+            let mut options = NodeOptions::new(
+                cache.or(file.cache).unwrap_or_else(node::default_cache_dir),
+                state
+                    .or(file.state)
+                    .unwrap_or_else(peercache_host::identity::default_state_dir),
+            );
+            options.metrics_listen = Some(
+                metrics_listen
+                    .or(file.metrics_listen)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            );
             options.peer_listen = Some(
                 listen
                     .or(file.listen)
@@ -257,8 +281,11 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             };
-            if let Some(addr) = node.peer_addr {
-                println!("peer listening on {addr}");
+            if let Some(port) = node.peer_port {
+                println!("peer endpoint on udp port {port}");
+            }
+            if let Some(addr) = node.metrics_addr {
+                println!("metrics on {addr}");
             }
             println!("peer id {}", node.client.peer_id());
             println!(
@@ -274,18 +301,23 @@ async fn main() -> anyhow::Result<()> {
             path,
             output,
             cache,
+            state,
             ca_cert,
         } => {
             if !path.starts_with('/') {
                 bail!("PATH must start with '/': {path:?}");
             }
-            let mut options = NodeOptions::new(cache.unwrap_or_else(node::default_cache_dir));
+            let mut options = NodeOptions::new(
+                cache.unwrap_or_else(node::default_cache_dir),
+                state.unwrap_or_else(peercache_host::identity::default_state_dir),
+            );
             options.ca_cert = ca_cert;
             let node = node::start(options).await?;
             let url = format!("{}{path}", server.trim_end_matches('/'));
-            let (bytes, source) = download_to_file(&node.client, &url, &output)
-                .await
-                .with_context(|| format!("fetching {url}"))?;
+            let fetched = download_to_file(&node.client, &url, &output).await;
+            // Let peers see the connection end cleanly.
+            node.client.dialer().endpoint().close().await;
+            let (bytes, source) = fetched.with_context(|| format!("fetching {url}"))?;
             let from = match source {
                 Source::Server => "the server".to_string(),
                 Source::Cache => "the local cache".to_string(),
@@ -370,8 +402,17 @@ async fn download_to_file(
 }
 
 async fn native_mode(caller: &str) -> anyhow::Result<()> {
-    let mut options = NodeOptions::new(node::default_cache_dir());
+    let mut options = NodeOptions::new(
+        node::default_cache_dir(),
+        peercache_host::identity::default_state_dir(),
+    );
     options.gateway = true;
+    let metrics = std::env::var("PEERCACHE_METRICS_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
+    options.metrics_listen = Some(
+        metrics
+            .parse()
+            .with_context(|| format!("PEERCACHE_METRICS_LISTEN={metrics}"))?,
+    );
     let listen = std::env::var("PEERCACHE_PEER_LISTEN").unwrap_or_else(|_| "0.0.0.0:0".into());
     options.peer_listen = Some(
         listen

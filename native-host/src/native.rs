@@ -64,8 +64,9 @@ fn status(node: &Node) -> FromHost {
         gateway_port,
         token,
         peer_addr: node
-            .peer_addr
-            .map(|a| format!("http://{a}"))
+            .router
+            .as_ref()
+            .map(|r| peercache_net::endpoint::dial_info(r.endpoint()).display())
             .unwrap_or_default(),
         peer_id: node.client.peer_id().to_string(),
         counters: node.counters.snapshot(),

@@ -1,5 +1,7 @@
-//! One running peer: cache, client, peer server, and (in native-messaging mode) the
-//! gateway, plus the heartbeat that keeps its listings alive.
+//! One running peer: identity, cache, the peer endpoint (iroh; it always dials,
+//! and accepts when the host serves), the client, the operator-only `/metrics`
+//! listener, and (in native-messaging mode) the gateway, plus the heartbeat that
+//! keeps its listings alive.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,17 +15,23 @@ use tokio::sync::RwLock;
 use crate::cache::Cache;
 use crate::client::{Client, ClientOptions, HostCounters};
 use crate::gateway::{Enrolment, GatewayState};
-use crate::peer_server::PeerState;
+use crate::peer_server::{PeerService, PeerState};
+use peercache_net::{EndpointOptions, PeerDialer};
 use crate::workload::Workload;
 use peercache_core::protocol::FromHost;
 
 /// How to start a node.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
-    /// Cache (and identity) directory.
+    /// Cache directory.
     pub cache_dir: PathBuf,
-    /// Where the peer server listens; `None` = do not serve.
+    /// State directory (the peer key).
+    pub state_dir: PathBuf,
+    /// The UDP address the peer endpoint accepts peers on; `None` = do not
+    /// serve (the endpoint still dials, from an ephemeral port).
     pub peer_listen: Option<SocketAddr>,
+    /// Where the operator-only `/metrics` listener binds; `None` = none.
+    pub metrics_listen: Option<SocketAddr>,
     /// Start the local gateway on 127.0.0.1.
     pub gateway: bool,
     /// Extra trusted root.
@@ -51,11 +59,13 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
-    /// Defaults for a cache directory.
-    pub fn new(cache_dir: PathBuf) -> Self {
+    /// Defaults for a cache and a state directory.
+    pub fn new(cache_dir: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             cache_dir,
+            state_dir,
             peer_listen: None,
+            metrics_listen: None,
             gateway: false,
             ca_cert: None,
             max_uploads: 8,
@@ -77,8 +87,12 @@ impl NodeOptions {
 pub struct Node {
     /// The client.
     pub client: Arc<Client>,
-    /// The peer server's bound address.
-    pub peer_addr: Option<SocketAddr>,
+    /// The UDP port the peer endpoint accepts peers on, if it serves.
+    pub peer_port: Option<u16>,
+    /// The operator-only `/metrics` listener's address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The accepting side of the peer endpoint (dropping it stops serving).
+    pub router: Option<iroh::protocol::Router>,
     /// The gateway's port and token.
     pub gateway: Option<(u16, String)>,
     /// What the gateway may fetch for.
@@ -116,14 +130,48 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Serves `/metrics` (Prometheus text) on `addr`, for operators only: never on
+/// the peer endpoint. Returns the bound address.
+async fn spawn_metrics(
+    addr: SocketAddr,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(bound)
+}
+
 /// Starts the parts `options` ask for.
 pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
     let cache = Cache::open(&options.cache_dir)
         .with_context(|| format!("opening cache {}", options.cache_dir.display()))?;
     // Evictions at start-up need no announce: the start-up announce lists what is left.
     let _ = cache.set_max_bytes(options.cache_max);
-    let peer_id =
-        crate::identity::load_or_create(&options.cache_dir).context("loading the peer id")?;
+    let identity = crate::identity::load_or_create(&options.state_dir).with_context(|| {
+        format!(
+            "loading the peer key from {}",
+            options.state_dir.display()
+        )
+    })?;
     let counters = Arc::new(HostCounters::default());
     let mut workload = Workload::new(options.max_uploads, options.upload_limit);
     if let Some(rate) = options.requester_rate {
@@ -131,21 +179,29 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
     }
     let slots = Arc::new(workload);
 
-    let peer_listener = match options.peer_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the peer server on {addr}"))?,
-        ),
-        None => None,
+    let serving = options.peer_listen.is_some();
+    let endpoint = peercache_net::endpoint::bind(&EndpointOptions {
+        secret: *identity.secret(),
+        bind: options
+            .peer_listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        ca_cert: options.ca_cert.clone(),
+        accept: serving,
+    })
+    .await?;
+    let peer_port = if serving {
+        peercache_net::endpoint::bound_port(&endpoint)
+    } else {
+        None
     };
-    let peer_addr = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let dialer = Arc::new(PeerDialer::new(endpoint.clone()));
     let client = Arc::new(Client::new(
         cache.clone(),
-        peer_id,
+        identity,
+        dialer,
         &ClientOptions {
             ca_cert: options.ca_cert.clone(),
-            serve_port: peer_addr.map(|a| a.port()),
+            serving,
             policy: options.policy,
             target_speed: options.target_speed,
             server_timeout: options.server_timeout,
@@ -153,30 +209,32 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         counters.clone(),
         Some(slots.clone()),
     )?);
-    if let Some(listener) = peer_listener {
-        let router = crate::peer_server::router(PeerState {
+    let router = if serving {
+        let service = PeerService(PeerState {
             cache: cache.clone(),
             slots: slots.clone(),
             counters: counters.clone(),
-            metrics: options.metrics.clone(),
             client: client.clone(),
             seen: Arc::new(crate::knowledge::SeenQueries::default()),
+            connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         });
-        tokio::spawn(async move {
-            use axum::serve::ListenerExt;
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, service).await {
-                tracing::error!(error = %e, "peer server stopped");
-            }
-        });
-    }
+        Some(
+            iroh::protocol::Router::builder(endpoint.clone())
+                .accept(peercache_core::peer::ALPN, service)
+                .spawn(),
+        )
+    } else {
+        None
+    };
 
-    if let Some(addr) = peer_addr
+    let metrics_addr = match (options.metrics_listen, options.metrics.clone()) {
+        (Some(addr), Some(handle)) => Some(spawn_metrics(addr, handle).await?),
+        _ => None,
+    };
+
+    if let Some(port) = peer_port
         && crate::lan::enabled()
-        && let Err(e) = crate::lan::spawn_responder(&client, addr.port())
+        && let Err(e) = crate::lan::spawn_responder(&client, port)
     {
         tracing::info!(error = %e, "not answering LAN queries");
     }
@@ -229,7 +287,9 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
 
     Ok(Node {
         client,
-        peer_addr,
+        peer_port,
+        metrics_addr,
+        router,
         gateway,
         enrolment,
         counters,

@@ -1,30 +1,44 @@
-//! The peer server ("proxy server client"): other peers fetch cached objects here.
+//! The peer server ("proxy server client"): other peers fetch cached objects here,
+//! over QUIC connections dialed by this host's key (`peercache_net`), on the ALPN
+//! `peercache_core::peer::ALPN`. One request per stream:
 //!
-//! - `GET /v1/ping` → `204` with `Peercache-Load: active/limit`.
-//! - `GET|HEAD /v1/objects/{hash}` → the cached bytes; `404` when not held; `503` +
-//!   `Retry-After` when every upload slot is busy (M12).
-//! - `GET /metrics` → Prometheus text.
+//! - `ping` → the load (slots in use against the limit);
+//! - `outboard {hash}` → the group CVs for verified streaming (B1);
+//! - `object {hash, range}` → the bytes; `busy` with a retry-after when every
+//!   upload slot is taken (M12), `rate_limited` for a requester asking too often;
+//! - `locate {url, ttl, qid}` → the server-silent cascade query (M10, M11).
 //!
 //! Only what is in the cache is ever served, and the path is built from a parsed
-//! hash alone.
+//! hash alone. No plain-TCP port is opened; `/metrics` is on the operator-only
+//! listener (see `node`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use futures_util::StreamExt;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
 use metrics::counter;
 use peercache_core::hash::ObjectHash;
-use peercache_core::headers;
+use peercache_core::peer::{PeerRequest, PeerResponse, PeerStatus};
+use peercache_core::protocol::{LocateResponse, Proxy};
+use peercache_net::wire::{read_frame, write_frame};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::cache::Cache;
 use crate::client::HostCounters;
 use crate::workload::Workload;
+
+/// Most peer connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Longest a requester may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one piece of an upload may wait for the reader: a reader that stops
+/// reading loses its slot.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Size of the pieces an upload is read and sent in.
+const UPLOAD_CHUNK: usize = 64 * 1024;
 
 /// State of the peer server.
 #[derive(Debug, Clone)]
@@ -35,56 +49,147 @@ pub struct PeerState {
     pub slots: Arc<Workload>,
     /// Counters.
     pub counters: Arc<HostCounters>,
-    /// Prometheus handle, when the binary installed a recorder.
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The host's client (for its knowledge and to pass cascade queries on).
     pub client: Arc<crate::client::Client>,
     /// Cascade queries seen recently (loop protection).
     pub seen: Arc<crate::knowledge::SeenQueries>,
+    /// Connections being served.
+    pub connections: Arc<AtomicUsize>,
 }
 
-/// Query of `GET /v1/locate`.
-#[derive(Debug, serde::Deserialize)]
-struct LocateQuery {
-    url: String,
-    #[serde(default)]
-    ttl: u8,
-    qid: String,
+/// The protocol handler registered for the peer ALPN.
+#[derive(Debug, Clone)]
+pub struct PeerService(pub PeerState);
+
+struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
-/// The peer server's router.
-pub fn router(state: PeerState) -> Router {
-    Router::new()
-        .route("/v1/ping", get(ping))
-        .route("/v1/objects/{hash}", get(object))
-        .route("/v1/objects/{hash}/outboard", get(outboard))
-        .route("/v1/locate", get(locate))
-        .route("/metrics", get(metrics_text))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+/// The address a requester is rate-limited by: its direct address, or (when it
+/// reaches us only through a relay) a stand-in derived from its key.
+fn requester_key(conn: &Connection) -> IpAddr {
+    let direct = conn.paths().iter().find_map(|p| match p.remote_addr() {
+        iroh::TransportAddr::Ip(sa) => Some(sa.ip()),
+        _ => None,
+    });
+    direct.unwrap_or_else(|| {
+        let id = conn.remote_id();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&id.as_bytes()[..16]);
+        IpAddr::from(b)
+    })
 }
 
-fn load_header(slots: &Workload) -> HeaderValue {
-    let l = slots.load();
-    HeaderValue::from_str(&format!("{}/{}", l.active, l.limit))
-        .unwrap_or(HeaderValue::from_static("0/0"))
+impl ProtocolHandler for PeerService {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let state = &self.0;
+        if state.connections.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            state.connections.fetch_sub(1, Ordering::Relaxed);
+            counter!("peercache_peer_connections_refused_total").increment(1);
+            conn.close(1u32.into(), b"too many connections");
+            return Ok(());
+        }
+        let _guard = ConnectionGuard(state.connections.clone());
+        let requester = requester_key(&conn);
+        // The transport caps the streams open at once per connection.
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_stream(&state, requester, send, recv).await {
+                    tracing::debug!(error = %e, "peer request failed");
+                }
+            });
+        }
+        Ok(())
+    }
 }
 
-async fn ping(State(state): State<PeerState>) -> Response {
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut()
-        .insert(headers::LOAD, load_header(&state.slots));
-    resp
+async fn answer(send: &mut SendStream, header: &PeerResponse, body: &[u8]) -> Result<(), peercache_net::PeerError> {
+    write_frame(send, header).await?;
+    if !body.is_empty() {
+        tokio::time::timeout(WRITE_TIMEOUT, send.write_all(body))
+            .await
+            .map_err(|_| peercache_net::PeerError::Timeout)?
+            .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
+    }
+    send.finish()
+        .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))
 }
 
-async fn metrics_text(State(state): State<PeerState>) -> Response {
-    match &state.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+async fn serve_stream(
+    state: &PeerState,
+    requester: IpAddr,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), peercache_net::PeerError> {
+    let req = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<PeerRequest>(&mut recv))
+        .await
+        .map_err(|_| peercache_net::PeerError::Timeout);
+    let req = match req.and_then(|r| r) {
+        Ok(r) => r,
+        Err(e) => {
+            let bad = PeerResponse::status(
+                PeerStatus::BadRequest {
+                    reason: e.to_string(),
+                },
+                None,
+            );
+            return answer(&mut send, &bad, &[]).await;
+        }
+    };
+    let load = Some(state.slots.load());
+    match req {
+        PeerRequest::Ping => {
+            counter!("peercache_peer_pings_total").increment(1);
+            answer(&mut send, &PeerResponse::status(PeerStatus::Ok, load), &[]).await
+        }
+        PeerRequest::Outboard { hash } => {
+            let cache = state.cache.clone();
+            let ob = if cache.contains(&hash) {
+                tokio::task::spawn_blocking(move || cache.outboard(&hash).ok())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            match ob {
+                Some(ob) => {
+                    let header = PeerResponse {
+                        status: PeerStatus::Ok,
+                        load,
+                        size: None,
+                        body_len: ob.len() as u64,
+                    };
+                    answer(&mut send, &header, &ob).await
+                }
+                None => answer(&mut send, &PeerResponse::status(PeerStatus::NotHeld, load), &[]).await,
+            }
+        }
+        PeerRequest::Locate { url, ttl, qid } => {
+            let found = locate(state, &url, ttl, &qid).await;
+            let body = match found {
+                Ok(a) => serde_json::to_vec(&a).unwrap_or_default(),
+                Err(reason) => {
+                    let bad = PeerResponse::status(PeerStatus::BadRequest { reason }, load);
+                    return answer(&mut send, &bad, &[]).await;
+                }
+            };
+            let header = PeerResponse {
+                status: PeerStatus::Ok,
+                load,
+                size: None,
+                body_len: body.len() as u64,
+            };
+            answer(&mut send, &header, &body).await
+        }
+        PeerRequest::Object { hash, range } => {
+            upload(state, requester, &mut send, hash, range).await
+        }
     }
 }
 
@@ -92,36 +197,34 @@ async fn metrics_text(State(state): State<PeerState>) -> Response {
 /// `url`? Answers with the holders found and the server's signed record; passes
 /// the query on with `ttl - 1` when it has nothing itself. A query id seen before
 /// gets an empty answer, so loops end.
-async fn locate(
-    State(state): State<PeerState>,
-    axum::extract::Query(q): axum::extract::Query<LocateQuery>,
-) -> Response {
-    if q.url.len() > 4096 || q.qid.is_empty() || q.qid.len() > 64 {
-        return (StatusCode::BAD_REQUEST, "bad locate query").into_response();
+async fn locate(state: &PeerState, url: &str, ttl: u8, qid: &str) -> Result<LocateResponse, String> {
+    if url.len() > 4096 || qid.is_empty() || qid.len() > 64 {
+        return Err("bad locate query".into());
     }
     counter!("peercache_locate_queries_total").increment(1);
-    let mut answer = peercache_core::protocol::LocateResponse::default();
-    if !state.seen.first_time(&q.qid) {
-        return axum::Json(answer).into_response();
+    let mut answer = LocateResponse::default();
+    if !state.seen.first_time(qid) {
+        return Ok(answer);
     }
     let knowledge = &state.client.knowledge;
-    if let Some(rec) = knowledge.record_for(&q.url) {
+    if let Some(rec) = knowledge.record_for(url) {
         if state.cache.contains(&rec.record.hash) {
-            answer.holders.push(peercache_core::protocol::Proxy {
+            answer.holders.push(Proxy {
                 id: state.client.peer_id().to_string(),
                 addr: String::new(),
+                direct: None,
                 rtt_ms: None,
                 load: Some(state.slots.load()),
             });
         }
         answer.record = Some(rec);
     }
-    let ttl = q.ttl.min(crate::client::LOCATE_TTL);
+    let ttl = ttl.min(crate::client::LOCATE_TTL);
     if answer.holders.is_empty()
         && ttl > 0
-        && let Ok(url) = reqwest::Url::parse(&q.url)
+        && let Ok(parsed) = reqwest::Url::parse(url)
     {
-        let origin = crate::client::origin(&url);
+        let origin = crate::client::origin(&parsed);
         let me = state.client.peer_id().to_string();
         let ask: Vec<_> = knowledge
             .aux_peers(&origin)
@@ -130,8 +233,7 @@ async fn locate(
             .take(8)
             .collect();
         let found = futures_util::future::join_all(
-            ask.iter()
-                .map(|p| state.client.locate(p, &q.url, ttl - 1, &q.qid)),
+            ask.iter().map(|p| state.client.locate(p, url, ttl - 1, qid)),
         )
         .await;
         for f in found {
@@ -139,28 +241,13 @@ async fn locate(
                 answer.record = f.record;
             }
             for h in f.holders {
-                if !answer.holders.iter().any(|x| x.id == h.id) {
+                if answer.holders.len() < 32 && !answer.holders.iter().any(|x| x.id == h.id) {
                     answer.holders.push(h);
                 }
             }
         }
     }
-    axum::Json(answer).into_response()
-}
-
-/// The group CVs of a cached object, for verified streaming (B1).
-async fn outboard(State(state): State<PeerState>, Path(hash): Path<String>) -> Response {
-    let Ok(hash) = hash.parse::<ObjectHash>() else {
-        return (StatusCode::BAD_REQUEST, "not a BLAKE3 hash").into_response();
-    };
-    if !state.cache.contains(&hash) {
-        return (StatusCode::NOT_FOUND, "not held").into_response();
-    }
-    let cache = state.cache.clone();
-    match tokio::task::spawn_blocking(move || cache.outboard(&hash)).await {
-        Ok(Ok(ob)) => ([(header::CONTENT_TYPE, "application/octet-stream")], ob).into_response(),
-        _ => (StatusCode::NOT_FOUND, "not held").into_response(),
-    }
+    Ok(answer)
 }
 
 /// Holds one upload slot until dropped.
@@ -178,119 +265,77 @@ impl Drop for Slot {
     }
 }
 
-async fn object(
-    State(state): State<PeerState>,
-    method: Method,
-    axum::extract::ConnectInfo(requester): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    req_headers: axum::http::HeaderMap,
-    Path(hash): Path<String>,
-) -> Response {
-    if !state.slots.allow_requester(requester.ip()) {
+async fn upload(
+    state: &PeerState,
+    requester: IpAddr,
+    send: &mut SendStream,
+    hash: ObjectHash,
+    range: Option<(u64, u64)>,
+) -> Result<(), peercache_net::PeerError> {
+    let refuse = |status: PeerStatus| PeerResponse::status(status, Some(state.slots.load()));
+    if !state.slots.allow_requester(requester) {
         counter!("peercache_requests_rate_limited_total").increment(1);
-        let mut resp = (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many requests from your address",
-        )
-            .into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
+        let r = refuse(PeerStatus::RateLimited {
+            retry_after_ms: 1000,
+        });
+        return answer(send, &r, &[]).await;
     }
-    let Ok(hash) = hash.parse::<ObjectHash>() else {
-        return (StatusCode::BAD_REQUEST, "not a BLAKE3 hash").into_response();
+    let file = tokio::fs::File::open(state.cache.path_of(&hash)).await;
+    let size = match &file {
+        Ok(f) => f.metadata().await.map(|m| m.len()).ok(),
+        Err(_) => None,
     };
-    let path = state.cache.path_of(&hash);
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(_) => return (StatusCode::NOT_FOUND, "not held").into_response(),
+    let (Ok(mut file), Some(size)) = (file, size) else {
+        return answer(send, &refuse(PeerStatus::NotHeld), &[]).await;
     };
-    let size = match file.metadata().await {
-        Ok(m) => m.len(),
-        Err(_) => return (StatusCode::NOT_FOUND, "not held").into_response(),
+    let (first, len) = match range {
+        None => (0, size),
+        Some((a, b)) if a <= b && b < size => (a, b - a + 1),
+        Some(_) => return answer(send, &refuse(PeerStatus::RangeNotSatisfiable), &[]).await,
     };
-    let range = match req_headers
-        .get(header::RANGE)
-        .map(|v| v.to_str().map(|v| headers::parse_range(v, size)))
-    {
-        None => None,
-        Some(Ok(Ok(r))) => Some(r),
-        Some(_) => {
-            let mut resp =
-                (StatusCode::RANGE_NOT_SATISFIABLE, "unsatisfiable range").into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                resp.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return resp;
-        }
+    let Some(_slot) = Slot::try_take(&state.slots) else {
+        counter!("peercache_uploads_refused_total").increment(1);
+        let r = refuse(PeerStatus::Busy {
+            retry_after_ms: 1000,
+        });
+        return answer(send, &r, &[]).await;
     };
-    let headers_only = method == Method::HEAD;
-    let slot = if headers_only {
-        None
-    } else {
-        match Slot::try_take(&state.slots) {
-            Some(s) => Some(s),
-            None => {
-                counter!("peercache_uploads_refused_total").increment(1);
-                let mut resp =
-                    (StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy").into_response();
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                resp.headers_mut()
-                    .insert(headers::LOAD, load_header(&state.slots));
-                return resp;
-            }
-        }
-    };
-    let (status, first, len) = match range {
-        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        None => (StatusCode::OK, 0, size),
-    };
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, len)
-        .header(header::ACCEPT_RANGES, "bytes");
-    if range.is_some() {
-        builder = builder.header(
-            header::CONTENT_RANGE,
-            format!("bytes {first}-{}/{size}", first + len - 1),
-        );
+    if first > 0 {
+        file.seek(std::io::SeekFrom::Start(first))
+            .await
+            .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
     }
-    if headers_only {
-        return builder
-            .body(Body::empty())
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    }
+    let header = PeerResponse {
+        status: PeerStatus::Ok,
+        load: Some(state.slots.load()),
+        size: Some(size),
+        body_len: len,
+    };
+    write_frame(send, &header).await?;
     counter!("peercache_uploads_total").increment(1);
     state.cache.touch(&hash);
-    let counters = state.counters.clone();
-    let mut file = file;
-    if first > 0 {
-        use tokio::io::AsyncSeekExt;
-        if file.seek(std::io::SeekFrom::Start(first)).await.is_err() {
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let mut left = len;
+    let mut buf = vec![0u8; UPLOAD_CHUNK];
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(UPLOAD_CHUNK).min(UPLOAD_CHUNK);
+        let n = file
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
+        if n == 0 {
+            // The file shrank under us: break the stream so the reader sees it.
+            let _ = send.reset(2u32.into());
+            return Err(peercache_net::PeerError::Truncated);
         }
+        state.slots.throttle(n as u64).await;
+        tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&buf[..n]))
+            .await
+            .map_err(|_| peercache_net::PeerError::Timeout)?
+            .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
+        left -= n as u64;
+        state.counters.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
+        counter!("peercache_bytes_uploaded_total").increment(n as u64);
     }
-    use tokio::io::AsyncReadExt;
-    let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);
-    let workload = state.slots.clone();
-    let stream = reader.then(move |chunk| {
-        // The slot is held until the body is dropped (finished or aborted).
-        let _held = &slot;
-        let workload = workload.clone();
-        let counters = counters.clone();
-        async move {
-            if let Ok(c) = &chunk {
-                workload.throttle(c.len() as u64).await;
-                counters
-                    .bytes_served
-                    .fetch_add(c.len() as u64, Ordering::Relaxed);
-                counter!("peercache_bytes_uploaded_total").increment(c.len() as u64);
-            }
-            chunk
-        }
-    });
-    builder
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    send.finish()
+        .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))
 }

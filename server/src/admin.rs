@@ -25,6 +25,7 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         _ => (Default::default(), Vec::new(), false),
     };
     let served = f.bytes_served.load(Ordering::Relaxed);
+    let (relayed_out, relayed_in) = state.site_relay.as_ref().map_or((0, 0), |r| r.bytes());
     let from_peers = f.bytes_from_peers.load(Ordering::Relaxed);
     let history: Vec<_> = f
         .history
@@ -40,6 +41,9 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         "bytes_from_peers": from_peers,
         "offload": if served + from_peers > 0 { from_peers as f64 / (served + from_peers) as f64 } else { 0.0 },
         "mismatch_reports": f.mismatches.load(Ordering::Relaxed),
+        "relay_bytes_out": relayed_out,
+        "relay_bytes_in": relayed_in,
+        "relays": state.relays.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),
         "store_ok": store_ok,
         "store_errors": f.store_errors.load(Ordering::Relaxed),
         "peers_live": stats.peers,
@@ -47,7 +51,10 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         "peers_delisted": stats.delisted,
         "objects_listed": stats.objects,
         "peers": peers.iter().map(|p| json!({
-            "id": p.id, "addr": p.addr, "rtt_ms": p.rtt_ms,
+            "id": p.id,
+            "addr": p.addr.as_deref().and_then(|a| peercache_core::peer::DialInfo::parse(a).ok()).map(|d| d.display()),
+            "path": match p.direct { Some(true) => "direct", Some(false) => "relay only", None => "–" },
+            "rtt_ms": p.rtt_ms,
             "load": p.load.map(|l| format!("{}/{}", l.active, l.limit)),
             "strikes": p.strikes, "objects": p.holdings,
         })).collect::<Vec<_>>(),
@@ -83,10 +90,11 @@ svg{border:1px solid #dde1e7;border-radius:8px;margin-top:12px}
  <div class="card">peers live / serving<b><span id="peers">0</span> / <span id="serving">0</span></b></div>
  <div class="card">objects listed<b id="objects">0</b></div>
  <div class="card">mismatches<b id="mismatches">0</b></div>
+ <div class="card">relayed (site egress, not offload)<b id="relayed">0</b></div>
 </div>
 <p id="store"></p>
 <svg id="chart" width="940" height="160" viewBox="0 0 940 160"></svg>
-<table><thead><tr><th>peer</th><th>address</th><th>RTT</th><th>load</th><th>strikes</th><th>objects</th></tr></thead><tbody id="peer-rows"></tbody></table>
+<table><thead><tr><th>peer</th><th>address</th><th>path</th><th>RTT</th><th>load</th><th>strikes</th><th>objects</th></tr></thead><tbody id="peer-rows"></tbody></table>
 <script>
 const fmt = (n) => { const u = ['B','KiB','MiB','GiB','TiB']; let i = 0; while (n >= 1024 && i < 4) { n /= 1024; i++; } return (i ? n.toFixed(1) : n) + ' ' + u[i]; };
 const set = (id, v) => { document.getElementById(id).textContent = v; };
@@ -117,13 +125,14 @@ async function refresh() {
     set('bytes-served', fmt(s.bytes_served)); set('bytes-peers', fmt(s.bytes_from_peers));
     set('peers', s.peers_live); set('serving', s.peers_serving); set('objects', s.objects_listed);
     set('mismatches', s.mismatch_reports);
+    set('relayed', fmt(s.relay_bytes_out));
     const st = document.getElementById('store');
     st.className = s.store_ok ? '' : 'bad';
     st.textContent = s.store_ok ? '' : 'look-up table unavailable: serving every request directly';
     const rows = document.getElementById('peer-rows');
     rows.replaceChildren(...s.peers.map(p => {
       const tr = document.createElement('tr');
-      for (const v of [p.id, p.addr ?? '(client only)', p.rtt_ms == null ? '–' : p.rtt_ms + ' ms', p.load ?? '–', p.strikes, p.objects]) {
+      for (const v of [p.id.slice(0, 16) + '…', p.addr ?? '(client only)', p.path, p.rtt_ms == null ? '–' : p.rtt_ms + ' ms', p.load ?? '–', p.strikes, p.objects]) {
         const td = document.createElement('td'); td.textContent = v; tr.append(td);
       }
       return tr;

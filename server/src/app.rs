@@ -101,8 +101,15 @@ pub struct AppState {
     pub egress: EgressPipe,
     /// Live figures.
     pub figures: Figures,
-    /// Client for pings and possession proofs.
+    /// Client for the upstream's helpers.
     pub http: reqwest::Client,
+    /// The server's own peer endpoint: pings and possession proofs go to peers
+    /// over their QUIC connections, dialed by key. `None` until `run` binds it.
+    pub peers: Option<Arc<peercache_net::PeerDialer>>,
+    /// Relays hosts are told to use (the site's own first).
+    pub relays: Vec<peercache_core::protocol::RelayInfo>,
+    /// The site's own relay, when it runs one.
+    pub site_relay: Option<crate::relay::SiteRelay>,
     /// The origin, in upstream mode.
     pub upstream: Option<crate::upstream::Upstream>,
     /// The record-signing key (B8).
@@ -137,6 +144,9 @@ impl AppState {
             "peercache_requests_headers_only_total",
             "peercache_requests_deferred_total",
             "peercache_range_requests_total",
+            "peercache_reports_unreferred_total",
+            "peercache_auth_failures_total",
+            "peercache_bytes_reported_relayed_total",
         ] {
             counter!(name).increment(0);
         }
@@ -153,6 +163,9 @@ impl AppState {
             egress: EgressPipe::new(config.egress_limit),
             figures: Figures::default(),
             http,
+            peers: None,
+            relays: Vec::new(),
+            site_relay: None,
             upstream: None,
             signer: peercache_core::record::RecordSigner::from_secret(rand::random()),
             sending: Mutex::new(HashMap::new()),
@@ -181,6 +194,11 @@ impl AppState {
                     gauge!("peercache_peers", "state" => "serving").set(s.serving_peers as f64);
                     gauge!("peercache_peers", "state" => "delisted").set(s.delisted as f64);
                     gauge!("peercache_objects_listed").set(s.objects as f64);
+                }
+                if let Some(relay) = &state.site_relay {
+                    let (out, inn) = relay.bytes();
+                    counter!("peercache_relay_bytes_total", "direction" => "to_peers").absolute(out);
+                    counter!("peercache_relay_bytes_total", "direction" => "from_peers").absolute(inn);
                 }
                 let f = &state.figures;
                 let mut h = f.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -267,7 +285,6 @@ impl AppState {
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::UnknownPeer => ApiError::UnknownPeer("(delisted or lapsed)".into()),
-        StoreError::IdInUse => ApiError::Conflict("peer id is in use from another address".into()),
         StoreError::Full => ApiError::Unavailable("peer table full".into()),
         StoreError::Unavailable(e) => ApiError::Unavailable(e),
     }
@@ -292,48 +309,106 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// Checks a request's `Peercache-Auth` signature (a peer is its key, B6) and
+/// parses its JSON body; the body must name the key that signed it.
+fn authenticated<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    path: &str,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    peer_of: impl Fn(&T) -> &str,
+) -> Result<(String, T), ApiError> {
+    let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
+    let auth = headers.get(headers::AUTH).and_then(|v| v.to_str().ok());
+    let id = peercache_core::auth::authenticate(auth, "POST", path, &body, now_secs())
+        .map_err(|e| {
+            counter!("peercache_auth_failures_total").increment(1);
+            ApiError::Unauthorized(e.to_string())
+        })?;
+    let value: T = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    if peer_of(&value) != id {
+        counter!("peercache_auth_failures_total").increment(1);
+        return Err(ApiError::Unauthorized(
+            peercache_core::auth::AuthError::WrongPeer.to_string(),
+        ));
+    }
+    Ok((id, value))
+}
+
+/// What the server lists of a host's dial info (B6): its relay only if it is one
+/// this server offers; of its direct addresses only those on the address its
+/// connection came from (or, when none is, that address with its endpoint's
+/// port). `None` when nothing is left to dial.
+pub fn listable_dial(
+    reported: Option<peercache_core::peer::DialInfo>,
+    port: Option<u16>,
+    seen: std::net::IpAddr,
+    relays: &[peercache_core::protocol::RelayInfo],
+) -> Option<peercache_core::peer::DialInfo> {
+    let reported = reported?;
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let relay = reported
+        .relay
+        .filter(|r| relays.iter().any(|known| same(&known.url, r)));
+    let mut direct: Vec<SocketAddr> = reported
+        .direct
+        .into_iter()
+        .filter(|a| a.ip() == seen && a.port() != 0)
+        .collect();
+    if direct.is_empty()
+        && let Some(port) = port.filter(|p| *p != 0)
+    {
+        direct.push(SocketAddr::new(seen, port));
+    }
+    let info = peercache_core::peer::DialInfo { relay, direct };
+    (!info.is_empty()).then_some(info)
+}
+
 async fn register(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Json<RegisterRequest>, axum::extract::rejection::JsonRejection>,
+    req_headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    let Json(req) = body?;
-    if !headers::is_peer_id(&req.peer_id) {
-        return Err(ApiError::BadRequest(
-            "peer_id must be 1-64 characters of [A-Za-z0-9_-]".into(),
-        ));
-    }
-    if req.port == Some(0) {
-        return Err(ApiError::BadRequest("port must not be 0".into()));
-    }
+    let (id, req) = authenticated::<RegisterRequest>(&req_headers, "/v1/peers", body, |r| &r.peer_id)?;
     if !state
         .announce_limiter
-        .allow(&req.peer_id, state.config.announce_rate)
+        .allow(&id, state.config.announce_rate)
     {
         return Err(ApiError::TooManyRequests);
     }
+    let dial = listable_dial(req.dial, req.port, peer.ip(), &state.relays);
     let addr = state
         .store
-        .register(&req.peer_id, peer.ip(), req.port, req.load, now_ms())
+        .register(&id, peer.ip(), dial.map(|d| d.to_dial_string()), req.load, now_ms())
         .await
         .map_err(|e| match e {
             StoreError::UnknownPeer => ApiError::Forbidden("peer is delisted".into()),
             other => store_error(other),
         })?;
-    tracing::info!(peer = %req.peer_id, ?addr, "peer registered");
+    tracing::info!(peer = %id, ?addr, "peer registered");
     Ok(Json(RegisterResponse {
-        peer_id: req.peer_id,
+        peer_id: id,
         addr,
         ttl_secs: state.store.limits().ttl_ms / 1000,
+        relays: state.relays.clone(),
     }))
 }
 
-/// Checks that `addr` really holds `obj`: asks it for a small random range and
-/// compares with the server's own bytes (B6, "proves it holds it").
-async fn proves_possession(state: &AppState, addr: &str, obj: &SiteObject) -> bool {
+/// Checks that the peer `id` at `addr` really holds `obj`: asks it, over its QUIC
+/// connection, for a small random range and compares with the server's own
+/// bytes (B6, "proves it holds it").
+async fn proves_possession(state: &AppState, id: &str, addr: &str, obj: &SiteObject) -> bool {
     if obj.size == 0 {
         return true;
     }
+    let (Some(peers), Ok(dial)) = (&state.peers, peercache_core::peer::DialInfo::parse(addr)) else {
+        return false;
+    };
     let len = obj.size.min(4096);
     let offset = rand::random_range(0..=obj.size - len);
     let mine = {
@@ -349,28 +424,29 @@ async fn proves_possession(state: &AppState, addr: &str, obj: &SiteObject) -> bo
         .await
     };
     let Ok(Ok(mine)) = mine else { return false };
-    let resp = state
-        .http
-        .get(format!("{addr}/v1/objects/{}", obj.hash))
-        .header(
-            header::RANGE,
-            format!("bytes={offset}-{}", offset + len - 1),
-        )
-        .send()
-        .await;
-    match resp {
-        Ok(r) if r.status() == StatusCode::PARTIAL_CONTENT => {
-            r.bytes().await.is_ok_and(|b| b.as_ref() == mine.as_slice())
+    let theirs = async {
+        let (_, mut body) = peers
+            .object(id, &dial, obj.hash, Some((offset, offset + len - 1)))
+            .await
+            .ok()?;
+        let mut got = Vec::with_capacity(len as usize);
+        while let Ok(Some(chunk)) = body.next_chunk().await {
+            got.extend_from_slice(&chunk);
         }
+        Some(got)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), theirs).await {
+        Ok(Some(got)) => got == mine,
         _ => false,
     }
 }
 
 async fn announce(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<Announce>, axum::extract::rejection::JsonRejection>,
+    req_headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<AnnounceResponse>, ApiError> {
-    let Json(a) = body?;
+    let (_, a) = authenticated::<Announce>(&req_headers, "/v1/announce", body, |a| &a.peer_id)?;
     if a.have.len() + a.dropped.len() > MAX_ANNOUNCE_HASHES {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_ANNOUNCE_HASHES} hashes per announce"
@@ -411,7 +487,7 @@ async fn announce(
                 .ok()
                 .flatten();
             match obj {
-                Some(obj) if proves_possession(&state, addr, &obj).await => {
+                Some(obj) if proves_possession(&state, &a.peer_id, addr, &obj).await => {
                     state
                         .store
                         .record_fetch(&a.peer_id, hash)
@@ -447,14 +523,35 @@ async fn announce(
 
 async fn report(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<Report>, axum::extract::rejection::JsonRejection>,
+    req_headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Json(r) = body?;
+    let (reporter, r) = authenticated::<Report>(&req_headers, "/v1/report", body, |r| &r.peer_id)?;
     if !state.announce_limiter.allow(
-        &format!("report:{}", r.peer_id),
+        &format!("report:{reporter}"),
         state.config.announce_rate * 4,
     ) {
         return Err(ApiError::TooManyRequests);
+    }
+    // A report counts only for a source this client was referred to for this
+    // object, once per referral (B6): nobody can report a peer out of the table,
+    // or inflate its use, without having been sent to it.
+    let referred = state
+        .store
+        .take_offer(&reporter, &r.hash, &r.source, now_ms())
+        .await
+        .map_err(store_error)?;
+    if !referred {
+        counter!("peercache_reports_unreferred_total").increment(1);
+        tracing::info!(%reporter, source = %r.source, "report about a source this client was not referred to; ignored");
+        return Ok(StatusCode::ACCEPTED);
+    }
+    if let Some(direct) = r.direct {
+        state
+            .store
+            .note_path(&r.source, direct)
+            .await
+            .map_err(store_error)?;
     }
     let outcome = match r.outcome {
         Outcome::Served => "served",
@@ -463,7 +560,10 @@ async fn report(
         Outcome::Unused => "unused",
     };
     counter!("peercache_reports_total", "outcome" => outcome).increment(1);
-    if r.outcome == Outcome::Served && r.source != SERVER_PROXY_ID {
+    if r.outcome == Outcome::Served && r.direct == Some(false) {
+        // Relayed bytes crossed the site: egress, never offload.
+        counter!("peercache_bytes_reported_relayed_total").increment(r.bytes);
+    } else if r.outcome == Outcome::Served && r.source != SERVER_PROXY_ID {
         counter!("peercache_bytes_reported_from_peers_total").increment(r.bytes);
         state
             .figures
@@ -658,6 +758,12 @@ async fn site(
             {
                 state.store_failed(&e);
             }
+            if let Some(id) = &client.peer_id {
+                let offered: Vec<String> = holders.iter().map(|p| p.id.clone()).collect();
+                if let Err(e) = state.store.book_offer(id, &obj.hash, &offered, now_ms()).await {
+                    state.store_failed(&e);
+                }
+            }
             return Ok(referral(
                 &state,
                 &headers,
@@ -848,6 +954,7 @@ fn referral(
     proxies.push(Proxy {
         id: SERVER_PROXY_ID.to_string(),
         addr: own.clone(),
+        direct: Some(true),
         rtt_ms: None,
         load: None,
     });

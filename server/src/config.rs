@@ -46,7 +46,25 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Run the site's own relay (with TLS only); `--no-relay` turns it off.
+    pub relay: bool,
+    /// Relays run separately, offered to hosts besides (or instead of) the own.
+    pub relay_urls: Vec<String>,
+    /// HTTPS port of the own relay; default 8443 (0 when the site listens on
+    /// port 0, as tests do).
+    pub relay_port: Option<u16>,
+    /// UDP port of the own relay's address discovery; default 7842 (0 likewise).
+    pub relay_qad_port: Option<u16>,
+    /// Bytes per second the relay reads from each client (relayed bytes are site
+    /// egress).
+    pub relay_rate: u64,
 }
+
+/// QUIC address discovery port of a relay named by `--relay-url` (the stock
+/// relay's default).
+pub const DEFAULT_QAD_PORT: u16 = 7842;
+/// HTTPS port of the own relay by default.
+pub const DEFAULT_RELAY_PORT: u16 = 8443;
 
 impl Config {
     /// Defaults for a site root.
@@ -71,6 +89,11 @@ impl Config {
             key_file: None,
             tls_cert: None,
             tls_key: None,
+            relay: true,
+            relay_urls: Vec::new(),
+            relay_port: None,
+            relay_qad_port: None,
+            relay_rate: 4 << 20,
         }
     }
 }
@@ -134,4 +157,14 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     /// TLS key.
     pub tls_key: Option<PathBuf>,
+    /// `false` turns the own relay off.
+    pub relay: Option<bool>,
+    /// Relays run separately.
+    pub relay_url: Option<Vec<String>>,
+    /// HTTPS port of the own relay.
+    pub relay_port: Option<u16>,
+    /// UDP port of its address discovery.
+    pub relay_qad_port: Option<u16>,
+    /// e.g. `4MiB` (per client, per second).
+    pub relay_rate: Option<String>,
 }

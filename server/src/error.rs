@@ -16,6 +16,9 @@ pub enum ApiError {
     /// The body was refused by the extractor (too large, wrong type, bad JSON).
     #[error("{1}")]
     Rejected(StatusCode, String),
+    /// The request is not proven by the key of the peer it is about.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     /// The caller may not do this (a delisted peer).
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -53,6 +56,7 @@ impl IntoResponse for ApiError {
             ApiError::UnknownPeer(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

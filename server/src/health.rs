@@ -1,31 +1,30 @@
-//! Peer health (M8): the server pings every serving peer's `/v1/ping` on a
-//! schedule, keeps a smoothed RTT and the reported load, and drops peers that stop
-//! answering. Ranking (`rank_holders`) demotes slow ones.
+//! Peer health (M8, B10): the server pings every serving peer over its QUIC
+//! connection (dialed by key) on a schedule, keeps a smoothed RTT, the reported
+//! load and whether the path is direct or only through the relay, and drops peers
+//! that stop answering. Ranking (`rank_holders`) demotes slow and relay-only ones.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use metrics::counter;
-use peercache_core::headers;
-use peercache_core::protocol::Load;
+use peercache_core::peer::DialInfo;
 
 use crate::app::AppState;
 use crate::store::now_ms;
 
 /// Pings at once.
 const CONCURRENCY: usize = 32;
-
-fn parse_load(v: &str) -> Option<Load> {
-    let (a, l) = v.split_once('/')?;
-    Some(Load {
-        active: a.trim().parse().ok()?,
-        limit: l.trim().parse().ok()?,
-    })
-}
+/// Longest one ping may take (dial included).
+const PING_DEADLINE: Duration = Duration::from_secs(4);
+/// How long a relayed connection is given to find a direct path.
+const DIRECT_WAIT: Duration = Duration::from_millis(500);
 
 /// Pings every serving peer once.
 pub async fn ping_all(state: &Arc<AppState>) {
+    let Some(dialer) = state.peers.clone() else {
+        return;
+    };
     let peers = match state.store.serving_peers(now_ms()).await {
         Ok(p) => p,
         Err(e) => {
@@ -36,28 +35,39 @@ pub async fn ping_all(state: &Arc<AppState>) {
     futures_util::stream::iter(peers)
         .for_each_concurrent(CONCURRENCY, |(id, addr)| {
             let state = state.clone();
+            let dialer = dialer.clone();
             async move {
-                let started = Instant::now();
-                let resp = state.http.get(format!("{addr}/v1/ping")).send().await;
-                let (rtt, load) = match resp {
-                    Ok(r) if r.status().is_success() => {
-                        let load = r
-                            .headers()
-                            .get(headers::LOAD)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(parse_load);
-                        let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
-                        (Some(ms.max(1)), load)
-                    }
-                    _ => (None, None),
+                let pinged = match DialInfo::parse(&addr) {
+                    Ok(dial) => tokio::time::timeout(PING_DEADLINE, async {
+                        let p = dialer.ping(&id, &dial).await.ok()?;
+                        let direct =
+                            p.direct || dialer.wait_direct(&id, &dial, DIRECT_WAIT).await;
+                        Some((p, direct))
+                    })
+                    .await
+                    .ok()
+                    .flatten(),
+                    Err(_) => None,
                 };
                 counter!("peercache_pings_total").increment(1);
-                if rtt.is_none() {
-                    counter!("peercache_ping_failures_total").increment(1);
-                    tracing::info!(peer = %id, %addr, "ping failed");
-                }
+                let (rtt, load) = match &pinged {
+                    Some((p, _)) => (
+                        Some(u32::try_from(p.rtt.as_millis()).unwrap_or(u32::MAX).max(1)),
+                        p.load,
+                    ),
+                    None => {
+                        counter!("peercache_ping_failures_total").increment(1);
+                        tracing::info!(peer = %id, %addr, "ping failed");
+                        (None, None)
+                    }
+                };
                 if let Err(e) = state.store.record_ping(&id, rtt, load).await {
                     tracing::warn!(error = %e, "recording a ping failed");
+                }
+                if let Some((_, direct)) = pinged
+                    && let Err(e) = state.store.note_path(&id, direct).await
+                {
+                    tracing::warn!(error = %e, "recording a path failed");
                 }
             }
         })
@@ -79,16 +89,4 @@ pub fn spawn_pinger(state: &Arc<AppState>) {
             ping_all(&state).await;
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn load_header() {
-        assert_eq!(
-            super::parse_load("2/8").map(|l| (l.active, l.limit)),
-            Some((2, 8))
-        );
-        assert!(super::parse_load("x").is_none());
-    }
 }

@@ -6,6 +6,7 @@
 //! - [`store`]: the look-up table content → peers (in memory or in Redis).
 //! - [`health`]: pinging peers and demoting or dropping slow and dead ones.
 //! - [`egress`]: the model (and the real throttle) of the server's own upload.
+//! - [`relay`]: the site's own relay for peers behind routers (B10).
 //! - [`app`](mod@app): the axum router: the site with serve-or-refer, the `/v1/` API,
 //!   `/metrics`; [`admin`]: the live `/admin` page.
 //! - [`error`]: the API error enum, turned into `4xx` responses with a reason.
@@ -18,8 +19,11 @@
 //! - [`upstream`]: `--upstream URL` mode, a reverse proxy that keeps shareable
 //!   responses by hash.
 //!
-//! Non-goals: authentication of peers beyond their connection's address; HTTP
-//! caching of private responses (they pass through untouched).
+//! A peer is its key: registration, announce and report take effect only when
+//! signed by the key whose public half is the peer id, and the server reaches
+//! peers (pings, possession proofs) over QUIC connections dialed by that key.
+//!
+//! Non-goals: HTTP caching of private responses (they pass through untouched).
 
 pub mod admin;
 pub mod app;
@@ -27,6 +31,7 @@ pub mod config;
 pub mod egress;
 pub mod error;
 pub mod health;
+pub mod relay;
 pub mod site;
 pub mod store;
 pub mod upstream;
@@ -55,6 +60,15 @@ pub enum StartError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The relay could not start.
+    #[error(transparent)]
+    Relay(#[from] relay::RelayError),
+    /// The peer endpoint could not start.
+    #[error("peer endpoint: {0}")]
+    Peers(#[from] peercache_net::NetError),
+    /// The relay needs a public address to be named by.
+    #[error("the relay needs the site's public address: listen on a specific IP or set --public-url (or pass --no-relay)")]
+    RelayHost,
 }
 
 /// Serves `config` on `listener` until `shutdown` resolves.
@@ -105,7 +119,33 @@ pub async fn run(
         }
     };
     let key_file = config.key_file.clone();
+    let site_relay = match (&config.tls_cert, &config.tls_key, config.relay) {
+        (Some(cert), Some(key), true) => Some(start_relay(&config, &listener, cert, key).await?),
+        _ => None,
+    };
+    let mut relays: Vec<_> = site_relay.iter().map(|r| r.info().clone()).collect();
+    relays.extend(config.relay_urls.iter().map(|url| peercache_core::protocol::RelayInfo {
+        url: url.clone(),
+        qad_port: Some(config::DEFAULT_QAD_PORT),
+    }));
+    let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
+        secret: rand::random(),
+        bind: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        ca_cert: config.ca_cert.clone(),
+        accept: false,
+    })
+    .await?;
+    if !relays.is_empty() {
+        // The server reaches peers behind routers through the relays too.
+        let (ep, r) = (endpoint.clone(), relays.clone());
+        tokio::spawn(async move {
+            peercache_net::endpoint::add_relays(&ep, &r, std::time::Duration::from_secs(5)).await;
+        });
+    }
     let mut app_state = AppState::new(config, table, metrics, tls.is_some());
+    app_state.peers = Some(Arc::new(peercache_net::PeerDialer::new(endpoint)));
+    app_state.relays = relays;
+    app_state.site_relay = site_relay;
     app_state.upstream = upstream;
     if let Some(path) = key_file {
         app_state.signer = load_or_create_key(&path).map_err(StartError::Key)?;
@@ -149,6 +189,40 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Starts the site's own relay on the listener's address (or the host of
+/// `--public-url`), with the site's certificate.
+async fn start_relay(
+    config: &Config,
+    listener: &tokio::net::TcpListener,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<relay::SiteRelay, StartError> {
+    let local = listener.local_addr()?;
+    let public_host = match &config.public_url {
+        Some(url) => reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .ok_or(StartError::RelayHost)?,
+        None if local.ip().is_unspecified() => return Err(StartError::RelayHost),
+        None => local.ip().to_string(),
+    };
+    // Tests listen on port 0: the relay then takes free ports too.
+    let ephemeral = local.port() == 0 || config.relay_port == Some(0);
+    let https_port = config
+        .relay_port
+        .unwrap_or(if ephemeral { 0 } else { config::DEFAULT_RELAY_PORT });
+    let qad_port = config
+        .relay_qad_port
+        .unwrap_or(if ephemeral { 0 } else { config::DEFAULT_QAD_PORT });
+    let options = relay::RelayOptions {
+        https: std::net::SocketAddr::new(local.ip(), https_port),
+        qad: std::net::SocketAddr::new(local.ip(), qad_port),
+        public_host,
+        client_rate: u32::try_from(config.relay_rate).unwrap_or(u32::MAX),
+    };
+    Ok(relay::SiteRelay::spawn(&options, cert, key).await?)
 }
 
 /// Reads the 32-byte record-signing secret from `path`, creating it (mode 0600)

@@ -61,6 +61,22 @@ struct Args {
     /// TLS private key (PEM).
     #[arg(long, env = "PEERCACHE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Do not run the site's own relay (it runs by default with TLS, so visitors
+    /// behind routers can reach each other).
+    #[arg(long, env = "PEERCACHE_NO_RELAY")]
+    no_relay: bool,
+    /// A relay run separately (the stock iroh-relay), offered to hosts; repeatable.
+    #[arg(long = "relay-url", env = "PEERCACHE_RELAY_URL", value_delimiter = ',')]
+    relay_url: Vec<String>,
+    /// HTTPS port of the own relay, on the site's address [default: 8443].
+    #[arg(long, env = "PEERCACHE_RELAY_PORT")]
+    relay_port: Option<u16>,
+    /// UDP port of the own relay's address discovery [default: 7842].
+    #[arg(long, env = "PEERCACHE_RELAY_QAD_PORT")]
+    relay_qad_port: Option<u16>,
+    /// Bytes per second the relay accepts from each client, e.g. `4MiB` [default: 4MiB].
+    #[arg(long, env = "PEERCACHE_RELAY_RATE")]
+    relay_rate: Option<String>,
 }
 
 #[tokio::main]
@@ -125,6 +141,22 @@ async fn main() -> anyhow::Result<()> {
     }
     config.tls_cert = args.tls_cert.or(file.tls_cert);
     config.tls_key = args.tls_key.or(file.tls_key);
+    config.relay = !args.no_relay && file.relay.unwrap_or(true);
+    config.relay_urls = if args.relay_url.is_empty() {
+        file.relay_url.unwrap_or_default()
+    } else {
+        args.relay_url
+    };
+    for url in &config.relay_urls {
+        if !peercache_core::peer::is_relay_url(url) {
+            bail!("--relay-url must be an http(s) URL: {url:?}");
+        }
+    }
+    config.relay_port = args.relay_port.or(file.relay_port);
+    config.relay_qad_port = args.relay_qad_port.or(file.relay_qad_port);
+    if let Some(s) = args.relay_rate.or(file.relay_rate) {
+        config.relay_rate = parse_size(&s)?;
+    }
     if config.tls_cert.is_some() != config.tls_key.is_some() {
         bail!("--tls-cert and --tls-key go together");
     }

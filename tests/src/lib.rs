@@ -188,10 +188,86 @@ pub async fn spawn_server_cmd(cmd: Command) -> anyhow::Result<Server> {
 pub struct Peer {
     /// The process.
     pub proc: Proc,
-    /// `http://127.0.0.1:PORT` of its peer server.
+    /// `http://127.0.0.1:PORT` of its operator-only `/metrics` listener.
     pub url: String,
-    /// Its peer id.
+    /// The UDP port of its peer endpoint.
+    pub port: u16,
+    /// Its peer id (public key).
     pub id: String,
+}
+
+impl Peer {
+    /// How to dial it on this machine.
+    pub fn dial(&self) -> peercache_core::peer::DialInfo {
+        peercache_core::peer::DialInfo {
+            relay: None,
+            direct: vec![std::net::SocketAddr::from(([127, 0, 0, 1], self.port))],
+        }
+    }
+}
+
+/// The state directory (peer key) that belongs with a cache directory in these
+/// tests: `fetch` and `serve` on the same cache are one peer, other caches are
+/// other peers.
+pub fn state_for(cache: &Path) -> PathBuf {
+    let mut name = cache.file_name().unwrap_or_default().to_os_string();
+    name.push("-state");
+    cache.with_file_name(name)
+}
+
+/// A peer key for requests a test makes by hand (fake holders, attackers).
+#[derive(Debug, Clone)]
+pub struct TestKey {
+    /// The secret.
+    pub secret: [u8; 32],
+    /// The peer id (public key, hex).
+    pub id: String,
+}
+
+impl TestKey {
+    /// A key derived from `seed` (distinct seeds, distinct keys).
+    pub fn new(seed: u64) -> Self {
+        let bytes = test_bytes(32, seed ^ 0x5eed);
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&bytes);
+        Self {
+            id: peercache_core::auth::peer_id_of(&secret),
+            secret,
+        }
+    }
+}
+
+/// POSTs `body` to `server` + `path`, signed by `key`; returns the response.
+pub async fn signed_post(
+    server: &str,
+    path: &str,
+    key: &TestKey,
+    body: &serde_json::Value,
+) -> anyhow::Result<reqwest::Response> {
+    let bytes = serde_json::to_vec(body)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let auth = peercache_core::auth::sign_request(&key.secret, "POST", path, now, &bytes);
+    Ok(reqwest::Client::new()
+        .post(format!("{server}{path}"))
+        .header("peercache-auth", auth)
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await?)
+}
+
+/// A peer endpoint for tests to talk the peer protocol to real hosts.
+pub async fn peer_dialer() -> anyhow::Result<peercache_net::PeerDialer> {
+    let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
+        secret: TestKey::new(rand_u64()).secret,
+        bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ca_cert: None,
+        accept: false,
+    })
+    .await?;
+    Ok(peercache_net::PeerDialer::new(endpoint))
 }
 
 /// Starts `peercache-host serve --server URL --cache DIR --listen 127.0.0.1:0 ARGS…`.
@@ -206,6 +282,8 @@ pub async fn spawn_peer(server: &str, cache: &Path, args: &[&str]) -> anyhow::Re
         "--cache",
     ])
     .arg(cache)
+    .arg("--state")
+    .arg(state_for(cache))
     .args(args);
     spawn_peer_cmd(cmd).await
 }
@@ -213,11 +291,17 @@ pub async fn spawn_peer(server: &str, cache: &Path, args: &[&str]) -> anyhow::Re
 /// Starts a peer from a prepared `peercache-host serve` command.
 pub async fn spawn_peer_cmd(cmd: Command) -> anyhow::Result<Peer> {
     let proc = spawn_until(cmd, "announced").await?;
+    let port: u16 = proc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("peer endpoint on udp port "))
+        .context("no peer port")?
+        .parse()?;
     let addr = proc
         .banner
         .iter()
-        .find_map(|l| l.strip_prefix("peer listening on "))
-        .context("no peer address")?
+        .find_map(|l| l.strip_prefix("metrics on "))
+        .context("no metrics address")?
         .to_string();
     let id = proc
         .banner
@@ -227,6 +311,7 @@ pub async fn spawn_peer_cmd(cmd: Command) -> anyhow::Result<Peer> {
         .to_string();
     Ok(Peer {
         url: format!("http://{addr}"),
+        port,
         id,
         proc,
     })
@@ -258,6 +343,8 @@ pub async fn fetch_cli(
         .arg(out)
         .arg("--cache")
         .arg(cache)
+        .arg("--state")
+        .arg(state_for(cache))
         .env("RUST_LOG", "warn")
         .output()
         .await?;
@@ -306,6 +393,10 @@ impl NativeSession {
             .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
+            if *k == "PEERCACHE_CACHE_DIR" && !env.iter().any(|(k, _)| *k == "PEERCACHE_STATE_DIR")
+            {
+                cmd.env("PEERCACHE_STATE_DIR", state_for(v));
+            }
         }
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
@@ -445,26 +536,29 @@ pub async fn spawn_redis() -> anyhow::Result<Redis> {
     })
 }
 
-/// Registers a client-only peer `id` with the server and fetches `path` through
-/// it with `Peercache-Client` (so the server may list it later); returns the status.
+/// Registers `key` with the server, listed at `127.0.0.1:port` when `port` is
+/// given (nothing need listen there), and fetches `path` through it with
+/// `Peercache-Client` (so the server may list it later); returns the status.
 pub async fn register_and_fetch(
     server: &str,
-    id: &str,
+    key: &TestKey,
     port: Option<u16>,
     path: &str,
 ) -> anyhow::Result<u16> {
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{server}/v1/peers"))
-        .json(&serde_json::json!({"peer_id": id, "port": port}))
-        .send()
-        .await?;
+    let dial = port.map(|p| serde_json::json!({"relay": null, "direct": [format!("127.0.0.1:{p}")]}));
+    let r = signed_post(
+        server,
+        "/v1/peers",
+        key,
+        &serde_json::json!({"peer_id": key.id, "dial": dial, "port": port}),
+    )
+    .await?;
     if !r.status().is_success() {
         bail!("register: {}", r.status());
     }
-    let r = http
+    let r = reqwest::Client::new()
         .get(format!("{server}{path}"))
-        .header("Peercache-Client", format!("id={id}"))
+        .header("Peercache-Client", format!("id={}", key.id))
         .send()
         .await?;
     let status = r.status().as_u16();
@@ -472,22 +566,18 @@ pub async fn register_and_fetch(
     Ok(status)
 }
 
-/// Announces `hashes` for `id`; returns the accepted ones.
+/// Announces `hashes` for `key`; returns the accepted ones.
 pub async fn announce(
     server: &str,
-    id: &str,
+    key: &TestKey,
     hashes: &[String],
     load: Option<(u32, u32)>,
 ) -> anyhow::Result<Vec<String>> {
-    let mut body = serde_json::json!({"peer_id": id, "have": hashes});
+    let mut body = serde_json::json!({"peer_id": key.id, "have": hashes});
     if let Some((active, limit)) = load {
         body["load"] = serde_json::json!({"active": active, "limit": limit});
     }
-    let r = reqwest::Client::new()
-        .post(format!("{server}/v1/announce"))
-        .json(&body)
-        .send()
-        .await?;
+    let r = signed_post(server, "/v1/announce", key, &body).await?;
     if !r.status().is_success() {
         bail!("announce: {}", r.status());
     }

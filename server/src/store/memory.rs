@@ -9,8 +9,8 @@ use peercache_core::protocol::{Load, Outcome, Report};
 use peercache_core::select::HolderStats;
 
 use super::{
-    MAX_HOLDINGS_PER_PEER, MAX_PEERS, MAX_PING_FAILURES, PeerRow, StoreError, StoreLimits,
-    TableStats, peer_url, smooth_rtt,
+    MAX_HOLDINGS_PER_PEER, MAX_OFFERS, MAX_PEERS, MAX_PING_FAILURES, OFFER_TTL_MS, PeerRow,
+    StoreError, StoreLimits, TableStats, smooth_rtt,
 };
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,7 @@ struct PeerRecord {
     rtt_ms: Option<u32>,
     ping_failures: u32,
     strikes: u32,
+    direct: Option<bool>,
     held: HashSet<ObjectHash>,
     fetched: HashSet<ObjectHash>,
 }
@@ -32,6 +33,8 @@ struct PeerRecord {
 struct Inner {
     peers: HashMap<String, PeerRecord>,
     holders: HashMap<ObjectHash, HashMap<String, u64>>,
+    /// (client, hash) → (peers it was referred to, when).
+    offers: HashMap<(String, ObjectHash), (HashSet<String>, u64)>,
 }
 
 /// The in-memory table.
@@ -66,29 +69,26 @@ impl MemoryStore {
         &self,
         id: &str,
         ip: IpAddr,
-        port: Option<u16>,
+        dial: Option<String>,
         load: Option<Load>,
         now: u64,
     ) -> Result<Option<String>, StoreError> {
         let mut inner = lock(&self.inner);
-        let addr = port.map(|p| peer_url(ip, p));
-        let ttl = self.limits.ttl_ms;
         if let Some(rec) = inner.peers.get_mut(id) {
             if rec.strikes >= self.limits.max_strikes {
                 return Err(StoreError::UnknownPeer);
             }
-            if rec.ip != ip && now.saturating_sub(rec.last_seen) <= ttl {
-                return Err(StoreError::IdInUse);
-            }
             rec.ip = ip;
-            rec.addr = addr.clone();
+            if dial.is_some() {
+                rec.addr = dial;
+            }
             rec.last_seen = now;
             rec.ping_failures = 0;
             if load.is_some() {
                 rec.load = load;
                 rec.pending = 0;
             }
-            return Ok(addr);
+            return Ok(rec.addr.clone());
         }
         if inner.peers.len() >= MAX_PEERS {
             return Err(StoreError::Full);
@@ -97,7 +97,7 @@ impl MemoryStore {
             id.to_string(),
             PeerRecord {
                 ip,
-                addr: addr.clone(),
+                addr: dial.clone(),
                 last_seen: now,
                 load,
                 pending: 0,
@@ -105,11 +105,70 @@ impl MemoryStore {
                 rtt_ms: None,
                 ping_failures: 0,
                 strikes: 0,
+                direct: None,
                 held: HashSet::new(),
                 fetched: HashSet::new(),
             },
         );
-        Ok(addr)
+        Ok(dial)
+    }
+
+    pub(super) fn book_offer(
+        &self,
+        client: &str,
+        hash: &ObjectHash,
+        peers: &[String],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        if inner.offers.len() >= MAX_OFFERS {
+            inner
+                .offers
+                .retain(|_, (_, at)| now.saturating_sub(*at) <= OFFER_TTL_MS);
+            if inner.offers.len() >= MAX_OFFERS {
+                // Still full of live offers: the oldest go (they can no longer report).
+                inner.offers.clear();
+            }
+        }
+        let entry = inner
+            .offers
+            .entry((client.to_string(), *hash))
+            .or_insert_with(|| (HashSet::new(), now));
+        entry.1 = now;
+        for p in peers.iter().take(64) {
+            entry.0.insert(p.clone());
+        }
+        Ok(())
+    }
+
+    pub(super) fn take_offer(
+        &self,
+        client: &str,
+        hash: &ObjectHash,
+        peer: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = lock(&self.inner);
+        let key = (client.to_string(), *hash);
+        let Some((peers, at)) = inner.offers.get_mut(&key) else {
+            return Ok(false);
+        };
+        if now.saturating_sub(*at) > OFFER_TTL_MS {
+            inner.offers.remove(&key);
+            return Ok(false);
+        }
+        let taken = peers.remove(peer);
+        if peers.is_empty() {
+            inner.offers.remove(&key);
+        }
+        Ok(taken)
+    }
+
+    pub(super) fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
+        if let Some(r) = lock(&self.inner).peers.get_mut(peer) {
+            r.direct = Some(direct);
+        }
+        Ok(())
     }
 
     pub(super) fn announce(
@@ -182,6 +241,7 @@ impl MemoryStore {
                     id: id.clone(),
                     addr: r.addr.clone()?,
                     rtt_ms: r.rtt_ms,
+                    direct: r.direct,
                     load: r.load,
                     pending: if now.saturating_sub(r.pending_at) > super::PENDING_WINDOW_MS {
                         0
@@ -355,6 +415,7 @@ impl MemoryStore {
                 load: r.load,
                 rtt_ms: r.rtt_ms,
                 strikes: r.strikes,
+                direct: r.direct,
                 holdings: r.held.len(),
             })
             .collect();

@@ -41,9 +41,6 @@ pub enum StoreError {
     /// The peer never registered, lapsed, or was delisted.
     #[error("unknown or delisted peer")]
     UnknownPeer,
-    /// Another live peer holds this id from another address.
-    #[error("peer id in use from another address")]
-    IdInUse,
     /// The table is full.
     #[error("table full")]
     Full,
@@ -78,6 +75,8 @@ pub struct PeerRow {
     pub rtt_ms: Option<u32>,
     /// Verified mismatch reports against it.
     pub strikes: u32,
+    /// Whether connections to it go direct (`Some(false)`: relay only).
+    pub direct: Option<bool>,
     /// Objects it is listed for.
     pub holdings: usize,
 }
@@ -93,13 +92,10 @@ pub struct StoreLimits {
     pub slow_threshold_ms: u32,
 }
 
-/// The base URL of a peer server at `ip:port`.
-pub fn peer_url(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
-        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
-    }
-}
+/// How long a referral lets its client report on the peers it named.
+pub const OFFER_TTL_MS: u64 = 10 * 60 * 1000;
+/// Most open referrals remembered (memory backend).
+pub const MAX_OFFERS: usize = 200_000;
 
 /// Wall-clock milliseconds.
 pub fn now_ms() -> u64 {
@@ -143,16 +139,53 @@ impl Store {
         }
     }
 
-    /// Records a peer at the address its connection came from.
+    /// Records a peer (its key proven by the caller) seen from `ip`. `dial` is
+    /// its dial string (`peercache_core::peer::DialInfo`); `None` (a client that
+    /// does not serve, or a second process on the same identity) keeps the one
+    /// registered before, so it never erases a serving listing. Returns the dial
+    /// string in force.
     pub async fn register(
         &self,
         id: &str,
         ip: IpAddr,
-        port: Option<u16>,
+        dial: Option<String>,
         load: Option<Load>,
         now: u64,
     ) -> Result<Option<String>, StoreError> {
-        dispatch!(self, s => s.register(id, ip, port, load, now))
+        dispatch!(self, s => s.register(id, ip, dial, load, now))
+    }
+
+    /// Remembers that `client` was referred to `peers` for `hash`: only then may
+    /// it report on them, once each (B6).
+    pub async fn book_offer(
+        &self,
+        client: &str,
+        hash: &ObjectHash,
+        peers: &[String],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        if peers.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.book_offer(client, hash, peers, now))
+    }
+
+    /// True (once) if `client` was referred to `peer` for `hash` recently; the
+    /// offer is used up.
+    pub async fn take_offer(
+        &self,
+        client: &str,
+        hash: &ObjectHash,
+        peer: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.take_offer(client, hash, peer, now))
+    }
+
+    /// Records whether connections to `peer` go direct (`true`) or only through
+    /// a relay, as the server's pings and clients' reports find (B10).
+    pub async fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.note_path(peer, direct))
     }
 
     /// Applies an announce: `have` are hashes the caller checked the peer may be

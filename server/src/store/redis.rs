@@ -1,11 +1,14 @@
 //! The Redis backend of the look-up table (B4): several server replicas share it.
 //!
 //! Keys (prefix `pc:` by default):
-//! - `peer:{id}` hash: `ip addr seen active limit pending rtt fails strikes`
+//! - `peer:{id}` hash: `ip addr seen active limit pending rtt fails strikes
+//!   pending_at direct`
 //!   (expires at twice the TTL, refreshed by registrations and announces);
 //! - `held:{id}` set of hashes it holds; `fetched:{id}` set of hashes it fetched
 //!   through a server (expires after a day);
 //! - `holders:{hash}` sorted set of peer ids scored by served reports (M9);
+//! - `offer:{client}:{hash}` set of peer ids a client was referred to (expires
+//!   after [`OFFER_TTL_MS`]); a report takes its member out;
 //! - `peers`, `objects`, `delisted`: sets for the pinger, counts and bans.
 //!
 //! Every call has a short response timeout; a failure is reported as
@@ -21,8 +24,8 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{
-    MAX_HOLDINGS_PER_PEER, MAX_PING_FAILURES, PeerRow, StoreError, StoreLimits, TableStats,
-    peer_url, smooth_rtt,
+    MAX_HOLDINGS_PER_PEER, MAX_PING_FAILURES, OFFER_TTL_MS, PeerRow, StoreError, StoreLimits,
+    TableStats, smooth_rtt,
 };
 
 /// Most holders read for one referral.
@@ -54,7 +57,6 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 /// One peer's hash fields, parsed.
 #[derive(Debug, Default, Clone)]
 struct PeerFields {
-    ip: Option<String>,
     addr: Option<String>,
     seen: Option<u64>,
     load: Option<Load>,
@@ -62,9 +64,10 @@ struct PeerFields {
     pending_at: u64,
     rtt: Option<u32>,
     strikes: u32,
+    direct: Option<bool>,
 }
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "ip",
     "addr",
     "seen",
@@ -75,6 +78,7 @@ const FIELDS: [&str; 10] = [
     "fails",
     "strikes",
     "pending_at",
+    "direct",
 ];
 
 fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
@@ -92,7 +96,6 @@ fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
         _ => None,
     };
     PeerFields {
-        ip: v.first().cloned().flatten(),
         addr: v.get(1).cloned().flatten().filter(|s| !s.is_empty()),
         seen: num(2).map(|s| s.max(0) as u64),
         load,
@@ -100,6 +103,7 @@ fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
         pending_at: num(9).unwrap_or(0).max(0) as u64,
         rtt: num(6).filter(|r| *r >= 0).map(|r| r as u32),
         strikes: num(8).unwrap_or(0).max(0) as u32,
+        direct: num(10).map(|d| d == 1),
     }
 }
 
@@ -179,7 +183,7 @@ impl RedisStore {
         &self,
         id: &str,
         ip: IpAddr,
-        port: Option<u16>,
+        dial: Option<String>,
         load: Option<Load>,
         now: u64,
     ) -> Result<Option<String>, StoreError> {
@@ -192,13 +196,7 @@ impl RedisStore {
             return Err(StoreError::UnknownPeer);
         }
         let old = self.fields(id).await?;
-        if let (Some(old_ip), Some(seen)) = (&old.ip, old.seen)
-            && *old_ip != ip.to_string()
-            && now.saturating_sub(seen) <= self.limits.ttl_ms
-        {
-            return Err(StoreError::IdInUse);
-        }
-        let addr = port.map(|p| peer_url(ip, p));
+        let addr = dial.or(old.addr);
         let key = self.k("peer", id);
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
@@ -296,6 +294,7 @@ impl RedisStore {
                 id,
                 addr,
                 rtt_ms: f.rtt,
+                direct: f.direct,
                 load: f.load,
                 pending: if now.saturating_sub(f.pending_at) > super::PENDING_WINDOW_MS {
                     0
@@ -368,6 +367,50 @@ impl RedisStore {
                 pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
             }
             Outcome::Failed | Outcome::Unused => {}
+        }
+        Ok(())
+    }
+
+    pub(super) async fn book_offer(
+        &self,
+        client: &str,
+        hash: &ObjectHash,
+        peers: &[String],
+        _now: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.k("offer", format!("{client}:{hash}"));
+        let mut pipe = redis::pipe();
+        for p in peers.iter().take(64) {
+            pipe.sadd(&key, p).ignore();
+        }
+        pipe.pexpire(&key, OFFER_TTL_MS as i64).ignore();
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    pub(super) async fn take_offer(
+        &self,
+        client: &str,
+        hash: &ObjectHash,
+        peer: &str,
+        _now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let removed: i64 = c
+            .srem(self.k("offer", format!("{client}:{hash}")), peer)
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1)
+    }
+
+    pub(super) async fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.k("peer", peer);
+        let exists: bool = c.exists(&key).await.map_err(unavailable)?;
+        if exists {
+            c.hset::<_, _, _, ()>(&key, "direct", i64::from(direct))
+                .await
+                .map_err(unavailable)?;
         }
         Ok(())
     }
@@ -534,6 +577,7 @@ impl RedisStore {
                 load: f.load,
                 rtt_ms: f.rtt,
                 strikes: f.strikes,
+                direct: f.direct,
                 holdings,
             })
             .collect();

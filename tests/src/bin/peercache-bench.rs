@@ -49,7 +49,7 @@ async fn fill(store: &Store, peers: u64, objects: u64, holders: u64) -> anyhow::
             .register(
                 &format!("peer{p}"),
                 IP,
-                Some(10_000 + (p % 50_000) as u16),
+                Some(format!("peer:?direct=10.0.0.1:{}", 10_000 + (p % 50_000))),
                 Some(Load {
                     active: 0,
                     limit: 1_000_000,
@@ -240,11 +240,12 @@ async fn latency() -> anyhow::Result<()> {
     )
     .await?;
     // One registered holder, listed the way a real peer gets listed.
-    peercache_tests::register_and_fetch(&server.url, "holder", Some(40000), "/static/obj.bin")
+    let holder = peercache_tests::TestKey::new(1);
+    peercache_tests::register_and_fetch(&server.url, &holder, Some(40000), "/static/obj.bin")
         .await?;
     let h = ObjectHash::of(&body).to_hex();
     let accepted =
-        peercache_tests::announce(&server.url, "holder", &[h], Some((0, 1_000_000))).await?;
+        peercache_tests::announce(&server.url, &holder, &[h], Some((0, 1_000_000))).await?;
     if accepted.len() != 1 {
         bail!("holder not listed");
     }
