@@ -67,7 +67,10 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 
 /// True when `id` has the form of a peer key: 64 lowercase hex digits.
 pub fn is_peer_key(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The peer id (public key, hex) of a 32-byte secret key.
@@ -116,8 +119,12 @@ impl AuthHeader {
             let (k, v) = part.trim().split_once('=').ok_or(AuthError::Malformed)?;
             match k.trim() {
                 "id" if id.is_none() => id = Some(v.trim().to_string()),
-                "ts" if ts.is_none() => ts = Some(v.trim().parse().map_err(|_| AuthError::Malformed)?),
-                "sig" if sig.is_none() => sig = Some(unhex::<64>(v.trim()).ok_or(AuthError::Malformed)?),
+                "ts" if ts.is_none() => {
+                    ts = Some(v.trim().parse().map_err(|_| AuthError::Malformed)?)
+                }
+                "sig" if sig.is_none() => {
+                    sig = Some(unhex::<64>(v.trim()).ok_or(AuthError::Malformed)?)
+                }
                 _ => return Err(AuthError::Malformed),
             }
         }
@@ -140,8 +147,11 @@ impl AuthHeader {
         }
         let bytes = peer_key_bytes(&self.id).ok_or(AuthError::BadKey)?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| AuthError::BadKey)?;
-        key.verify(&message(method, path, self.ts, body), &Signature::from_bytes(&self.sig))
-            .map_err(|_| AuthError::BadSignature)
+        key.verify(
+            &message(method, path, self.ts, body),
+            &Signature::from_bytes(&self.sig),
+        )
+        .map_err(|_| AuthError::BadSignature)
     }
 }
 
@@ -199,8 +209,17 @@ mod tests {
             authenticate(Some(&v), "POST", "/p", b"", 1000 + MAX_CLOCK_SKEW_SECS + 1),
             Err(AuthError::Stale)
         );
-        assert_eq!(authenticate(None, "POST", "/p", b"", 1000), Err(AuthError::Missing));
-        for g in ["", "id=abc; ts=1; sig=00", "ts=1", "id=x; id=y", &"x".repeat(600)] {
+        assert_eq!(
+            authenticate(None, "POST", "/p", b"", 1000),
+            Err(AuthError::Missing)
+        );
+        for g in [
+            "",
+            "id=abc; ts=1; sig=00",
+            "ts=1",
+            "id=x; id=y",
+            &"x".repeat(600),
+        ] {
             assert!(authenticate(Some(g), "POST", "/p", b"", 1).is_err(), "{g}");
         }
     }

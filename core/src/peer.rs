@@ -55,7 +55,9 @@ pub struct BadDialInfo(pub String);
 pub fn is_relay_url(url: &str) -> bool {
     (url.starts_with("https://") || url.starts_with("http://"))
         && url.len() <= MAX_RELAY_URL
-        && !url.bytes().any(|b| matches!(b, b'&' | b'#' | b' ' | b'"' | b'<' | b'>') || b < 0x21)
+        && !url
+            .bytes()
+            .any(|b| matches!(b, b'&' | b'#' | b' ' | b'"' | b'<' | b'>') || b < 0x21)
 }
 
 impl DialInfo {
@@ -100,8 +102,7 @@ impl DialInfo {
     /// A short human form for the popup and the admin page.
     pub fn display(&self) -> String {
         match (self.direct.first(), &self.relay) {
-            (Some(d), Some(_)) => format!("{d} (or relay)"),
-            (Some(d), None) => d.to_string(),
+            (Some(d), _) => d.to_string(),
             (None, Some(r)) => format!("relay {r}"),
             (None, None) => "unreachable".into(),
         }
@@ -239,7 +240,10 @@ mod tests {
     fn dial_strings_round_trip() {
         let info = DialInfo {
             relay: Some("https://198.51.100.2:4443/".into()),
-            direct: vec!["198.51.100.7:5000".parse().unwrap(), "[2001:db8::1]:9".parse().unwrap()],
+            direct: vec![
+                "198.51.100.7:5000".parse().unwrap(),
+                "[2001:db8::1]:9".parse().unwrap(),
+            ],
         };
         let s = info.to_dial_string();
         assert_eq!(DialInfo::parse(&s).unwrap(), info);
@@ -248,7 +252,10 @@ mod tests {
 
     #[test]
     fn bad_dial_strings_are_refused() {
-        let many = format!("peer:?{}", vec!["direct=1.2.3.4:5"; MAX_DIRECT_ADDRS + 1].join("&"));
+        let many = format!(
+            "peer:?{}",
+            ["direct=1.2.3.4:5"; MAX_DIRECT_ADDRS + 1].join("&")
+        );
         for s in [
             "http://1.2.3.4:5",
             "peer:?relay=ftp://x",
@@ -270,11 +277,19 @@ mod tests {
         let f = encode_frame(&req);
         let len = frame_len(f[..4].try_into().unwrap()).unwrap();
         assert_eq!(decode_frame::<PeerRequest>(&f[4..4 + len]).unwrap(), req);
-        assert_eq!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()), Err(FrameError::TooLarge(MAX_FRAME + 1)));
+        assert_eq!(
+            frame_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(FrameError::TooLarge(MAX_FRAME + 1))
+        );
         assert!(decode_frame::<PeerRequest>(b"{\"op\":\"nope\"}").is_err());
         let resp = PeerResponse {
-            status: PeerStatus::Busy { retry_after_ms: 1000 },
-            load: Some(Load { active: 1, limit: 1 }),
+            status: PeerStatus::Busy {
+                retry_after_ms: 1000,
+            },
+            load: Some(Load {
+                active: 1,
+                limit: 1,
+            }),
             size: None,
             body_len: 0,
         };

@@ -54,8 +54,7 @@ pub fn choose(candidates: Vec<Probed>, policy: Policy) -> Vec<Proxy> {
         .into_iter()
         .partition(|c| c.proxy.id == SERVER_PROXY_ID);
     peers.retain(|c| c.rtt_ms.is_some() && !c.proxy.load.is_some_and(|l| l.is_full()));
-    let direct_source =
-        !servers.is_empty() || peers.iter().any(|c| c.direct != Some(false));
+    let direct_source = !servers.is_empty() || peers.iter().any(|c| c.direct != Some(false));
     if direct_source {
         peers.retain(|c| c.direct != Some(false));
     }
@@ -237,10 +236,16 @@ mod relay_tests {
     fn a_relay_only_peer_is_used_only_when_nothing_direct_exists() {
         let ids = |v: Vec<Proxy>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
         // A direct peer exists: the relayed one is not used, however fast.
-        let list = vec![probed("relayed", 1, Some(false)), probed("direct", 50, Some(true))];
+        let list = vec![
+            probed("relayed", 1, Some(false)),
+            probed("direct", 50, Some(true)),
+        ];
         assert_eq!(ids(choose(list, Policy::Fastest)), ["direct"]);
         // Only the server is direct: it is used, not the relay.
-        let list = vec![probed("relayed", 1, Some(false)), probed(SERVER_PROXY_ID, 0, Some(true))];
+        let list = vec![
+            probed("relayed", 1, Some(false)),
+            probed(SERVER_PROXY_ID, 0, Some(true)),
+        ];
         assert_eq!(ids(choose(list, Policy::Fastest)), [SERVER_PROXY_ID]);
         // The server is down and no direct peer: the relay is better than nothing.
         let mut dead = probed("dead", 1, None);
@@ -301,7 +306,11 @@ mod rank_tests {
         let unknown = h("unknown", Some(30), 1, 0, 0);
         let ranked = rank_holders(vec![relayed, direct, unknown], 500, 8);
         assert_eq!(ids(ranked.clone()), ["unknown", "direct", "relayed"]);
-        assert_eq!(ranked[2].direct, Some(false), "the flag travels to the client");
+        assert_eq!(
+            ranked[2].direct,
+            Some(false),
+            "the flag travels to the client"
+        );
     }
 
     proptest! {

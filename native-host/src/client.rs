@@ -422,12 +422,8 @@ impl Client {
         }
         let answer: RegisterResponse = resp.json().await?;
         if !answer.relays.is_empty() {
-            peercache_net::endpoint::add_relays(
-                self.dialer.endpoint(),
-                &answer.relays,
-                RELAY_WAIT,
-            )
-            .await;
+            peercache_net::endpoint::add_relays(self.dialer.endpoint(), &answer.relays, RELAY_WAIT)
+                .await;
             let again = self.registration();
             if self.serving && again.dial != req.dial {
                 tracing::info!(dial = ?again.dial, "dial info changed; registering again");
@@ -607,10 +603,12 @@ impl Client {
                 .flatten(),
                 Err(_) => None,
             };
+            if pinged.is_none() {
+                self.dialer.disconnect(&p.id);
+            }
             Probed {
                 proxy: p.clone(),
-                rtt_ms: pinged
-                    .map(|(rtt, _)| u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX)),
+                rtt_ms: pinged.map(|(rtt, _)| u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX)),
                 throughput: self.remembered_throughput(&p.id),
                 direct: pinged.map(|(_, d)| d),
             }
@@ -877,7 +875,9 @@ impl Client {
             return Default::default();
         };
         let deadline = Duration::from_millis(1000 * (u64::from(ttl) + 1));
-        let asked = tokio::time::timeout(deadline, self.dialer.locate(&peer.id, &dial, url, ttl, qid)).await;
+        let asked =
+            tokio::time::timeout(deadline, self.dialer.locate(&peer.id, &dial, url, ttl, qid))
+                .await;
         let mut found = match asked {
             Ok(Ok(found)) => found,
             _ => return Default::default(),
@@ -888,7 +888,9 @@ impl Client {
                 h.addr = peer.addr.clone();
             }
         }
-        found.holders.retain(|h| peercache_core::peer::DialInfo::parse(&h.addr).is_ok());
+        found
+            .holders
+            .retain(|h| peercache_core::peer::DialInfo::parse(&h.addr).is_ok());
         found
     }
 
@@ -943,7 +945,8 @@ impl Client {
                 record = Some(r);
             }
             for h in a.holders {
-                if h.id != self.peer_id() && !holders.iter().any(|x| x.id == h.id && x.addr == h.addr)
+                if h.id != self.peer_id()
+                    && !holders.iter().any(|x| x.id == h.id && x.addr == h.addr)
                 {
                     holders.push(h);
                 }
@@ -1163,6 +1166,10 @@ impl Client {
             };
             match kept {
                 Some(Ok(dropped)) => {
+                    // Verification data is computed once, when the object is kept,
+                    // not per request of a peer.
+                    let cache = self.cache.clone();
+                    let _ = tokio::task::spawn_blocking(move || cache.outboard(&actual)).await;
                     if let Err(e) = self.announce(&origin, &[actual], &[]).await {
                         tracing::warn!(error = %e, "announce failed");
                     }
@@ -1330,13 +1337,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_recent_peers_list_adds_up_per_peer_and_stays_bounded() {
+    #[tokio::test]
+    async fn the_recent_peers_list_adds_up_per_peer_and_stays_bounded() {
         let dir = std::env::temp_dir().join(format!("peercache-recent-{}", std::process::id()));
         let cache = Cache::open(&dir).unwrap();
+        let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
+            secret: [3; 32],
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ca_cert: None,
+            accept: false,
+        })
+        .await
+        .unwrap();
         let client = Client::new(
             cache,
-            "me".into(),
+            crate::identity::Identity::from_secret([3; 32]),
+            Arc::new(peercache_net::PeerDialer::new(endpoint)),
             &ClientOptions::default(),
             Arc::new(HostCounters::default()),
             None,

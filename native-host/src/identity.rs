@@ -144,11 +144,17 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(dir.join(KEY_FILE), "garbage").unwrap();
-        assert!(load_or_create(&dir).is_err(), "a damaged key is an error, not a new identity");
+        assert!(
+            load_or_create(&dir).is_err(),
+            "a damaged key is an error, not a new identity"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

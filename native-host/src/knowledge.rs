@@ -159,6 +159,7 @@ mod tests {
         assert!(k.pin("https://s", "aa"));
         assert!(!k.pin("https://s", "bb"), "a different key is refused");
         let p = |id: &str| Proxy {
+            direct: None,
             id: id.into(),
             addr: format!("http://{id}"),
             rtt_ms: None,

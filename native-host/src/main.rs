@@ -407,7 +407,8 @@ async fn native_mode(caller: &str) -> anyhow::Result<()> {
         peercache_host::identity::default_state_dir(),
     );
     options.gateway = true;
-    let metrics = std::env::var("PEERCACHE_METRICS_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let metrics =
+        std::env::var("PEERCACHE_METRICS_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
     options.metrics_listen = Some(
         metrics
             .parse()

@@ -16,9 +16,9 @@ use crate::cache::Cache;
 use crate::client::{Client, ClientOptions, HostCounters};
 use crate::gateway::{Enrolment, GatewayState};
 use crate::peer_server::{PeerService, PeerState};
-use peercache_net::{EndpointOptions, PeerDialer};
 use crate::workload::Workload;
 use peercache_core::protocol::FromHost;
+use peercache_net::{EndpointOptions, PeerDialer};
 
 /// How to start a node.
 #[derive(Debug, Clone)]
@@ -146,7 +146,10 @@ async fn spawn_metrics(
             let handle = handle.clone();
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
                     handle.render(),
                 )
             }
@@ -166,12 +169,8 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         .with_context(|| format!("opening cache {}", options.cache_dir.display()))?;
     // Evictions at start-up need no announce: the start-up announce lists what is left.
     let _ = cache.set_max_bytes(options.cache_max);
-    let identity = crate::identity::load_or_create(&options.state_dir).with_context(|| {
-        format!(
-            "loading the peer key from {}",
-            options.state_dir.display()
-        )
-    })?;
+    let identity = crate::identity::load_or_create(&options.state_dir)
+        .with_context(|| format!("loading the peer key from {}", options.state_dir.display()))?;
     let counters = Arc::new(HostCounters::default());
     let mut workload = Workload::new(options.max_uploads, options.upload_limit);
     if let Some(rate) = options.requester_rate {

@@ -108,7 +108,11 @@ impl ProtocolHandler for PeerService {
     }
 }
 
-async fn answer(send: &mut SendStream, header: &PeerResponse, body: &[u8]) -> Result<(), peercache_net::PeerError> {
+async fn answer(
+    send: &mut SendStream,
+    header: &PeerResponse,
+    body: &[u8],
+) -> Result<(), peercache_net::PeerError> {
     write_frame(send, header).await?;
     if !body.is_empty() {
         tokio::time::timeout(WRITE_TIMEOUT, send.write_all(body))
@@ -167,7 +171,14 @@ async fn serve_stream(
                     };
                     answer(&mut send, &header, &ob).await
                 }
-                None => answer(&mut send, &PeerResponse::status(PeerStatus::NotHeld, load), &[]).await,
+                None => {
+                    answer(
+                        &mut send,
+                        &PeerResponse::status(PeerStatus::NotHeld, load),
+                        &[],
+                    )
+                    .await
+                }
             }
         }
         PeerRequest::Locate { url, ttl, qid } => {
@@ -197,7 +208,12 @@ async fn serve_stream(
 /// `url`? Answers with the holders found and the server's signed record; passes
 /// the query on with `ttl - 1` when it has nothing itself. A query id seen before
 /// gets an empty answer, so loops end.
-async fn locate(state: &PeerState, url: &str, ttl: u8, qid: &str) -> Result<LocateResponse, String> {
+async fn locate(
+    state: &PeerState,
+    url: &str,
+    ttl: u8,
+    qid: &str,
+) -> Result<LocateResponse, String> {
     if url.len() > 4096 || qid.is_empty() || qid.len() > 64 {
         return Err("bad locate query".into());
     }
@@ -233,7 +249,8 @@ async fn locate(state: &PeerState, url: &str, ttl: u8, qid: &str) -> Result<Loca
             .take(8)
             .collect();
         let found = futures_util::future::join_all(
-            ask.iter().map(|p| state.client.locate(p, url, ttl - 1, qid)),
+            ask.iter()
+                .map(|p| state.client.locate(p, url, ttl - 1, qid)),
         )
         .await;
         for f in found {
@@ -317,7 +334,9 @@ async fn upload(
     let mut left = len;
     let mut buf = vec![0u8; UPLOAD_CHUNK];
     while left > 0 {
-        let want = usize::try_from(left).unwrap_or(UPLOAD_CHUNK).min(UPLOAD_CHUNK);
+        let want = usize::try_from(left)
+            .unwrap_or(UPLOAD_CHUNK)
+            .min(UPLOAD_CHUNK);
         let n = file
             .read(&mut buf[..want])
             .await
@@ -333,7 +352,10 @@ async fn upload(
             .map_err(|_| peercache_net::PeerError::Timeout)?
             .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
         left -= n as u64;
-        state.counters.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
+        state
+            .counters
+            .bytes_served
+            .fetch_add(n as u64, Ordering::Relaxed);
         counter!("peercache_bytes_uploaded_total").increment(n as u64);
     }
     send.finish()

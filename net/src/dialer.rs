@@ -84,7 +84,9 @@ impl ObjectBody {
         if self.left == 0 {
             return Ok(None);
         }
-        let max = usize::try_from(self.left).unwrap_or(usize::MAX).min(READ_CHUNK);
+        let max = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(READ_CHUNK);
         match self.recv.read_chunk(max).await {
             Ok(Some(chunk)) => {
                 self.left -= chunk.len() as u64;
@@ -145,6 +147,14 @@ impl PeerDialer {
             .remove(id);
     }
 
+    /// Drops the pooled connection to `id` (it stopped answering), so the next
+    /// call dials afresh.
+    pub fn disconnect(&self, id: &str) {
+        if let Ok(id) = parse_id(id) {
+            self.forget(&id);
+        }
+    }
+
     /// A connection to `id`, from the pool or newly dialed.
     pub async fn connect(&self, id: &str, dial: &DialInfo) -> Result<Connection, PeerError> {
         let id = parse_id(id)?;
@@ -186,12 +196,23 @@ impl PeerDialer {
                     return Err(PeerError::Stream(e.to_string()));
                 }
             };
-            write_frame(&mut send, req).await?;
-            send.finish().map_err(|e| PeerError::Stream(e.to_string()))?;
-            let header: PeerResponse = tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut recv))
-                .await
-                .map_err(|_| PeerError::Timeout)??;
-            return Ok((header, recv, conn));
+            let exchanged = async {
+                write_frame(&mut send, req).await?;
+                send.finish()
+                    .map_err(|e| PeerError::Stream(e.to_string()))?;
+                tokio::time::timeout(ANSWER_TIMEOUT, read_frame::<PeerResponse>(&mut recv))
+                    .await
+                    .map_err(|_| PeerError::Timeout)?
+            }
+            .await;
+            return match exchanged {
+                Ok(header) => Ok((header, recv, conn)),
+                Err(e) => {
+                    // A peer that went silent: the next call dials afresh.
+                    self.forget(&conn.remote_id());
+                    Err(e)
+                }
+            };
         }
         Err(PeerError::Stream("connection lost".into()))
     }
@@ -319,7 +340,8 @@ impl PeerDialer {
         let (_, body) = self
             .request_body(id, dial, &req, peercache_core::peer::MAX_LOCATE_BODY)
             .await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| PeerError::Frame(peercache_core::peer::FrameError::Malformed(e.to_string())))
+        serde_json::from_slice(&body).map_err(|e| {
+            PeerError::Frame(peercache_core::peer::FrameError::Malformed(e.to_string()))
+        })
     }
 }

@@ -197,8 +197,10 @@ impl AppState {
                 }
                 if let Some(relay) = &state.site_relay {
                     let (out, inn) = relay.bytes();
-                    counter!("peercache_relay_bytes_total", "direction" => "to_peers").absolute(out);
-                    counter!("peercache_relay_bytes_total", "direction" => "from_peers").absolute(inn);
+                    counter!("peercache_relay_bytes_total", "direction" => "to_peers")
+                        .absolute(out);
+                    counter!("peercache_relay_bytes_total", "direction" => "from_peers")
+                        .absolute(inn);
                 }
                 let f = &state.figures;
                 let mut h = f.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,8 +325,8 @@ fn authenticated<T: serde::de::DeserializeOwned>(
 ) -> Result<(String, T), ApiError> {
     let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
     let auth = headers.get(headers::AUTH).and_then(|v| v.to_str().ok());
-    let id = peercache_core::auth::authenticate(auth, "POST", path, &body, now_secs())
-        .map_err(|e| {
+    let id =
+        peercache_core::auth::authenticate(auth, "POST", path, &body, now_secs()).map_err(|e| {
             counter!("peercache_auth_failures_total").increment(1);
             ApiError::Unauthorized(e.to_string())
         })?;
@@ -374,7 +376,8 @@ async fn register(
     req_headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    let (id, req) = authenticated::<RegisterRequest>(&req_headers, "/v1/peers", body, |r| &r.peer_id)?;
+    let (id, req) =
+        authenticated::<RegisterRequest>(&req_headers, "/v1/peers", body, |r| &r.peer_id)?;
     if !state
         .announce_limiter
         .allow(&id, state.config.announce_rate)
@@ -384,7 +387,13 @@ async fn register(
     let dial = listable_dial(req.dial, req.port, peer.ip(), &state.relays);
     let addr = state
         .store
-        .register(&id, peer.ip(), dial.map(|d| d.to_dial_string()), req.load, now_ms())
+        .register(
+            &id,
+            peer.ip(),
+            dial.map(|d| d.to_dial_string()),
+            req.load,
+            now_ms(),
+        )
         .await
         .map_err(|e| match e {
             StoreError::UnknownPeer => ApiError::Forbidden("peer is delisted".into()),
@@ -406,7 +415,8 @@ async fn proves_possession(state: &AppState, id: &str, addr: &str, obj: &SiteObj
     if obj.size == 0 {
         return true;
     }
-    let (Some(peers), Ok(dial)) = (&state.peers, peercache_core::peer::DialInfo::parse(addr)) else {
+    let (Some(peers), Ok(dial)) = (&state.peers, peercache_core::peer::DialInfo::parse(addr))
+    else {
         return false;
     };
     let len = obj.size.min(4096);
@@ -538,7 +548,13 @@ async fn report(
     // or inflate its use, without having been sent to it.
     let referred = state
         .store
-        .take_offer(&reporter, &r.hash, &r.source, now_ms())
+        .take_offer(
+            &reporter,
+            &r.hash,
+            &r.source,
+            now_ms(),
+            matches!(r.outcome, Outcome::Served | Outcome::Mismatch),
+        )
         .await
         .map_err(store_error)?;
     if !referred {
@@ -760,7 +776,11 @@ async fn site(
             }
             if let Some(id) = &client.peer_id {
                 let offered: Vec<String> = holders.iter().map(|p| p.id.clone()).collect();
-                if let Err(e) = state.store.book_offer(id, &obj.hash, &offered, now_ms()).await {
+                if let Err(e) = state
+                    .store
+                    .book_offer(id, &obj.hash, &offered, now_ms())
+                    .await
+                {
                     state.store_failed(&e);
                 }
             }

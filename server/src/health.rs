@@ -15,8 +15,9 @@ use crate::store::now_ms;
 
 /// Pings at once.
 const CONCURRENCY: usize = 32;
-/// Longest one ping may take (dial included).
-const PING_DEADLINE: Duration = Duration::from_secs(4);
+/// Longest one ping may take (dial included): a peer slower than that serves
+/// nobody well (the slow threshold is far lower).
+const PING_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a relayed connection is given to find a direct path.
 const DIRECT_WAIT: Duration = Duration::from_millis(500);
 
@@ -40,8 +41,7 @@ pub async fn ping_all(state: &Arc<AppState>) {
                 let pinged = match DialInfo::parse(&addr) {
                     Ok(dial) => tokio::time::timeout(PING_DEADLINE, async {
                         let p = dialer.ping(&id, &dial).await.ok()?;
-                        let direct =
-                            p.direct || dialer.wait_direct(&id, &dial, DIRECT_WAIT).await;
+                        let direct = p.direct || dialer.wait_direct(&id, &dial, DIRECT_WAIT).await;
                         Some((p, direct))
                     })
                     .await
@@ -49,6 +49,9 @@ pub async fn ping_all(state: &Arc<AppState>) {
                     .flatten(),
                     Err(_) => None,
                 };
+                if pinged.is_none() {
+                    dialer.disconnect(&id);
+                }
                 counter!("peercache_pings_total").increment(1);
                 let (rtt, load) = match &pinged {
                     Some((p, _)) => (

@@ -67,7 +67,9 @@ pub enum StartError {
     #[error("peer endpoint: {0}")]
     Peers(#[from] peercache_net::NetError),
     /// The relay needs a public address to be named by.
-    #[error("the relay needs the site's public address: listen on a specific IP or set --public-url (or pass --no-relay)")]
+    #[error(
+        "the relay needs the site's public address: listen on a specific IP or set --public-url (or pass --no-relay)"
+    )]
     RelayHost,
 }
 
@@ -124,10 +126,15 @@ pub async fn run(
         _ => None,
     };
     let mut relays: Vec<_> = site_relay.iter().map(|r| r.info().clone()).collect();
-    relays.extend(config.relay_urls.iter().map(|url| peercache_core::protocol::RelayInfo {
-        url: url.clone(),
-        qad_port: Some(config::DEFAULT_QAD_PORT),
-    }));
+    relays.extend(
+        config
+            .relay_urls
+            .iter()
+            .map(|url| peercache_core::protocol::RelayInfo {
+                url: url.clone(),
+                qad_port: Some(config::DEFAULT_QAD_PORT),
+            }),
+    );
     let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
         secret: rand::random(),
         bind: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -210,12 +217,16 @@ async fn start_relay(
     };
     // Tests listen on port 0: the relay then takes free ports too.
     let ephemeral = local.port() == 0 || config.relay_port == Some(0);
-    let https_port = config
-        .relay_port
-        .unwrap_or(if ephemeral { 0 } else { config::DEFAULT_RELAY_PORT });
-    let qad_port = config
-        .relay_qad_port
-        .unwrap_or(if ephemeral { 0 } else { config::DEFAULT_QAD_PORT });
+    let https_port = config.relay_port.unwrap_or(if ephemeral {
+        0
+    } else {
+        config::DEFAULT_RELAY_PORT
+    });
+    let qad_port = config.relay_qad_port.unwrap_or(if ephemeral {
+        0
+    } else {
+        config::DEFAULT_QAD_PORT
+    });
     let options = relay::RelayOptions {
         https: std::net::SocketAddr::new(local.ip(), https_port),
         qad: std::net::SocketAddr::new(local.ip(), qad_port),

@@ -59,7 +59,8 @@ fn server_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, RelayErro
         .map_err(|e| tls_err(format!("{}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
         .map_err(|e| tls_err(format!("{}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(format!("{}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| tls_err(format!("{}: {e}", key.display())))?;
     rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(e.to_string()))?
@@ -70,16 +71,18 @@ fn server_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, RelayErro
 
 impl SiteRelay {
     /// Starts the relay with the site's certificate.
-    pub async fn spawn(options: &RelayOptions, cert: &Path, key: &Path) -> Result<Self, RelayError> {
+    pub async fn spawn(
+        options: &RelayOptions,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Self, RelayError> {
         let tls = server_tls(cert, key)?;
         // The plain-HTTP listener cannot be switched off once TLS is on (it answers
         // captive-portal checks); keep it on loopback.
         let mut relay = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
         relay.tls = Some(TlsConfig::new(
             options.https,
-            CertConfig::Manual {
-                server_config: tls,
-            },
+            CertConfig::Manual { server_config: tls },
         ));
         if let Some(rate) = NonZeroU32::new(options.client_rate) {
             let mut limit = ClientRateLimit::new(rate);

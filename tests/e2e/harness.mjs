@@ -34,7 +34,14 @@ export const EXT_FIREFOX = join(ROOT, 'dist/firefox');
  * Headless Chromium on the profile `userDataDir` with the built extension loaded
  * (Playwright persistent context). `env` reaches the native host it starts.
  */
+/** Each host cache gets its own state directory (its peer key) beside it. */
+function withState(env = {}) {
+  if (env.PEERCACHE_CACHE_DIR && !env.PEERCACHE_STATE_DIR) return { ...env, PEERCACHE_STATE_DIR: `${env.PEERCACHE_CACHE_DIR}-state` };
+  return env;
+}
+
 export function launchChromium(userDataDir, env) {
+  env = withState(env);
   return chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
@@ -57,6 +64,7 @@ export function launchChromium(userDataDir, env) {
  * given (to restart with the same one). `env` reaches the native host.
  */
 export async function launchFirefox(home, { uuid, env = {}, prefs = {}, downloads = null, profile = undefined }) {
+  env = withState(env);
   const browser = await puppeteer.launch({
     browser: 'firefox',
     executablePath: FIREFOX,
@@ -258,14 +266,17 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
   state.addPeer = async (name, paths, extraArgs = []) => {
     const cache = join(dir, `peer-${name}`);
     for (const p of paths) {
-      await run(join(BIN, 'peercache-host'), ['fetch', '--server', SITE, p, '-o', join(dir, `${name}.out`), '--cache', cache, '--ca-cert', ca]);
+      await run(join(BIN, 'peercache-host'), ['fetch', '--server', SITE, p, '-o', join(dir, `${name}.out`), '--cache', cache,
+        '--state', `${cache}-state`, '--ca-cert', ca]);
     }
     const peer = start(`peer-${name}`, join(BIN, 'peercache-host'), ['serve', '--server', SITE, '--cache', cache,
-      '--listen', '0.0.0.0:0', '--ca-cert', ca, ...extraArgs], { dir, ready: /announced (\d+) of (\d+)/ });
+      '--state', `${cache}-state`, '--listen', '0.0.0.0:0', '--ca-cert', ca, ...extraArgs], { dir, ready: /announced (\d+) of (\d+)/ });
     state.procs.push(peer.child);
     const { match: m, text } = await peer.seen;
-    const port = text.match(/peer listening on [\d.]+:(\d+)/)?.[1];
-    state.peers[name] = { cache, port: Number(port), announced: Number(m[1]), child: peer.child };
+    // The port of its operator-only /metrics listener (the peer endpoint itself is QUIC).
+    const port = text.match(/metrics on [\d.]+:(\d+)/)?.[1];
+    const udpPort = text.match(/peer endpoint on udp port (\d+)/)?.[1];
+    state.peers[name] = { cache, port: Number(port), udpPort: Number(udpPort), announced: Number(m[1]), child: peer.child };
     return state.peers[name];
   };
   return state;

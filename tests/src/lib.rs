@@ -545,7 +545,8 @@ pub async fn register_and_fetch(
     port: Option<u16>,
     path: &str,
 ) -> anyhow::Result<u16> {
-    let dial = port.map(|p| serde_json::json!({"relay": null, "direct": [format!("127.0.0.1:{p}")]}));
+    let dial =
+        port.map(|p| serde_json::json!({"relay": null, "direct": [format!("127.0.0.1:{p}")]}));
     let r = signed_post(
         server,
         "/v1/peers",
@@ -610,4 +611,96 @@ pub async fn ask(
         r.bytes().await?;
         Ok((status, None))
     }
+}
+
+/// A hand-made peer on the real peer protocol, for the server to ping: it
+/// answers pings after `ping_delay` (a peer on a bad link) and holds nothing.
+#[derive(Debug)]
+pub struct FakePeer {
+    /// Its key.
+    pub key: TestKey,
+    /// Its UDP port on 127.0.0.1.
+    pub port: u16,
+    _router: iroh::protocol::Router,
+}
+
+#[derive(Debug, Clone)]
+struct FakeHandler {
+    ping_delay: Duration,
+}
+
+impl iroh::protocol::ProtocolHandler for FakeHandler {
+    async fn accept(
+        &self,
+        conn: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        use peercache_core::peer::{PeerRequest, PeerResponse, PeerStatus};
+        use peercache_net::wire::{read_frame, write_frame};
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let delay = self.ping_delay;
+            tokio::spawn(async move {
+                let Ok(req) = read_frame::<PeerRequest>(&mut recv).await else {
+                    return;
+                };
+                let status = match req {
+                    PeerRequest::Ping => {
+                        tokio::time::sleep(delay).await;
+                        PeerStatus::Ok
+                    }
+                    _ => PeerStatus::NotHeld,
+                };
+                let load = Some(peercache_core::protocol::Load {
+                    active: 0,
+                    limit: 4,
+                });
+                let _ = write_frame(&mut send, &PeerResponse::status(status, load)).await;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Starts a [`FakePeer`] on 127.0.0.1.
+pub async fn spawn_fake_peer(key: TestKey, ping_delay: Duration) -> anyhow::Result<FakePeer> {
+    let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
+        secret: key.secret,
+        bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ca_cert: None,
+        accept: true,
+    })
+    .await?;
+    let port = peercache_net::endpoint::bound_port(&endpoint).context("no port")?;
+    let router = iroh::protocol::Router::builder(endpoint)
+        .accept(peercache_core::peer::ALPN, FakeHandler { ping_delay })
+        .spawn();
+    Ok(FakePeer {
+        key,
+        port,
+        _router: router,
+    })
+}
+
+/// Asks for `path` as client `key` (which must be referred: a `300`), then sends
+/// a signed report about `source` with `outcome`; returns the report's status.
+pub async fn referred_report(
+    server: &str,
+    key: &TestKey,
+    path: &str,
+    source: &str,
+    outcome: &str,
+) -> anyhow::Result<u16> {
+    let (status, referral) = ask(server, &key.id, path).await?;
+    anyhow::ensure!(status == 300, "expected a referral, got {status}");
+    let referral = referral.context("referral body")?;
+    let hash = referral["object"]["hash"].clone();
+    let r = signed_post(
+        server,
+        "/v1/report",
+        key,
+        &serde_json::json!({"peer_id": key.id, "hash": hash, "source": source, "outcome": outcome, "bytes": 1}),
+    )
+    .await?;
+    Ok(r.status().as_u16())
 }

@@ -95,11 +95,13 @@ async fn a_lying_peer_never_gets_its_bytes_through() {
     // Its copy goes bad after it was listed, and after it computed the (true) group
     // CVs: it now sends a valid outboard with wrong bytes, the hardest case.
     let h = peercache_core::ObjectHash::of(&data);
-    let ob = reqwest::get(format!("{}/v1/objects/{h}/outboard", liar.url))
+    let dialer = peercache_tests::peer_dialer().await.unwrap();
+    let ob = dialer
+        .outboard(&liar.id, &liar.dial(), h, 1 << 20)
         .await
         .unwrap();
     assert_eq!(
-        ob.bytes().await.unwrap().len() as u64,
+        ob.len() as u64,
         peercache_core::verified::group_count(data.len() as u64) * 32
     );
     let obj = dir
@@ -154,12 +156,13 @@ async fn a_peer_whose_group_list_does_not_add_up_is_never_downloaded_from() {
     )
     .await
     .unwrap();
-    let obj = dir
-        .join("liar/objects")
+    // Its group list (computed when it kept the object) goes bad.
+    let ob = dir
+        .join("liar/outboard")
         .join(peercache_core::ObjectHash::of(&data).to_hex());
-    let mut bad = std::fs::read(&obj).unwrap();
+    let mut bad = std::fs::read(&ob).unwrap();
     bad[0] ^= 1;
-    std::fs::write(&obj, bad).unwrap();
+    std::fs::write(&ob, bad).unwrap();
     let (ok, err) = fetch_cli(
         &server.url,
         "/static/f.bin",

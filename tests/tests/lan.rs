@@ -39,6 +39,8 @@ async fn fetch_in(ns: &str, server: &str, path: &str, out: &Path, cache: &Path) 
         .arg(out)
         .arg("--cache")
         .arg(cache)
+        .arg("--state")
+        .arg(peercache_tests::state_for(cache))
         .env("RUST_LOG", "warn")
         .output()
         .await
@@ -106,7 +108,9 @@ async fn with_the_server_gone_a_client_finds_a_holder_on_the_lan() {
         "127.0.0.1:0",
         "--cache",
     ])
-    .arg(dir.join("a"));
+    .arg(dir.join("a"))
+    .arg("--state")
+    .arg(peercache_tests::state_for(&dir.join("a")));
     let a = spawn_peer_cmd(cmd).await.unwrap();
 
     // C visits the site once (g, from the server): it pins the key but knows no peer.

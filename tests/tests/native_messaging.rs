@@ -25,7 +25,12 @@ async fn hello_gets_versions_and_the_gateway() {
     assert_eq!(status["type"], "status");
     assert!(status["gateway_port"].as_u64().unwrap() > 0);
     assert!(status["token"].as_str().unwrap().len() >= 32);
-    assert!(status["peer_addr"].as_str().unwrap().starts_with("http://"));
+    // Where other peers reach it: its peer endpoint's direct address(es).
+    let addr = status["peer_addr"].as_str().unwrap();
+    assert!(addr.parse::<std::net::SocketAddr>().is_ok(), "{addr}");
+    assert!(peercache_core::auth::is_peer_key(
+        status["peer_id"].as_str().unwrap()
+    ));
 }
 
 #[tokio::test]

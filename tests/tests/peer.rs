@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use peercache_core::hash::ObjectHash;
+use peercache_core::peer::PeerStatus;
+use peercache_net::PeerError;
 use peercache_tests::{
     NativeSession, TempDir, fetch_cli, make_site, metrics, spawn_peer, spawn_server, test_bytes,
 };
@@ -54,68 +56,95 @@ async fn ranges_workload_slots_rate_cap_and_requester_limits() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/objects/{hash}", peer.url);
+    let dialer = std::sync::Arc::new(peercache_tests::peer_dialer().await.unwrap());
+    let dial = peer.dial();
 
-    // Ping reports the load.
-    let r = http
-        .get(format!("{}/v1/ping", peer.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    assert_eq!(r.headers()["peercache-load"], "0/1");
+    // Ping reports the load, over the peer's QUIC endpoint dialed by its key.
+    let pinged = dialer.ping(&peer.id, &dial).await.unwrap();
+    assert_eq!(
+        pinged.load,
+        Some(peercache_core::protocol::Load {
+            active: 0,
+            limit: 1
+        })
+    );
+    assert!(pinged.direct);
+    // Dialing the right address with the wrong key fails: the key is the peer.
+    let impostor = peercache_tests::TestKey::new(5).id;
+    assert!(dialer.ping(&impostor, &dial).await.is_err());
 
     // Range.
-    let r = http
-        .get(&url)
-        .header("Range", "bytes=100-199")
-        .send()
+    let read_all = |mut body: peercache_net::ObjectBody| async move {
+        let mut out = Vec::new();
+        while let Some(c) = body.next_chunk().await.unwrap() {
+            out.extend_from_slice(&c);
+        }
+        out
+    };
+    let (header, body) = dialer
+        .object(&peer.id, &dial, hash, Some((100, 199)))
         .await
         .unwrap();
-    assert_eq!(r.status(), 206);
-    assert_eq!(
-        r.headers()["content-range"],
-        format!("bytes 100-199/{}", data.len())
+    assert_eq!(header.size, Some(data.len() as u64));
+    assert_eq!(header.body_len, 100);
+    assert_eq!(read_all(body).await, &data[100..200]);
+    let err = dialer
+        .object(&peer.id, &dial, hash, Some((900_000, 900_010)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PeerError::Refused(PeerStatus::RangeNotSatisfiable)),
+        "{err}"
     );
-    assert_eq!(r.bytes().await.unwrap(), &data[100..200]);
-    let r = http
-        .get(&url)
-        .header("Range", "bytes=900000-")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 416);
-    // Only what is cached, only by hash.
+    // Only what is cached.
     let other = ObjectHash::of(b"not here");
-    assert_eq!(
-        http.get(format!("{}/v1/objects/{other}", peer.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
+    let err = dialer
+        .object(&peer.id, &dial, other, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PeerError::Refused(PeerStatus::NotHeld)),
+        "{err}"
     );
-    assert_eq!(
-        http.get(format!("{}/v1/objects/..%2f..%2fpeer-id", peer.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        400
+    let err = dialer
+        .outboard(&peer.id, &dial, other, 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PeerError::Refused(PeerStatus::NotHeld)),
+        "{err}"
     );
 
     // One slot and a 400 KiB/s cap: a full upload takes ≥ 1 s and holds the slot.
     let started = Instant::now();
     let first = tokio::spawn({
-        let url = url.clone();
-        async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() }
+        let (dialer, dial, id) = (dialer.clone(), dial.clone(), peer.id.clone());
+        async move {
+            let (_, body) = dialer.object(&id, &dial, hash, None).await.unwrap();
+            read_all(body).await
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = http.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 503, "over the workload limit");
-    assert_eq!(r.headers()["retry-after"], "1");
-    assert_eq!(r.headers()["peercache-load"], "1/1");
+    let err = dialer
+        .object(&peer.id, &dial, hash, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PeerError::Refused(PeerStatus::Busy {
+                retry_after_ms: 1000
+            })
+        ),
+        "over the workload limit: {err}"
+    );
+    assert_eq!(
+        dialer.ping(&peer.id, &dial).await.unwrap().load,
+        Some(peercache_core::protocol::Load {
+            active: 1,
+            limit: 1
+        })
+    );
     assert_eq!(first.await.unwrap(), data);
     assert!(
         started.elapsed() >= Duration::from_millis(1000),
@@ -128,16 +157,28 @@ async fn ranges_workload_slots_rate_cap_and_requester_limits() {
     // A requester hammering the peer is slowed down.
     let mut limited = 0;
     for _ in 0..150 {
-        let r = http
-            .get(format!("{}/v1/objects/{other}", peer.url))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 429 {
+        if let Err(PeerError::Refused(PeerStatus::RateLimited { .. })) =
+            dialer.object(&peer.id, &dial, other, None).await
+        {
             limited += 1;
         }
     }
     assert!(limited > 0, "per-requester rate limit");
+
+    // No plain-TCP peer port: the only TCP listener is the operator's /metrics
+    // on loopback.
+    let pid = peer.proc.child.id().unwrap();
+    let ss = std::process::Command::new("ss")
+        .args(["-H", "-ltnp"])
+        .output()
+        .unwrap();
+    let listening: Vec<String> = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .map(String::from)
+        .collect();
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    assert!(listening[0].contains("127.0.0.1:"), "{listening:?}");
 }
 
 #[tokio::test]

@@ -2,37 +2,44 @@
 //! the answers to bad input.
 
 use peercache_core::hash::ObjectHash;
-use peercache_tests::{TempDir, make_site, spawn_server, test_bytes};
+use peercache_tests::{TempDir, TestKey, make_site, signed_post, spawn_server, test_bytes};
 use serde_json::json;
 
 async fn register_and_announce(
     client: &reqwest::Client,
     server: &str,
-    id: &str,
+    key: &TestKey,
     port: u16,
     hash: &ObjectHash,
     path: &str,
 ) {
-    let r = client
-        .post(format!("{server}/v1/peers"))
-        .json(&json!({"peer_id": id, "port": port}))
-        .send()
-        .await
-        .unwrap();
+    let id = &key.id;
+    // It claims an address elsewhere and one on the connection's source address:
+    // only the latter is listed.
+    let r = signed_post(
+        server,
+        "/v1/peers",
+        key,
+        &json!({"peer_id": id, "dial": {"relay": "https://relay.example/", "direct": ["192.0.2.9:9", format!("127.0.0.1:{port}")]}, "port": port}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(
         body["addr"],
-        format!("http://127.0.0.1:{port}"),
-        "recorded at the connection's source address"
+        format!("peer:?direct=127.0.0.1:{port}"),
+        "only the connection's source address, and no relay the server does not run"
     );
     // Not fetched through this server (and nothing listening to prove it): refused.
-    let r = client
-        .post(format!("{server}/v1/announce"))
-        .json(&json!({"peer_id": id, "have": [hash.to_hex()]}))
-        .send()
-        .await
-        .unwrap();
+    let r = signed_post(
+        server,
+        "/v1/announce",
+        key,
+        &json!({"peer_id": id, "have": [hash.to_hex()]}),
+    )
+    .await
+    .unwrap();
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(
         body["rejected"][0],
@@ -47,12 +54,14 @@ async fn register_and_announce(
         .unwrap();
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
-    let r = client
-        .post(format!("{server}/v1/announce"))
-        .json(&json!({"peer_id": id, "have": [hash.to_hex()]}))
-        .send()
-        .await
-        .unwrap();
+    let r = signed_post(
+        server,
+        "/v1/announce",
+        key,
+        &json!({"peer_id": id, "have": [hash.to_hex()]}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["accepted"][0], hash.to_hex());
@@ -115,7 +124,8 @@ async fn refers_clients_that_accept_referrals_and_serves_everyone_else() {
     assert_eq!(plain.bytes().await.unwrap(), data);
     assert_eq!(first.bytes().await.unwrap(), data);
 
-    register_and_announce(&http, &server.url, "holder1", 40001, &hash, "/static/a.bin").await;
+    let holder1 = TestKey::new(1);
+    register_and_announce(&http, &server.url, &holder1, 40001, &hash, "/static/a.bin").await;
 
     // Without Peercache-Client: always 200.
     assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
@@ -144,8 +154,11 @@ async fn refers_clients_that_accept_referrals_and_serves_everyone_else() {
     let referral: serde_json::Value = r.json().await.unwrap();
     assert_eq!(referral["object"]["hash"], hash.to_hex());
     assert_eq!(referral["object"]["size"], data.len());
-    assert_eq!(referral["proxies"][0]["id"], "holder1");
-    assert_eq!(referral["proxies"][0]["addr"], "http://127.0.0.1:40001");
+    assert_eq!(referral["proxies"][0]["id"], holder1.id.as_str());
+    assert_eq!(
+        referral["proxies"][0]["addr"],
+        "peer:?direct=127.0.0.1:40001"
+    );
     let last = referral["proxies"]
         .as_array()
         .unwrap()
@@ -157,7 +170,7 @@ async fn refers_clients_that_accept_referrals_and_serves_everyone_else() {
     // The holder itself is never referred to itself.
     let r = http
         .get(&url)
-        .header("Peercache-Client", "id=holder1")
+        .header("Peercache-Client", format!("id={}", holder1.id))
         .send()
         .await
         .unwrap();
@@ -191,7 +204,7 @@ async fn without_an_egress_limit_the_server_serves_within_the_default_period() {
     register_and_announce(
         &http,
         &server.url,
-        "h",
+        &TestKey::new(2),
         40002,
         &ObjectHash::of(&data),
         "/static/a.bin",
@@ -314,6 +327,8 @@ async fn bad_input_gets_a_4xx_with_a_reason() {
     let http = reqwest::Client::new();
     let u = |p: &str| format!("{}{p}", server.url);
 
+    let key = TestKey::new(7);
+    // Unsigned: refused with the reason.
     let r = http
         .post(u("/v1/announce"))
         .header("content-type", "application/json")
@@ -321,35 +336,60 @@ async fn bad_input_gets_a_4xx_with_a_reason() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("Peercache-Auth"));
+    // Signed garbage, a bad hash, an unknown peer, a body naming someone else.
+    let bytes = b"{not json";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let r = http
+        .post(u("/v1/announce"))
+        .header(
+            "peercache-auth",
+            peercache_core::auth::sign_request(&key.secret, "POST", "/v1/announce", now, bytes),
+        )
+        .header("content-type", "application/json")
+        .body(&bytes[..])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let reason = r.text().await.unwrap();
     assert!(reason.contains("error"), "{reason}");
 
-    let r = http
-        .post(u("/v1/announce"))
-        .json(&json!({"peer_id": "x", "have": ["zz"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = signed_post(
+        &server.url,
+        "/v1/announce",
+        &key,
+        &json!({"peer_id": key.id, "have": ["zz"]}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("hash"));
 
-    let r = http
-        .post(u("/v1/announce"))
-        .json(&json!({"peer_id": "nobody", "have": []}))
-        .send()
-        .await
-        .unwrap();
+    let r = signed_post(
+        &server.url,
+        "/v1/announce",
+        &key,
+        &json!({"peer_id": key.id, "have": []}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("register"));
 
-    let r = http
-        .post(u("/v1/peers"))
-        .json(&json!({"peer_id": "../etc", "port": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let r = signed_post(
+        &server.url,
+        "/v1/peers",
+        &key,
+        &json!({"peer_id": "../etc", "port": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
 
     let big = "x".repeat(100_000);
     let r = http

@@ -5,29 +5,10 @@ use std::time::Duration;
 
 use peercache_core::hash::ObjectHash;
 use peercache_tests::{
-    TempDir, announce, ask, fetch_cli, make_site, metrics, register_and_fetch, seed_peer,
-    spawn_peer, spawn_redis, spawn_server, test_bytes,
+    TempDir, TestKey, announce, ask, fetch_cli, make_site, metrics, referred_report,
+    register_and_fetch, seed_peer, signed_post, spawn_fake_peer, spawn_peer, spawn_redis,
+    spawn_server, test_bytes,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A peer that answers pings, slowly: stands in for a peer on a bad link.
-async fn slow_pinger(delay: Duration) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let _ = sock.read(&mut buf).await;
-                tokio::time::sleep(delay).await;
-                let _ = sock
-                    .write_all(b"HTTP/1.1 204 No Content\r\nPeercache-Load: 0/4\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
-            });
-        }
-    });
-    port
-}
 
 async fn holders(server: &str, hash: &ObjectHash) -> Vec<serde_json::Value> {
     let v: serde_json::Value = reqwest::get(format!("{server}/v1/objects/{hash}/peers"))
@@ -131,25 +112,52 @@ async fn the_server_pings_peers_demotes_slow_ones_and_drops_dead_ones() {
     let data = test_bytes(100_000, 12);
     let hash = ObjectHash::of(&data);
     let root = make_site(&dir, &[("h.bin", &data)]);
-    let server = spawn_server(&root, &["--ping-interval", "200ms"])
+    // A target period of 0 s makes the server refer whenever a holder exists.
+    let server = spawn_server(
+        &root,
+        &[
+            "--ping-interval",
+            "200ms",
+            "--egress-limit",
+            "8MiB",
+            "--target-period",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+
+    // A slow holder (a real peer endpoint that answers pings after 700 ms), and
+    // the most used one.
+    let slow = spawn_fake_peer(TestKey::new(40), Duration::from_millis(700))
         .await
         .unwrap();
-
-    // A slow holder, and the most used one.
-    let slow_port = slow_pinger(Duration::from_millis(700)).await;
     assert_eq!(
-        register_and_fetch(&server.url, "slowpoke", Some(slow_port), "/static/h.bin")
+        register_and_fetch(&server.url, &slow.key, Some(slow.port), "/static/h.bin")
             .await
             .unwrap(),
         200
     );
     assert_eq!(
-        announce(&server.url, "slowpoke", &[hash.to_hex()], Some((0, 4)))
+        announce(&server.url, &slow.key, &[hash.to_hex()], Some((0, 4)))
             .await
             .unwrap()
             .len(),
         1
     );
+    // Three clients referred to it report it served them.
+    for i in 0..3 {
+        let status = referred_report(
+            &server.url,
+            &TestKey::new(50 + i),
+            "/static/h.bin",
+            &slow.key.id,
+            "served",
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 204);
+    }
     let fast = seed_peer(
         &server.url,
         "/static/h.bin",
@@ -159,15 +167,6 @@ async fn the_server_pings_peers_demotes_slow_ones_and_drops_dead_ones() {
     )
     .await
     .unwrap();
-    // The slow one was used most.
-    for _ in 0..3 {
-        reqwest::Client::new()
-            .post(format!("{}/v1/report", server.url))
-            .json(&serde_json::json!({"peer_id": "x", "hash": hash.to_hex(), "source": "slowpoke", "outcome": "served", "bytes": 1}))
-            .send()
-            .await
-            .unwrap();
-    }
 
     let mut order = Vec::new();
     for _ in 0..50 {
@@ -184,14 +183,16 @@ async fn the_server_pings_peers_demotes_slow_ones_and_drops_dead_ones() {
         "the slow peer is demoted despite its use: {order:?}"
     );
     assert!(order[1]["rtt_ms"].as_u64().unwrap() >= 500);
+    assert_eq!(order[0]["direct"], true, "on loopback the path is direct");
 
     // The fast peer dies: after three failed pings it is gone.
     drop(fast);
     let mut gone = false;
-    for _ in 0..50 {
+    // Each failed ping waits out its 2 s deadline.
+    for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let h = holders(&server.url, &hash).await;
-        if h.len() == 1 && h[0]["id"] == "slowpoke" {
+        if h.len() == 1 && h[0]["id"] == slow.key.id.as_str() {
             gone = true;
             break;
         }
@@ -331,48 +332,201 @@ async fn liars_are_delisted_and_announce_floods_are_refused() {
     let data = test_bytes(10_000, 15);
     let hash = ObjectHash::of(&data);
     let root = make_site(&dir, &[("a.bin", &data)]);
-    let server = spawn_server(&root, &["--ping-interval", "0s"])
+    let server = spawn_server(
+        &root,
+        &[
+            "--ping-interval",
+            "0s",
+            "--egress-limit",
+            "8MiB",
+            "--target-period",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+    let liar = TestKey::new(60);
+    register_and_fetch(&server.url, &liar, Some(40100), "/static/a.bin")
         .await
         .unwrap();
-    register_and_fetch(&server.url, "liar", Some(40100), "/static/a.bin")
+    announce(&server.url, &liar, &[hash.to_hex()], None)
         .await
         .unwrap();
-    for _ in 0..3 {
-        announce(&server.url, "liar", &[hash.to_hex()], None)
-            .await
-            .unwrap();
-        let r = reqwest::Client::new()
-            .post(format!("{}/v1/report", server.url))
-            .json(&serde_json::json!({"peer_id": "victim", "hash": hash.to_hex(), "source": "liar", "outcome": "mismatch"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
+    for i in 0..3 {
+        let status = referred_report(
+            &server.url,
+            &TestKey::new(70 + i),
+            "/static/a.bin",
+            &liar.id,
+            "mismatch",
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 204);
+        // Announcing again re-lists it until the strikes delist it.
+        let _ = announce(&server.url, &liar, &[hash.to_hex()], None).await;
     }
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/peers", server.url))
-        .json(&serde_json::json!({"peer_id": "liar", "port": 40100}))
-        .send()
-        .await
-        .unwrap();
+    let r = signed_post(
+        &server.url,
+        "/v1/peers",
+        &liar,
+        &serde_json::json!({"peer_id": liar.id, "port": 40100}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 403, "delisted after three verified mismatches");
     assert!(holders(&server.url, &hash).await.is_empty());
 
-    register_and_fetch(&server.url, "chatty", Some(40101), "/static/a.bin")
+    let chatty = TestKey::new(61);
+    register_and_fetch(&server.url, &chatty, Some(40101), "/static/a.bin")
         .await
         .unwrap();
     let mut refused = 0;
     for _ in 0..60 {
-        let r = reqwest::Client::new()
-            .post(format!("{}/v1/announce", server.url))
-            .json(&serde_json::json!({"peer_id": "chatty", "have": []}))
-            .send()
-            .await
-            .unwrap();
+        let r = signed_post(
+            &server.url,
+            "/v1/announce",
+            &chatty,
+            &serde_json::json!({"peer_id": chatty.id, "have": []}),
+        )
+        .await
+        .unwrap();
         if r.status() == 429 {
             assert!(r.headers().contains_key("retry-after"));
             refused += 1;
         }
     }
     assert!(refused > 0, "announces are rate-limited per peer");
+}
+
+#[tokio::test]
+async fn a_peer_is_its_key_and_only_referred_clients_count() {
+    let dir = TempDir::new("keys");
+    let data = test_bytes(10_000, 16);
+    let hash = ObjectHash::of(&data);
+    let root = make_site(&dir, &[("a.bin", &data)]);
+    let server = spawn_server(
+        &root,
+        &[
+            "--ping-interval",
+            "0s",
+            "--egress-limit",
+            "8MiB",
+            "--target-period",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+    let holder = TestKey::new(80);
+    let mallory = TestKey::new(81);
+    register_and_fetch(&server.url, &holder, Some(40200), "/static/a.bin")
+        .await
+        .unwrap();
+    announce(&server.url, &holder, &[hash.to_hex()], Some((0, 4)))
+        .await
+        .unwrap();
+    let listed = || async { holders(&server.url, &hash).await };
+    assert_eq!(listed().await.len(), 1);
+    let before = listed().await[0]["addr"].clone();
+
+    // Without the holder's key: unsigned, signed by another key, or replayed
+    // onto another body: refused, and nothing changes.
+    let http = reqwest::Client::new();
+    let unsigned = http
+        .post(format!("{}/v1/announce", server.url))
+        .json(&serde_json::json!({"peer_id": holder.id, "dropped": [hash.to_hex()]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    for (path, body) in [
+        (
+            "/v1/announce",
+            serde_json::json!({"peer_id": holder.id, "dropped": [hash.to_hex()]}),
+        ),
+        (
+            "/v1/peers",
+            serde_json::json!({"peer_id": holder.id, "dial": {"relay": null, "direct": ["127.0.0.1:1"]}, "port": 1}),
+        ),
+        (
+            "/v1/report",
+            serde_json::json!({"peer_id": holder.id, "hash": hash.to_hex(), "source": holder.id, "outcome": "mismatch"}),
+        ),
+    ] {
+        let r = signed_post(&server.url, path, &mallory, &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} for someone else's id");
+    }
+    // A valid signature over another body.
+    let body = serde_json::to_vec(&serde_json::json!({"peer_id": holder.id, "have": []})).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let auth =
+        peercache_core::auth::sign_request(&holder.secret, "POST", "/v1/announce", now, &body);
+    let swapped = http
+        .post(format!("{}/v1/announce", server.url))
+        .header("peercache-auth", auth)
+        .header("content-type", "application/json")
+        .body(
+            serde_json::to_vec(
+                &serde_json::json!({"peer_id": holder.id, "dropped": [hash.to_hex()]}),
+            )
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(swapped.status(), 401);
+    assert_eq!(listed().await.len(), 1, "still listed");
+    assert_eq!(listed().await[0]["addr"], before, "at the same address");
+
+    // Three mismatch reports from clients never referred to it: no effect.
+    for i in 0..3 {
+        let stranger = TestKey::new(90 + i);
+        let r = signed_post(
+            &server.url,
+            "/v1/report",
+            &stranger,
+            &serde_json::json!({"peer_id": stranger.id, "hash": hash.to_hex(), "source": holder.id, "outcome": "mismatch"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202, "accepted, and ignored");
+    }
+    assert_eq!(
+        listed().await.len(),
+        1,
+        "three unreferred mismatches leave it listed"
+    );
+    // One referral allows one report, not two.
+    let client = TestKey::new(99);
+    assert_eq!(
+        referred_report(
+            &server.url,
+            &client,
+            "/static/a.bin",
+            &holder.id,
+            "mismatch"
+        )
+        .await
+        .unwrap(),
+        204
+    );
+    let again = signed_post(
+        &server.url,
+        "/v1/report",
+        &client,
+        &serde_json::json!({"peer_id": client.id, "hash": hash.to_hex(), "source": holder.id, "outcome": "mismatch"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 202, "the referral was used up");
+    let m = metrics(&server.url).await.unwrap();
+    assert_eq!(m["peercache_mismatch_reports_total"], 1.0);
+    assert_eq!(m["peercache_reports_unreferred_total"], 4.0);
+    assert!(m["peercache_auth_failures_total"] >= 5.0);
 }

@@ -11,6 +11,11 @@ use peercache_tests::spawn_redis;
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
 const OTHER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
 
+/// A dial string for a peer at `IP:port`.
+fn dial(port: u16) -> Option<String> {
+    Some(format!("peer:?direct=198.51.100.1:{port}"))
+}
+
 fn limits() -> StoreLimits {
     StoreLimits {
         ttl_ms: 60_000,
@@ -31,6 +36,7 @@ fn report(source: &str, hash: ObjectHash, outcome: Outcome) -> Report {
         outcome,
         bytes: 10,
         duration_ms: 1,
+        direct: None,
     }
 }
 
@@ -50,35 +56,38 @@ async fn suite(store: Store) {
     let h = ObjectHash::of(b"object");
     let h2 = ObjectHash::of(b"other");
 
-    // Unknown peers cannot announce; registration records the source address.
+    // Unknown peers cannot announce; registration records the dial string.
     assert_eq!(
         store.announce("a", &[h], &[], None, now).await,
         Err(StoreError::UnknownPeer)
     );
     assert_eq!(
         store
-            .register("a", IP, Some(7000), load(0, 4), now)
+            .register("a", IP, dial(7000), load(0, 4), now)
             .await
-            .unwrap()
-            .as_deref(),
-        Some("http://198.51.100.1:7000")
+            .unwrap(),
+        dial(7000)
     );
     assert_eq!(
         store
-            .register("b", IP, Some(7001), load(0, 4), now)
+            .register("b", IP, dial(7001), load(0, 4), now)
             .await
-            .unwrap()
-            .as_deref(),
-        Some("http://198.51.100.1:7001")
+            .unwrap(),
+        dial(7001)
     );
     assert_eq!(
         store.register("c", IP, None, None, now).await.unwrap(),
         None
     );
-    // The same id from another address while alive: refused.
+    // A second process on a's identity (a `fetch` beside its `serve`) registers
+    // without dial info, from wherever: the serving listing stays (the key, not
+    // the address, proves who it is).
     assert_eq!(
-        store.register("a", OTHER_IP, Some(7000), None, now).await,
-        Err(StoreError::IdInUse)
+        store
+            .register("a", OTHER_IP, None, None, now)
+            .await
+            .unwrap(),
+        dial(7000)
     );
 
     assert_eq!(
@@ -123,11 +132,11 @@ async fn suite(store: Store) {
 
     // M12: referrals handed out count as load, so a crowd spreads.
     store
-        .register("d", IP, Some(7002), load(0, 1), now)
+        .register("d", IP, dial(7002), load(0, 1), now)
         .await
         .unwrap();
     store
-        .register("e", IP, Some(7003), load(0, 1), now)
+        .register("e", IP, dial(7003), load(0, 1), now)
         .await
         .unwrap();
     store.announce("d", &[h2], &[], None, now).await.unwrap();
@@ -190,6 +199,68 @@ async fn suite(store: Store) {
         .collect();
     assert!(!serving.contains(&"b".to_string()));
 
+    // B10: a peer reached only through the relay goes after direct ones, and
+    // the flag reaches the client.
+    store.note_path("a", false).await.unwrap();
+    let ranked = store.holders(&h, Some("client"), now, 8).await.unwrap();
+    assert_eq!(ranked.first().map(|p| p.direct), Some(Some(false)));
+    store.note_path("a", true).await.unwrap();
+    assert_eq!(
+        store.holders(&h, Some("client"), now, 8).await.unwrap()[0].direct,
+        Some(true)
+    );
+
+    // B6: a report counts only for a peer the client was referred to, once.
+    store
+        .book_offer("client", &h, &["a".into(), "b".into()], now)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_offer("client", &h, "z", now, true)
+            .await
+            .unwrap()
+    );
+    assert!(!store.take_offer("other", &h, "a", now, true).await.unwrap());
+    assert!(
+        !store
+            .take_offer("client", &h2, "a", now, true)
+            .await
+            .unwrap()
+    );
+    // A "failed" before the verdict does not use the referral up.
+    assert!(
+        store
+            .take_offer("client", &h, "a", now, false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .take_offer("client", &h, "a", now, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_offer("client", &h, "a", now, true)
+            .await
+            .unwrap(),
+        "once per referral"
+    );
+    assert!(
+        !store
+            .take_offer("client", &h, "a", now, false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .take_offer("client", &h, "b", now, true)
+            .await
+            .unwrap()
+    );
+
     // B6: fetched-through-server bookkeeping.
     assert!(!store.fetched("a", &h).await.unwrap());
     store.record_fetch("a", &h).await.unwrap();
@@ -214,13 +285,13 @@ async fn suite(store: Store) {
         Err(StoreError::UnknownPeer)
     );
     assert_eq!(
-        store.register("a", IP, Some(7000), None, now).await,
+        store.register("a", IP, dial(7000), None, now).await,
         Err(StoreError::UnknownPeer)
     );
 
     // M7: dropped objects and lapsed peers disappear.
     store
-        .register("f", IP, Some(7004), load(0, 4), now)
+        .register("f", IP, dial(7004), load(0, 4), now)
         .await
         .unwrap();
     store.announce("f", &[h], &[], None, now).await.unwrap();
@@ -267,7 +338,7 @@ async fn redis_backend_reports_an_outage_instead_of_hanging() {
             .await
             .unwrap(),
     );
-    store.register("a", IP, Some(1), None, 1).await.unwrap();
+    store.register("a", IP, dial(1), None, 1).await.unwrap();
     redis.stop().await;
     let started = std::time::Instant::now();
     let err = store
@@ -280,7 +351,7 @@ async fn redis_backend_reports_an_outage_instead_of_hanging() {
     // The connection manager reconnects.
     let mut ok = false;
     for _ in 0..50 {
-        if store.register("a", IP, Some(1), None, 2).await.is_ok() {
+        if store.register("a", IP, dial(1), None, 2).await.is_ok() {
             ok = true;
             break;
         }

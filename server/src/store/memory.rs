@@ -147,6 +147,7 @@ impl MemoryStore {
         hash: &ObjectHash,
         peer: &str,
         now: u64,
+        consume: bool,
     ) -> Result<bool, StoreError> {
         let mut inner = lock(&self.inner);
         let key = (client.to_string(), *hash);
@@ -156,6 +157,9 @@ impl MemoryStore {
         if now.saturating_sub(*at) > OFFER_TTL_MS {
             inner.offers.remove(&key);
             return Ok(false);
+        }
+        if !consume {
+            return Ok(peers.contains(peer));
         }
         let taken = peers.remove(peer);
         if peers.is_empty() {

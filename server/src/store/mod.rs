@@ -170,16 +170,19 @@ impl Store {
         dispatch!(self, s => s.book_offer(client, hash, peers, now))
     }
 
-    /// True (once) if `client` was referred to `peer` for `hash` recently; the
-    /// offer is used up.
+    /// True if `client` was referred to `peer` for `hash` recently. With
+    /// `consume` the offer is used up (a verdict, `served` or `mismatch`, counts
+    /// once per referral); without, it stays (`failed` or `unused` may precede
+    /// the verdict on the same referral).
     pub async fn take_offer(
         &self,
         client: &str,
         hash: &ObjectHash,
         peer: &str,
         now: u64,
+        consume: bool,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.take_offer(client, hash, peer, now))
+        dispatch!(self, s => s.take_offer(client, hash, peer, now, consume))
     }
 
     /// Records whether connections to `peer` go direct (`true`) or only through

@@ -394,12 +394,14 @@ impl RedisStore {
         hash: &ObjectHash,
         peer: &str,
         _now: u64,
+        consume: bool,
     ) -> Result<bool, StoreError> {
         let mut c = self.conn.clone();
-        let removed: i64 = c
-            .srem(self.k("offer", format!("{client}:{hash}")), peer)
-            .await
-            .map_err(unavailable)?;
+        let key = self.k("offer", format!("{client}:{hash}"));
+        if !consume {
+            return c.sismember(&key, peer).await.map_err(unavailable);
+        }
+        let removed: i64 = c.srem(&key, peer).await.map_err(unavailable)?;
         Ok(removed == 1)
     }
 
