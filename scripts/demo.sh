@@ -29,11 +29,11 @@ echo "server: $server (admin page: $server/admin)"
 for i in 1 2 3 4 5; do
   t0=$(date +%s.%N)
   msg=$(RUST_LOG=warn "$bin/peercache-host" fetch --server "$server" /static/video.bin \
-        -o "$work/out$i" --cache "$work/peer$i" 2>&1 | tail -n 1)
+        -o "$work/out$i" --cache "$work/peer$i" --state "$work/peer$i-state" 2>&1 | tail -n 1)
   t1=$(date +%s.%N)
   cmp -s "$work/out$i" "$work/site/static/video.bin" || { echo "client $i: bytes differ!"; exit 1; }
   printf 'client %d: %s (%.1f s, verified)\n' "$i" "${msg%% into *}" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
-  RUST_LOG=warn "$bin/peercache-host" serve --server "$server" --cache "$work/peer$i" --listen 127.0.0.1:0 \
+  RUST_LOG=warn "$bin/peercache-host" serve --server "$server" --cache "$work/peer$i" --state "$work/peer$i-state" --listen 127.0.0.1:0 \
     > "$work/peer$i.out" 2> "$work/peer$i.log" &
   pids+=($!)
   for _ in $(seq 100); do grep -q "announced" "$work/peer$i.out" 2>/dev/null && break; sleep 0.1; done

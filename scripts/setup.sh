@@ -12,6 +12,7 @@ demo_only=false
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nft >/dev/null || $demo_only || need_apt+=(nftables)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v redis-server >/dev/null || $demo_only || need_apt+=(redis-server)
 if ! $demo_only; then

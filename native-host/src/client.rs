@@ -421,6 +421,7 @@ impl Client {
             return Err(FetchError::Status(resp.status().as_u16()));
         }
         let answer: RegisterResponse = resp.json().await?;
+        self.knowledge.learn_relays(origin, &answer.relays);
         if !answer.relays.is_empty() {
             peercache_net::endpoint::add_relays(self.dialer.endpoint(), &answer.relays, RELAY_WAIT)
                 .await;
@@ -907,6 +908,14 @@ impl Client {
             .pinned_key(&origin)
             .ok_or(FetchError::ServerDown("no key pinned for this server yet"))?;
         let now = now_secs();
+        // Peers behind routers are reached through the relays the server
+        // offered before (it may be down, its relay need not be).
+        peercache_net::endpoint::add_relays(
+            self.dialer.endpoint(),
+            &self.knowledge.relays(&origin),
+            RELAY_WAIT,
+        )
+        .await;
         let ask = self.knowledge.aux_peers(&origin);
         let qid = format!("{:016x}", rand::random::<u64>());
         let answers = futures_util::future::join_all(

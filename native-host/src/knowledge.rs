@@ -2,7 +2,9 @@
 //! - the key of each server it has talked to, pinned on first contact;
 //! - the server's signed record of each object it keeps, to pass on to others;
 //! - an auxiliary proxy list per server: peers met in earlier referrals, tried
-//!   when the server is silent.
+//!   when the server is silent;
+//! - the relays each server offered, so peers behind routers stay reachable
+//!   (and hole punching keeps working) while the server is silent.
 //!
 //! All of it is small JSON written atomically; all of it is bounded.
 
@@ -10,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use peercache_core::protocol::Proxy;
+use peercache_core::protocol::{Proxy, RelayInfo};
 use peercache_core::record::SignedRecord;
 
 use crate::cache::write_atomically;
@@ -26,6 +28,7 @@ pub struct Knowledge {
     dir: PathBuf,
     keys: Mutex<BTreeMap<String, String>>,
     aux: Mutex<BTreeMap<String, Vec<Proxy>>>,
+    relays: Mutex<BTreeMap<String, Vec<RelayInfo>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -46,6 +49,7 @@ impl Knowledge {
             dir: cache_dir.to_path_buf(),
             keys: Mutex::new(load(&cache_dir.join("servers.json"))),
             aux: Mutex::new(load(&cache_dir.join("aux.json"))),
+            relays: Mutex::new(load(&cache_dir.join("relays.json"))),
         }
     }
 
@@ -97,6 +101,27 @@ impl Knowledge {
             &self.dir.join("aux.json"),
             &serde_json::to_vec(&*aux).unwrap_or_default(),
         );
+    }
+
+    /// Remembers the relays `origin` offered (at most 4).
+    pub fn learn_relays(&self, origin: &str, offered: &[RelayInfo]) {
+        let mut relays = lock(&self.relays);
+        let offered: Vec<RelayInfo> = offered.iter().take(4).cloned().collect();
+        if relays.get(origin) == Some(&offered)
+            || (relays.len() >= MAX_SERVERS && !relays.contains_key(origin))
+        {
+            return;
+        }
+        relays.insert(origin.to_string(), offered);
+        let _ = write_atomically(
+            &self.dir.join("relays.json"),
+            &serde_json::to_vec(&*relays).unwrap_or_default(),
+        );
+    }
+
+    /// The relays `origin` offered last time.
+    pub fn relays(&self, origin: &str) -> Vec<RelayInfo> {
+        lock(&self.relays).get(origin).cloned().unwrap_or_default()
     }
 
     /// The auxiliary proxy list for `origin`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use iroh::endpoint::{QuicTransportConfig, presets};
 use iroh::tls::CaTlsConfig;
-use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
+use iroh::{Endpoint, RelayMap, RelayMode, RelayUrl, SecretKey};
 use peercache_core::peer::{ALPN, DialInfo};
 use peercache_core::protocol::RelayInfo;
 use rustls_pki_types::CertificateDer;
@@ -98,7 +98,8 @@ pub async fn bind(options: &EndpointOptions) -> Result<Endpoint, NetError> {
     Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&options.secret))
         .alpns(alpns)
-        .relay_mode(RelayMode::Disabled)
+        // The relay transport is on with no relay yet: the server names them.
+        .relay_mode(RelayMode::Custom(RelayMap::empty()))
         .ca_tls_config(tls)
         .transport_config(transport)
         .clear_ip_transports()

@@ -215,18 +215,8 @@ async fn start_relay(
         None if local.ip().is_unspecified() => return Err(StartError::RelayHost),
         None => local.ip().to_string(),
     };
-    // Tests listen on port 0: the relay then takes free ports too.
-    let ephemeral = local.port() == 0 || config.relay_port == Some(0);
-    let https_port = config.relay_port.unwrap_or(if ephemeral {
-        0
-    } else {
-        config::DEFAULT_RELAY_PORT
-    });
-    let qad_port = config.relay_qad_port.unwrap_or(if ephemeral {
-        0
-    } else {
-        config::DEFAULT_QAD_PORT
-    });
+    let https_port = config.relay_port.unwrap_or(config::DEFAULT_RELAY_PORT);
+    let qad_port = config.relay_qad_port.unwrap_or(config::DEFAULT_QAD_PORT);
     let options = relay::RelayOptions {
         https: std::net::SocketAddr::new(local.ip(), https_port),
         qad: std::net::SocketAddr::new(local.ip(), qad_port),

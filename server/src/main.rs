@@ -164,6 +164,11 @@ async fn main() -> anyhow::Result<()> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    if listen.ends_with(":0") {
+        // An ephemeral site (tests): the relay takes free ports too.
+        config.relay_port = config.relay_port.or(Some(0));
+        config.relay_qad_port = config.relay_qad_port.or(Some(0));
+    }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

@@ -122,4 +122,15 @@ impl SiteRelay {
         let m = &self.server.metrics().server;
         (m.bytes_sent.get(), m.bytes_recv.get())
     }
+
+    /// The relayed bytes as Prometheus text (for the stand-alone relay).
+    pub fn metrics_text(&self) -> String {
+        let (out, inn) = self.bytes();
+        format!(
+            "# HELP peercache_relay_bytes_total Payload bytes the relay carried (site egress, never offload).\n\
+             # TYPE peercache_relay_bytes_total counter\n\
+             peercache_relay_bytes_total{{direction=\"to_peers\"}} {out}\n\
+             peercache_relay_bytes_total{{direction=\"from_peers\"}} {inn}\n"
+        )
+    }
 }

@@ -120,7 +120,8 @@ impl Drop for Proc {
     }
 }
 
-async fn spawn_until(mut cmd: Command, ready: &str) -> anyhow::Result<Proc> {
+/// Spawns `cmd` and waits (30 s at most) until it prints a line containing `ready`.
+pub async fn spawn_until(mut cmd: Command, ready: &str) -> anyhow::Result<Proc> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .stdin(Stdio::null())

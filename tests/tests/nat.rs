@@ -1,0 +1,681 @@
+//! Peers as the internet has them (DESIGN B10; issue "peers across the internet"):
+//! network namespaces this test makes and removes, all on documentation and
+//! benchmarking ranges, nothing leaving the machine.
+//!
+//! ```text
+//!                       "internet" bridge 203.0.113.0/24
+//!   site 203.0.113.2 (server, TLS, relay)     public peer 203.0.113.10
+//!   home router r1 .21 ── h1 198.18.1.2       home router r2 .22 ── h2 198.18.2.2
+//!   symmetric r3 .23 ── h3 198.18.3.2         symmetric r4 .24 ── h4 198.18.4.2
+//! ```
+//!
+//! Home routers masquerade (port-preserving) and drop unsolicited input, as
+//! consumer routers do; r3 and r4 masquerade with random ports (symmetric NAT).
+//! The relay runs beside the server in the site's namespace (`peercache-relay`,
+//! the relay `peercache-server` runs in-process), so it keeps relaying while the
+//! server is stopped.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peercache_core::hash::ObjectHash;
+use peercache_tests::{Proc, TempDir, bin, spawn_until, state_for, test_bytes};
+use tokio::process::Command;
+
+const SITE: &str = "203.0.113.2";
+const PUBLIC_PEER: &str = "203.0.113.10";
+
+/// The namespaces of one run, deleted on drop (their links go with them).
+struct Topology {
+    prefix: String,
+    names: Vec<String>,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status();
+        }
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed (this test needs root and nftables, as CI has): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn nft(ns: &str, rules: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("rules");
+    assert!(child.wait().expect("nft").success(), "nft in {ns}: {rules}");
+}
+
+impl Topology {
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn add_ns(&mut self, name: &str) -> String {
+        let ns = self.ns(name);
+        run(&["ip", "netns", "add", &ns]);
+        self.names.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        for key in [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ] {
+            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", key]);
+        }
+        ns
+    }
+
+    /// A node on the "internet" bridge at `ip`.
+    fn on_internet(&mut self, name: &str, ip: &str, port: usize) -> String {
+        let ns = self.add_ns(name);
+        let inet = self.ns("inet");
+        let peer = format!("p{port}");
+        run(&[
+            "ip", "-n", &ns, "link", "add", "wan", "type", "veth", "peer", "name", &peer, "netns",
+            &inet,
+        ]);
+        run(&[
+            "ip", "-n", &inet, "link", "set", &peer, "master", "br0", "up",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "wan",
+        ]);
+        run(&["ip", "-n", &ns, "link", "set", "wan", "up"]);
+        ns
+    }
+
+    /// A home router at `wan_ip` with one host behind it on 198.18.`n`.0/24.
+    fn home(&mut self, n: u8, wan_ip: &str, symmetric: bool) -> String {
+        let router = self.on_internet(&format!("r{n}"), wan_ip, 20 + usize::from(n));
+        let host = self.add_ns(&format!("h{n}"));
+        run(&[
+            "ip", "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+            "netns", &host,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("198.18.{n}.1/24"),
+            "dev",
+            "lan",
+        ]);
+        run(&["ip", "-n", &router, "link", "set", "lan", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("198.18.{n}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &host,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("198.18.{n}.1"),
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        let masquerade = if symmetric {
+            "masquerade random"
+        } else {
+            "masquerade"
+        };
+        nft(
+            &router,
+            &format!(
+                "table ip nat {{
+                   chain post {{
+                     type nat hook postrouting priority 100; policy accept;
+                     oifname \"wan\" {masquerade}
+                   }}
+                 }}
+                 table inet filter {{
+                   chain input {{
+                     type filter hook input priority 0; policy drop;
+                     iifname \"lo\" accept
+                     iifname \"lan\" accept
+                     ct state established,related accept
+                   }}
+                   chain forward {{
+                     type filter hook forward priority 0; policy drop;
+                     iifname \"lan\" accept
+                     ct state established,related accept
+                   }}
+                 }}
+"
+            ),
+        );
+        host
+    }
+}
+
+fn in_ns(ns: &str, program: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// `curl` run inside `ns` (the test itself is not on the bridge).
+async fn curl(ns: &str, ca: &Path, url: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sum of `name` over the label sets whose line contains `labels`.
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(labels))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Bytes the site's namespace sent onto the internet so far.
+async fn site_tx(topo: &Topology) -> u64 {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.ns("site"),
+            "cat",
+            "/sys/class/net/wan/statistics/tx_bytes",
+        ])
+        .output()
+        .await
+        .expect("tx_bytes");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+struct Host {
+    ns: String,
+    cache: PathBuf,
+}
+
+impl Host {
+    async fn fetch(&self, ca: &Path, path: &str, out: &Path) -> (bool, String) {
+        let o = in_ns(&self.ns, &bin("peercache-host"))
+            .args(["fetch", "--server", &format!("https://{SITE}"), path, "-o"])
+            .arg(out)
+            .arg("--cache")
+            .arg(&self.cache)
+            .arg("--state")
+            .arg(state_for(&self.cache))
+            .arg("--ca-cert")
+            .arg(ca)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("fetch");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    async fn serve(&self, ca: &Path) -> (Proc, String) {
+        let mut cmd = in_ns(&self.ns, &bin("peercache-host"));
+        cmd.args([
+            "serve",
+            "--server",
+            &format!("https://{SITE}"),
+            "--listen",
+            "0.0.0.0:0",
+            "--cache",
+        ])
+        .arg(&self.cache)
+        .arg("--state")
+        .arg(state_for(&self.cache))
+        .arg("--ca-cert")
+        .arg(ca);
+        let proc = spawn_until(cmd, "announced").await.expect("serve");
+        let id = proc
+            .banner
+            .iter()
+            .find_map(|l| l.strip_prefix("peer id "))
+            .expect("peer id")
+            .to_string();
+        (proc, id)
+    }
+}
+
+fn make_certs(dir: &TempDir, ip: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n).display().to_string();
+    run(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=peercache test CA",
+    ]);
+    run(&[
+        "openssl",
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &p("site.key"),
+        "-out",
+        &p("site.csr"),
+        "-subj",
+        &format!("/CN={ip}"),
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
+    )
+    .expect("ext");
+    run(&[
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        &p("site.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("site.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("site.pem"),
+        dir.join("site.key"),
+    )
+}
+
+#[tokio::test]
+async fn peers_behind_home_routers_serve_each_other() {
+    let dir = TempDir::new("nat");
+    let mut topo = Topology {
+        prefix: format!("pcnat{}-", std::process::id()),
+        names: Vec::new(),
+    };
+    let inet = topo.add_ns("inet");
+    run(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"]);
+    run(&["ip", "-n", &inet, "link", "set", "br0", "up"]);
+    let site_ns = topo.on_internet("site", SITE, 2);
+    let public_ns = topo.on_internet("pub", PUBLIC_PEER, 10);
+    let h1 = topo.home(1, "203.0.113.21", false);
+    let h2 = topo.home(2, "203.0.113.22", false);
+    let h3 = topo.home(3, "203.0.113.23", true);
+    let h4 = topo.home(4, "203.0.113.24", true);
+
+    let (ca, cert, key) = make_certs(&dir, SITE);
+    let files: Vec<(String, Vec<u8>)> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("{n}.bin"), test_bytes(3 << 20, 300 + i as u64)))
+        .collect();
+    let list: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let root = peercache_tests::make_site(&dir, &list);
+    let bytes_of = |name: &str| {
+        files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .expect("file")
+    };
+
+    // The relay beside the server, and the server (it refers whenever a holder exists).
+    let mut cmd = in_ns(&site_ns, &bin("peercache-relay"));
+    cmd.args(["--listen", &format!("{SITE}:8443"), "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key);
+    let relay = spawn_until(cmd, "metrics on").await.expect("relay");
+    let relay_metrics = format!(
+        "http://{}/metrics",
+        relay
+            .banner
+            .iter()
+            .find_map(|l| l.strip_prefix("metrics on "))
+            .expect("relay metrics")
+    );
+    let mut cmd = in_ns(&site_ns, &bin("peercache-server"));
+    cmd.arg("--root")
+        .arg(&root)
+        .args(["--listen", &format!("{SITE}:443"), "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args([
+            "--no-relay",
+            "--relay-url",
+            &format!("https://{SITE}:8443/"),
+        ])
+        .args([
+            "--egress-limit",
+            "8MiB",
+            "--target-period",
+            "0s",
+            "--ping-interval",
+            "1s",
+        ])
+        .arg("--ca-cert")
+        .arg(&ca);
+    let server = spawn_until(cmd, "listening on").await.expect("server");
+    let site_url = format!("https://{SITE}");
+    // Bytes the relay delivered to peers (each of them also arrived from one).
+    let relayed = || async {
+        metric(
+            &curl(&site_ns, &ca, &relay_metrics).await,
+            "peercache_relay_bytes_total",
+            "to_peers",
+        )
+    };
+
+    let host = |ns: &str, name: &str| Host {
+        ns: ns.to_string(),
+        cache: dir.join(name),
+    };
+    let (holder1, downloader2) = (host(&h1, "h1"), host(&h2, "h2"));
+    let (sym3, sym4, public) = (host(&h3, "h3"), host(&h4, "h4"), host(&public_ns, "pub"));
+
+    // 1. A holder behind one home router serves a downloader behind another,
+    //    over a hole-punched direct path.
+    for f in ["/static/a.bin", "/static/b.bin"] {
+        let (ok, err) = holder1.fetch(&ca, f, &dir.join("h1.out")).await;
+        assert!(ok && err.contains("from the server"), "{err}");
+    }
+    let (_serve1, id1) = holder1.serve(&ca).await;
+    let before = relayed().await;
+    let (ok, err) = downloader2
+        .fetch(&ca, "/static/a.bin", &dir.join("h2.a"))
+        .await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("from peer {id1}")),
+        "from the NATed holder: {err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("h2.a")).expect("out"),
+        bytes_of("a.bin")
+    );
+    let through_relay = relayed().await - before;
+    let size = bytes_of("a.bin").len() as f64;
+    println!("home NAT to home NAT: the relay carried {through_relay} of {size} bytes");
+    assert!(
+        through_relay < size / 100.0,
+        "the relay carried {through_relay} bytes of {size}: the path went direct"
+    );
+
+    // 2. Symmetric NATs on both sides cannot punch: with a direct source (a
+    //    public peer) the client takes it and reports the relay-only one.
+    for f in ["/static/c.bin", "/static/d.bin"] {
+        let (ok, err) = sym3.fetch(&ca, f, &dir.join("h3.out")).await;
+        assert!(ok, "{err}");
+    }
+    let (_serve3, id3) = sym3.serve(&ca).await;
+    let (ok, err) = public
+        .fetch(&ca, "/static/c.bin", &dir.join("pub.out"))
+        .await;
+    assert!(ok, "{err}");
+    let (_serve_pub, id_pub) = public.serve(&ca).await;
+    let before = relayed().await;
+    let (ok, err) = sym4.fetch(&ca, "/static/c.bin", &dir.join("h4.c")).await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("from peer {id_pub}")),
+        "the direct source, not the relayed one ({id3}): {err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("h4.c")).expect("out"),
+        bytes_of("c.bin")
+    );
+    let through_relay = relayed().await - before;
+    let size = bytes_of("c.bin").len() as f64;
+    println!(
+        "symmetric client, public peer chosen: the relay carried {through_relay} of {size} bytes"
+    );
+    assert!(
+        through_relay < size / 10.0,
+        "the object did not go through the relay: it carried {through_relay} bytes of {size} (probes and the connection set-up)"
+    );
+    let c_hash = ObjectHash::of(&bytes_of("c.bin"));
+    let listed = curl(
+        &site_ns,
+        &ca,
+        &format!("{site_url}/v1/objects/{c_hash}/peers"),
+    )
+    .await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("peers json");
+    let h3_row = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["id"] == id3.as_str()).cloned())
+        .expect("h3 still listed");
+    assert_eq!(
+        h3_row["direct"], false,
+        "the client reported it relay-only: {listed}"
+    );
+    assert_eq!(
+        listed[0]["id"],
+        id_pub.as_str(),
+        "direct peers rank first: {listed}"
+    );
+
+    // 3. The server stops. Clients find NATed holders they met before: a
+    //    home-NAT one directly, a symmetric-NAT pair only through the relay,
+    //    whose bytes leave the site like any other.
+    let pid = server.child.id().expect("server pid");
+    run(&["kill", "-STOP", &pid.to_string()]);
+    let (ok, err) = downloader2
+        .fetch(&ca, "/static/b.bin", &dir.join("h2.b"))
+        .await;
+    let (tx_before, relay_before) = (site_tx(&topo).await, relayed().await);
+    let (ok4, err4) = sym4.fetch(&ca, "/static/d.bin", &dir.join("h4.d")).await;
+    let (tx_after, relay_after) = (site_tx(&topo).await, relayed().await);
+    run(&["kill", "-CONT", &pid.to_string()]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("from peer {id1}")),
+        "server down, NATed holder met before: {err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("h2.b")).expect("out"),
+        bytes_of("b.bin")
+    );
+    assert!(ok4, "{err4}");
+    assert!(
+        err4.contains(&format!("from peer {id3}")),
+        "through the relay: {err4}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("h4.d")).expect("out"),
+        bytes_of("d.bin")
+    );
+    let d = bytes_of("d.bin").len() as f64;
+    println!(
+        "symmetric pair, server stopped: the relay carried {} of {d} bytes; the site sent {} bytes",
+        relay_after - relay_before,
+        tx_after - tx_before
+    );
+    assert!(
+        relay_after - relay_before >= d,
+        "the relay carried the object: {}",
+        relay_after - relay_before
+    );
+    assert!(
+        (tx_after - tx_before) as f64 >= d,
+        "relayed bytes are site egress: the site sent {} bytes",
+        tx_after - tx_before
+    );
+    drop(server);
+    drop(relay);
+}
+
+#[tokio::test]
+async fn with_tls_the_server_runs_a_relay_and_hosts_register_through_it() {
+    let dir = TempDir::new("own-relay");
+    let (ca, cert, key) = make_certs(&dir, "127.0.0.1");
+    let data = test_bytes(200_000, 320);
+    let root = peercache_tests::make_site(&dir, &[("r.bin", &data)]);
+    let mut cmd = Command::new(bin("peercache-server"));
+    cmd.arg("--root")
+        .arg(&root)
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--ca-cert")
+        .arg(&ca);
+    let server = spawn_until(cmd, "listening on").await.expect("server");
+    let addr = server
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("listening on "))
+        .expect("addr")
+        .to_string();
+    let url = format!("https://{addr}");
+    let cache = dir.join("seed");
+    let out = Command::new(bin("peercache-host"))
+        .args(["fetch", "--server", &url, "/static/r.bin", "-o"])
+        .arg(dir.join("out"))
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--state")
+        .arg(state_for(&cache))
+        .arg("--ca-cert")
+        .arg(&ca)
+        .output()
+        .await
+        .expect("fetch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new(bin("peercache-host"));
+    cmd.args([
+        "serve",
+        "--server",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--cache",
+    ])
+    .arg(&cache)
+    .arg("--state")
+    .arg(state_for(&cache))
+    .arg("--ca-cert")
+    .arg(&ca);
+    let _peer = spawn_until(cmd, "announced").await.expect("serve");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca).expect("ca")).expect("pem"),
+        )
+        .build()
+        .expect("client");
+    let hash = ObjectHash::of(&data);
+    let holders: serde_json::Value = http
+        .get(format!("{url}/v1/objects/{hash}/peers"))
+        .send()
+        .await
+        .expect("peers")
+        .json()
+        .await
+        .expect("json");
+    let dial = holders[0]["addr"].as_str().expect("listed").to_string();
+    assert!(
+        dial.starts_with("peer:?relay=https://127.0.0.1:"),
+        "the host reached the site's relay and is listed with it: {dial}"
+    );
+    let stats: serde_json::Value = http
+        .get(format!("{url}/admin/stats.json"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["relays"].as_array().map(Vec::len), Some(1), "{stats}");
+    assert!(stats["relay_bytes_out"].is_u64());
+}
