@@ -16,7 +16,6 @@
 //! server is stopped.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use peercache_core::hash::ObjectHash;
 use peercache_tests::{Proc, TempDir, bin, spawn_until, state_for, test_bytes};
