@@ -14,6 +14,8 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+pub mod netns;
+
 /// Where the workspace binaries are.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PEERCACHE_BIN_DIR") {

@@ -1,0 +1,298 @@
+//! Peers as the internet has them, in network namespaces a test or benchmark
+//! makes and removes itself: an "internet" bridge on a documentation range
+//! (203.0.113.0/24), nodes on it, and home routers (nftables masquerade, an input
+//! chain that drops unsolicited packets as consumer routers do) with one host
+//! each on a benchmarking range (198.18.n.0/24). Needs root, `ip` and `nft`.
+
+use std::path::{Path, PathBuf};
+
+use tokio::process::Command;
+
+use crate::TempDir;
+
+/// The namespaces of one run, deleted on drop (their links go with them).
+#[derive(Debug)]
+pub struct Topology {
+    prefix: String,
+    names: Vec<String>,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status();
+        }
+    }
+}
+
+/// Runs a set-up command; panics with its error output if it fails.
+pub fn run(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed (this test needs root and nftables, as CI has): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn nft(ns: &str, rules: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("rules");
+    assert!(child.wait().expect("nft").success(), "nft in {ns}: {rules}");
+}
+
+impl Topology {
+    /// An empty topology whose namespaces are named `prefix` + name.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            names: Vec::new(),
+        }
+    }
+
+    /// The full name of namespace `name`.
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Adds an empty namespace (loopback up, IPv6 off).
+    pub fn add_ns(&mut self, name: &str) -> String {
+        let ns = self.ns(name);
+        run(&["ip", "netns", "add", &ns]);
+        self.names.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        for key in [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ] {
+            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", key]);
+        }
+        ns
+    }
+
+    /// A node on the "internet" bridge at `ip`.
+    pub fn on_internet(&mut self, name: &str, ip: &str, port: usize) -> String {
+        let ns = self.add_ns(name);
+        let inet = self.ns("inet");
+        let peer = format!("p{port}");
+        run(&[
+            "ip", "-n", &ns, "link", "add", "wan", "type", "veth", "peer", "name", &peer, "netns",
+            &inet,
+        ]);
+        run(&[
+            "ip", "-n", &inet, "link", "set", &peer, "master", "br0", "up",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "wan",
+        ]);
+        run(&["ip", "-n", &ns, "link", "set", "wan", "up"]);
+        ns
+    }
+
+    /// A home router at `wan_ip` with one host behind it on 198.18.`n`.0/24.
+    pub fn home(&mut self, n: u8, wan_ip: &str, symmetric: bool) -> String {
+        let router = self.on_internet(&format!("r{n}"), wan_ip, 20 + usize::from(n));
+        let host = self.add_ns(&format!("h{n}"));
+        run(&[
+            "ip", "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+            "netns", &host,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("198.18.{n}.1/24"),
+            "dev",
+            "lan",
+        ]);
+        run(&["ip", "-n", &router, "link", "set", "lan", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("198.18.{n}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &host,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("198.18.{n}.1"),
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        let masquerade = if symmetric {
+            "masquerade random"
+        } else {
+            "masquerade"
+        };
+        nft(
+            &router,
+            &format!(
+                "table ip nat {{
+                   chain post {{
+                     type nat hook postrouting priority 100; policy accept;
+                     oifname \"wan\" {masquerade}
+                   }}
+                 }}
+                 table inet filter {{
+                   chain input {{
+                     type filter hook input priority 0; policy drop;
+                     iifname \"lo\" accept
+                     iifname \"lan\" accept
+                     ct state established,related accept
+                   }}
+                   chain forward {{
+                     type filter hook forward priority 0; policy drop;
+                     iifname \"lan\" accept
+                     ct state established,related accept
+                   }}
+                 }}
+"
+            ),
+        );
+        host
+    }
+}
+
+/// `program` run inside `ns`.
+pub fn in_ns(ns: &str, program: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// `curl` run inside `ns` (the test itself is not on the bridge).
+pub async fn curl(ns: &str, ca: &Path, url: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sum of `name` over the label sets whose line contains `labels`.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(labels))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A test CA and a certificate for `ip` signed by it: (CA, certificate, key).
+pub fn make_certs(dir: &TempDir, ip: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n).display().to_string();
+    run(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=peercache test CA",
+    ]);
+    run(&[
+        "openssl",
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &p("site.key"),
+        "-out",
+        &p("site.csr"),
+        "-subj",
+        &format!("/CN={ip}"),
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
+    )
+    .expect("ext");
+    run(&[
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        &p("site.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("site.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("site.pem"),
+        dir.join("site.key"),
+    )
+}
