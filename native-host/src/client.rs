@@ -221,7 +221,8 @@ pub struct Client {
     dialer: Arc<peercache_net::PeerDialer>,
     serving: bool,
     slots: Option<Arc<Workload>>,
-    registered: Mutex<HashMap<String, bool>>,
+    /// Servers registered with, and the dial info they were given.
+    registered: Mutex<HashMap<String, Option<peercache_core::peer::DialInfo>>>,
     throughput: std::sync::Mutex<HashMap<String, Measured>>,
     policy: PeerPolicy,
     target_speed: Option<u64>,
@@ -422,22 +423,24 @@ impl Client {
         }
         let answer: RegisterResponse = resp.json().await?;
         self.knowledge.learn_relays(origin, &answer.relays);
+        let mut sent = req.dial;
         if !answer.relays.is_empty() {
             peercache_net::endpoint::add_relays(self.dialer.endpoint(), &answer.relays, RELAY_WAIT)
                 .await;
             let again = self.registration();
-            if self.serving && again.dial != req.dial {
+            if self.serving && again.dial != sent {
                 tracing::info!(dial = ?again.dial, "dial info changed; registering again");
                 let resp = self.signed_post(origin, "/v1/peers", &again).await?;
                 if !resp.status().is_success() {
                     return Err(FetchError::Status(resp.status().as_u16()));
                 }
+                sent = again.dial;
             }
         }
         self.registered
             .lock()
             .await
-            .insert(origin.to_string(), true);
+            .insert(origin.to_string(), sent);
         self.pin_server_key(origin).await;
         Ok(())
     }
@@ -473,13 +476,7 @@ impl Client {
         have: &[ObjectHash],
         dropped: &[ObjectHash],
     ) -> Result<Vec<ObjectHash>, FetchError> {
-        let known = self
-            .registered
-            .lock()
-            .await
-            .get(origin)
-            .copied()
-            .unwrap_or(false);
+        let known = self.registered.lock().await.contains_key(origin);
         if !known {
             self.register(origin).await?;
         }
@@ -505,9 +502,24 @@ impl Client {
 
     /// Re-announces everything cached to every server this host knows (heartbeat).
     pub async fn heartbeat(&self) {
-        let origins: Vec<String> = self.registered.lock().await.keys().cloned().collect();
+        let registered: Vec<(String, Option<peercache_core::peer::DialInfo>)> = self
+            .registered
+            .lock()
+            .await
+            .iter()
+            .map(|(o, d)| (o.clone(), d.clone()))
+            .collect();
         let have = self.cache.list().unwrap_or_default();
-        for origin in origins {
+        let now = self.registration().dial;
+        for (origin, dial) in registered {
+            // A new public address (the router's mapping changed, a new network):
+            // tell the server how to dial this host now.
+            if self.serving
+                && dial != now
+                && let Err(e) = self.register(&origin).await
+            {
+                tracing::warn!(%origin, error = %e, "re-registering failed");
+            }
             for chunk in have.chunks(5_000).chain(have.is_empty().then_some(&[][..])) {
                 if let Err(e) = self.announce(&origin, chunk, &[]).await {
                     tracing::warn!(%origin, error = %e, "heartbeat failed");

@@ -1,14 +1,16 @@
 //! `peercache-host`: the native host that runs beside the browser.
 //!
 //! Layout:
-//! - [`identity`]: the host's peer id, kept with its cache.
+//! - [`identity`]: the host's key (its peer id is the public half), kept in its
+//!   state directory; it signs registrations, announces and reports.
 //! - [`cache`]: the on-disk content cache (files named by hex hash, crash-safe writes).
 //! - [`client`]: the client protocol: ask the server, follow a referral to a peer,
 //!   verify every byte against the server's hash, fall back to the server, store,
 //!   announce and report.
 //! - [`download`]: verified multi-source downloads with resume (B1, B3).
 //! - [`peer_server`]: the "proxy server client": serves cached objects to other
-//!   peers by hash, with upload slots and `/metrics`.
+//!   peers by hash over QUIC connections dialed by this host's key
+//!   (`peercache_net`), with upload slots; no plain-TCP port.
 //! - [`gateway`]: the local gateway on 127.0.0.1 that the extension redirects
 //!   enrolled requests to (token and Host checked, enrolled origins only).
 //! - [`native`]: native messaging with the extension on stdin/stdout (framed, capped,
