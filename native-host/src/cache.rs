@@ -122,9 +122,25 @@ impl Cache {
         self.dir.join("objects").join(hash.to_hex())
     }
 
-    /// True if the object is cached.
+    /// True if the object is cached. An object another process stored in the
+    /// same cache since this one indexed it (a `fetch` beside a running `serve`:
+    /// one peer, one cache) is taken into the index here, so it is served at once.
+    /// Only verified objects are ever renamed into `objects/`.
     pub fn contains(&self, hash: &ObjectHash) -> bool {
-        self.lock().entries.contains_key(hash) && self.path_of(hash).is_file()
+        let Ok(meta) = std::fs::metadata(self.path_of(hash)) else {
+            return false;
+        };
+        if !meta.is_file() {
+            return false;
+        }
+        let mut idx = self.lock();
+        if !idx.entries.contains_key(hash) {
+            idx.tick += 1;
+            let tick = idx.tick;
+            idx.entries.insert(*hash, (meta.len(), tick));
+            idx.total += meta.len();
+        }
+        true
     }
 
     /// Marks an object as just used (for LRU).
@@ -273,6 +289,22 @@ mod tests {
 
     fn temp() -> PathBuf {
         std::env::temp_dir().join(format!("pc-cache-{}", rand::random::<u64>()))
+    }
+
+    #[test]
+    fn an_object_another_process_stored_is_seen_at_once() {
+        let dir = temp();
+        let serving = Cache::open(&dir).unwrap();
+        let fetching = Cache::open(&dir).unwrap();
+        let data = b"fetched beside a running serve";
+        let h = ObjectHash::of(data);
+        assert!(!serving.contains(&h));
+        fetching.put(&h, data).unwrap();
+        assert!(serving.contains(&h), "the serving process sees it");
+        assert_eq!(serving.total_bytes(), data.len() as u64);
+        assert!(serving.contains(&h));
+        assert_eq!(serving.total_bytes(), data.len() as u64, "counted once");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -159,6 +159,10 @@ pub struct ClientOptions {
     /// How long the server may stay silent before the client turns to peers it
     /// knows (M10); default [`DEFAULT_SERVER_TIMEOUT`].
     pub server_timeout: Option<Duration>,
+    /// Longest the client waits in total while the server defers it (503 +
+    /// `Retry-After`), before it asks for the bytes themselves; default
+    /// [`MAX_DEFERRAL`].
+    pub max_deferral: Option<Duration>,
 }
 
 /// How long the server may stay silent before the client turns to other peers.
@@ -227,6 +231,7 @@ pub struct Client {
     policy: PeerPolicy,
     target_speed: Option<u64>,
     server_timeout: Duration,
+    max_deferral: Duration,
     /// What this host remembers (pinned keys, records, auxiliary peers).
     pub knowledge: Arc<crate::knowledge::Knowledge>,
     /// Counters.
@@ -298,6 +303,7 @@ impl Client {
             policy: options.policy,
             target_speed: options.target_speed,
             server_timeout: options.server_timeout.unwrap_or(DEFAULT_SERVER_TIMEOUT),
+            max_deferral: options.max_deferral.unwrap_or(MAX_DEFERRAL),
             knowledge,
             counters,
             recent_peers: std::sync::Mutex::new(Vec::new()),
@@ -749,17 +755,15 @@ impl Client {
             bandwidth: None,
         };
         let mut waited = Duration::ZERO;
+        let mut as_client = true;
         let resp = loop {
-            let sent = tokio::time::timeout(
-                self.server_timeout,
-                self.http
-                    .get(url.clone())
-                    .header(headers::CLIENT, client_header.to_header_value())
-                    .send(),
-            )
-            .await;
+            let mut req = self.http.get(url.clone());
+            if as_client {
+                req = req.header(headers::CLIENT, client_header.to_header_value());
+            }
+            let sent = tokio::time::timeout(self.server_timeout, req.send()).await;
             match sent {
-                Ok(Ok(r)) if r.status().as_u16() == 503 && waited < MAX_DEFERRAL => {
+                Ok(Ok(r)) if r.status().as_u16() == 503 && waited < self.max_deferral => {
                     // The server says the object is on its way to another client:
                     // wait as told, then ask again to be referred to that client.
                     let secs = r
@@ -769,8 +773,8 @@ impl Client {
                         .and_then(|v| v.parse::<u64>().ok());
                     match secs {
                         Some(secs) => {
-                            let wait =
-                                Duration::from_secs(secs.clamp(1, 30)).min(MAX_DEFERRAL - waited);
+                            let wait = Duration::from_secs(secs.clamp(1, 30))
+                                .min(self.max_deferral - waited);
                             tracing::info!(?wait, "server deferred the request");
                             tokio::time::sleep(wait).await;
                             waited += wait;
@@ -780,6 +784,20 @@ impl Client {
                             return self.open_without_server(origin, url).await;
                         }
                     }
+                }
+                Ok(Ok(r))
+                    if r.status().as_u16() == 503
+                        && as_client
+                        && r.headers().contains_key(reqwest::header::RETRY_AFTER) =>
+                {
+                    // Deferred as long as deferral can pay: ask for the bytes
+                    // themselves, which the server always sends (never fail here).
+                    tracing::info!(
+                        ?waited,
+                        "deferred long enough; asking the server for the bytes"
+                    );
+                    counter!("peercache_deferrals_given_up_total").increment(1);
+                    as_client = false;
                 }
                 Ok(Ok(r)) if !matches!(r.status().as_u16(), 502..=504) => break r,
                 Ok(Err(e)) if !(e.is_connect() || e.is_timeout()) => {

@@ -92,6 +92,11 @@ enum Command {
         /// Extra trusted root certificate (PEM).
         #[arg(long, env = "PEERCACHE_CA_CERT")]
         ca_cert: Option<PathBuf>,
+        /// Longest total wait while the server defers this download (the object
+        /// is on its way to another client), e.g. `20s` [default: 60s]; then the
+        /// bytes come from the server.
+        #[arg(long, env = "PEERCACHE_MAX_DEFERRAL")]
+        max_deferral: Option<String>,
     },
     /// Register this binary as the native-messaging host of a browser.
     Install {
@@ -303,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
             cache,
             state,
             ca_cert,
+            max_deferral,
         } => {
             if !path.starts_with('/') {
                 bail!("PATH must start with '/': {path:?}");
@@ -312,6 +318,9 @@ async fn main() -> anyhow::Result<()> {
                 state.unwrap_or_else(peercache_host::identity::default_state_dir),
             );
             options.ca_cert = ca_cert;
+            if let Some(s) = max_deferral {
+                options.max_deferral = Some(peercache_core::units::parse_duration(&s)?);
+            }
             let node = node::start(options).await?;
             let url = format!("{}{path}", server.trim_end_matches('/'));
             let fetched = download_to_file(&node.client, &url, &output).await;

@@ -48,6 +48,8 @@ pub struct NodeOptions {
     pub target_speed: Option<u64>,
     /// How long the server may stay silent before peers are asked.
     pub server_timeout: Option<Duration>,
+    /// Longest total wait while the server defers this client.
+    pub max_deferral: Option<Duration>,
     /// Requests per second one requester may make to the peer server.
     pub requester_rate: Option<f64>,
     /// Heartbeat interval.
@@ -74,6 +76,7 @@ impl NodeOptions {
             policy: crate::client::PeerPolicy::Fastest,
             target_speed: None,
             server_timeout: None,
+            max_deferral: None,
             requester_rate: None,
             heartbeat: Duration::from_secs(20),
             metrics: None,
@@ -204,6 +207,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             policy: options.policy,
             target_speed: options.target_speed,
             server_timeout: options.server_timeout,
+            max_deferral: options.max_deferral,
         },
         counters.clone(),
         Some(slots.clone()),

@@ -217,3 +217,110 @@ async fn failures_exit_non_zero_with_a_reason_and_leave_no_file() {
     assert!(!ok);
     assert_eq!(std::fs::read(&out).unwrap(), b"previous");
 }
+
+#[tokio::test]
+async fn a_fetch_beside_a_running_serve_is_served_at_once_by_the_same_peer() {
+    let dir = TempDir::new("cli-one-peer");
+    let a = test_bytes(200_000, 41);
+    let b = test_bytes(300_000, 42);
+    let root = make_site(&dir, &[("a.bin", &a), ("b.bin", &b)]);
+    let server = spawn_server(&root, &["--egress-limit", "8MiB", "--target-period", "0s"])
+        .await
+        .unwrap();
+    let peer = seed_peer(
+        &server.url,
+        "/static/a.bin",
+        &dir.join("a.out"),
+        &dir.join("seed"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let listed = |hash: peercache_core::ObjectHash| {
+        let url = format!("{}/v1/objects/{hash}/peers", server.url);
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let serving = listed(peercache_core::ObjectHash::of(&a)).await;
+    assert_eq!(serving[0]["id"], peer.id.as_str());
+    // A fetch into the serving peer's cache, as the same peer (same key).
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/b.bin",
+        &dir.join("b.out"),
+        &dir.join("seed"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let holders = listed(peercache_core::ObjectHash::of(&b)).await;
+    assert_eq!(
+        holders[0]["id"],
+        peer.id.as_str(),
+        "announced at once: {holders}"
+    );
+    assert_eq!(
+        holders[0]["addr"], serving[0]["addr"],
+        "the fetch did not erase the serving listing"
+    );
+    // And the running serve serves it.
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/b.bin",
+        &dir.join("c.out"),
+        &dir.join("c"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("from peer {}", peer.id)), "{err}");
+    assert_eq!(std::fs::read(dir.join("c.out")).unwrap(), b);
+}
+
+#[tokio::test]
+async fn a_client_deferred_too_long_gets_the_bytes_from_the_server() {
+    let dir = TempDir::new("cli-deferred");
+    let data = test_bytes(1 << 20, 43);
+    let root = make_site(&dir, &[("d.bin", &data)]);
+    // 1 MiB at 256 KiB/s takes 4 s > the 1 s period: while it is on its way to
+    // the first client, a second referral-capable client is deferred.
+    let server = spawn_server(
+        &root,
+        &["--egress-limit", "256KiB", "--target-period", "1s"],
+    )
+    .await
+    .unwrap();
+    let first = tokio::spawn({
+        let (url, out, cache) = (server.url.clone(), dir.join("first.out"), dir.join("first"));
+        async move { fetch_cli(&url, "/static/d.bin", &out, &cache).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let cache = dir.join("second");
+    let second = tokio::process::Command::new(peercache_tests::bin("peercache-host"))
+        .args(["fetch", "--server", &server.url, "/static/d.bin", "-o"])
+        .arg(dir.join("second.out"))
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--state")
+        .arg(peercache_tests::state_for(&cache))
+        .env("PEERCACHE_MAX_DEFERRAL", "2s")
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "never failed: {err}");
+    assert!(err.contains("deferred long enough"), "{err}");
+    assert!(err.contains("from the server"), "{err}");
+    assert_eq!(std::fs::read(dir.join("second.out")).unwrap(), data);
+    let (ok, err) = first.await.unwrap().unwrap();
+    assert!(ok, "{err}");
+    let m = metrics(&server.url).await.unwrap();
+    assert!(m["peercache_requests_deferred_total"] >= 1.0, "{m:?}");
+}
