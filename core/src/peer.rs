@@ -184,6 +184,16 @@ pub struct PeerResponse {
 }
 
 impl PeerResponse {
+    /// An `ok` answer whose `body_len` bytes follow.
+    pub fn body(body_len: u64, load: Option<Load>) -> Self {
+        Self {
+            status: PeerStatus::Ok,
+            load,
+            size: None,
+            body_len,
+        }
+    }
+
     /// An answer without body.
     pub fn status(status: PeerStatus, load: Option<Load>) -> Self {
         Self {

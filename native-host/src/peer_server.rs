@@ -163,13 +163,7 @@ async fn serve_stream(
             };
             match ob {
                 Some(ob) => {
-                    let header = PeerResponse {
-                        status: PeerStatus::Ok,
-                        load,
-                        size: None,
-                        body_len: ob.len() as u64,
-                    };
-                    answer(&mut send, &header, &ob).await
+                    answer(&mut send, &PeerResponse::body(ob.len() as u64, load), &ob).await
                 }
                 None => {
                     answer(
@@ -190,13 +184,12 @@ async fn serve_stream(
                     return answer(&mut send, &bad, &[]).await;
                 }
             };
-            let header = PeerResponse {
-                status: PeerStatus::Ok,
-                load,
-                size: None,
-                body_len: body.len() as u64,
-            };
-            answer(&mut send, &header, &body).await
+            answer(
+                &mut send,
+                &PeerResponse::body(body.len() as u64, load),
+                &body,
+            )
+            .await
         }
         PeerRequest::Object { hash, range } => {
             upload(state, requester, &mut send, hash, range).await
@@ -323,10 +316,8 @@ async fn upload(
             .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
     }
     let header = PeerResponse {
-        status: PeerStatus::Ok,
-        load: Some(state.slots.load()),
         size: Some(size),
-        body_len: len,
+        ..PeerResponse::body(len, Some(state.slots.load()))
     };
     write_frame(send, &header).await?;
     counter!("peercache_uploads_total").increment(1);

@@ -296,3 +296,108 @@ pub fn make_certs(dir: &TempDir, ip: &str) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("site.key"),
     )
 }
+
+/// The site's address on the "internet".
+pub const SITE_IP: &str = "203.0.113.2";
+/// The public peer's address.
+pub const PUBLIC_IP: &str = "203.0.113.10";
+
+/// The standard lab: the internet bridge; the site (`peercache-server` with TLS
+/// and `peercache-relay` beside it, so relaying survives a stopped server); a
+/// node with a public address; hosts h1 and h2 behind home routers, h3 and h4
+/// behind symmetric NATs.
+#[derive(Debug)]
+pub struct Lab {
+    /// The namespaces (removed on drop, after the processes).
+    pub topology: Topology,
+    /// The site's namespace.
+    pub site_ns: String,
+    /// The public node's namespace.
+    pub public_ns: String,
+    /// h1..h4.
+    pub hosts: [String; 4],
+    /// The test CA (hosts trust the site and relay with it).
+    pub ca: PathBuf,
+    /// The relay's URL.
+    pub relay_url: String,
+    /// The relay's `/metrics`, reachable from the site's namespace.
+    pub relay_metrics: String,
+    /// The relay process.
+    pub relay: crate::Proc,
+    /// The server process.
+    pub server: crate::Proc,
+}
+
+impl Lab {
+    /// Builds the lab and starts the relay (`relay_args` added) and the server
+    /// serving `root` (`server_args` added).
+    pub async fn start(
+        dir: &TempDir,
+        prefix: &str,
+        root: &Path,
+        relay_args: &[&str],
+        server_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut topology = Topology::new(prefix);
+        let inet = topology.add_ns("inet");
+        run(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", &inet, "link", "set", "br0", "up"]);
+        let site_ns = topology.on_internet("site", SITE_IP, 2);
+        let public_ns = topology.on_internet("pub", PUBLIC_IP, 10);
+        let hosts = [
+            topology.home(1, "203.0.113.21", false),
+            topology.home(2, "203.0.113.22", false),
+            topology.home(3, "203.0.113.23", true),
+            topology.home(4, "203.0.113.24", true),
+        ];
+        let (ca, cert, key) = make_certs(dir, SITE_IP);
+        let relay_url = format!("https://{SITE_IP}:8443/");
+        let mut cmd = in_ns(&site_ns, &crate::bin("peercache-relay"));
+        cmd.args(["--listen", &format!("{SITE_IP}:8443"), "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .args(relay_args);
+        let relay = crate::spawn_until(cmd, "metrics on").await?;
+        let relay_metrics = format!(
+            "http://{}/metrics",
+            relay
+                .banner
+                .iter()
+                .find_map(|l| l.strip_prefix("metrics on "))
+                .unwrap_or_default()
+        );
+        let mut cmd = in_ns(&site_ns, &crate::bin("peercache-server"));
+        cmd.arg("--root")
+            .arg(root)
+            .args(["--listen", &format!("{SITE_IP}:443"), "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .args(["--no-relay", "--relay-url", &relay_url, "--ca-cert"])
+            .arg(&ca)
+            .args(server_args);
+        let server = crate::spawn_until(cmd, "listening on").await?;
+        Ok(Self {
+            topology,
+            site_ns,
+            public_ns,
+            hosts,
+            ca,
+            relay_url,
+            relay_metrics,
+            relay,
+            server,
+        })
+    }
+
+    /// Payload bytes the relay delivered to peers so far (each of them also
+    /// arrived from one).
+    pub async fn relayed(&self) -> f64 {
+        metric(
+            &curl(&self.site_ns, &self.ca, &self.relay_metrics).await,
+            "peercache_relay_bytes_total",
+            "to_peers",
+        )
+    }
+}

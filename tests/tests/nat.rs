@@ -18,20 +18,19 @@
 use std::path::{Path, PathBuf};
 
 use peercache_core::hash::ObjectHash;
-use peercache_tests::netns::{Topology, curl, in_ns, make_certs, metric, run};
+use peercache_tests::netns::{Lab, curl, in_ns, make_certs, run};
 use peercache_tests::{Proc, TempDir, bin, spawn_until, state_for, test_bytes};
 use tokio::process::Command;
 
-const SITE: &str = "203.0.113.2";
-const PUBLIC_PEER: &str = "203.0.113.10";
+const SITE: &str = peercache_tests::netns::SITE_IP;
 
 /// Bytes the site's namespace sent onto the internet so far.
-async fn site_tx(topo: &Topology) -> u64 {
+async fn site_tx(site_ns: &str) -> u64 {
     let out = Command::new("ip")
         .args([
             "netns",
             "exec",
-            &topo.ns("site"),
+            site_ns,
             "cat",
             "/sys/class/net/wan/statistics/tx_bytes",
         ])
@@ -99,18 +98,6 @@ impl Host {
 #[tokio::test]
 async fn peers_behind_home_routers_serve_each_other() {
     let dir = TempDir::new("nat");
-    let mut topo = Topology::new(&format!("pcnat{}-", std::process::id()));
-    let inet = topo.add_ns("inet");
-    run(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"]);
-    run(&["ip", "-n", &inet, "link", "set", "br0", "up"]);
-    let site_ns = topo.on_internet("site", SITE, 2);
-    let public_ns = topo.on_internet("pub", PUBLIC_PEER, 10);
-    let h1 = topo.home(1, "203.0.113.21", false);
-    let h2 = topo.home(2, "203.0.113.22", false);
-    let h3 = topo.home(3, "203.0.113.23", true);
-    let h4 = topo.home(4, "203.0.113.24", true);
-
-    let (ca, cert, key) = make_certs(&dir, SITE);
     let files: Vec<(String, Vec<u8>)> = ["a", "b", "c", "d"]
         .iter()
         .enumerate()
@@ -130,52 +117,27 @@ async fn peers_behind_home_routers_serve_each_other() {
     };
 
     // The relay beside the server, and the server (it refers whenever a holder exists).
-    let mut cmd = in_ns(&site_ns, &bin("peercache-relay"));
-    cmd.args(["--listen", &format!("{SITE}:8443"), "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key);
-    let relay = spawn_until(cmd, "metrics on").await.expect("relay");
-    let relay_metrics = format!(
-        "http://{}/metrics",
-        relay
-            .banner
-            .iter()
-            .find_map(|l| l.strip_prefix("metrics on "))
-            .expect("relay metrics")
-    );
-    let mut cmd = in_ns(&site_ns, &bin("peercache-server"));
-    cmd.arg("--root")
-        .arg(&root)
-        .args(["--listen", &format!("{SITE}:443"), "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .args([
-            "--no-relay",
-            "--relay-url",
-            &format!("https://{SITE}:8443/"),
-        ])
-        .args([
+    let lab = Lab::start(
+        &dir,
+        &format!("pcnat{}-", std::process::id()),
+        &root,
+        &[],
+        &[
             "--egress-limit",
             "8MiB",
             "--target-period",
             "0s",
             "--ping-interval",
             "1s",
-        ])
-        .arg("--ca-cert")
-        .arg(&ca);
-    let server = spawn_until(cmd, "listening on").await.expect("server");
+        ],
+    )
+    .await
+    .expect("lab");
+    let (ca, site_ns) = (lab.ca.clone(), lab.site_ns.clone());
+    let [h1, h2, h3, h4] = lab.hosts.clone();
+    let public_ns = lab.public_ns.clone();
     let site_url = format!("https://{SITE}");
-    // Bytes the relay delivered to peers (each of them also arrived from one).
-    let relayed = || async {
-        metric(
-            &curl(&site_ns, &ca, &relay_metrics).await,
-            "peercache_relay_bytes_total",
-            "to_peers",
-        )
-    };
+    let relayed = || lab.relayed();
 
     let host = |ns: &str, name: &str| Host {
         ns: ns.to_string(),
@@ -269,14 +231,14 @@ async fn peers_behind_home_routers_serve_each_other() {
     // 3. The server stops. Clients find NATed holders they met before: a
     //    home-NAT one directly, a symmetric-NAT pair only through the relay,
     //    whose bytes leave the site like any other.
-    let pid = server.child.id().expect("server pid");
+    let pid = lab.server.child.id().expect("server pid");
     run(&["kill", "-STOP", &pid.to_string()]);
     let (ok, err) = downloader2
         .fetch(&ca, "/static/b.bin", &dir.join("h2.b"))
         .await;
-    let (tx_before, relay_before) = (site_tx(&topo).await, relayed().await);
+    let (tx_before, relay_before) = (site_tx(&site_ns).await, relayed().await);
     let (ok4, err4) = sym4.fetch(&ca, "/static/d.bin", &dir.join("h4.d")).await;
-    let (tx_after, relay_after) = (site_tx(&topo).await, relayed().await);
+    let (tx_after, relay_after) = (site_tx(&site_ns).await, relayed().await);
     run(&["kill", "-CONT", &pid.to_string()]);
     assert!(ok, "{err}");
     assert!(
@@ -312,8 +274,7 @@ async fn peers_behind_home_routers_serve_each_other() {
         "relayed bytes are site egress: the site sent {} bytes",
         tx_after - tx_before
     );
-    drop(server);
-    drop(relay);
+    drop(lab);
 }
 
 #[tokio::test]

@@ -10,6 +10,24 @@ use peercache_tests::{
     spawn_server, test_bytes,
 };
 
+/// A server that refers whenever a holder exists (a target period of 0 s) and
+/// does not ping.
+async fn referring_server(root: &std::path::Path) -> peercache_tests::Server {
+    spawn_server(
+        root,
+        &[
+            "--ping-interval",
+            "0s",
+            "--egress-limit",
+            "8MiB",
+            "--target-period",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap()
+}
+
 async fn holders(server: &str, hash: &ObjectHash) -> Vec<serde_json::Value> {
     let v: serde_json::Value = reqwest::get(format!("{server}/v1/objects/{hash}/peers"))
         .await
@@ -332,19 +350,7 @@ async fn liars_are_delisted_and_announce_floods_are_refused() {
     let data = test_bytes(10_000, 15);
     let hash = ObjectHash::of(&data);
     let root = make_site(&dir, &[("a.bin", &data)]);
-    let server = spawn_server(
-        &root,
-        &[
-            "--ping-interval",
-            "0s",
-            "--egress-limit",
-            "8MiB",
-            "--target-period",
-            "0s",
-        ],
-    )
-    .await
-    .unwrap();
+    let server = referring_server(&root).await;
     let liar = TestKey::new(60);
     register_and_fetch(&server.url, &liar, Some(40100), "/static/a.bin")
         .await
@@ -405,19 +411,7 @@ async fn a_peer_is_its_key_and_only_referred_clients_count() {
     let data = test_bytes(10_000, 16);
     let hash = ObjectHash::of(&data);
     let root = make_site(&dir, &[("a.bin", &data)]);
-    let server = spawn_server(
-        &root,
-        &[
-            "--ping-interval",
-            "0s",
-            "--egress-limit",
-            "8MiB",
-            "--target-period",
-            "0s",
-        ],
-    )
-    .await
-    .unwrap();
+    let server = referring_server(&root).await;
     let holder = TestKey::new(80);
     let mallory = TestKey::new(81);
     register_and_fetch(&server.url, &holder, Some(40200), "/static/a.bin")

@@ -19,10 +19,11 @@ use anyhow::{Context, bail};
 use peercache_core::hash::ObjectHash;
 use peercache_core::peer::DialInfo;
 use peercache_core::protocol::RelayInfo;
-use peercache_tests::netns::{Topology, in_ns, make_certs, run};
+use peercache_tests::netns::{Lab, in_ns};
 use peercache_tests::{TempDir, bin, spawn_until, state_for, test_bytes};
 
-const SITE: &str = "203.0.113.2";
+const SITE: &str = peercache_tests::netns::SITE_IP;
+
 const SIZE: usize = 32 << 20;
 
 /// One measurement, as the probe prints it.
@@ -178,51 +179,21 @@ async fn listed_dial(
 /// The whole benchmark.
 pub async fn bench() -> anyhow::Result<()> {
     let dir = TempDir::new("bench-nat");
-    let mut topo = Topology::new(&format!("pcbn{}-", std::process::id()));
-    let inet = topo.add_ns("inet");
-    run(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"]);
-    run(&["ip", "-n", &inet, "link", "set", "br0", "up"]);
-    let site_ns = topo.on_internet("site", SITE, 2);
-    let public_ns = topo.on_internet("pub", "203.0.113.10", 10);
-    let h1 = topo.home(1, "203.0.113.21", false);
-    let h2 = topo.home(2, "203.0.113.22", false);
-    let h3 = topo.home(3, "203.0.113.23", true);
-    let h4 = topo.home(4, "203.0.113.24", true);
-    let (ca, cert, key) = make_certs(&dir, SITE);
     let data = test_bytes(SIZE, 777);
     let hash = ObjectHash::of(&data);
     let root = peercache_tests::make_site(&dir, &[("x.bin", &data)]);
-    let relay_url = format!("https://{SITE}:8443/");
-
-    let mut cmd = in_ns(&site_ns, &bin("peercache-relay"));
-    cmd.args([
-        "--listen",
-        &format!("{SITE}:8443"),
-        "--rate",
-        "1GiB",
-        "--tls-cert",
-    ])
-    .arg(&cert)
-    .arg("--tls-key")
-    .arg(&key);
-    let _relay = spawn_until(cmd, "metrics on").await?;
-    let mut cmd = in_ns(&site_ns, &bin("peercache-server"));
-    cmd.arg("--root")
-        .arg(&root)
-        .args(["--listen", &format!("{SITE}:443"), "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .args([
-            "--no-relay",
-            "--relay-url",
-            &relay_url,
-            "--ping-interval",
-            "0s",
-        ])
-        .arg("--ca-cert")
-        .arg(&ca);
-    let _server = spawn_until(cmd, "listening on").await?;
+    // The relay uncapped: the transport itself is measured.
+    let lab = Lab::start(
+        &dir,
+        &format!("pcbn{}-", std::process::id()),
+        &root,
+        &["--rate", "1GiB"],
+        &["--ping-interval", "0s"],
+    )
+    .await?;
+    let (ca, site_ns, relay_url) = (lab.ca.clone(), lab.site_ns.clone(), lab.relay_url.clone());
+    let [h1, h2, h3, h4] = lab.hosts.clone();
+    let public_ns = lab.public_ns.clone();
 
     let (_p1, id1) = holder(&h1, &dir, "h1", &ca).await?;
     let (_p3, id3) = holder(&h3, &dir, "h3", &ca).await?;
@@ -289,6 +260,6 @@ pub async fn bench() -> anyhow::Result<()> {
         relayed / get,
         relayed / direct
     );
-    drop(topo);
+    drop(lab);
     Ok(())
 }
