@@ -874,6 +874,7 @@ impl Client {
             hash,
             size,
             peers,
+            floor: crate::download::floor_for(referral.target_speed),
         };
         Ok(self.spawn_download(plan, content_type, Some(url)))
     }
@@ -1014,6 +1015,8 @@ impl Client {
             hash,
             size,
             peers: probed,
+            // With the server down, a slow peer is still better than none.
+            floor: 0,
         };
         self.knowledge.keep_record(&record);
         Ok(self.spawn_download(plan, content_type, None))

@@ -62,13 +62,39 @@ pub struct Plan {
     pub size: u64,
     /// Peers, best first.
     pub peers: Vec<Proxy>,
+    /// Bytes per second below which a peer loses its work (see [`floor_for`]).
+    pub floor: u64,
 }
+
+/// The slowest a peer may deliver, for a referral's target speed: a sixteenth
+/// of it, within 16..256 KiB/s (a target speed from a 0 s period would
+/// otherwise be unreachable, and a modest home uplink must stay usable). A peer below it for [`FLOOR_WINDOW`] hands the
+/// rest of its ranges to the next source (issue 13: a trickling peer costs a
+/// download at most that long). The server, the last resort, has no floor.
+pub fn floor_for(target_speed: u64) -> u64 {
+    (target_speed / 16).clamp(16 * 1024, 256 * 1024)
+}
+
+/// How long a peer's delivery is measured against the floor.
+pub const FLOOR_WINDOW: Duration = Duration::from_secs(3);
+/// How often an idle read wakes up to check the stall and the floor.
+const TICK: Duration = Duration::from_millis(500);
 
 /// One source: the server over HTTP, or a peer over its QUIC connection.
 #[derive(Debug, Clone)]
 struct SourceRef {
     id: String,
     kind: SourceKind,
+}
+
+#[cfg(test)]
+mod floor_tests {
+    #[test]
+    fn the_floor_follows_the_target_within_bounds() {
+        assert_eq!(super::floor_for(0), 16 * 1024);
+        assert_eq!(super::floor_for(1 << 20), 64 * 1024);
+        assert_eq!(super::floor_for(u64::MAX), 256 * 1024);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -262,21 +288,46 @@ async fn worker_inner(job: &Job, source: &SourceRef) -> Result<(), WorkerError> 
             // Verified groups are written in batches of up to a segment (1 MiB).
             let mut batch = BytesMut::new();
             let mut batch_start = g;
+            let floor = if source.is_server() {
+                0
+            } else {
+                job.plan.floor
+            };
+            let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
+            let mut idle = Duration::ZERO;
             while g < g1 {
                 let need = group_len(size, g) as usize;
                 while buf.len() < need {
-                    let next = tokio::time::timeout(STALL, stream.next()).await;
-                    let failure = match next {
+                    let next = tokio::time::timeout(TICK, stream.next()).await;
+                    let mut failure = match next {
                         Ok(Some(Ok(chunk))) => {
+                            window_bytes += chunk.len() as u64;
+                            idle = Duration::ZERO;
                             buf.extend_from_slice(&chunk);
-                            continue;
+                            None
                         }
-                        Ok(Some(Err(e))) => e,
-                        Ok(None) => "stream ended early".to_string(),
-                        Err(_) => "stalled".to_string(),
+                        Ok(Some(Err(e))) => Some(e),
+                        Ok(None) => Some("stream ended early".to_string()),
+                        Err(_) => {
+                            idle += TICK;
+                            (idle >= STALL).then(|| "stalled".to_string())
+                        }
                     };
-                    flush(job, source, &mut batch, batch_start, g).await?;
-                    return Err(WorkerError::Failed(failure));
+                    let measured = window_start.elapsed();
+                    if failure.is_none() && floor > 0 && measured >= FLOOR_WINDOW {
+                        let rate = window_bytes as f64 / measured.as_secs_f64();
+                        if rate < floor as f64 {
+                            counter!("peercache_slow_sources_dropped_total").increment(1);
+                            failure = Some(format!(
+                                "too slow: {rate:.0} B/s, below the {floor} B/s floor"
+                            ));
+                        }
+                        (window_start, window_bytes) = (Instant::now(), 0);
+                    }
+                    if let Some(failure) = failure {
+                        flush(job, source, &mut batch, batch_start, g).await?;
+                        return Err(WorkerError::Failed(failure));
+                    }
                 }
                 let bytes = buf.split_to(need).freeze();
                 if !verify_group(&job.plan.hash, size, &job.cvs, g, &bytes) {

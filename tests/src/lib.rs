@@ -630,6 +630,8 @@ pub struct FakePeer {
 #[derive(Debug, Clone)]
 struct FakeHandler {
     ping_delay: Duration,
+    /// An object it holds, its outboard, and the pause after each byte it sends.
+    object: Option<std::sync::Arc<(peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration)>>,
 }
 
 impl iroh::protocol::ProtocolHandler for FakeHandler {
@@ -640,23 +642,56 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
         use peercache_core::peer::{PeerRequest, PeerResponse, PeerStatus};
         use peercache_net::wire::{read_frame, write_frame};
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let delay = self.ping_delay;
+            let (delay, object) = (self.ping_delay, self.object.clone());
             tokio::spawn(async move {
                 let Ok(req) = read_frame::<PeerRequest>(&mut recv).await else {
                     return;
-                };
-                let status = match req {
-                    PeerRequest::Ping => {
-                        tokio::time::sleep(delay).await;
-                        PeerStatus::Ok
-                    }
-                    _ => PeerStatus::NotHeld,
                 };
                 let load = Some(peercache_core::protocol::Load {
                     active: 0,
                     limit: 4,
                 });
-                let _ = write_frame(&mut send, &PeerResponse::status(status, load)).await;
+                let held = |h: &peercache_core::ObjectHash| object.as_ref().filter(|o| o.0 == *h);
+                let (header, body, pause) = match req {
+                    PeerRequest::Ping => {
+                        tokio::time::sleep(delay).await;
+                        (PeerResponse::status(PeerStatus::Ok, load), Vec::new(), None)
+                    }
+                    PeerRequest::Outboard { hash } if held(&hash).is_some() => {
+                        let ob = held(&hash).map(|o| o.2.clone()).unwrap_or_default();
+                        (PeerResponse::body(ob.len() as u64, load), ob, None)
+                    }
+                    PeerRequest::Object { hash, range } if held(&hash).is_some() => {
+                        let Some(o) = held(&hash) else { return };
+                        let (a, b) = range.unwrap_or((0, o.1.len() as u64 - 1));
+                        let bytes = o.1[a as usize..=b as usize].to_vec();
+                        let header = PeerResponse {
+                            size: Some(o.1.len() as u64),
+                            ..PeerResponse::body(bytes.len() as u64, load)
+                        };
+                        (header, bytes, Some(o.3))
+                    }
+                    _ => (
+                        PeerResponse::status(PeerStatus::NotHeld, load),
+                        Vec::new(),
+                        None,
+                    ),
+                };
+                let _ = write_frame(&mut send, &header).await;
+                match pause {
+                    // The right bytes, one at a time.
+                    Some(pause) => {
+                        for byte in body {
+                            if send.write_all(&[byte]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    None => {
+                        let _ = send.write_all(&body).await;
+                    }
+                }
                 let _ = send.finish();
                 let _ = send.stopped().await;
             });
@@ -667,6 +702,31 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
 
 /// Starts a [`FakePeer`] on 127.0.0.1.
 pub async fn spawn_fake_peer(key: TestKey, ping_delay: Duration) -> anyhow::Result<FakePeer> {
+    spawn_fake_holder(key, ping_delay, None).await
+}
+
+/// Starts a [`FakePeer`] that holds `object` (its true bytes and outboard) and
+/// sends it one byte per `pause`: a peer that trickles.
+pub async fn spawn_trickling_holder(
+    key: TestKey,
+    object: &[u8],
+    pause: Duration,
+) -> anyhow::Result<FakePeer> {
+    let outboard = peercache_core::verified::outboard_from_reader(object, object.len() as u64)?;
+    let held = (
+        peercache_core::ObjectHash::of(object),
+        object.to_vec(),
+        outboard,
+        pause,
+    );
+    spawn_fake_holder(key, Duration::ZERO, Some(std::sync::Arc::new(held))).await
+}
+
+async fn spawn_fake_holder(
+    key: TestKey,
+    ping_delay: Duration,
+    object: Option<std::sync::Arc<(peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration)>>,
+) -> anyhow::Result<FakePeer> {
     let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
         secret: key.secret,
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -676,7 +736,10 @@ pub async fn spawn_fake_peer(key: TestKey, ping_delay: Duration) -> anyhow::Resu
     .await?;
     let port = peercache_net::endpoint::bound_port(&endpoint).context("no port")?;
     let router = iroh::protocol::Router::builder(endpoint)
-        .accept(peercache_core::peer::ALPN, FakeHandler { ping_delay })
+        .accept(
+            peercache_core::peer::ALPN,
+            FakeHandler { ping_delay, object },
+        )
         .spawn();
     Ok(FakePeer {
         key,

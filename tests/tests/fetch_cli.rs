@@ -324,3 +324,48 @@ async fn a_client_deferred_too_long_gets_the_bytes_from_the_server() {
     let m = metrics(&server.url).await.unwrap();
     assert!(m["peercache_requests_deferred_total"] >= 1.0, "{m:?}");
 }
+
+#[tokio::test]
+async fn a_peer_that_trickles_loses_its_work_within_a_bounded_time() {
+    let dir = TempDir::new("cli-trickle");
+    let data = test_bytes(300_000, 44);
+    let hash = peercache_core::ObjectHash::of(&data);
+    let root = make_site(&dir, &[("t.bin", &data)]);
+    let server = spawn_server(&root, &["--egress-limit", "8MiB", "--target-period", "0s"])
+        .await
+        .unwrap();
+    // The only holder sends the right bytes, one every 100 ms: 8 hours for this file.
+    let key = peercache_tests::TestKey::new(44);
+    let trickler = peercache_tests::spawn_trickling_holder(
+        key.clone(),
+        &data,
+        std::time::Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    peercache_tests::register_and_fetch(&server.url, &key, Some(trickler.port), "/static/t.bin")
+        .await
+        .unwrap();
+    let accepted = peercache_tests::announce(&server.url, &key, &[hash.to_hex()], Some((0, 4)))
+        .await
+        .unwrap();
+    assert_eq!(accepted.len(), 1);
+    let started = std::time::Instant::now();
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/t.bin",
+        &dir.join("out"),
+        &dir.join("c"),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("from the server"),
+        "the server finished the download: {err}"
+    );
+    assert_eq!(std::fs::read(dir.join("out")).unwrap(), data);
+    // Bounded by the 3 s floor window plus set-up, not by the trickle.
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
