@@ -627,11 +627,15 @@ pub struct FakePeer {
     _router: iroh::protocol::Router,
 }
 
+/// What a fake holder holds: the hash, the bytes, the outboard, and the pause
+/// after each byte it sends.
+type HeldObject = (peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration);
+
 #[derive(Debug, Clone)]
 struct FakeHandler {
     ping_delay: Duration,
     /// An object it holds, its outboard, and the pause after each byte it sends.
-    object: Option<std::sync::Arc<(peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration)>>,
+    object: Option<std::sync::Arc<HeldObject>>,
 }
 
 impl iroh::protocol::ProtocolHandler for FakeHandler {
@@ -725,7 +729,7 @@ pub async fn spawn_trickling_holder(
 async fn spawn_fake_holder(
     key: TestKey,
     ping_delay: Duration,
-    object: Option<std::sync::Arc<(peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration)>>,
+    object: Option<std::sync::Arc<HeldObject>>,
 ) -> anyhow::Result<FakePeer> {
     let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
         secret: key.secret,
