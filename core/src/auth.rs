@@ -50,21 +50,6 @@ pub struct AuthHeader {
     pub sig: [u8; 64],
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// True when `id` has the form of a peer key: 64 lowercase hex digits.
 pub fn is_peer_key(id: &str) -> bool {
     id.len() == 64
@@ -75,7 +60,7 @@ pub fn is_peer_key(id: &str) -> bool {
 
 /// The peer id (public key, hex) of a 32-byte secret key.
 pub fn peer_id_of(secret: &[u8; 32]) -> String {
-    hex(SigningKey::from_bytes(secret).verifying_key().as_bytes())
+    hex::encode(SigningKey::from_bytes(secret).verifying_key().as_bytes())
 }
 
 /// The 32 bytes of a peer id, if it is one.
@@ -83,7 +68,7 @@ pub fn peer_key_bytes(id: &str) -> Option<[u8; 32]> {
     if !is_peer_key(id) {
         return None;
     }
-    unhex::<32>(id)
+    crate::hash::decode_hex::<32>(id)
 }
 
 fn message(method: &str, path: &str, ts: u64, body: &[u8]) -> Vec<u8> {
@@ -103,8 +88,8 @@ pub fn sign_request(secret: &[u8; 32], method: &str, path: &str, ts: u64, body: 
     let sig = key.sign(&message(method, path, ts, body));
     format!(
         "id={}; ts={ts}; sig={}",
-        hex(key.verifying_key().as_bytes()),
-        hex(&sig.to_bytes())
+        hex::encode(key.verifying_key().as_bytes()),
+        hex::encode(sig.to_bytes())
     )
 }
 
@@ -123,7 +108,7 @@ impl AuthHeader {
                     ts = Some(v.trim().parse().map_err(|_| AuthError::Malformed)?)
                 }
                 "sig" if sig.is_none() => {
-                    sig = Some(unhex::<64>(v.trim()).ok_or(AuthError::Malformed)?)
+                    sig = Some(crate::hash::decode_hex::<64>(v.trim()).ok_or(AuthError::Malformed)?)
                 }
                 _ => return Err(AuthError::Malformed),
             }

@@ -40,6 +40,13 @@ impl ObjectHash {
     }
 }
 
+/// Exactly `N` bytes from `2 × N` hex digits (keys and signatures), or `None`.
+pub fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
 impl fmt::Display for ObjectHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -138,6 +145,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fixed_hex_decodes_only_its_own_length(bytes in proptest::array::uniform32(any::<u8>())) {
+            let text = hex::encode(bytes);
+            prop_assert_eq!(decode_hex::<32>(&text), Some(bytes));
+            prop_assert_eq!(decode_hex::<31>(&text), None);
+            prop_assert_eq!(decode_hex::<32>(&text[..62]), None);
+        }
+
         #[test]
         fn hex_round_trips(bytes in proptest::array::uniform32(any::<u8>())) {
             let h = ObjectHash::from_bytes(bytes);

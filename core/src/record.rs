@@ -56,22 +56,6 @@ fn canonical(record: &ObjectRecord) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_default()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(text, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// The server's signing key.
 #[derive(Clone)]
 pub struct RecordSigner {
@@ -101,7 +85,7 @@ impl RecordSigner {
 
     /// The public key, 64 hex digits (what clients pin).
     pub fn public_hex(&self) -> String {
-        hex(self.key.verifying_key().as_bytes())
+        hex::encode(self.key.verifying_key().as_bytes())
     }
 
     /// Signs a record.
@@ -109,7 +93,7 @@ impl RecordSigner {
         let sig = self.key.sign(&canonical(&record));
         SignedRecord {
             record,
-            signature: hex(&sig.to_bytes()),
+            signature: hex::encode(sig.to_bytes()),
         }
     }
 }
@@ -122,9 +106,10 @@ impl SignedRecord {
         url: &str,
         now_secs: u64,
     ) -> Result<&ObjectRecord, RecordError> {
-        let key_bytes = unhex::<32>(public_hex).ok_or(RecordError::BadKey)?;
+        let key_bytes = crate::hash::decode_hex::<32>(public_hex).ok_or(RecordError::BadKey)?;
         let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| RecordError::BadKey)?;
-        let sig = unhex::<64>(&self.signature).ok_or(RecordError::BadSignature)?;
+        let sig =
+            crate::hash::decode_hex::<64>(&self.signature).ok_or(RecordError::BadSignature)?;
         key.verify(&canonical(&self.record), &Signature::from_bytes(&sig))
             .map_err(|_| RecordError::BadSignature)?;
         if self.record.url != url {

@@ -70,15 +70,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 fn parse_key(text: &str) -> Option<[u8; 32]> {
-    let t = text.trim();
-    if t.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in t.as_bytes().chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
+    peercache_core::hash::decode_hex::<32>(text.trim())
 }
 
 /// Reads the key from `dir`, creating it (mode 0600) on first use.

@@ -126,7 +126,8 @@ impl MemoryStore {
                 .offers
                 .retain(|_, (_, at)| now.saturating_sub(*at) <= OFFER_TTL_MS);
             if inner.offers.len() >= MAX_OFFERS {
-                // Still full of live offers: the oldest go (they can no longer report).
+                // Still full of live offers: all go (their clients' reports are
+                // then ignored); memory stays bounded.
                 inner.offers.clear();
             }
         }
