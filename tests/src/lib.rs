@@ -116,6 +116,13 @@ pub struct Proc {
     pub banner: Vec<String>,
 }
 
+impl Proc {
+    /// Kills the process and waits until it has exited, so its ports are free.
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.start_kill();

@@ -121,6 +121,8 @@ async fn a_record_signed_with_another_key_is_never_used() {
     assert!(ok, "{err}");
     let url = server.url.clone();
     let port = url.rsplit(':').next().unwrap().to_string();
+    let mut server = server;
+    server.proc.stop().await;
     drop(server);
     // An impostor on the same address, with its own key, seeds a peer.
     let key2 = dir.join("k2");
@@ -131,6 +133,7 @@ async fn a_record_signed_with_another_key_is_never_used() {
         &format!("127.0.0.1:{port}"),
         "--ping-interval",
         "0s",
+        "--no-relay",
         "--key-file",
         k2.as_str(),
     ]);
