@@ -12,11 +12,22 @@
 //! congested server would hold back the most, gets referred soonest. `base` is the
 //! configured `--target-period` (default 2 s).
 //!
+//! When nobody holds the object yet but it is already on its way to another
+//! client, and the server is too slow for this one, the server *defers* it for
+//! about one object's time on its pipe (at most [`MAX_DEFER_S`] seconds): by then
+//! that client holds it and can be referred to.
+//!
+//! [`explain`] takes every figure in one [`Inputs`] and returns the verdict with
+//! the figures it came from and a [`Reason`]; the server logs it, shows it on
+//! `/admin` and puts it in the referral, so a client can say why it was referred.
+//!
 //! Goals: one pure function, same answer in every replica. Non-goals: measuring
 //! anything (callers pass the figures in).
 
+use serde::{Deserialize, Serialize};
+
 /// Figures about the server's own sending capacity at the moment of the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Egress {
     /// Configured limit, bytes per second; `None` means unlimited.
     pub limit_bytes_per_s: Option<u64>,
@@ -89,10 +100,186 @@ pub fn decide(
     }
 }
 
+/// Longest a deferral asks a client to wait, in seconds.
+pub const MAX_DEFER_S: u64 = 30;
+
+/// Every figure a serve / refer / defer decision is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Inputs {
+    /// Object size in bytes.
+    pub size: u64,
+    /// The server's egress at the moment of the request.
+    pub egress: Egress,
+    /// The client's own link speed (bytes/s), if it said.
+    pub client_bandwidth: Option<u64>,
+    /// The configured base target period.
+    pub base_target_ms: u64,
+    /// Holders the look-up table listed for this client.
+    pub usable_holders: usize,
+    /// Transfers of this object from the server to clients right now.
+    pub sending_this_object: u32,
+}
+
+/// What the server does with a referral-capable client's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Send the bytes.
+    Serve,
+    /// Answer `300` with the holders.
+    Refer,
+    /// Answer `503` with `Retry-After`: the object is on its way to another client.
+    Defer {
+        /// Seconds to wait.
+        retry_after_s: u64,
+    },
+}
+
+/// Why the verdict is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The server's estimate fits within the client's target period.
+    WithinTarget,
+    /// The server is too slow, and holders exist.
+    OverTargetWithHolders,
+    /// The server is too slow, nobody holds the object, and another client is
+    /// receiving it now.
+    OverTargetOnItsWay,
+    /// The server is too slow but nobody holds the object or is receiving it.
+    OverTargetNoHolders,
+}
+
+impl Reason {
+    /// One sentence for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::WithinTarget => "the server can send it within the target period",
+            Reason::OverTargetWithHolders => {
+                "the server cannot send it within the target period and peers hold it"
+            }
+            Reason::OverTargetOnItsWay => {
+                "the server cannot send it in time; nobody holds it yet but another client is receiving it"
+            }
+            Reason::OverTargetNoHolders => {
+                "the server cannot send it in time, but no peer holds it, so the server sends it"
+            }
+        }
+    }
+}
+
+/// A decision with the figures it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explained {
+    /// The inputs.
+    pub inputs: Inputs,
+    /// The server's estimate until this client would have the object from it.
+    pub estimate_ms: u64,
+    /// This client's target period.
+    pub target_ms: u64,
+    /// Serve, refer or defer.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Whether the server is too slow for this client even before asking for
+/// holders (so the look-up table is asked only when a referral can follow).
+pub fn over_target(size: u64, egress: Egress, client_bandwidth: Option<u64>, base_ms: u64) -> bool {
+    decide(size, egress, client_bandwidth, base_ms, 1) == Decision::Refer
+}
+
+/// Serve, refer or defer, with the figures and the reason (see the module docs).
+pub fn explain(inputs: &Inputs) -> Explained {
+    let estimate_ms = estimated_send_ms(inputs.size, inputs.egress, inputs.client_bandwidth);
+    let target_ms = target_period_ms(inputs.base_target_ms, inputs.size, inputs.client_bandwidth);
+    let over = estimate_ms > target_ms;
+    let (verdict, reason) = if !over {
+        (Verdict::Serve, Reason::WithinTarget)
+    } else if inputs.usable_holders > 0 {
+        (Verdict::Refer, Reason::OverTargetWithHolders)
+    } else {
+        match inputs.egress.limit_bytes_per_s {
+            Some(limit) if limit > 0 && inputs.sending_this_object > 0 => (
+                Verdict::Defer {
+                    // About one object's time on the whole pipe, bounded.
+                    retry_after_s: inputs.size.div_ceil(limit).clamp(1, MAX_DEFER_S),
+                },
+                Reason::OverTargetOnItsWay,
+            ),
+            _ => (Verdict::Serve, Reason::OverTargetNoHolders),
+        }
+    };
+    Explained {
+        inputs: *inputs,
+        estimate_ms,
+        target_ms,
+        verdict,
+        reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn explain_refers_defers_or_serves_and_says_why() {
+        let busy = Inputs {
+            size: 4 * MIB,
+            egress: Egress {
+                limit_bytes_per_s: Some(MIB),
+                bytes_in_flight: 8 * MIB,
+            },
+            base_target_ms: 1000,
+            ..Inputs::default()
+        };
+        let e = explain(&Inputs {
+            usable_holders: 2,
+            ..busy
+        });
+        assert_eq!(
+            (e.verdict, e.reason),
+            (Verdict::Refer, Reason::OverTargetWithHolders)
+        );
+        assert_eq!((e.estimate_ms, e.target_ms), (12_000, 1000));
+        let e = explain(&Inputs {
+            sending_this_object: 1,
+            ..busy
+        });
+        assert_eq!(e.verdict, Verdict::Defer { retry_after_s: 4 });
+        assert_eq!(explain(&busy).reason, Reason::OverTargetNoHolders);
+        let idle = Inputs {
+            egress: Egress::default(),
+            usable_holders: 3,
+            ..busy
+        };
+        assert_eq!(explain(&idle).verdict, Verdict::Serve);
+        assert_eq!(explain(&idle).reason, Reason::WithinTarget);
+        // Round trip as the referral carries it.
+        let json = serde_json::to_string(&explain(&busy)).unwrap();
+        assert!(json.contains(r#""verdict":"serve""#), "{json}");
+        let back: Explained = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, explain(&busy));
+    }
+
+    proptest! {
+        #[test]
+        fn explain_agrees_with_decide(size in 0u64..1<<40, inflight in 0u64..1<<40,
+            limit in proptest::option::of(1u64..1<<34), bw in proptest::option::of(1u64..1<<34),
+            base in 0u64..100_000, holders in 0usize..4, sending in 0u32..3) {
+            let egress = Egress { limit_bytes_per_s: limit, bytes_in_flight: inflight };
+            let e = explain(&Inputs { size, egress, client_bandwidth: bw, base_target_ms: base,
+                usable_holders: holders, sending_this_object: sending });
+            let refer = decide(size, egress, bw, base, holders) == Decision::Refer;
+            prop_assert_eq!(e.verdict == Verdict::Refer, refer);
+            if let Verdict::Defer { retry_after_s } = e.verdict {
+                prop_assert!(holders == 0 && sending > 0 && (1..=MAX_DEFER_S).contains(&retry_after_s));
+            }
+        }
+    }
 
     const MIB: u64 = 1 << 20;
 

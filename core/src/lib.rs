@@ -10,6 +10,7 @@
 //! - [`hash`]: object hashes (BLAKE3) and their hex form.
 //! - [`record`]: signed object records (B8).
 //! - [`decide`]: serve-or-refer, from an egress model and the target period (M1, M3, M4).
+//! - [`explain`]: a download told as events, and the "why" they add up to.
 //! - [`select`]: ordering a referral's proxy list (M5, M6).
 //! - [`shareable`]: which requests and responses may ever be shared with peers (B2).
 //! - [`extension`]: the extension's settings and the interception rules they produce.
@@ -22,6 +23,7 @@
 
 pub mod auth;
 pub mod decide;
+pub mod explain;
 pub mod extension;
 pub mod hash;
 pub mod headers;

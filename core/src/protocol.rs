@@ -188,6 +188,9 @@ pub struct Referral {
     /// The server's signed record of the object (B8), for peers to pass on.
     #[serde(default)]
     pub record: Option<crate::record::SignedRecord>,
+    /// Why the server referred: its figures and the rule's reason.
+    #[serde(default)]
+    pub why: Option<crate::decide::Explained>,
 }
 
 /// `GET /v1/key`: the server's record-signing key.
@@ -334,6 +337,9 @@ pub enum FromHost {
         /// Peers that recently sent this host verified bytes, newest first.
         #[serde(default)]
         peers: Vec<RecentPeer>,
+        /// Recent downloads and why they went as they did, newest first.
+        #[serde(default)]
+        recent: Vec<crate::explain::Explanation>,
     },
     /// The server answered `url` with a response that may never be shared
     /// (`Set-Cookie`, `private`, `no-store`, …). The extension stops sending that
@@ -403,6 +409,7 @@ mod tests {
             target_period_ms: 2000,
             target_speed: 10,
             record: None,
+            why: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         for key in [

@@ -45,36 +45,104 @@ pub fn order_holders(mut proxies: Vec<Proxy>) -> Vec<Proxy> {
     proxies
 }
 
+/// Why a measured candidate was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dropped {
+    /// It did not answer the probe in time.
+    Unreachable,
+    /// It said all its upload slots are taken.
+    Full,
+    /// Reached only through a relay while a direct source exists (B10).
+    RelayOnly,
+}
+
+/// Why a candidate got its place in the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placed {
+    /// First in the server's order whose remembered throughput meets the target.
+    MeetsTarget,
+    /// By measured round trip (10 ms steps; ties keep the server's order).
+    ByRoundTrip,
+    /// The server itself, always last.
+    ServerLast,
+}
+
+/// What [`choose_explained`] did with one candidate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Kept, at this place (0 = tried first), for this reason.
+    Chosen(usize, Placed),
+    /// Left out, for this reason.
+    Dropped(Dropped),
+}
+
+/// The chosen order and what happened to every candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// Sources to try, best first; the server's entry (if any) last.
+    pub order: Vec<Proxy>,
+    /// Every candidate's id with its verdict, in the input order.
+    pub verdicts: Vec<(String, Verdict)>,
+}
+
 /// Orders measured candidates by policy; unreachable ones are dropped. The server's
 /// own entry, if present, always stays last as the fallback. Peers reached only
 /// through a relay are dropped when a direct source exists (another peer, or the
 /// server): a relayed byte crosses the site anyway, so it saves nothing (B10).
 pub fn choose(candidates: Vec<Probed>, policy: Policy) -> Vec<Proxy> {
-    let (servers, mut peers): (Vec<_>, Vec<_>) = candidates
+    choose_explained(candidates, policy).order
+}
+
+/// [`choose`], also saying for each candidate why it is where it is.
+pub fn choose_explained(candidates: Vec<Probed>, policy: Policy) -> Choice {
+    let mut verdicts: Vec<(String, Verdict)> = Vec::with_capacity(candidates.len());
+    let (servers, peers): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .partition(|c| c.proxy.id == SERVER_PROXY_ID);
-    peers.retain(|c| c.rtt_ms.is_some() && !c.proxy.load.is_some_and(|l| l.is_full()));
-    let direct_source = !servers.is_empty() || peers.iter().any(|c| c.direct != Some(false));
-    if direct_source {
-        peers.retain(|c| c.direct != Some(false));
+    let mut drop_as =
+        |c: &Probed, why: Dropped| verdicts.push((c.proxy.id.clone(), Verdict::Dropped(why)));
+    let mut usable = Vec::with_capacity(peers.len());
+    for c in peers {
+        if c.rtt_ms.is_none() {
+            drop_as(&c, Dropped::Unreachable);
+        } else if c.proxy.load.is_some_and(|l| l.is_full()) {
+            drop_as(&c, Dropped::Full);
+        } else {
+            usable.push(c);
+        }
     }
-    let mut ordered: Vec<Probed> = Vec::with_capacity(peers.len());
+    let direct_source = !servers.is_empty() || usable.iter().any(|c| c.direct != Some(false));
+    let mut peers = Vec::with_capacity(usable.len());
+    for c in usable {
+        if direct_source && c.direct == Some(false) {
+            drop_as(&c, Dropped::RelayOnly);
+        } else {
+            peers.push(c);
+        }
+    }
+    let mut ordered: Vec<(Probed, Placed)> = Vec::with_capacity(peers.len() + servers.len());
     if let Policy::FirstMeetingTarget(target) = policy
         && let Some(i) = peers
             .iter()
             .position(|c| c.throughput.is_some_and(|t| t >= target))
     {
-        ordered.push(peers.remove(i));
+        ordered.push((peers.remove(i), Placed::MeetsTarget));
     }
     // RTTs within the same 10 ms step count as equal: the (stable) sort then keeps
     // the server's order, which spreads a crowd by load; noise must not undo that.
     peers.sort_by_key(|c| c.rtt_ms.map_or(u32::MAX, |r| r / RTT_STEP_MS));
-    ordered.extend(peers);
-    ordered
-        .into_iter()
-        .chain(servers)
-        .map(|c| c.proxy)
-        .collect()
+    ordered.extend(peers.into_iter().map(|c| (c, Placed::ByRoundTrip)));
+    ordered.extend(servers.into_iter().map(|c| (c, Placed::ServerLast)));
+    for (rank, (c, why)) in ordered.iter().enumerate() {
+        verdicts.push((c.proxy.id.clone(), Verdict::Chosen(rank, *why)));
+    }
+    Choice {
+        order: ordered.into_iter().map(|(c, _)| c.proxy).collect(),
+        verdicts,
+    }
 }
 
 #[cfg(test)]
@@ -128,9 +196,23 @@ mod tests {
             ["fast", "slow", "server"]
         );
         assert_eq!(
-            ids(choose(list, Policy::FirstMeetingTarget(5))),
+            ids(choose(list.clone(), Policy::FirstMeetingTarget(5))),
             ["slow", "fast", "server"]
         );
+        let choice = choose_explained(list, Policy::FirstMeetingTarget(5));
+        let verdict = |id: &str| {
+            choice
+                .verdicts
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(verdict("slow"), Verdict::Chosen(0, Placed::MeetsTarget));
+        assert_eq!(verdict("fast"), Verdict::Chosen(1, Placed::ByRoundTrip));
+        assert_eq!(verdict("server"), Verdict::Chosen(2, Placed::ServerLast));
+        assert_eq!(verdict("dead"), Verdict::Dropped(Dropped::Unreachable));
+        assert_eq!(choice.verdicts.len(), 4, "every candidate has a verdict");
     }
 }
 

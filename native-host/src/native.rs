@@ -77,6 +77,7 @@ fn status(node: &Node) -> FromHost {
             cache_bytes: node.client.cache().total_bytes(),
         },
         peers: node.client.recent_peers(),
+        recent: Vec::new(),
     }
 }
 

@@ -992,6 +992,7 @@ fn referral(
         target_period_ms: period,
         target_speed: target_speed(obj.size, period.max(1)),
         record: Some(state.sign(&url, obj)),
+        why: None,
     };
     counter!("peercache_requests_referred_total").increment(1);
     state.figures.referred.fetch_add(1, Ordering::Relaxed);

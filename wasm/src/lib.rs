@@ -60,6 +60,11 @@ pub struct View {
     pub install_command: &'static str,
     /// Peers that recently sent verified bytes (the popup shows the active tab's site's).
     pub peers: Vec<RecentPeer>,
+    /// Recent downloads with why they went as they did (the popup shows the
+    /// active tab's site's).
+    pub recent: Vec<peercache_core::explain::Explanation>,
+    /// Each recent download's explanation as text, in the same order.
+    pub recent_text: Vec<String>,
     /// What the administrator fixed, so the popup can lock those controls.
     pub managed: ManagedView,
 }
@@ -105,6 +110,7 @@ pub struct Brain {
     limits: HostLimits,
     loopback: BTreeMap<String, String>,
     peers: Vec<RecentPeer>,
+    recent: Vec<peercache_core::explain::Explanation>,
 }
 
 fn to_js<T: Serialize>(value: &T) -> JsValue {
@@ -133,6 +139,7 @@ impl Brain {
             limits: HostLimits::default(),
             loopback: BTreeMap::new(),
             peers: Vec::new(),
+            recent: Vec::new(),
         }
     }
 
@@ -187,8 +194,10 @@ impl Brain {
                 counters,
                 limits,
                 peers,
+                recent,
                 ..
             } => {
+                self.recent = recent;
                 self.host = HostState::Connected;
                 self.counters = counters;
                 self.limits = limits;
@@ -243,6 +252,8 @@ impl Brain {
             user_limits: self.settings.limits_now(),
             install_command: "peercache-host install --browser chromium   # or chrome, firefox",
             peers: self.peers.clone(),
+            recent: self.recent.clone(),
+            recent_text: self.recent.iter().map(|e| e.render()).collect(),
             managed: ManagedView {
                 enabled: self.settings.managed.enabled.is_some(),
                 auto_enable: self.settings.managed.auto_enable.is_some(),
@@ -431,6 +442,7 @@ mod tests {
             counters: Counters::default(),
             limits: HostLimits::default(),
             peers: Vec::new(),
+            recent: Vec::new(),
         };
         assert!(b.apply_host_message(status.clone()));
         assert!(!b.apply_host_message(status));
