@@ -1,6 +1,6 @@
 //! The local gateway: the extension redirects enrolled requests to
 //! `http://127.0.0.1:<port>/g/<original url>` and the gateway fetches them through
-//! [`Client::fetch`](crate::client::Client::fetch).
+//! [`Fetcher::open`](crate::fetch::Fetcher::open).
 //!
 //! Rules (DESIGN section 5): listens on 127.0.0.1 only; answers only when the
 //! `Host` header is its own and the per-install token is in `X-Peercache-Token`
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{RwLock, oneshot};
 
-use crate::client::{Client, FetchError, Source};
+use crate::fetch::{FetchError, Fetcher, Source};
 
 /// What the gateway may fetch for, as last set by the extension.
 #[derive(Debug, Default, Clone)]
@@ -122,7 +122,7 @@ impl DirectAcks {
 #[derive(Debug, Clone)]
 pub struct GatewayState {
     /// The client that does the fetching.
-    pub client: Arc<Client>,
+    pub fetcher: Arc<Fetcher>,
     /// The token expected in `X-Peercache-Token`.
     pub token: String,
     /// The only acceptable `Host` header, `127.0.0.1:<port>`.
@@ -181,7 +181,7 @@ async fn handle(
     let Ok(url) = reqwest::Url::parse(target) else {
         return refuse(StatusCode::BAD_REQUEST, "not a URL");
     };
-    let site_origin = crate::client::origin(&url);
+    let site_origin = crate::fetch::origin(&url);
     let allowed = {
         let e = state.enrolment.read().await;
         e.enabled
@@ -198,20 +198,12 @@ async fn handle(
         .filter(|o| *o == site_origin || state.extension_origins.iter().any(|e| e == o))
         .and_then(|o| HeaderValue::from_str(o).ok());
 
-    let dl = match state.client.open(url.as_str()).await {
+    let dl = match state.fetcher.open(url.as_str()).await {
         Ok(d) => d,
-        Err(FetchError::Status(s)) => {
-            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY);
-            return refuse(status, "the site answered with an error");
-        }
         Err(e) => {
             tracing::warn!(error = %e, %url, "gateway fetch failed");
-            return (
-                StatusCode::BAD_GATEWAY,
-                [(header::CACHE_CONTROL, "no-store")],
-                e.to_string(),
-            )
-                .into_response();
+            let (status, why) = failure_response(&e);
+            return refuse(status, why);
         }
     };
     if let Some(why) = dl.not_shareable {
@@ -303,9 +295,49 @@ async fn handle(
     resp
 }
 
+/// The status and the words the browser gets for a failed download: the real
+/// cause, without internal detail.
+fn failure_response(e: &FetchError) -> (StatusCode, &'static str) {
+    match e {
+        FetchError::SiteStatus(s) => (
+            StatusCode::from_u16(*s).unwrap_or(StatusCode::BAD_GATEWAY),
+            "the site answered with an error",
+        ),
+        FetchError::Disk(_) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "this computer's cache could not be written",
+        ),
+        FetchError::BadUrl(_) => (StatusCode::BAD_REQUEST, "not an http(s) URL"),
+        FetchError::ServerMismatch => (
+            StatusCode::BAD_GATEWAY,
+            "the site's bytes do not match its own hash",
+        ),
+        FetchError::TooLarge(_) => (StatusCode::BAD_GATEWAY, "the object is too large"),
+        FetchError::Unreachable(_) | FetchError::ServerDown(_) => (
+            StatusCode::BAD_GATEWAY,
+            "the site is unreachable and no peer could stand in",
+        ),
+        FetchError::BadReferral(_) | FetchError::Sources(_) | FetchError::Cancelled => (
+            StatusCode::BAD_GATEWAY,
+            "no source could deliver verified bytes",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_not_the_sites_error() {
+        let disk = FetchError::Disk(std::io::Error::other("No space left on device"));
+        assert_eq!(failure_response(&disk).0, StatusCode::INSUFFICIENT_STORAGE);
+        let site = FetchError::SiteStatus(404);
+        assert_eq!(
+            failure_response(&site),
+            (StatusCode::NOT_FOUND, "the site answered with an error")
+        );
+    }
 
     #[tokio::test]
     async fn waits_for_direct_ready_are_woken_per_url_and_bounded() {

@@ -16,7 +16,8 @@ use peercache_core::record::SignedRecord;
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::client::Client;
+use crate::cache::Cache;
+use crate::knowledge::Knowledge;
 
 /// The multicast group.
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 77, 77);
@@ -61,8 +62,14 @@ fn iface() -> Ipv4Addr {
         .unwrap_or(Ipv4Addr::UNSPECIFIED)
 }
 
-/// Answers who-has queries for what this host holds, as long as `client` lives.
-pub fn spawn_responder(client: &Arc<Client>, peer_port: u16) -> std::io::Result<()> {
+/// Answers who-has queries for what this host (`peer_id`) holds in `cache`,
+/// with the records in `knowledge`.
+pub fn spawn_responder(
+    knowledge: Arc<Knowledge>,
+    cache: Cache,
+    peer_id: String,
+    peer_port: u16,
+) -> std::io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -70,29 +77,27 @@ pub fn spawn_responder(client: &Arc<Client>, peer_port: u16) -> std::io::Result<
     socket.join_multicast_v4(&GROUP, &iface())?;
     socket.set_nonblocking(true)?;
     let udp = tokio::net::UdpSocket::from_std(socket.into())?;
-    let weak = Arc::downgrade(client);
     tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let Ok((n, from)) = udp.recv_from(&mut buf).await else {
                 continue;
             };
-            let Some(client) = weak.upgrade() else { break };
             let Ok(LanMessage::WhoHas { url, qid }) = serde_json::from_slice(&buf[..n]) else {
                 continue;
             };
             if url.len() > 4096 || qid.len() > 64 {
                 continue;
             }
-            let Some(record) = client.knowledge.record_for(&url) else {
+            let Some(record) = knowledge.record_for(&url) else {
                 continue;
             };
-            if !client.cache().contains(&record.record.hash) {
+            if !cache.contains(&record.record.hash) {
                 continue;
             }
             let reply = LanMessage::IHave {
                 qid,
-                id: client.peer_id().to_string(),
+                id: peer_id.clone(),
                 port: peer_port,
                 record: Some(record),
             };

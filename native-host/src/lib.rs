@@ -28,8 +28,8 @@
 //! Non-goals: serving partial objects (a peer serves only what it holds whole).
 
 pub mod cache;
-pub mod client;
-pub mod download;
+pub mod counters;
+pub mod fetch;
 pub mod gateway;
 pub mod identity;
 pub mod install;
@@ -37,7 +37,9 @@ pub mod knowledge;
 pub mod lan;
 pub mod native;
 pub mod node;
+pub mod peer_memory;
 pub mod peer_server;
+pub mod server_link;
 pub mod workload;
 
 /// Version reported in `hello`.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use peercache_core::units::parse_size;
-use peercache_host::client::{PeerPolicy, Source};
+use peercache_host::fetch::{PeerPolicy, Source};
 use peercache_host::install::{self, Browser, Scope};
 use peercache_host::node::{self, NodeOptions};
 
@@ -97,6 +97,11 @@ enum Command {
         /// bytes come from the server.
         #[arg(long, env = "PEERCACHE_MAX_DEFERRAL")]
         max_deferral: Option<String>,
+        /// Print why the download went as it did: the server's decision and its
+        /// figures, every candidate with its measured round trip, throughput and
+        /// load, the order chosen and why, and which source sent which bytes.
+        #[arg(long)]
+        explain: bool,
     },
     /// Register this binary as the native-messaging host of a browser.
     Install {
@@ -269,12 +274,13 @@ async fn main() -> anyhow::Result<()> {
             options.metrics = Some(install_metrics()?);
             let node = node::start(options).await?;
             let server = server.trim_end_matches('/').to_string();
-            let held = node.client.cache().list()?;
+            let parts = node.fetcher.parts();
+            let held = parts.cache.list()?;
             // A server whose look-up table is down for a moment answers 503: try
             // again with backoff (about 30 s in all) before giving up.
             let mut wait = Duration::from_millis(250);
             let accepted = loop {
-                match node.client.announce(&server, &held, &[]).await {
+                match parts.link.announce_all(&server, &held).await {
                     Ok(accepted) => break accepted,
                     Err(e) if e.is_transient() && wait <= Duration::from_secs(16) => {
                         tracing::warn!(error = %e, retry_in = ?wait, "registering failed; trying again");
@@ -292,12 +298,8 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = node.metrics_addr {
                 println!("metrics on {addr}");
             }
-            println!("peer id {}", node.client.peer_id());
-            println!(
-                "announced {} of {} cached objects",
-                accepted.len(),
-                held.len()
-            );
+            println!("peer id {}", parts.link.peer_id());
+            println!("announced {accepted} of {} cached objects", held.len());
             tokio::signal::ctrl_c().await.ok();
             Ok(())
         }
@@ -309,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
             state,
             ca_cert,
             max_deferral,
+            explain,
         } => {
             if !path.starts_with('/') {
                 bail!("PATH must start with '/': {path:?}");
@@ -323,9 +326,20 @@ async fn main() -> anyhow::Result<()> {
             }
             let node = node::start(options).await?;
             let url = format!("{}{path}", server.trim_end_matches('/'));
-            let fetched = download_to_file(&node.client, &url, &output).await;
+            let fetched = download_to_file(&node.fetcher, &url, &output).await;
             // Let peers see the connection end cleanly.
-            node.client.dialer().endpoint().close().await;
+            node.fetcher.parts().dialer.endpoint().close().await;
+            if explain {
+                let story = node
+                    .fetcher
+                    .parts()
+                    .recent
+                    .explanations()
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                eprint!("{}", story.render());
+            }
             let (bytes, source) = fetched.with_context(|| format!("fetching {url}"))?;
             let from = match source {
                 Source::Server => "the server".to_string(),
@@ -375,12 +389,12 @@ async fn main() -> anyhow::Result<()> {
 /// Streams a download into `output` through a temp file beside it: the output
 /// appears only complete and verified (never partial).
 async fn download_to_file(
-    client: &Arc<peercache_host::client::Client>,
+    fetcher: &Arc<peercache_host::fetch::Fetcher>,
     url: &str,
     output: &std::path::Path,
 ) -> anyhow::Result<(u64, Source)> {
     use tokio::io::AsyncWriteExt;
-    let mut dl = client.open(url).await?;
+    let mut dl = fetcher.open(url).await?;
     let name = output
         .file_name()
         .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());

@@ -68,16 +68,16 @@ fn status(node: &Node) -> FromHost {
             .as_ref()
             .map(|r| peercache_net::endpoint::dial_info(r.endpoint()).display())
             .unwrap_or_default(),
-        peer_id: node.client.peer_id().to_string(),
+        peer_id: node.fetcher.parts().link.peer_id().to_string(),
         counters: node.counters.snapshot(),
         limits: peercache_core::protocol::HostLimits {
             max_uploads: node.workload.load().limit,
             upload_rate: node.workload.rate(),
-            cache_max: node.client.cache().max_bytes(),
-            cache_bytes: node.client.cache().total_bytes(),
+            cache_max: node.fetcher.parts().cache.max_bytes(),
+            cache_bytes: node.fetcher.parts().cache.total_bytes(),
         },
-        peers: node.client.recent_peers(),
-        recent: Vec::new(),
+        peers: node.fetcher.parts().memory.recent_peers(),
+        recent: node.fetcher.parts().recent.explanations(),
     }
 }
 
@@ -114,11 +114,11 @@ pub async fn handle(node: &Node, text: &str) -> Vec<FromHost> {
                 }];
             }
             node.workload.set(max_uploads, upload_rate);
-            let cache = node.client.cache().clone();
+            let cache = node.fetcher.parts().cache.clone();
             let dropped = tokio::task::spawn_blocking(move || cache.set_max_bytes(cache_max))
                 .await
                 .unwrap_or_default();
-            node.client.announce_dropped(&dropped).await;
+            node.fetcher.parts().link.announce_dropped(&dropped).await;
             tracing::info!(
                 max_uploads,
                 upload_rate,

@@ -13,7 +13,8 @@ use rand::RngCore;
 use tokio::sync::RwLock;
 
 use crate::cache::Cache;
-use crate::client::{Client, ClientOptions, HostCounters};
+use crate::counters::HostCounters;
+use crate::fetch::{FetchOptions, Fetcher, Parts, PeerPolicy};
 use crate::gateway::{Enrolment, GatewayState};
 use crate::peer_server::{PeerService, PeerState};
 use crate::workload::Workload;
@@ -43,7 +44,7 @@ pub struct NodeOptions {
     /// Cache size limit in bytes (0 = none).
     pub cache_max: u64,
     /// Peer choice policy.
-    pub policy: crate::client::PeerPolicy,
+    pub policy: PeerPolicy,
     /// Target speed for the first-meeting-target policy (bytes/s).
     pub target_speed: Option<u64>,
     /// How long the server may stay silent before peers are asked.
@@ -73,7 +74,7 @@ impl NodeOptions {
             max_uploads: 8,
             upload_limit: 0,
             cache_max: 0,
-            policy: crate::client::PeerPolicy::Fastest,
+            policy: PeerPolicy::Fastest,
             target_speed: None,
             server_timeout: None,
             max_deferral: None,
@@ -88,8 +89,9 @@ impl NodeOptions {
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
-    /// The client.
-    pub client: Arc<Client>,
+    /// The download pipeline (and, through its parts, the server link, the
+    /// cache, the knowledge and the recent downloads).
+    pub fetcher: Arc<Fetcher>,
     /// The UDP port the peer endpoint accepts peers on, if it serves.
     pub peer_port: Option<u16>,
     /// The operator-only `/metrics` listener's address.
@@ -197,27 +199,43 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         None
     };
     let dialer = Arc::new(PeerDialer::new(endpoint.clone()));
-    let client = Arc::new(Client::new(
-        cache.clone(),
+    let knowledge = Arc::new(crate::knowledge::Knowledge::open(cache.dir()));
+    let link = Arc::new(crate::server_link::ServerLink::new(
+        crate::server_link::http_client(options.ca_cert.as_deref())?,
         identity,
-        dialer,
-        &ClientOptions {
-            ca_cert: options.ca_cert.clone(),
-            serving,
+        endpoint.clone(),
+        serving,
+        Some(slots.clone()),
+        knowledge.clone(),
+        options
+            .server_timeout
+            .unwrap_or(crate::server_link::DEFAULT_SERVER_TIMEOUT),
+    ));
+    let parts = Parts {
+        link: link.clone(),
+        cache: cache.clone(),
+        dialer: dialer.clone(),
+        knowledge: knowledge.clone(),
+        memory: Arc::new(crate::peer_memory::PeerMemory::default()),
+        counters: counters.clone(),
+        recent: Arc::new(crate::fetch::events::RecentDownloads::default()),
+    };
+    let fetcher = Arc::new(Fetcher::new(
+        parts,
+        FetchOptions {
             policy: options.policy,
             target_speed: options.target_speed,
-            server_timeout: options.server_timeout,
-            max_deferral: options.max_deferral,
+            max_deferral: options.max_deferral.unwrap_or(crate::fetch::MAX_DEFERRAL),
         },
-        counters.clone(),
-        Some(slots.clone()),
-    )?);
+    ));
     let router = if serving {
         let service = PeerService(PeerState {
             cache: cache.clone(),
             slots: slots.clone(),
             counters: counters.clone(),
-            client: client.clone(),
+            knowledge: knowledge.clone(),
+            dialer: dialer.clone(),
+            peer_id: link.peer_id().to_string(),
             seen: Arc::new(crate::knowledge::SeenQueries::default()),
             connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         });
@@ -237,7 +255,12 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
 
     if let Some(port) = peer_port
         && crate::lan::enabled()
-        && let Err(e) = crate::lan::spawn_responder(&client, port)
+        && let Err(e) = crate::lan::spawn_responder(
+            knowledge.clone(),
+            cache.clone(),
+            link.peer_id().to_string(),
+            port,
+        )
     {
         tracing::info!(error = %e, "not answering LAN queries");
     }
@@ -252,7 +275,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         let port = listener.local_addr()?.port();
         let token = random_token();
         let router = crate::gateway::router(GatewayState {
-            client: client.clone(),
+            fetcher: fetcher.clone(),
             token: token.clone(),
             host: format!("127.0.0.1:{port}"),
             enrolment: enrolment.clone(),
@@ -274,22 +297,23 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         None
     };
 
-    let hb_client = Arc::downgrade(&client);
+    let hb_link = Arc::downgrade(&link);
     let every = options.heartbeat;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let Some(client) = hb_client.upgrade() else {
+            let Some(link) = hb_link.upgrade() else {
                 break;
             };
-            client.heartbeat().await;
+            let have = cache.list().unwrap_or_default();
+            link.heartbeat(&have).await;
         }
     });
 
     Ok(Node {
-        client,
+        fetcher,
         peer_port,
         metrics_addr,
         router,

@@ -27,7 +27,7 @@ use peercache_net::wire::{read_frame, write_frame};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::cache::Cache;
-use crate::client::HostCounters;
+use crate::counters::{Counted, HostCounters};
 use crate::workload::Workload;
 
 /// Most peer connections served at once; more are closed at once.
@@ -49,8 +49,12 @@ pub struct PeerState {
     pub slots: Arc<Workload>,
     /// Counters.
     pub counters: Arc<HostCounters>,
-    /// The host's client (for its knowledge and to pass cascade queries on).
-    pub client: Arc<crate::client::Client>,
+    /// Records and peers met before (to answer and pass on cascade queries).
+    pub knowledge: Arc<crate::knowledge::Knowledge>,
+    /// QUIC to other peers (to pass cascade queries on).
+    pub dialer: Arc<peercache_net::PeerDialer>,
+    /// This host's peer id.
+    pub peer_id: String,
     /// Cascade queries seen recently (loop protection).
     pub seen: Arc<crate::knowledge::SeenQueries>,
     /// Connections being served.
@@ -215,11 +219,11 @@ async fn locate(
     if !state.seen.first_time(qid) {
         return Ok(answer);
     }
-    let knowledge = &state.client.knowledge;
+    let knowledge = &state.knowledge;
     if let Some(rec) = knowledge.record_for(url) {
         if state.cache.contains(&rec.record.hash) {
             answer.holders.push(Proxy {
-                id: state.client.peer_id().to_string(),
+                id: state.peer_id.clone(),
                 addr: String::new(),
                 direct: None,
                 rtt_ms: None,
@@ -228,13 +232,13 @@ async fn locate(
         }
         answer.record = Some(rec);
     }
-    let ttl = ttl.min(crate::client::LOCATE_TTL);
+    let ttl = ttl.min(crate::fetch::LOCATE_TTL);
     if answer.holders.is_empty()
         && ttl > 0
         && let Ok(parsed) = reqwest::Url::parse(url)
     {
-        let origin = crate::client::origin(&parsed);
-        let me = state.client.peer_id().to_string();
+        let origin = crate::fetch::origin(&parsed);
+        let me = state.peer_id.clone();
         let ask: Vec<_> = knowledge
             .aux_peers(&origin)
             .into_iter()
@@ -243,7 +247,7 @@ async fn locate(
             .collect();
         let found = futures_util::future::join_all(
             ask.iter()
-                .map(|p| state.client.locate(p, url, ttl - 1, qid)),
+                .map(|p| crate::fetch::discover::locate(&state.dialer, p, url, ttl - 1, qid)),
         )
         .await;
         for f in found {
@@ -343,11 +347,7 @@ async fn upload(
             .map_err(|_| peercache_net::PeerError::Timeout)?
             .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
         left -= n as u64;
-        state
-            .counters
-            .bytes_served
-            .fetch_add(n as u64, Ordering::Relaxed);
-        counter!("peercache_bytes_uploaded_total").increment(n as u64);
+        state.counters.add(Counted::Served, n as u64);
     }
     send.finish()
         .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))

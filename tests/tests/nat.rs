@@ -169,9 +169,12 @@ async fn peers_behind_home_routers_serve_each_other() {
     let through_relay = relayed().await - before;
     let size = bytes_of("a.bin").len() as f64;
     println!("home NAT to home NAT: the relay carried {through_relay} of {size} bytes");
+    // Before the hole punch the relay carries the handshakes and the probes
+    // (measured 5 to 37 KB here, varying with timing); a relayed object would
+    // put all its 3 MiB through it. A twelfth of the object separates the two.
     assert!(
-        through_relay < size / 100.0,
-        "the relay carried {through_relay} bytes of {size}: the path went direct"
+        through_relay < size / 12.0,
+        "the relay carried {through_relay} bytes of {size}: the path did not go direct"
     );
 
     // 2. Symmetric NATs on both sides cannot punch: with a direct source (a

@@ -1,0 +1,188 @@
+//! The sources a download takes bytes from: the server over HTTP (by hash,
+//! `/v1/objects/{hash}`), or a peer over its QUIC connection, and how one
+//! range of an object is opened at either.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use peercache_core::hash::ObjectHash;
+use peercache_core::peer::DialInfo;
+use peercache_core::protocol::{Proxy, SERVER_PROXY_ID};
+
+/// How a failed source failed; every failure is tied to its source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// It sent bytes or verification data that do not match the server's hash.
+    #[error("sent bytes that do not match the server's hash")]
+    Mismatch,
+    /// It could not be reached, broke off, stalled or was too slow.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The parts a transfer talks through.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// HTTP to the server.
+    pub http: reqwest::Client,
+    /// QUIC to peers.
+    pub dialer: Arc<peercache_net::PeerDialer>,
+}
+
+/// One source: the server or a peer.
+#[derive(Debug, Clone)]
+pub struct SourceRef {
+    /// Its id (`server` for the server).
+    pub id: String,
+    kind: SourceKind,
+}
+
+#[derive(Debug, Clone)]
+enum SourceKind {
+    /// The server's base URL.
+    Server(String),
+    /// How to dial the peer.
+    Peer(DialInfo),
+}
+
+impl SourceRef {
+    /// The server at `base` (its own URL).
+    pub fn server(base: &str) -> Self {
+        Self {
+            id: SERVER_PROXY_ID.to_string(),
+            kind: SourceKind::Server(base.to_string()),
+        }
+    }
+
+    /// A listed peer, if its dial info parses.
+    pub fn peer(p: &Proxy) -> Option<Self> {
+        let dial = DialInfo::parse(&p.addr).ok()?;
+        Some(Self {
+            id: p.id.clone(),
+            kind: SourceKind::Peer(dial),
+        })
+    }
+
+    /// Whether this is the server.
+    pub fn is_server(&self) -> bool {
+        matches!(self.kind, SourceKind::Server(_))
+    }
+
+    fn object_url(base: &str, hash: &ObjectHash, suffix: &str) -> String {
+        format!("{}/v1/objects/{hash}{suffix}", base.trim_end_matches('/'))
+    }
+
+    /// The object's verification data (at most `limit` bytes; longer is a lie).
+    pub async fn outboard(
+        &self,
+        transport: &Transport,
+        hash: ObjectHash,
+        limit: u64,
+    ) -> Result<Vec<u8>, SourceError> {
+        match &self.kind {
+            SourceKind::Server(base) => {
+                let resp = transport
+                    .http
+                    .get(Self::object_url(base, &hash, "/outboard"))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .map_err(|e| SourceError::Failed(e.to_string()))?;
+                if !resp.status().is_success() {
+                    return Err(SourceError::Failed(format!(
+                        "outboard: status {}",
+                        resp.status()
+                    )));
+                }
+                if resp.content_length().is_some_and(|l| l > limit) {
+                    return Err(SourceError::Mismatch);
+                }
+                let mut body = Vec::new();
+                let mut stream = resp.bytes_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| SourceError::Failed(e.to_string()))?;
+                    if (body.len() + chunk.len()) as u64 > limit {
+                        return Err(SourceError::Mismatch);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(body)
+            }
+            SourceKind::Peer(dial) => transport
+                .dialer
+                .outboard(&self.id, dial, hash, limit)
+                .await
+                .map_err(|e| match e {
+                    // Longer than the object's CVs can be: a liar.
+                    peercache_net::PeerError::TooLong(_) => SourceError::Mismatch,
+                    other => SourceError::Failed(other.to_string()),
+                }),
+        }
+    }
+
+    /// Opens bytes `first..=last` of the object (`whole`: all of it). For a peer,
+    /// also says whether the connection went direct.
+    pub async fn open_range(
+        &self,
+        transport: &Transport,
+        hash: ObjectHash,
+        size: u64,
+        (first, last): (u64, u64),
+        whole: bool,
+    ) -> Result<(Body, Option<bool>), SourceError> {
+        match &self.kind {
+            SourceKind::Server(base) => {
+                let mut req = transport
+                    .http
+                    .get(Self::object_url(base, &hash, ""))
+                    .timeout(Duration::from_secs(3600));
+                if !whole {
+                    req = req.header(reqwest::header::RANGE, format!("bytes={first}-{last}"));
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| SourceError::Failed(e.to_string()))?;
+                let ok = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT
+                    || (whole && resp.status() == reqwest::StatusCode::OK);
+                if !ok {
+                    return Err(SourceError::Failed(format!("status {}", resp.status())));
+                }
+                Ok((Body::Http(resp.bytes_stream().boxed()), None))
+            }
+            SourceKind::Peer(dial) => {
+                let range = (!whole).then_some((first, last));
+                let (header, body) = transport
+                    .dialer
+                    .object(&self.id, dial, hash, range)
+                    .await
+                    .map_err(|e| SourceError::Failed(e.to_string()))?;
+                if header.size.is_some_and(|s| s != size) {
+                    return Err(SourceError::Mismatch);
+                }
+                let direct = body.is_direct();
+                Ok((Body::Peer(body), Some(direct)))
+            }
+        }
+    }
+}
+
+/// A body arriving from a source, read piece by piece.
+pub enum Body {
+    /// From the server.
+    Http(futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>),
+    /// From a peer.
+    Peer(peercache_net::ObjectBody),
+}
+
+impl Body {
+    /// The next piece; `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        match self {
+            Body::Http(s) => s.next().await.map(|r| r.map_err(|e| e.to_string())),
+            Body::Peer(b) => b.next_chunk().await.map_err(|e| e.to_string()).transpose(),
+        }
+    }
+}
