@@ -189,18 +189,55 @@ pub const INTERCEPTED_TYPES: [&str; 9] = [
     "xmlhttprequest",
 ];
 
-/// The origin (`scheme://host[:port]`) of an http(s) URL, lower-cased.
+/// The origin (`scheme://host[:port]`) of an http(s) URL, lower-cased, with
+/// the scheme's default port left out (as browsers serialize origins). The one
+/// definition the extension, the gateway and the host use.
 pub fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
-    if scheme != "https" && scheme != "http" {
-        return None;
-    }
+    let default_port = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return None,
+    };
     let authority = rest.split(['/', '?', '#']).next()?;
     if authority.is_empty() || authority.contains('@') {
         return None;
     }
-    Some(format!("{scheme}://{}", authority.to_ascii_lowercase()))
+    let authority = authority.to_ascii_lowercase();
+    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// Whether `path` lies in a site's advertised `scope` (a path prefix). The one
+/// scope rule the extension, the gateway and the server apply.
+pub fn in_scope(path: &str, scope: &str) -> bool {
+    path.starts_with(scope)
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_lower_case_without_default_ports() {
+        assert_eq!(
+            origin_of("HTTPS://Example.ORG:443/a?b").as_deref(),
+            Some("https://example.org")
+        );
+        assert_eq!(
+            origin_of("http://example.org:80").as_deref(),
+            Some("http://example.org")
+        );
+        assert_eq!(
+            origin_of("https://example.org:8443/x").as_deref(),
+            Some("https://example.org:8443")
+        );
+        assert_eq!(origin_of("https://u@example.org/"), None);
+        assert_eq!(origin_of("ftp://example.org/"), None);
+        assert!(in_scope("/static/a.js", "/static/"));
+        assert!(!in_scope("/other", "/static/"));
+    }
 }
 
 /// Escapes a literal for an RE2 regular expression.
@@ -352,7 +389,7 @@ impl Settings {
         }
         self.enabled_sites()
             .iter()
-            .any(|s| s.origin == origin && path.starts_with(&s.scope))
+            .any(|s| s.origin == origin && in_scope(path, &s.scope))
             .then(|| format!("http://127.0.0.1:{}/g/{url}", gw.port))
     }
 

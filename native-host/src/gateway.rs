@@ -185,9 +185,9 @@ async fn handle(
     let allowed = {
         let e = state.enrolment.read().await;
         e.enabled
-            && e.sites
-                .iter()
-                .any(|s| s.origin == site_origin && url.path().starts_with(&s.scope))
+            && e.sites.iter().any(|s| {
+                s.origin == site_origin && peercache_core::extension::in_scope(url.path(), &s.scope)
+            })
     };
     if !allowed {
         return refuse(StatusCode::FORBIDDEN, "not in the scope of an enabled site");

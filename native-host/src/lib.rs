@@ -1,29 +1,40 @@
 //! `peercache-host`: the native host that runs beside the browser.
 //!
-//! Layout:
-//! - [`identity`]: the host's key (its peer id is the public half), kept in its
-//!   state directory; it signs registrations, announces and reports.
-//! - [`cache`]: the on-disk content cache (files named by hex hash, crash-safe writes).
-//! - [`client`]: the client protocol: ask the server, follow a referral to a peer,
-//!   verify every byte against the server's hash, fall back to the server, store,
-//!   announce and report.
-//! - [`download`]: verified multi-source downloads with resume (B1, B3).
-//! - [`peer_server`]: the "proxy server client": serves cached objects to other
-//!   peers by hash over QUIC connections dialed by this host's key
-//!   (`peercache_net`), with upload slots; no plain-TCP port.
-//! - [`gateway`]: the local gateway on 127.0.0.1 that the extension redirects
+//! Layout, in layers (each imports only the ones above it; no circles):
+//! - [`identity`], [`cache`], [`knowledge`], [`workload`], [`counters`],
+//!   [`peer_memory`]: state: the key, the on-disk cache, pinned server keys and
+//!   records, upload slots, byte counters, remembered speeds.
+//! - [`server_link`]: the server's `/v1/` API, every request signed
+//!   (register, announce, report, heartbeat).
+//! - [`fetch`]: the download pipeline, one stage per module (below).
+//! - [`peer_server`]: serves cached objects to other peers by hash over QUIC
+//!   (`peercache_net`), with upload slots; answers cascade queries.
+//! - [`lan`]: the UDP multicast who-has / i-have of the local network.
+//! - [`gateway`]: the local gateway on 127.0.0.1 the extension redirects
 //!   enrolled requests to (token and Host checked, enrolled origins only).
-//! - [`native`]: native messaging with the extension on stdin/stdout (framed, capped,
-//!   stdout reserved for frames).
-//! - [`workload`]: upload slots, upload rate cap, per-requester rate (M12).
-//! - [`knowledge`]: pinned server keys, signed records, the auxiliary proxy list.
-//! - [`install`]: writing and removing the browsers' host manifests.
-//! - [`node`]: wiring of the above into one running peer (used by `serve` and by
-//!   native-messaging mode).
+//! - [`native`]: native messaging with the extension on stdin/stdout.
+//! - [`install`]: the browsers' host manifests.
+//! - [`node`]: wires the above into one running peer (`serve`, native mode).
+//!
+//! One request followed top to bottom (a page's `GET /static/app.js`):
+//!
+//! | step | file | function |
+//! |---|---|---|
+//! | the extension redirects it to the gateway | `gateway.rs` | `handle` |
+//! | start the download, its events | `fetch/mod.rs`, `fetch/events.rs` | `Fetcher::open`, `RecentDownloads::start` |
+//! | register, ask the server (deferral, silence) | `fetch/ask.rs`, `server_link.rs` | `ask`, `ServerLink::register` |
+//! | a `200`: stream, hash, write | `fetch/from_server.rs` | `heads`, `pump` |
+//! | a `300`: holders from the referral | `fetch/discover.rs` | `Referred`, `discover_all` |
+//! | silence: known peers, cascade, LAN | `fetch/discover.rs` | `KnownPeers`, `Lan`, `locate` |
+//! | held already? | `fetch/own_cache.rs` | `open` |
+//! | measure and choose | `fetch/choose.rs` | `measure`, `choose` (rule: `peercache_core::select::choose_explained`) |
+//! | ranges from sources, each group verified | `fetch/transfer.rs`, `fetch/source.rs`, `fetch/verify.rs` | `run`, `SourceRef::open_range`, `Proof::check_group` |
+//! | keep | `fetch/keep.rs` | `keep` |
+//! | announce and report | `fetch/settle.rs` | `announce_kept`, `report_sources` |
+//! | bytes to the page | `gateway.rs` | `handle` (the body stream) |
 //!
 //! Goals: no unverified byte ever reaches the browser or the cache; every failure
-//! ends in the bytes from the server, or a clear error.
-//! - [`lan`]: the UDP multicast who-has / i-have query of the local network.
+//! ends in the bytes from the server, or an error naming its real cause.
 //!
 //! Non-goals: serving partial objects (a peer serves only what it holds whole).
 

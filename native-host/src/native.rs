@@ -108,9 +108,12 @@ pub async fn handle(node: &Node, text: &str) -> Vec<FromHost> {
             upload_rate,
             cache_max,
         }) => {
-            if max_uploads > 1024 {
+            if max_uploads > peercache_core::extension::MAX_UPLOAD_SLOTS {
                 return vec![FromHost::Error {
-                    message: "max_uploads must be at most 1024".into(),
+                    message: format!(
+                        "max_uploads must be at most {}",
+                        peercache_core::extension::MAX_UPLOAD_SLOTS
+                    ),
                 }];
             }
             node.workload.set(max_uploads, upload_rate);

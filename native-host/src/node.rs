@@ -216,7 +216,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         cache: cache.clone(),
         dialer: dialer.clone(),
         knowledge: knowledge.clone(),
-        memory: Arc::new(crate::peer_memory::PeerMemory::default()),
+        memory: Arc::new(crate::peer_memory::PeerMemory::open(&options.state_dir)),
         counters: counters.clone(),
         recent: Arc::new(crate::fetch::events::RecentDownloads::default()),
     };

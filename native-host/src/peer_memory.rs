@@ -5,7 +5,8 @@
 //! - The recent peers the popup lists (bounded, oldest out first).
 //! - This host's own link speed: the best recent download rate, decayed the same
 //!   way; the host sends it in `Peercache-Client` so the server's target period
-//!   counts the client's own floor (DESIGN M3).
+//!   counts the client's own floor (DESIGN M3). It is kept in the state
+//!   directory (`link.json`), so a `fetch` benefits from the one before.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -56,15 +57,52 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The own link speed as kept on disk.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedLink {
+    bytes_per_s: f64,
+    /// Unix seconds of the measurement.
+    at: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct PeerMemory {
     throughput: Mutex<HashMap<String, Measured>>,
     recent: Mutex<Vec<PeerUse>>,
     link: Mutex<Option<Measured>>,
+    link_file: Option<std::path::PathBuf>,
 }
 
 impl PeerMemory {
+    /// A memory that keeps the own link speed in `state_dir` (and starts from
+    /// what is kept there; an unreadable file is ignored).
+    pub fn open(state_dir: &std::path::Path) -> Self {
+        let path = state_dir.join("link.json");
+        let saved = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SavedLink>(&b).ok())
+            .filter(|s| s.bytes_per_s.is_finite() && s.bytes_per_s > 0.0);
+        let link = saved.and_then(|s| {
+            let age = Duration::from_secs(unix_now().saturating_sub(s.at));
+            Instant::now().checked_sub(age).map(|at| Measured {
+                bytes_per_s: s.bytes_per_s,
+                at,
+            })
+        });
+        Self {
+            link: Mutex::new(link),
+            link_file: Some(path),
+            ..Self::default()
+        }
+    }
+
     /// What this host remembers of a peer's throughput (decayed; `None` once
     /// the measurement has faded below a tenth of its weight).
     pub fn throughput(&self, peer: &str) -> Option<u64> {
@@ -114,6 +152,18 @@ impl PeerMemory {
                 bytes_per_s: sample,
                 at: now,
             });
+            if let Some(path) = &self.link_file {
+                let saved = SavedLink {
+                    bytes_per_s: sample,
+                    at: unix_now(),
+                };
+                let written = serde_json::to_vec(&saved)
+                    .map_err(std::io::Error::other)
+                    .and_then(|b| crate::cache::write_atomically(path, &b));
+                if let Err(e) = written {
+                    tracing::debug!(error = %e, "could not keep the link speed");
+                }
+            }
         }
     }
 
@@ -212,6 +262,23 @@ mod tests {
         );
         m.note_link(4 << 20, Duration::from_secs(1));
         assert_eq!(m.link_speed(), Some(4 << 20));
+    }
+
+    #[test]
+    fn the_link_speed_is_kept_across_runs() {
+        let dir = std::env::temp_dir().join(format!("peercache-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = PeerMemory::open(&dir);
+        assert_eq!(m.link_speed(), None);
+        m.note_link(2 << 20, Duration::from_secs(1));
+        assert_eq!(PeerMemory::open(&dir).link_speed(), Some(2 << 20));
+        std::fs::write(dir.join("link.json"), b"{garbage").unwrap();
+        assert_eq!(
+            PeerMemory::open(&dir).link_speed(),
+            None,
+            "garbage is ignored"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -348,9 +348,21 @@ pub async fn fetch_cli(
     out: &Path,
     cache: &Path,
 ) -> anyhow::Result<(bool, String)> {
+    fetch_cli_with(server, path, out, cache, &[]).await
+}
+
+/// [`fetch_cli`] with more arguments (e.g. `--explain`).
+pub async fn fetch_cli_with(
+    server: &str,
+    path: &str,
+    out: &Path,
+    cache: &Path,
+    args: &[&str],
+) -> anyhow::Result<(bool, String)> {
     let output = Command::new(bin("peercache-host"))
         .args(["fetch", "--server", server, path, "-o"])
         .arg(out)
+        .args(args)
         .arg("--cache")
         .arg(cache)
         .arg("--state")

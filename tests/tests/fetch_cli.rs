@@ -2,7 +2,8 @@
 //! a lying peer, and failures that must leave no partial file.
 
 use peercache_tests::{
-    TempDir, fetch_cli, make_site, metrics, seed_peer, spawn_peer, spawn_server, test_bytes,
+    TempDir, fetch_cli, fetch_cli_with, make_site, metrics, seed_peer, spawn_peer, spawn_server,
+    test_bytes,
 };
 
 #[tokio::test]
@@ -368,4 +369,75 @@ async fn a_peer_that_trickles_loses_its_work_within_a_bounded_time() {
     assert_eq!(std::fs::read(dir.join("out")).unwrap(), data);
     // Bounded by the 3 s floor window plus set-up, not by the trickle.
     assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
+#[tokio::test]
+async fn explain_says_why_referred_why_this_peer_and_who_sent_what() {
+    let dir = TempDir::new("cli-explain");
+    let a = test_bytes(1 << 20, 61);
+    let b = test_bytes(1 << 20, 62);
+    let root = make_site(&dir, &[("a.bin", &a), ("b.bin", &b)]);
+    // 1 MiB at 256 KiB/s is 4 s: over any short period, so holders are referred.
+    let server = spawn_server(
+        &root,
+        &["--egress-limit", "256KiB", "--target-period", "1s"],
+    )
+    .await
+    .unwrap();
+    // A holder of both files (fetched one at a time, so nothing is deferred).
+    for f in ["/static/a.bin", "/static/b.bin"] {
+        let (ok, err) = fetch_cli(&server.url, f, &dir.join("p.out"), &dir.join("p"))
+            .await
+            .unwrap();
+        assert!(ok, "{err}");
+    }
+    let peer = spawn_peer(&server.url, &dir.join("p"), &[]).await.unwrap();
+    let short = &peer.id[..12];
+    // The client's first download (from the peer) measures its own link…
+    let (ok, err) = fetch_cli_with(
+        &server.url,
+        "/static/b.bin",
+        &dir.join("c.b"),
+        &dir.join("c"),
+        &["--explain"],
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("client link unknown"),
+        "nothing measured yet: {err}"
+    );
+    // …which the second one sends, and the server's decision counts.
+    let (ok, err) = fetch_cli_with(
+        &server.url,
+        "/static/a.bin",
+        &dir.join("c.a"),
+        &dir.join("c"),
+        &["--explain"],
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(dir.join("c.a")).unwrap(), a);
+    for expected in [
+        "path: the server referred this client to peers".to_string(),
+        "server's decision: Refer because the server cannot send it within the target period and peers hold it".to_string(),
+        "egress 262144 B/s".to_string(),
+        "1 holders".to_string(),
+        format!("  {short} #0 rtt "),
+        "path direct: chosen #1: by round trip".to_string(),
+        format!("order: {short}, server"),
+        format!("from {short}: 1048576 bytes, ranges 0-1048575"),
+        "verified: yes; kept: yes; outcome: done".to_string(),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+    let link = err
+        .split("client link ")
+        .nth(1)
+        .and_then(|rest| rest.split(" B/s").next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(link > 0, "the host sent its measured link speed: {err}");
 }

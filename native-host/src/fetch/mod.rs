@@ -181,9 +181,11 @@ struct Object {
     content_type: String,
 }
 
-/// The origin (`scheme://host:port`) of a URL.
+/// The origin (`scheme://host[:port]`) of a URL, by the one rule in
+/// `peercache_core::extension::origin_of`.
 pub fn origin(url: &reqwest::Url) -> String {
-    url.origin().ascii_serialization()
+    peercache_core::extension::origin_of(url.as_str())
+        .unwrap_or_else(|| url.origin().ascii_serialization())
 }
 
 fn now_secs() -> u64 {
