@@ -403,3 +403,157 @@ fn bounded(s: &str, max: usize) -> String {
     }
     s[..end].to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{MemoryStore, Store, StoreLimits};
+
+    const SIZE: usize = 10_000;
+
+    /// A site with `/static/a.bin` and a server that is over every client's
+    /// target (1 MiB/s, a target period of 0 s).
+    fn referring_state(tag: &str) -> (Arc<AppState>, peercache_core::ObjectHash) {
+        let root = std::env::temp_dir().join(format!("pc-site-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("static")).unwrap();
+        let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.join("static/a.bin"), &data).unwrap();
+        let mut config = Config::new(&root);
+        config.egress_limit = Some(1 << 20);
+        config.target_period = std::time::Duration::ZERO;
+        let store = Store::Memory(MemoryStore::new(StoreLimits {
+            ttl_ms: 60_000,
+            max_strikes: 3,
+            slow_threshold_ms: 1000,
+        }));
+        let state = Arc::new(AppState::new(config, store, None, false));
+        (state, peercache_core::ObjectHash::of(&data))
+    }
+
+    async fn get(state: &Arc<AppState>, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = Request::get(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        crate::routes::app(state.clone())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn json(resp: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_referral_says_why_and_admin_lists_the_decision() {
+        let (state, hash) = referring_state("refer");
+        // Nobody holds it: served, and the reason says so.
+        let r = get(&state, "/static/a.bin", &[("peercache-client", "id=me")]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+
+        let now = now_ms();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let dial = "peer:?direct=127.0.0.1:40001".to_string();
+        state
+            .store
+            .register("holder1", ip, Some(dial), None, now)
+            .await
+            .unwrap();
+        state.store.record_fetch("holder1", &hash).await.unwrap();
+        state
+            .store
+            .announce("holder1", &[hash], &[], None, now)
+            .await
+            .unwrap();
+
+        let r = get(
+            &state,
+            "/static/a.bin",
+            &[("peercache-client", "id=me; bw=100000000")],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
+        let referral = json(r).await;
+        assert_eq!(referral["proxies"][0]["id"], "holder1");
+        let why = &referral["why"];
+        assert_eq!(why["verdict"], "refer");
+        assert_eq!(why["reason"], "over_target_with_holders");
+        assert_eq!(why["inputs"]["size"], SIZE);
+        assert_eq!(why["inputs"]["usable_holders"], 1);
+        assert_eq!(why["inputs"]["client_bandwidth"], 100_000_000);
+        assert_eq!(why["inputs"]["egress"]["limit_bytes_per_s"], 1 << 20);
+        assert_eq!(why["target_ms"], referral["target_period_ms"]);
+        assert!(why["estimate_ms"].as_u64().unwrap() > why["target_ms"].as_u64().unwrap());
+
+        let stats = json(get(&state, "/admin/stats.json", &[]).await).await;
+        let decisions = stats["decisions"].as_array().unwrap();
+        assert_eq!(decisions.len(), 2);
+        let newest = &decisions[0];
+        assert_eq!(newest["path"], "/static/a.bin");
+        assert_eq!(newest["client"], "me");
+        assert_eq!(newest["verdict"], "refer");
+        assert_eq!(newest["reason"], "over_target_with_holders");
+        assert_eq!(newest["inputs"], why["inputs"]);
+        assert_eq!(newest["estimate_ms"], why["estimate_ms"]);
+        assert_eq!(
+            newest["why"],
+            peercache_core::decide::Reason::OverTargetWithHolders.describe()
+        );
+        let first = &decisions[1];
+        assert_eq!(first["verdict"], "serve");
+        assert_eq!(first["reason"], "over_target_no_holders");
+        assert_eq!(first["inputs"]["usable_holders"], 0);
+        // The page draws the table.
+        let page = get(&state, "/admin", &[]).await;
+        let html = axum::body::to_bytes(page.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&html).contains("decision-rows"));
+    }
+
+    #[tokio::test]
+    async fn clients_without_the_header_are_served_and_not_recorded() {
+        let (state, _) = referring_state("plain");
+        let r = get(&state, "/static/a.bin", &[]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(state.decisions.newest_first().is_empty());
+    }
+
+    #[tokio::test]
+    async fn site_ranges_follow_the_core_rule() {
+        let (state, hash) = referring_state("range");
+        let r = get(&state, "/static/a.bin", &[("range", "bytes=10-19")]).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 10-19/10000");
+        let tag = format!("\"{}\"", hash.to_hex());
+        let r = get(
+            &state,
+            "/static/a.bin",
+            &[("range", "bytes=10-19"), ("if-range", "\"old\"")],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK, "another version: all of it");
+        let r = get(
+            &state,
+            "/static/a.bin",
+            &[("range", "bytes=10-19"), ("if-range", tag.as_str())],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        let r = get(&state, "/static/a.bin", &[("range", "bytes=20000-")]).await;
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10000");
+    }
+}
