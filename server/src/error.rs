@@ -47,7 +47,8 @@ pub enum ApiError {
     /// The `Range` cannot be satisfied for an object of this size.
     #[error("range not satisfiable")]
     RangeNotSatisfiable(u64),
-    /// The upstream origin failed; the detail is only logged.
+    /// The upstream origin failed (unreachable, or its response could not be
+    /// kept); the detail is only logged.
     #[error("bad gateway: {0}")]
     BadGateway(String),
     /// A file could not be read, a task failed; the detail is only logged.
@@ -71,7 +72,9 @@ impl ApiError {
     pub fn public_message(&self) -> String {
         match self {
             ApiError::Unavailable(_) => "unavailable: try again shortly".into(),
-            ApiError::BadGateway(_) => "bad gateway: the origin failed".into(),
+            ApiError::BadGateway(_) => {
+                "bad gateway: origin unreachable, or its response could not be kept".into()
+            }
             ApiError::Internal(_) => "internal error".into(),
             other => other.to_string(),
         }
