@@ -7,6 +7,7 @@
 //! - [`peer`]: the peer plane: dial info and the peer protocol's messages.
 //! - [`protocol`]: the JSON messages of `/v1/` and of native messaging (serde types).
 //! - [`headers`]: the `Peercache-Client`, `Peercache-Object` and `Peercache` headers.
+//! - [`range`]: which bytes a `GET` gets (`Range`, `If-Range`, `416`).
 //! - [`hash`]: object hashes (BLAKE3) and their hex form.
 //! - [`record`]: signed object records (B8).
 //! - [`decide`]: serve-or-refer, from an egress model and the target period (M1, M3, M4).
@@ -29,6 +30,7 @@ pub mod hash;
 pub mod headers;
 pub mod peer;
 pub mod protocol;
+pub mod range;
 pub mod record;
 pub mod select;
 pub mod shareable;

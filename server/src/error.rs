@@ -1,8 +1,15 @@
 //! API errors: each variant becomes a status code and a JSON body with a reason.
+//!
+//! One rule for what leaves the server: a client's mistake is explained to it
+//! (`4xx` with the reason); the server's own failures (`5xx`) are logged with
+//! their detail and answered with a fixed sentence, so no file path, OS error or
+//! look-up table message ever reaches a response body.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
 
 /// Anything a request can do wrong, or the server can fail at.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +35,7 @@ pub enum ApiError {
     /// Too many requests from this peer.
     #[error("too many requests; slow down")]
     TooManyRequests,
-    /// A dependency (the look-up table) is down.
+    /// A dependency (the look-up table) is down; the detail is only logged.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// Nothing at this path or hash.
@@ -40,12 +47,48 @@ pub enum ApiError {
     /// The `Range` cannot be satisfied for an object of this size.
     #[error("range not satisfiable")]
     RangeNotSatisfiable(u64),
-    /// The upstream origin failed.
+    /// The upstream origin failed (unreachable, or its response could not be
+    /// kept); the detail is only logged.
     #[error("bad gateway: {0}")]
     BadGateway(String),
-    /// A file could not be read.
+    /// A file could not be read, a task failed; the detail is only logged.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ApiError {
+    /// An internal failure, its detail kept for the log.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+
+    /// An origin failure, its detail kept for the log.
+    pub fn bad_gateway(e: impl std::fmt::Display) -> Self {
+        ApiError::BadGateway(e.to_string())
+    }
+
+    /// What the response body says: the reason for a client's mistake, a
+    /// fixed sentence for the server's own failures.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Unavailable(_) => "unavailable: try again shortly".into(),
+            ApiError::BadGateway(_) => {
+                "bad gateway: origin unreachable, or its response could not be kept".into()
+            }
+            ApiError::Internal(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownPeer => ApiError::UnknownPeer("(delisted or lapsed)".into()),
+            StoreError::Full => ApiError::Unavailable("peer table full".into()),
+            StoreError::Unavailable(e) => ApiError::Unavailable(e),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -70,7 +113,7 @@ impl IntoResponse for ApiError {
         let retry = matches!(self, ApiError::TooManyRequests | ApiError::Unavailable(_));
         let mut resp = (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(serde_json::json!({ "error": self.public_message() })),
         )
             .into_response();
         if retry {
@@ -104,5 +147,46 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             status
         };
         ApiError::Rejected(status, r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: ApiError) -> (StatusCode, String) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 4096)
+            .await
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn server_failures_never_show_their_detail() {
+        let secret = "/srv/site/private/a.bin: Permission denied (os error 13)";
+        for (e, status) in [
+            (
+                ApiError::internal(secret),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (ApiError::bad_gateway(secret), StatusCode::BAD_GATEWAY),
+            (
+                ApiError::from(StoreError::Unavailable(secret.into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ] {
+            let (got, body) = body_of(e).await;
+            assert_eq!(got, status);
+            assert!(!body.contains("Permission"), "{body}");
+            assert!(!body.contains("/srv"), "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+        }
+        // A client's mistake is still explained to it.
+        let (status, body) = body_of(ApiError::BadRequest("invalid path".into())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("invalid path"), "{body}");
     }
 }

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use metrics::counter;
 use peercache_core::peer::DialInfo;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::now_ms;
 
 /// Pings at once.

@@ -2,14 +2,48 @@
 //!
 //! Layout (a library plus a thin `main`, as in mini-redis):
 //! - [`config`]: settings from flags and an optional TOML file.
+//! - [`state`]: [`AppState`], shared by every route: figures, recent decisions,
+//!   rate limiter, transfers in flight, record signing. Imports no route module.
+//! - [`routes`]: the axum router, one module per job with its sub-router:
+//!   [`routes::site`] (the site with serve / refer / defer), [`routes::peers`]
+//!   (register, announce, report), [`routes::objects`] (the server as a source),
+//!   [`routes::admin`] (the live `/admin` page), [`routes::metrics`].
+//! - [`send`]: streaming an object's bytes through the egress pipe.
 //! - [`site`]: the files it serves and their hashes (the object registry).
-//! - [`store`]: the look-up table content → peers (in memory or in Redis).
+//! - [`store`]: the look-up table content → peers (in memory or in Redis), with
+//!   the peer lifecycle rules shared by both in [`store::rules`].
 //! - [`health`]: pinging peers and demoting or dropping slow and dead ones.
 //! - [`egress`]: the model (and the real throttle) of the server's own upload.
 //! - [`relay`]: the site's own relay for peers behind routers (B10).
-//! - [`app`](mod@app): the axum router: the site with serve-or-refer, the `/v1/` API,
-//!   `/metrics`; [`admin`]: the live `/admin` page.
-//! - [`error`]: the API error enum, turned into `4xx` responses with a reason.
+//! - [`error`]: the API error enum: `4xx` with a reason, `5xx` with a fixed
+//!   sentence (the detail only logged).
+//!
+//! Modules import downwards only: `routes::*` → `send` → `state` →
+//! `store`, `site`, `egress`, `upstream`, `relay`, `config`; `health` →
+//! `state`; `error` → `store`.
+//!
+//! The site request path, step by step (file :: function):
+//!
+//! ```text
+//! GET /static/a.bin   (Peercache-Client: id=…; bw=…)
+//!  │
+//!  ├─ routes/mod.rs   :: app                 the router; unclaimed paths fall back to the site
+//!  ├─ routes/site.rs  :: site                the chain below, top to bottom
+//!  │   1 resolve      :: resolve             path → SiteObject
+//!  │       site.rs    :: Site::resolve, Site::object          (a file under the root)
+//!  │       upstream.rs:: Upstream::fetch                      (or the origin; private → pass through)
+//!  │   2 decide       :: decide              only for a referral-capable client, shareable request
+//!  │       core decide:: over_target         too slow even with a holder? then …
+//!  │       store/mod.rs:: Store::holders      … ask the look-up table (ranked by core select)
+//!  │       core decide:: explain             Inputs → Explained { verdict, reason, figures }
+//!  │       state.rs   :: RecentDecisions::push   kept for /admin; logged with tracing
+//!  │   3 answer       :: answer              act on the verdict
+//!  │       Defer      :: deferral            503 + Retry-After
+//!  │       Refer      :: referral            300 + holders + why (the Explained)
+//!  │       Serve      :: serve               headers only | range (core range::choose_range) | whole
+//!  │           send.rs:: send_object         streamed through egress.rs :: EgressPipe::throttle
+//!  └─ error.rs        :: ApiError            4xx with a reason, 5xx with a fixed sentence
+//! ```
 //!
 //! [`run`] serves on a listener the caller binds (so tests use `127.0.0.1:0`) until
 //! the shutdown future resolves.
@@ -25,22 +59,24 @@
 //!
 //! Non-goals: HTTP caching of private responses (they pass through untouched).
 
-pub mod admin;
-pub mod app;
 pub mod config;
 pub mod egress;
 pub mod error;
 pub mod health;
 pub mod relay;
+pub mod routes;
+pub mod send;
 pub mod site;
+pub mod state;
 pub mod store;
 pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
 
-pub use app::{AppState, app};
 pub use config::Config;
+pub use routes::app;
+pub use state::AppState;
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]

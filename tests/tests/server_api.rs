@@ -2,7 +2,10 @@
 //! the answers to bad input.
 
 use peercache_core::hash::ObjectHash;
-use peercache_tests::{TempDir, TestKey, make_site, signed_post, spawn_server, test_bytes};
+use peercache_tests::{
+    TempDir, TestKey, announce, ask, make_site, register_and_fetch, signed_post, spawn_server,
+    test_bytes,
+};
 use serde_json::json;
 
 async fn register_and_announce(
@@ -434,4 +437,97 @@ async fn bad_input_gets_a_4xx_with_a_reason() {
             .unwrap(),
         &b"abc"[..]
     );
+}
+
+#[tokio::test]
+async fn a_referral_says_why_and_the_admin_page_lists_the_decision() {
+    let dir = TempDir::new("srv-why");
+    let data = test_bytes(200_000, 7);
+    let hash = ObjectHash::of(&data);
+    let root = make_site(&dir, &[("w.bin", &data)]);
+    let server = spawn_server(
+        &root,
+        &[
+            "--ping-interval",
+            "0s",
+            "--egress-limit",
+            "1MiB",
+            "--target-period",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+    let holder = TestKey::new(90);
+    register_and_fetch(&server.url, &holder, Some(40390), "/static/w.bin")
+        .await
+        .unwrap();
+    let accepted = announce(&server.url, &holder, &[hash.to_hex()], None)
+        .await
+        .unwrap();
+    assert_eq!(accepted, vec![hash.to_hex()]);
+
+    let client = TestKey::new(91);
+    let (status, referral) = ask(&server.url, &client.id, "/static/w.bin").await.unwrap();
+    assert_eq!(status, 300);
+    let referral = referral.unwrap();
+    assert_eq!(referral["proxies"][0]["id"], holder.id.as_str());
+    let why = &referral["why"];
+    assert_eq!(why["verdict"], "refer", "{referral}");
+    assert_eq!(why["reason"], "over_target_with_holders");
+    assert_eq!(why["inputs"]["size"], data.len());
+    assert_eq!(why["inputs"]["usable_holders"], 1);
+    assert_eq!(why["inputs"]["egress"]["limit_bytes_per_s"], 1 << 20);
+    assert_eq!(why["target_ms"], 0);
+    assert!(why["estimate_ms"].as_u64().unwrap() > 0);
+
+    let stats: serde_json::Value = reqwest::get(format!("{}/admin/stats.json", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let decisions = stats["decisions"].as_array().unwrap();
+    let listed = decisions
+        .iter()
+        .find(|d| d["client"] == client.id.as_str())
+        .unwrap_or_else(|| panic!("the referral is listed: {stats}"));
+    assert_eq!(listed["path"], "/static/w.bin");
+    assert_eq!(listed["verdict"], "refer");
+    assert_eq!(listed["reason"], "over_target_with_holders");
+    assert_eq!(listed["inputs"], why["inputs"]);
+    assert_eq!(listed["estimate_ms"], why["estimate_ms"]);
+    assert_eq!(listed["target_ms"], 0);
+    assert!(listed["why"].as_str().unwrap().contains("peers hold it"));
+    // The holder's own fetch was a decision too (nobody held it then).
+    let holders_fetch = decisions
+        .iter()
+        .find(|d| d["client"] == holder.id.as_str())
+        .unwrap_or_else(|| panic!("the holder's fetch is listed: {stats}"));
+    assert_eq!(holders_fetch["verdict"], "serve");
+    assert_eq!(holders_fetch["reason"], "over_target_no_holders");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_server_failure_answers_a_fixed_sentence() {
+    let dir = TempDir::new("srv-500");
+    let root = make_site(&dir, &[("ok.bin", b"fine")]);
+    // A file the server cannot read (a symlink to itself: "too many levels of
+    // symbolic links", whoever the server runs as): its OS error and path stay
+    // in the server's log.
+    let looped = root.join("static/loop.bin");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let server = spawn_server(&root, &[]).await.unwrap();
+    let r = reqwest::get(format!("{}/static/loop.bin", server.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"error": "internal error"}));
+    // The same server still serves what it can read.
+    let r = reqwest::get(format!("{}/static/ok.bin", server.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

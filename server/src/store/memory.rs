@@ -8,9 +8,13 @@ use peercache_core::hash::ObjectHash;
 use peercache_core::protocol::{Load, Outcome, Report};
 use peercache_core::select::HolderStats;
 
+use super::rules::{
+    holdings_room, is_delisted, is_expired, is_live, pending_after_booking, pending_now,
+    ping_failures_drop, smooth_rtt,
+};
 use super::{
-    MAX_HOLDINGS_PER_PEER, MAX_OFFERS, MAX_PEERS, MAX_PING_FAILURES, OFFER_TTL_MS, PeerRow,
-    StoreError, StoreLimits, TableStats, smooth_rtt,
+    MAX_HOLDINGS_PER_PEER, MAX_OFFERS, MAX_PEERS, OFFER_TTL_MS, PeerRow, StoreError, StoreLimits,
+    TableStats,
 };
 
 #[derive(Debug, Clone)]
@@ -62,7 +66,7 @@ impl MemoryStore {
     }
 
     fn live(&self, r: &PeerRecord, now: u64) -> bool {
-        now.saturating_sub(r.last_seen) <= self.limits.ttl_ms && r.strikes < self.limits.max_strikes
+        is_live(Some(r.last_seen), r.strikes, now, &self.limits)
     }
 
     pub(super) fn register(
@@ -75,7 +79,7 @@ impl MemoryStore {
     ) -> Result<Option<String>, StoreError> {
         let mut inner = lock(&self.inner);
         if let Some(rec) = inner.peers.get_mut(id) {
-            if rec.strikes >= self.limits.max_strikes {
+            if is_delisted(rec.strikes, &self.limits) {
                 return Err(StoreError::UnknownPeer);
             }
             rec.ip = ip;
@@ -186,9 +190,8 @@ impl MemoryStore {
     ) -> Result<Vec<ObjectHash>, StoreError> {
         let mut guard = lock(&self.inner);
         let inner = &mut *guard;
-        let max_strikes = self.limits.max_strikes;
         let rec = inner.peers.get_mut(id).ok_or(StoreError::UnknownPeer)?;
-        if rec.strikes >= max_strikes || now.saturating_sub(rec.last_seen) > self.limits.ttl_ms {
+        if !is_live(Some(rec.last_seen), rec.strikes, now, &self.limits) {
             return Err(StoreError::UnknownPeer);
         }
         rec.last_seen = now;
@@ -208,7 +211,7 @@ impl MemoryStore {
         let mut accepted = Vec::with_capacity(have.len());
         for hash in have {
             if !rec.held.contains(hash) {
-                if rec.held.len() >= MAX_HOLDINGS_PER_PEER {
+                if holdings_room(rec.held.len()) == 0 {
                     break;
                 }
                 rec.held.insert(*hash);
@@ -248,11 +251,7 @@ impl MemoryStore {
                     rtt_ms: r.rtt_ms,
                     direct: r.direct,
                     load: r.load,
-                    pending: if now.saturating_sub(r.pending_at) > super::PENDING_WINDOW_MS {
-                        0
-                    } else {
-                        r.pending
-                    },
+                    pending: pending_now(r.pending, r.pending_at, now),
                     uses: *uses,
                 })
             })
@@ -261,10 +260,7 @@ impl MemoryStore {
 
     pub(super) fn book_referral(&self, id: &str, now: u64) -> Result<(), StoreError> {
         if let Some(r) = lock(&self.inner).peers.get_mut(id) {
-            if now.saturating_sub(r.pending_at) > super::PENDING_WINDOW_MS {
-                r.pending = 0;
-            }
-            r.pending = r.pending.saturating_add(1);
+            r.pending = pending_after_booking(r.pending, r.pending_at, now);
             r.pending_at = now;
         }
         Ok(())
@@ -356,7 +352,7 @@ impl MemoryStore {
             }
             None => {
                 r.ping_failures += 1;
-                if r.ping_failures >= MAX_PING_FAILURES {
+                if ping_failures_drop(r.ping_failures) {
                     inner.peers.remove(peer);
                     inner.holders.retain(|_, h| {
                         h.remove(peer);
@@ -370,12 +366,10 @@ impl MemoryStore {
 
     pub(super) fn expire(&self, now: u64) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
-        let ttl = self.limits.ttl_ms;
-        let max_strikes = self.limits.max_strikes;
         let dead: HashSet<String> = inner
             .peers
             .iter()
-            .filter(|(_, r)| now.saturating_sub(r.last_seen) > ttl && r.strikes < max_strikes)
+            .filter(|(_, r)| is_expired(Some(r.last_seen), r.strikes, now, &self.limits))
             .map(|(id, _)| id.clone())
             .collect();
         if dead.is_empty() {
@@ -396,7 +390,7 @@ impl MemoryStore {
             ..TableStats::default()
         };
         for r in inner.peers.values() {
-            if r.strikes >= self.limits.max_strikes {
+            if is_delisted(r.strikes, &self.limits) {
                 s.delisted += 1;
             } else if self.live(r, now) {
                 s.peers += 1;
@@ -413,7 +407,7 @@ impl MemoryStore {
         let mut rows: Vec<PeerRow> = inner
             .peers
             .iter()
-            .filter(|(_, r)| self.live(r, now) || r.strikes >= self.limits.max_strikes)
+            .filter(|(_, r)| self.live(r, now) || is_delisted(r.strikes, &self.limits))
             .map(|(id, r)| PeerRow {
                 id: id.clone(),
                 addr: r.addr.clone(),

@@ -10,10 +10,13 @@
 //! is it listed).
 //!
 //! Times are wall-clock milliseconds so replicas agree. Ranking is
-//! `peercache_core::select::rank_holders`, the same for both backends.
+//! `peercache_core::select::rank_holders`, and the lifecycle rules (live,
+//! lapsed, delisted, fading bookings, dropping unreachable peers) are
+//! [`rules`], the same for both backends.
 
 mod memory;
 mod redis;
+pub mod rules;
 
 use std::net::IpAddr;
 
@@ -102,14 +105,6 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Smooths an RTT sample into the running value (EWMA, α = 1/4).
-pub fn smooth_rtt(old: Option<u32>, sample: u32) -> u32 {
-    match old {
-        None => sample,
-        Some(old) => ((u64::from(old) * 3 + u64::from(sample)) / 4) as u32,
-    }
 }
 
 /// The look-up table.

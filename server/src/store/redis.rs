@@ -23,10 +23,11 @@ use peercache_core::select::HolderStats;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{
-    MAX_HOLDINGS_PER_PEER, MAX_PING_FAILURES, OFFER_TTL_MS, PeerRow, StoreError, StoreLimits,
-    TableStats, smooth_rtt,
+use super::rules::{
+    bookings_faded, holdings_room, is_delisted, is_expired, is_live, pending_now,
+    ping_failures_drop, smooth_rtt,
 };
+use super::{OFFER_TTL_MS, PeerRow, StoreError, StoreLimits, TableStats};
 
 /// Most holders read for one referral.
 const MAX_HOLDERS_READ: isize = 256;
@@ -139,9 +140,7 @@ impl RedisStore {
     }
 
     fn live(&self, f: &PeerFields, now: u64) -> bool {
-        f.seen
-            .is_some_and(|s| now.saturating_sub(s) <= self.limits.ttl_ms)
-            && f.strikes < self.limits.max_strikes
+        is_live(f.seen, f.strikes, now, &self.limits)
     }
 
     async fn fields(&self, id: &str) -> Result<PeerFields, StoreError> {
@@ -236,7 +235,7 @@ impl RedisStore {
         let mut c = self.conn.clone();
         let held_key = self.k("held", id);
         let held: usize = c.scard(&held_key).await.map_err(unavailable)?;
-        let room = MAX_HOLDINGS_PER_PEER.saturating_sub(held);
+        let room = holdings_room(held);
         let accepted: Vec<ObjectHash> = have.iter().take(room).copied().collect();
         let key = self.k("peer", id);
         let ttl = (self.limits.ttl_ms * 2) as i64;
@@ -296,11 +295,7 @@ impl RedisStore {
                 rtt_ms: f.rtt,
                 direct: f.direct,
                 load: f.load,
-                pending: if now.saturating_sub(f.pending_at) > super::PENDING_WINDOW_MS {
-                    0
-                } else {
-                    f.pending
-                },
+                pending: pending_now(f.pending, f.pending_at, now),
                 uses: uses.max(0.0) as u64,
             });
         }
@@ -314,7 +309,9 @@ impl RedisStore {
         let f = self.fields(id).await?;
         let key = self.k("peer", id);
         let mut pipe = redis::pipe();
-        if now.saturating_sub(f.pending_at) > super::PENDING_WINDOW_MS {
+        // `rules::pending_after_booking`, as a reset and an atomic increment
+        // (replicas book concurrently).
+        if bookings_faded(f.pending_at, now) {
             pipe.hset(&key, "pending", 0).ignore();
         }
         pipe.hincr(&key, "pending", 1).ignore();
@@ -361,7 +358,10 @@ impl RedisStore {
                 pipe.zrem(&holders, &report.source).ignore();
                 pipe.srem(self.k("held", &report.source), report.hash.to_hex())
                     .ignore();
-                if strikes >= i64::from(self.limits.max_strikes) {
+                if is_delisted(
+                    u32::try_from(strikes.max(0)).unwrap_or(u32::MAX),
+                    &self.limits,
+                ) {
                     pipe.sadd(self.set_key("delisted"), &report.source).ignore();
                 }
                 pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
@@ -507,7 +507,7 @@ impl RedisStore {
             }
             None => {
                 let fails: i64 = c.hincr(&key, "fails", 1).await.map_err(unavailable)?;
-                if fails >= i64::from(MAX_PING_FAILURES) {
+                if ping_failures_drop(u32::try_from(fails.max(0)).unwrap_or(u32::MAX)) {
                     self.drop_peer(peer).await?;
                 }
                 Ok(())
@@ -519,10 +519,7 @@ impl RedisStore {
         let ids = self.all_peers().await?;
         let fields = self.many_fields(&ids).await?;
         for (id, f) in ids.into_iter().zip(fields) {
-            let lapsed = f
-                .seen
-                .is_none_or(|s| now.saturating_sub(s) > self.limits.ttl_ms);
-            if lapsed && f.strikes < self.limits.max_strikes {
+            if is_expired(f.seen, f.strikes, now, &self.limits) {
                 self.drop_peer(&id).await?;
             }
         }
@@ -572,7 +569,7 @@ impl RedisStore {
             .into_iter()
             .zip(fields)
             .zip(held)
-            .filter(|((_, f), _)| self.live(f, now) || f.strikes >= self.limits.max_strikes)
+            .filter(|((_, f), _)| self.live(f, now) || is_delisted(f.strikes, &self.limits))
             .map(|((id, f), holdings)| PeerRow {
                 id,
                 addr: f.addr,

@@ -1,17 +1,48 @@
-//! `/admin`: a live page of the server's offload, peers and objects (B5). The page
-//! polls `/admin/stats.json` every second and redraws; the JSON is also handy for
+//! `/admin`: a live page of the server's offload, peers, objects and recent
+//! serve / refer / defer decisions with their figures (B5). The page polls
+//! `/admin/stats.json` every second and redraws; the JSON is also handy for
 //! scripts.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::Html;
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::routes::site::verdict_name;
+use crate::state::{AppState, DecisionRecord, Tally};
 use crate::store::now_ms;
+
+/// `GET /admin` and `/admin/stats.json`.
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin", get(page))
+        .route("/admin/stats.json", get(stats_json))
+}
+
+/// One decision as the JSON and the page show it: its inputs, figures, verdict
+/// and reason (code and sentence).
+fn decision_json(d: &DecisionRecord) -> serde_json::Value {
+    let e = &d.explained;
+    let retry_after_s = match e.verdict {
+        peercache_core::decide::Verdict::Defer { retry_after_s } => Some(retry_after_s),
+        _ => None,
+    };
+    json!({
+        "at_ms": d.at_ms,
+        "path": d.path,
+        "client": d.client,
+        "inputs": e.inputs,
+        "estimate_ms": e.estimate_ms,
+        "target_ms": e.target_ms,
+        "verdict": verdict_name(e.verdict),
+        "retry_after_s": retry_after_s,
+        "reason": e.reason,
+        "why": e.reason.describe(),
+    })
+}
 
 /// The figures the page shows.
 pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -24,9 +55,9 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         (Ok(s), Ok(p)) => (s, p, true),
         _ => (Default::default(), Vec::new(), false),
     };
-    let served = f.bytes_served.load(Ordering::Relaxed);
+    let served = f.get(Tally::BytesServed);
     let (relayed_out, relayed_in) = state.site_relay.as_ref().map_or((0, 0), |r| r.bytes());
-    let from_peers = f.bytes_from_peers.load(Ordering::Relaxed);
+    let from_peers = f.get(Tally::BytesFromPeers);
     let history: Vec<_> = f
         .history
         .lock()
@@ -35,17 +66,17 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         .map(|(t, s, p)| json!([t, s, p]))
         .collect();
     Json(json!({
-        "requests_served": f.served.load(Ordering::Relaxed),
-        "requests_referred": f.referred.load(Ordering::Relaxed),
+        "requests_served": f.get(Tally::Served),
+        "requests_referred": f.get(Tally::Referred),
         "bytes_served": served,
         "bytes_from_peers": from_peers,
         "offload": if served + from_peers > 0 { from_peers as f64 / (served + from_peers) as f64 } else { 0.0 },
-        "mismatch_reports": f.mismatches.load(Ordering::Relaxed),
+        "mismatch_reports": f.get(Tally::Mismatches),
         "relay_bytes_out": relayed_out,
         "relay_bytes_in": relayed_in,
         "relays": state.relays.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),
         "store_ok": store_ok,
-        "store_errors": f.store_errors.load(Ordering::Relaxed),
+        "store_errors": f.get(Tally::StoreErrors),
         "peers_live": stats.peers,
         "peers_serving": stats.serving_peers,
         "peers_delisted": stats.delisted,
@@ -59,6 +90,7 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
             "strikes": p.strikes, "objects": p.holdings,
         })).collect::<Vec<_>>(),
         "history": history,
+        "decisions": state.decisions.newest_first().iter().map(decision_json).collect::<Vec<_>>(),
     }))
 }
 
@@ -72,6 +104,7 @@ const PAGE: &str = r##"<!doctype html>
 <style>
 body{font:14px system-ui,sans-serif;margin:24px;color:#1d2430;max-width:980px}
 h1{font-size:20px;margin:0 0 12px}
+h2{font-size:16px;margin:18px 0 0}
 .cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{border:1px solid #dde1e7;border-radius:8px;padding:10px 14px;min-width:140px}
 .card b{display:block;font-size:22px}
@@ -94,6 +127,9 @@ svg{border:1px solid #dde1e7;border-radius:8px;margin-top:12px}
 </div>
 <p id="store"></p>
 <svg id="chart" width="940" height="160" viewBox="0 0 940 160"></svg>
+<h2>recent decisions</h2>
+<table><thead><tr><th>time</th><th>path</th><th>client</th><th>size</th><th>estimate</th><th>target</th><th>egress limit</th><th>in flight</th><th>client bandwidth</th><th>holders</th><th>verdict</th><th>reason</th></tr></thead><tbody id="decision-rows"></tbody></table>
+<h2>peers</h2>
 <table><thead><tr><th>peer</th><th>address</th><th>path</th><th>RTT</th><th>load</th><th>strikes</th><th>objects</th></tr></thead><tbody id="peer-rows"></tbody></table>
 <script>
 const fmt = (n) => { const u = ['B','KiB','MiB','GiB','TiB']; let i = 0; while (n >= 1024 && i < 4) { n /= 1024; i++; } return (i ? n.toFixed(1) : n) + ' ' + u[i]; };
@@ -133,6 +169,19 @@ async function refresh() {
     rows.replaceChildren(...s.peers.map(p => {
       const tr = document.createElement('tr');
       for (const v of [p.id.slice(0, 16) + '…', p.addr ?? '(client only)', p.path, p.rtt_ms == null ? '–' : p.rtt_ms + ' ms', p.load ?? '–', p.strikes, p.objects]) {
+        const td = document.createElement('td'); td.textContent = v; tr.append(td);
+      }
+      return tr;
+    }));
+    const decisions = document.getElementById('decision-rows');
+    decisions.replaceChildren(...s.decisions.map(d => {
+      const tr = document.createElement('tr');
+      const i = d.inputs, e = i.egress;
+      const verdict = d.verdict + (d.retry_after_s == null ? '' : ` (${d.retry_after_s} s)`);
+      for (const v of [new Date(d.at_ms).toLocaleTimeString(), d.path, d.client == null ? '–' : d.client.slice(0, 16) + '…',
+          fmt(i.size), d.estimate_ms + ' ms', d.target_ms + ' ms',
+          e.limit_bytes_per_s == null ? 'unlimited' : fmt(e.limit_bytes_per_s) + '/s', fmt(e.bytes_in_flight),
+          i.client_bandwidth == null ? '–' : fmt(i.client_bandwidth) + '/s', i.usable_holders, verdict, d.why]) {
         const td = document.createElement('td'); td.textContent = v; tr.append(td);
       }
       return tr;

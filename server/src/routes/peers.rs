@@ -1,0 +1,298 @@
+//! The peers' API, each request signed by the peer's key (a peer is its key,
+//! B6): `POST /v1/peers` (register), `/v1/announce` (what it holds, checked:
+//! fetched through this server or proven by a possession check) and
+//! `/v1/report` (how a referral went, counted only for sources the client was
+//! referred to).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use metrics::counter;
+use peercache_core::headers;
+use peercache_core::protocol::{
+    Announce, AnnounceResponse, Outcome, RegisterRequest, RegisterResponse, Report, SERVER_PROXY_ID,
+};
+
+use crate::error::ApiError;
+use crate::site::SiteObject;
+use crate::state::{AppState, Tally};
+use crate::store::{StoreError, now_ms};
+
+/// Most hashes in one announce.
+pub const MAX_ANNOUNCE_HASHES: usize = 10_000;
+/// Most possession proofs the server runs for one announce.
+const MAX_PROOFS_PER_ANNOUNCE: usize = 8;
+
+/// `POST /v1/peers`, `/v1/announce`, `/v1/report`.
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/peers", post(register))
+        .route("/v1/announce", post(announce))
+        .route("/v1/report", post(report))
+}
+
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// Checks a request's `Peercache-Auth` signature (a peer is its key, B6) and
+/// parses its JSON body; the body must name the key that signed it.
+fn authenticated<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    path: &str,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    peer_of: impl Fn(&T) -> &str,
+) -> Result<(String, T), ApiError> {
+    let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
+    let auth = headers.get(headers::AUTH).and_then(|v| v.to_str().ok());
+    let id =
+        peercache_core::auth::authenticate(auth, "POST", path, &body, now_secs()).map_err(|e| {
+            counter!("peercache_auth_failures_total").increment(1);
+            ApiError::Unauthorized(e.to_string())
+        })?;
+    let value: T = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    if peer_of(&value) != id {
+        counter!("peercache_auth_failures_total").increment(1);
+        return Err(ApiError::Unauthorized(
+            peercache_core::auth::AuthError::WrongPeer.to_string(),
+        ));
+    }
+    Ok((id, value))
+}
+
+/// What the server lists of a host's dial info (B6): its relay only if it is one
+/// this server offers; of its direct addresses only those on the address its
+/// connection came from (or, when none is, that address with its endpoint's
+/// port). `None` when nothing is left to dial.
+pub fn listable_dial(
+    reported: Option<peercache_core::peer::DialInfo>,
+    port: Option<u16>,
+    seen: std::net::IpAddr,
+    relays: &[peercache_core::protocol::RelayInfo],
+) -> Option<peercache_core::peer::DialInfo> {
+    let reported = reported?;
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let relay = reported
+        .relay
+        .filter(|r| relays.iter().any(|known| same(&known.url, r)));
+    let mut direct: Vec<SocketAddr> = reported
+        .direct
+        .into_iter()
+        .filter(|a| a.ip() == seen && a.port() != 0)
+        .collect();
+    if direct.is_empty()
+        && let Some(port) = port.filter(|p| *p != 0)
+    {
+        direct.push(SocketAddr::new(seen, port));
+    }
+    let info = peercache_core::peer::DialInfo { relay, direct };
+    (!info.is_empty()).then_some(info)
+}
+
+async fn register(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req_headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let (id, req) =
+        authenticated::<RegisterRequest>(&req_headers, "/v1/peers", body, |r| &r.peer_id)?;
+    if !state
+        .announce_limiter
+        .allow(&id, state.config.announce_rate)
+    {
+        return Err(ApiError::TooManyRequests);
+    }
+    let dial = listable_dial(req.dial, req.port, peer.ip(), &state.relays);
+    let addr = state
+        .store
+        .register(
+            &id,
+            peer.ip(),
+            dial.map(|d| d.to_dial_string()),
+            req.load,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::UnknownPeer => ApiError::Forbidden("peer is delisted".into()),
+            other => ApiError::from(other),
+        })?;
+    tracing::info!(peer = %id, ?addr, "peer registered");
+    Ok(Json(RegisterResponse {
+        peer_id: id,
+        addr,
+        ttl_secs: state.store.limits().ttl_ms / 1000,
+        relays: state.relays.clone(),
+    }))
+}
+
+/// Checks that the peer `id` at `addr` really holds `obj`: asks it, over its QUIC
+/// connection, for a small random range and compares with the server's own
+/// bytes (B6, "proves it holds it").
+async fn proves_possession(state: &AppState, id: &str, addr: &str, obj: &SiteObject) -> bool {
+    if obj.size == 0 {
+        return true;
+    }
+    let (Some(peers), Ok(dial)) = (&state.peers, peercache_core::peer::DialInfo::parse(addr))
+    else {
+        return false;
+    };
+    let len = obj.size.min(4096);
+    let offset = rand::random_range(0..=obj.size - len);
+    let mine = {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = obj.path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut f = std::fs::File::open(path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        })
+        .await
+    };
+    let Ok(Ok(mine)) = mine else { return false };
+    let theirs = async {
+        let (_, mut body) = peers
+            .object(id, &dial, obj.hash, Some((offset, offset + len - 1)))
+            .await
+            .ok()?;
+        let mut got = Vec::with_capacity(len as usize);
+        while let Ok(Some(chunk)) = body.next_chunk().await {
+            got.extend_from_slice(&chunk);
+        }
+        Some(got)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), theirs).await {
+        Ok(Some(got)) => got == mine,
+        _ => false,
+    }
+}
+
+async fn announce(
+    State(state): State<Arc<AppState>>,
+    req_headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<AnnounceResponse>, ApiError> {
+    let (_, a) = authenticated::<Announce>(&req_headers, "/v1/announce", body, |a| &a.peer_id)?;
+    if a.have.len() + a.dropped.len() > MAX_ANNOUNCE_HASHES {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_ANNOUNCE_HASHES} hashes per announce"
+        )));
+    }
+    if !state
+        .announce_limiter
+        .allow(&a.peer_id, state.config.announce_rate)
+    {
+        return Err(ApiError::TooManyRequests);
+    }
+    counter!("peercache_announces_total").increment(1);
+    let now = now_ms();
+    let addr = state.store.peer_addr(&a.peer_id, now).await?;
+    let mut listable = Vec::with_capacity(a.have.len());
+    let mut rejected = Vec::new();
+    let mut proofs = 0;
+    for hash in &a.have {
+        let ok = if !state.knows(hash) {
+            false
+        } else if state.store.fetched(&a.peer_id, hash).await? {
+            true
+        } else if let (Some(addr), true) = (&addr, proofs < MAX_PROOFS_PER_ANNOUNCE) {
+            proofs += 1;
+            let st = state.clone();
+            let h = *hash;
+            let obj = tokio::task::spawn_blocking(move || st.object_by_hash(&h))
+                .await
+                .ok()
+                .flatten();
+            match obj {
+                Some(obj) if proves_possession(&state, &a.peer_id, addr, &obj).await => {
+                    state.store.record_fetch(&a.peer_id, hash).await?;
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if ok {
+            listable.push(*hash);
+        } else {
+            rejected.push(*hash);
+        }
+    }
+    let accepted = state
+        .store
+        .announce(&a.peer_id, &listable, &a.dropped, a.load, now)
+        .await
+        .map_err(|e| match e {
+            StoreError::UnknownPeer => ApiError::UnknownPeer(a.peer_id.clone()),
+            other => ApiError::from(other),
+        })?;
+    Ok(Json(AnnounceResponse {
+        accepted,
+        rejected,
+        ttl_secs: state.store.limits().ttl_ms / 1000,
+    }))
+}
+
+async fn report(
+    State(state): State<Arc<AppState>>,
+    req_headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (reporter, r) = authenticated::<Report>(&req_headers, "/v1/report", body, |r| &r.peer_id)?;
+    if !state.announce_limiter.allow(
+        &format!("report:{reporter}"),
+        state.config.announce_rate * 4,
+    ) {
+        return Err(ApiError::TooManyRequests);
+    }
+    // A report counts only for a source this client was referred to for this
+    // object, once per referral (B6): nobody can report a peer out of the table,
+    // or inflate its use, without having been sent to it.
+    let referred = state
+        .store
+        .take_offer(
+            &reporter,
+            &r.hash,
+            &r.source,
+            now_ms(),
+            matches!(r.outcome, Outcome::Served | Outcome::Mismatch),
+        )
+        .await?;
+    if !referred {
+        counter!("peercache_reports_unreferred_total").increment(1);
+        tracing::info!(%reporter, source = %r.source, "report about a source this client was not referred to; ignored");
+        return Ok(StatusCode::ACCEPTED);
+    }
+    if let Some(direct) = r.direct {
+        state.store.note_path(&r.source, direct).await?;
+    }
+    let outcome = match r.outcome {
+        Outcome::Served => "served",
+        Outcome::Mismatch => "mismatch",
+        Outcome::Failed => "failed",
+        Outcome::Unused => "unused",
+    };
+    counter!("peercache_reports_total", "outcome" => outcome).increment(1);
+    if r.outcome == Outcome::Served && r.direct == Some(false) {
+        // Relayed bytes crossed the site: egress, never offload.
+        counter!("peercache_bytes_reported_relayed_total").increment(r.bytes);
+    } else if r.outcome == Outcome::Served && r.source != SERVER_PROXY_ID {
+        state.figures.add(Tally::BytesFromPeers, r.bytes);
+    }
+    if r.outcome == Outcome::Mismatch {
+        state.figures.add(Tally::Mismatches, 1);
+        tracing::warn!(source = %r.source, hash = %r.hash, "mismatch reported");
+    }
+    state.store.report(&r).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,559 @@
+//! The site, `GET|HEAD /{path}` (every path no API route claims): the bytes, or
+//! for a client that accepts referrals when the server cannot send in time, a
+//! `300` referral to peers that hold them.
+//!
+//! A request goes down one chain, top to bottom:
+//! 1. [`resolve`]: the path → a [`SiteObject`] (a file under the root, or in
+//!    upstream mode the origin's response kept by hash; private responses pass
+//!    through and leave here).
+//! 2. [`decide`]: for a referral-capable client asking for a shareable object,
+//!    serve, refer or defer, by `peercache_core::decide::explain`; the look-up
+//!    table is asked for holders only when the server is over the client's
+//!    target. Every decision is logged and kept for `/admin`.
+//! 3. [`answer`]: the response for the verdict: a `503` with `Retry-After`
+//!    (defer), a `300` with the holders and the decision's figures (refer), or
+//!    the bytes (serve: whole, a range, or headers only) with a signed record.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use metrics::counter;
+use peercache_core::decide::{Explained, Inputs, Verdict, explain, over_target, target_speed};
+use peercache_core::headers::{self, ClientHeader};
+use peercache_core::protocol::{ObjectInfo, Proxy, Referral, SERVER_PROXY_ID};
+use peercache_core::range::{RangeChoice, choose_range};
+use peercache_core::shareable::request_shareable;
+
+use crate::error::ApiError;
+use crate::send::{add_advertisement, add_object_headers, etag, send_object};
+use crate::site::{SiteError, SiteObject};
+use crate::state::{AppState, DecisionRecord, Tally};
+use crate::store::now_ms;
+
+/// Longest URL path kept with a decision for `/admin`.
+const MAX_LOGGED_PATH: usize = 256;
+
+/// A site request as the chain sees it.
+pub struct Asked<'a> {
+    /// `GET` or `HEAD`.
+    pub method: &'a Method,
+    /// The URL asked for.
+    pub uri: &'a Uri,
+    /// The request's headers.
+    pub headers: &'a HeaderMap,
+    /// Its `Peercache-Client` header: present when it accepts referrals.
+    pub client: Option<ClientHeader>,
+    /// In the advertised scope and free of credentials (B2).
+    pub shareable: bool,
+}
+
+/// The handler: resolve → decide → answer.
+pub async fn site(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let obj = match resolve(&state, &method, &uri, &headers).await? {
+        Resolved::Object(obj) => obj,
+        Resolved::PassThrough(resp) => return Ok(resp),
+    };
+    let asked = Asked {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        client: client_header(&headers)?,
+        shareable: uri.path().starts_with(&state.config.scope)
+            && request_shareable(method.as_str(), &header_pairs(&headers)).is_ok(),
+    };
+    let decided = match (&asked.client, asked.shareable) {
+        (Some(client), true) => Some(decide(&state, uri.path(), client, &obj).await),
+        _ => None,
+    };
+    answer(&state, &asked, &obj, decided).await
+}
+
+/// What a site path resolves to.
+pub enum Resolved {
+    /// An object the server can serve and peers can share.
+    Object(SiteObject),
+    /// The origin's own response, passed through untouched (upstream mode).
+    PassThrough(Response),
+}
+
+/// Step 1: the path → an object (from the site root, or the upstream).
+pub async fn resolve(
+    state: &Arc<AppState>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Resolved, ApiError> {
+    if let Some(up) = &state.upstream {
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        return match up.fetch(method, pq, headers).await {
+            Ok(crate::upstream::Fetched::Object(obj)) => Ok(Resolved::Object(obj)),
+            Ok(crate::upstream::Fetched::PassThrough(mut resp)) => {
+                add_advertisement(state, resp.headers_mut());
+                counter!("peercache_requests_passed_through_total").increment(1);
+                Ok(Resolved::PassThrough(resp))
+            }
+            Err(e) => Err(ApiError::bad_gateway(e)),
+        };
+    }
+    let path = state.site.resolve(uri.path()).map_err(|e| match e {
+        SiteError::InvalidPath => ApiError::BadRequest("invalid path".into()),
+        _ => ApiError::NotFound,
+    })?;
+    let st = state.clone();
+    let obj = tokio::task::spawn_blocking(move || st.site.object(&path))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            SiteError::NotFound => ApiError::NotFound,
+            SiteError::InvalidPath => ApiError::BadRequest("invalid path".into()),
+            SiteError::Io(e) => ApiError::internal(e),
+        })?;
+    Ok(Resolved::Object(obj))
+}
+
+/// A decision and, for a referral, the holders it names.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// The figures, verdict and reason.
+    pub explained: Explained,
+    /// The holders the look-up table listed (empty unless asked).
+    pub holders: Vec<Proxy>,
+}
+
+/// Step 2: serve, refer or defer this client's request for `obj`.
+pub async fn decide(
+    state: &AppState,
+    path: &str,
+    client: &ClientHeader,
+    obj: &SiteObject,
+) -> Decided {
+    let base_target_ms = u64::try_from(state.config.target_period.as_millis()).unwrap_or(u64::MAX);
+    // Ask the table only when the server would be too slow with any holder at all.
+    let holders = if over_target(
+        obj.size,
+        state.egress.snapshot(),
+        client.bandwidth,
+        base_target_ms,
+    ) {
+        state
+            .store
+            .holders(
+                &obj.hash,
+                client.peer_id.as_deref(),
+                now_ms(),
+                state.config.max_proxies,
+            )
+            .await
+            .unwrap_or_else(|e| {
+                // No table, no referral: the client is served (or deferred).
+                state.store_failed(&e);
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
+    let explained = explain(&Inputs {
+        size: obj.size,
+        egress: state.egress.snapshot(),
+        client_bandwidth: client.bandwidth,
+        base_target_ms,
+        usable_holders: holders.len(),
+        sending_this_object: state.sending.count(&obj.hash),
+    });
+    let client_id = client.peer_id.as_deref();
+    tracing::info!(
+        path,
+        client = client_id.map_or("-", |id| id.get(..8).unwrap_or(id)),
+        verdict = verdict_name(explained.verdict),
+        reason = ?explained.reason,
+        estimate_ms = explained.estimate_ms,
+        target_ms = explained.target_ms,
+        bytes_in_flight = explained.inputs.egress.bytes_in_flight,
+        holders = explained.inputs.usable_holders,
+        "decision"
+    );
+    state.decisions.push(DecisionRecord {
+        at_ms: now_ms(),
+        path: bounded(path, MAX_LOGGED_PATH),
+        client: client_id.map(str::to_string),
+        explained,
+    });
+    Decided { explained, holders }
+}
+
+/// `serve`, `refer` or `defer`.
+pub fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Serve => "serve",
+        Verdict::Refer => "refer",
+        Verdict::Defer { .. } => "defer",
+    }
+}
+
+/// Step 3: the response for the verdict (the bytes when there was no decision
+/// to make).
+pub async fn answer(
+    state: &Arc<AppState>,
+    asked: &Asked<'_>,
+    obj: &SiteObject,
+    decided: Option<Decided>,
+) -> Result<Response, ApiError> {
+    let peer_id = asked.client.as_ref().and_then(|c| c.peer_id.as_deref());
+    if let Some(decided) = decided {
+        match decided.explained.verdict {
+            Verdict::Defer { retry_after_s } => return Ok(deferral(retry_after_s)),
+            Verdict::Refer => {
+                if let Some(id) = peer_id {
+                    note_fetch(state, id, obj).await;
+                    let offered: Vec<String> =
+                        decided.holders.iter().map(|p| p.id.clone()).collect();
+                    if let Err(e) = state
+                        .store
+                        .book_offer(id, &obj.hash, &offered, now_ms())
+                        .await
+                    {
+                        state.store_failed(&e);
+                    }
+                }
+                return Ok(referral(state, asked, obj, decided));
+            }
+            Verdict::Serve => {
+                if let Some(id) = peer_id {
+                    note_fetch(state, id, obj).await;
+                }
+            }
+        }
+    }
+    serve(state, asked, obj).await
+}
+
+/// Notes that `peer` fetched `obj` through this server (so it may be listed).
+async fn note_fetch(state: &AppState, peer: &str, obj: &SiteObject) {
+    if let Err(e) = state.store.record_fetch(peer, &obj.hash).await {
+        state.store_failed(&e);
+    }
+}
+
+/// `503` with `Retry-After`: the object is on its way to another client.
+fn deferral(retry_after_s: u64) -> Response {
+    counter!("peercache_requests_deferred_total").increment(1);
+    let mut resp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({
+            "error": "the object is on its way to another client; ask again to be referred to it",
+            "retry_after": retry_after_s,
+        })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+    resp
+}
+
+/// `300`: the holders, the server last, and why.
+fn referral(state: &AppState, asked: &Asked<'_>, obj: &SiteObject, decided: Decided) -> Response {
+    let own = state.own_url(asked.headers);
+    let mut proxies = decided.holders;
+    proxies.push(Proxy {
+        id: SERVER_PROXY_ID.to_string(),
+        addr: own.clone(),
+        direct: Some(true),
+        rtt_ms: None,
+        load: None,
+    });
+    let period = decided.explained.target_ms;
+    let url = format!(
+        "{own}{}",
+        asked.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let body = Referral {
+        object: ObjectInfo {
+            url: url.clone(),
+            size: obj.size,
+            hash: obj.hash,
+            content_type: obj.content_type.clone(),
+        },
+        proxies,
+        server: own,
+        target_period_ms: period,
+        target_speed: target_speed(obj.size, period.max(1)),
+        record: Some(state.sign(&url, obj)),
+        why: Some(decided.explained),
+    };
+    state.figures.add(Tally::Referred, 1);
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(Body::from(json));
+    *resp.status_mut() = StatusCode::MULTIPLE_CHOICES;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(headers::REFERRAL_CONTENT_TYPE),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    add_object_headers(state, h, obj);
+    resp
+}
+
+/// The bytes: headers only (Firefox's extension fills the body in from peers),
+/// a range, or the whole object; a shareable one with its signed record.
+async fn serve(
+    state: &Arc<AppState>,
+    asked: &Asked<'_>,
+    obj: &SiteObject,
+) -> Result<Response, ApiError> {
+    let headers = asked.headers;
+    let url = format!(
+        "{}{}",
+        state.own_url(headers),
+        asked.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    // Firefox's extension replaces the body of this very request with verified
+    // bytes from peers (filterResponseData) and asks for headers only, so no byte
+    // travels twice.
+    let headers_only = asked.shareable
+        && headers
+            .get(headers::HEADERS_ONLY)
+            .is_some_and(|v| v.as_bytes() == b"1");
+    let mut resp = if headers_only {
+        counter!("peercache_requests_headers_only_total").increment(1);
+        let mut r = send_object(state, obj, true, None).await?;
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        // Tells the extension this body is empty on purpose: it fills it in. Never
+        // stored by the browser's cache, which would otherwise serve the empty body.
+        r.headers_mut()
+            .insert(headers::HEADERS_ONLY, HeaderValue::from_static("1"));
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    } else {
+        // Resumed downloads and media seek with `Range`; so does the extension when
+        // it finishes a body the gateway could not (with `If-Range`, so it never
+        // splices two versions).
+        let range = if *asked.method == Method::GET {
+            site_range(headers, obj)?
+        } else {
+            None
+        };
+        if range.is_some() {
+            counter!("peercache_range_requests_total").increment(1);
+        }
+        send_object(state, obj, *asked.method == Method::HEAD, range).await?
+    };
+    if asked.shareable
+        && let Ok(v) = HeaderValue::from_str(&headers::encode_record(&state.sign(&url, obj)))
+    {
+        resp.headers_mut().insert(headers::RECORD, v);
+    }
+    Ok(resp)
+}
+
+/// The byte range a GET of a site file gets, by `peercache_core::range`.
+fn site_range(req: &HeaderMap, obj: &SiteObject) -> Result<Option<(u64, u64)>, ApiError> {
+    let choice = choose_range(
+        req.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        req.get(header::IF_RANGE).map(HeaderValue::as_bytes),
+        &etag(obj),
+        obj.size,
+    );
+    match choice {
+        RangeChoice::Whole => Ok(None),
+        RangeChoice::Part { first, last } => Ok(Some((first, last))),
+        RangeChoice::NotSatisfiable => Err(ApiError::RangeNotSatisfiable(obj.size)),
+    }
+}
+
+/// The `Peercache-Client` header, if any (malformed: `400`).
+fn client_header(headers: &HeaderMap) -> Result<Option<ClientHeader>, ApiError> {
+    let Some(value) = headers.get(headers::CLIENT) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Peercache-Client is not ASCII".into()))?;
+    ClientHeader::parse(value)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+/// `s`, cut to at most `max` bytes on a character boundary.
+fn bounded(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{MemoryStore, Store, StoreLimits};
+
+    const SIZE: usize = 10_000;
+
+    /// A site with `/static/a.bin` and a server that is over every client's
+    /// target (1 MiB/s, a target period of 0 s).
+    fn referring_state(tag: &str) -> (Arc<AppState>, peercache_core::ObjectHash) {
+        let root = std::env::temp_dir().join(format!("pc-site-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("static")).unwrap();
+        let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.join("static/a.bin"), &data).unwrap();
+        let mut config = Config::new(&root);
+        config.egress_limit = Some(1 << 20);
+        config.target_period = std::time::Duration::ZERO;
+        let store = Store::Memory(MemoryStore::new(StoreLimits {
+            ttl_ms: 60_000,
+            max_strikes: 3,
+            slow_threshold_ms: 1000,
+        }));
+        let state = Arc::new(AppState::new(config, store, None, false));
+        (state, peercache_core::ObjectHash::of(&data))
+    }
+
+    async fn get(state: &Arc<AppState>, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = Request::get(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        crate::routes::app(state.clone())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn json(resp: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_referral_says_why_and_admin_lists_the_decision() {
+        let (state, hash) = referring_state("refer");
+        // Nobody holds it: served, and the reason says so.
+        let r = get(&state, "/static/a.bin", &[("peercache-client", "id=me")]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+
+        let now = now_ms();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let dial = "peer:?direct=127.0.0.1:40001".to_string();
+        state
+            .store
+            .register("holder1", ip, Some(dial), None, now)
+            .await
+            .unwrap();
+        state.store.record_fetch("holder1", &hash).await.unwrap();
+        state
+            .store
+            .announce("holder1", &[hash], &[], None, now)
+            .await
+            .unwrap();
+
+        let r = get(
+            &state,
+            "/static/a.bin",
+            &[("peercache-client", "id=me; bw=100000000")],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
+        let referral = json(r).await;
+        assert_eq!(referral["proxies"][0]["id"], "holder1");
+        let why = &referral["why"];
+        assert_eq!(why["verdict"], "refer");
+        assert_eq!(why["reason"], "over_target_with_holders");
+        assert_eq!(why["inputs"]["size"], SIZE);
+        assert_eq!(why["inputs"]["usable_holders"], 1);
+        assert_eq!(why["inputs"]["client_bandwidth"], 100_000_000);
+        assert_eq!(why["inputs"]["egress"]["limit_bytes_per_s"], 1 << 20);
+        assert_eq!(why["target_ms"], referral["target_period_ms"]);
+        assert!(why["estimate_ms"].as_u64().unwrap() > why["target_ms"].as_u64().unwrap());
+
+        let stats = json(get(&state, "/admin/stats.json", &[]).await).await;
+        let decisions = stats["decisions"].as_array().unwrap();
+        assert_eq!(decisions.len(), 2);
+        let newest = &decisions[0];
+        assert_eq!(newest["path"], "/static/a.bin");
+        assert_eq!(newest["client"], "me");
+        assert_eq!(newest["verdict"], "refer");
+        assert_eq!(newest["reason"], "over_target_with_holders");
+        assert_eq!(newest["inputs"], why["inputs"]);
+        assert_eq!(newest["estimate_ms"], why["estimate_ms"]);
+        assert_eq!(
+            newest["why"],
+            peercache_core::decide::Reason::OverTargetWithHolders.describe()
+        );
+        let first = &decisions[1];
+        assert_eq!(first["verdict"], "serve");
+        assert_eq!(first["reason"], "over_target_no_holders");
+        assert_eq!(first["inputs"]["usable_holders"], 0);
+        // The page draws the table.
+        let page = get(&state, "/admin", &[]).await;
+        let html = axum::body::to_bytes(page.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&html).contains("decision-rows"));
+    }
+
+    #[tokio::test]
+    async fn clients_without_the_header_are_served_and_not_recorded() {
+        let (state, _) = referring_state("plain");
+        let r = get(&state, "/static/a.bin", &[]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(state.decisions.newest_first().is_empty());
+    }
+
+    #[tokio::test]
+    async fn site_ranges_follow_the_core_rule() {
+        let (state, hash) = referring_state("range");
+        let r = get(&state, "/static/a.bin", &[("range", "bytes=10-19")]).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 10-19/10000");
+        let tag = format!("\"{}\"", hash.to_hex());
+        let r = get(
+            &state,
+            "/static/a.bin",
+            &[("range", "bytes=10-19"), ("if-range", "\"old\"")],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK, "another version: all of it");
+        let r = get(
+            &state,
+            "/static/a.bin",
+            &[("range", "bytes=10-19"), ("if-range", tag.as_str())],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        let r = get(&state, "/static/a.bin", &[("range", "bytes=20000-")]).await;
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10000");
+    }
+}

@@ -1,0 +1,130 @@
+//! Sending an object's bytes: the `200` / `206` response, streamed through the
+//! egress pipe (its throttle and its bytes-in-flight model), with the object's
+//! headers (`Peercache-Object`, `ETag`, the advertisement). Used by the site
+//! ([`crate::routes::site`]) and by the server as a source
+//! ([`crate::routes::objects`]).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures_util::StreamExt;
+use peercache_core::hash::ObjectHash;
+use peercache_core::headers::{self, Advertisement, ObjectHeader};
+
+use crate::error::ApiError;
+use crate::site::SiteObject;
+use crate::state::{AppState, Tally};
+
+/// A site file's strong validator: its hash.
+pub fn etag(obj: &SiteObject) -> String {
+    format!("\"{}\"", obj.hash.to_hex())
+}
+
+/// Adds `Peercache-Object`, `ETag` and the `Peercache` advertisement.
+pub fn add_object_headers(state: &AppState, h: &mut HeaderMap, obj: &SiteObject) {
+    let object = ObjectHeader {
+        hash: obj.hash,
+        size: obj.size,
+    };
+    if let Ok(v) = HeaderValue::from_str(&object.to_header_value()) {
+        h.insert(headers::OBJECT, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag(obj)) {
+        h.insert(header::ETAG, v);
+    }
+    add_advertisement(state, h);
+}
+
+/// Adds the `Peercache` advertisement (the scope peers may share).
+pub fn add_advertisement(state: &AppState, h: &mut HeaderMap) {
+    let ad = Advertisement {
+        scope: state.config.scope.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&ad.to_header_value()) {
+        h.insert(headers::ADVERTISEMENT, v);
+    }
+}
+
+/// Pays off whatever of a transfer was not sent when its body is dropped.
+struct Owed {
+    state: Arc<AppState>,
+    remaining: u64,
+    hash: ObjectHash,
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        self.state.egress.sent(self.remaining);
+        self.state.sending.end(&self.hash);
+    }
+}
+
+/// Sends an object, or the inclusive byte range `range` of it (`206`); with
+/// `head_only`, its headers.
+pub async fn send_object(
+    state: &Arc<AppState>,
+    obj: &SiteObject,
+    head_only: bool,
+    range: Option<(u64, u64)>,
+) -> Result<Response, ApiError> {
+    let (status, first, len) = match range {
+        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        None => (StatusCode::OK, 0, obj.size),
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, &obj.content_type)
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CACHE_CONTROL, "no-cache");
+    if range.is_some() {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {first}-{}/{}", first + len - 1, obj.size),
+        );
+    }
+    if let Some(h) = builder.headers_mut() {
+        add_object_headers(state, h, obj);
+    }
+    if head_only {
+        return builder.body(Body::empty()).map_err(ApiError::internal);
+    }
+    let mut file = tokio::fs::File::open(&obj.path)
+        .await
+        .map_err(ApiError::internal)?;
+    if first > 0 {
+        use tokio::io::AsyncSeekExt;
+        file.seek(std::io::SeekFrom::Start(first))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    state.figures.add(Tally::Served, 1);
+    state.egress.owe(len);
+    state.sending.start(obj.hash);
+    let owed = Owed {
+        state: state.clone(),
+        remaining: len,
+        hash: obj.hash,
+    };
+    use tokio::io::AsyncReadExt;
+    let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);
+    let stream =
+        futures_util::stream::unfold((reader, owed), |(mut reader, mut owed)| async move {
+            match reader.next().await {
+                Some(Ok(chunk)) => {
+                    let n = chunk.len() as u64;
+                    owed.state.egress.throttle(n).await;
+                    owed.state.egress.sent(n);
+                    owed.remaining = owed.remaining.saturating_sub(n);
+                    owed.state.figures.add(Tally::BytesServed, n);
+                    Some((Ok::<_, std::io::Error>(chunk), (reader, owed)))
+                }
+                Some(Err(e)) => Some((Err(e), (reader, owed))),
+                None => None,
+            }
+        });
+    builder
+        .body(Body::from_stream(stream))
+        .map_err(ApiError::internal)
+}
