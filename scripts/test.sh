@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit and property tests, the
 # integration tests with real processes, the wasm tests under Node, the
-# extension's JS modules under Node, and the end-to-end tests in real headless browsers. Installs what is missing first.
+# extension's JS modules under Node, and the end-to-end tests in real headless
+# browsers. Installs what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
