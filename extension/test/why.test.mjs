@@ -23,9 +23,9 @@ test("the active tab's site gets its files, newest first, in words", async () =>
   assert.deepEqual(rows.map((r) => r.came), ['peers', 'cache']);
   assert.deepEqual(rows[0].lines, [
     "Came from peers, on the site's referral.",
-    "Site's reason: the server cannot send it within the target period and peers hold it (43146 ms by the site vs 3000 ms wanted).",
-    'Order: peer 9f86d081… 4 ms → peer 60303ae2… 31 ms → the site',
-    'Bytes: peer 9f86d081… 2.0 MiB, peer 60303ae2… 1.0 MiB, the site 512 B',
+    "Site's reason: the server cannot send it within the target period and peers hold it (43.1\u00a0s by the site vs 3.0\u00a0s wanted).",
+    'Order: peer\u00a09f86d081… 4\u00a0ms → peer\u00a060303ae2… 31\u00a0ms → the site',
+    'Bytes: peer\u00a09f86d081… 2.0\u00a0MiB, peer\u00a060303ae2… 1.0\u00a0MiB, the site 512\u00a0B',
   ]);
   assert.deepEqual(rows[1].lines, [
     'Came from your own cache (checked again).',
@@ -41,7 +41,7 @@ test('without an active site every file is listed with its site; another site se
   assert.equal(all[1].title, 'logo.svg (https://other.example)');
   assert.deepEqual(all[1].lines.slice(0, 2), [
     'Came from the site.',
-    "Site's reason: the server can send it within the target period (1 ms by the site vs 2000 ms wanted).",
+    "Site's reason: the server can send it within the target period (1\u00a0ms by the site vs 2.0\u00a0s wanted).",
   ]);
   assert.deepEqual(whyRows(v, 'https://other.example').map((r) => r.title), ['logo.svg']);
   assert.deepEqual(whyRows(v, 'https://none.example'), []);

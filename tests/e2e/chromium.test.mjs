@@ -313,8 +313,8 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     assert.deepEqual(rows.map((r) => r.came), ['peers', 'cache'], 'only this site\'s files, newest first');
     assert.match(rows[0].text, /a-rather-long-file-name-for-the-popup-2026-release-candidate\.webm/);
     assert.match(rows[0].text, /peers hold it/);
-    assert.match(rows[0].text, /Order: peer 9f86d081… 4 ms → peer 60303ae2… 31 ms → the site/);
-    assert.match(rows[0].text, /Bytes: peer 9f86d081… 2\.0 MiB/);
+    assert.match(rows[0].text, /Order: peer\s9f86d081… 4\sms → peer\s60303ae2… 31\sms → the site/);
+    assert.match(rows[0].text, /Bytes: peer\s9f86d081… 2\.0\sMiB/);
     assert.doesNotMatch(await p.textContent('#why'), /logo\.svg/, 'another site\'s file is not listed');
     assert.deepEqual(await p.evaluate(overflow), { page: false, cut: [] }, 'nothing is cut off');
     if (SHOTS) await p.screenshot({ path: join(SHOTS, 'popup-why-chromium.png'), fullPage: true });

@@ -388,11 +388,14 @@ export async function whyFixture(site) {
     const ask = api.runtime.sendMessage.bind(api.runtime);
     api.runtime.sendMessage = (msg) => ask(msg).then((v) => (v && !v.error ? { ...v, why: rows } : v));
   };
-  /** Whether anything in the Why section is wider than its box, or the page wider than the window. */
-  const overflow = () => ({
-    page: document.documentElement.scrollWidth > window.innerWidth,
-    cut: [...document.querySelectorAll('#why li, #why li *')]
-      .filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent),
-  });
+  /** Whether the Why section is wider than the popup's body, or a line in it wider than its box. */
+  const overflow = () => {
+    const why = document.getElementById('why');
+    return {
+      page: why.scrollWidth > why.clientWidth || why.getBoundingClientRect().right > document.body.getBoundingClientRect().right,
+      cut: [...document.querySelectorAll('#why li, #why li *')]
+        .filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent),
+    };
+  };
   return { why, inject, overflow };
 }

@@ -36,18 +36,19 @@ fn source_name(id: &str) -> String {
     } else {
         let short: String = id.chars().take(8).collect();
         if short.len() < id.len() {
-            format!("peer {short}…")
+            format!("peer\u{a0}{short}…")
         } else {
-            format!("peer {short}")
+            format!("peer\u{a0}{short}")
         }
     }
 }
 
-/// Bytes for people (B, KiB, MiB, GiB), one decimal above bytes.
+/// Bytes for people (B, KiB, MiB, GiB), one decimal above bytes; a no-break
+/// space keeps the number with its unit when the popup wraps a line.
 pub fn bytes_text(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     if n < 1024 {
-        return format!("{n} B");
+        return format!("{n}\u{a0}B");
     }
     let mut v = n as f64;
     let mut i = 0;
@@ -55,7 +56,16 @@ pub fn bytes_text(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    format!("{v:.1} {}", UNITS[i])
+    format!("{v:.1}\u{a0}{}", UNITS[i])
+}
+
+/// A duration for people: milliseconds below a second, else seconds.
+fn ms_text(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}\u{a0}ms")
+    } else {
+        format!("{:.1}\u{a0}s", ms as f64 / 1000.0)
+    }
 }
 
 /// The last path segment of `url` (no query or fragment); the path if it has none.
@@ -93,10 +103,10 @@ impl WhyView {
         }
         let reason = match (&e.decision, e.path.as_str()) {
             (Some(d), _) => format!(
-                "{} ({} ms by the site vs {} ms wanted)",
+                "{} ({} by the site vs {} wanted)",
                 d.reason.describe(),
-                d.estimate_ms,
-                d.target_ms
+                ms_text(d.estimate_ms),
+                ms_text(d.target_ms)
             ),
             (None, "cache") => "the site was not asked".to_string(),
             (None, "server-silent") => "the site did not answer".to_string(),
@@ -112,7 +122,7 @@ impl WhyView {
                     .find(|c| c.id == *id)
                     .and_then(|c| c.rtt_ms);
                 match rtt {
-                    Some(ms) => format!("{} {ms} ms", source_name(id)),
+                    Some(ms) => format!("{} {}", source_name(id), ms_text(u64::from(ms))),
                     None => source_name(id),
                 }
             })
@@ -193,10 +203,13 @@ mod tests {
         assert_eq!(w.how, "from peers, on the site's referral");
         assert_eq!(
             w.reason,
-            "the server cannot send it within the target period and peers hold it (9000 ms by the site vs 2000 ms wanted)"
+            "the server cannot send it within the target period and peers hold it (9.0\u{a0}s by the site vs 2.0\u{a0}s wanted)"
         );
-        assert_eq!(w.order, vec!["peer 01234567… 3 ms", "the site"]);
-        assert_eq!(w.bytes, vec!["peer 01234567… 3.0 MiB", "the site 512 B"]);
+        assert_eq!(w.order, vec!["peer\u{a0}01234567… 3\u{a0}ms", "the site"]);
+        assert_eq!(
+            w.bytes,
+            vec!["peer\u{a0}01234567… 3.0\u{a0}MiB", "the site 512\u{a0}B"]
+        );
     }
 
     #[test]
@@ -236,9 +249,9 @@ mod tests {
 
     #[test]
     fn bytes_read_in_units() {
-        assert_eq!(bytes_text(0), "0 B");
-        assert_eq!(bytes_text(1023), "1023 B");
-        assert_eq!(bytes_text(1536), "1.5 KiB");
-        assert_eq!(bytes_text(5 << 30), "5.0 GiB");
+        assert_eq!(bytes_text(0), "0\u{a0}B");
+        assert_eq!(bytes_text(1023), "1023\u{a0}B");
+        assert_eq!(bytes_text(1536), "1.5\u{a0}KiB");
+        assert_eq!(bytes_text(5 << 30), "5.0\u{a0}GiB");
     }
 }
