@@ -1,14 +1,17 @@
-// peercache background: a thin shell around the wasm brain (wasm/src/lib.rs).
-// It forwards browser events to the brain and applies what the brain decides:
-// interception rules, the config sent to the native host, the popup's view.
+// peercache background: only wires browser events to the wasm brain
+// (wasm/src/lib.rs: every decision) and to small modules that take the browser
+// APIs as arguments and are unit-tested under node (extension/test/):
+// host-link.js (the native host connection), body-replace.js (Firefox body
+// replacement), cookie-watch.js (the cookie store). It applies what the brain
+// decides: interception rules, the config sent to the native host, the popup's view.
 import init, { Brain } from './wasm/peercache_wasm.js';
+import { createHostLink, HOST_NAME, HOST_POLL_MS } from './host-link.js';
+import { createBodyReplacer, SUBRESOURCE_TYPES } from './body-replace.js';
+import { createCookieWatch } from './cookie-watch.js';
 
-const HOST_NAME = 'org.peercache.host';
 const api = globalThis.browser ?? globalThis.chrome;
 
 let brain = null;
-let port = null;
-let retryMs = 1000;
 let pendingAds = [];
 let rulesChain = Promise.resolve();
 
@@ -17,6 +20,10 @@ let rulesChain = Promise.resolve();
 globalThis.peercache = { ready: false, hostSeen: false, view: () => brain?.view() };
 
 function log(...args) { console.log('[peercache]', ...args); }
+const timers = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (t) => clearTimeout(t),
+};
 
 /** Puts the brain's rules in force; resolves true once they are, false if the browser refused them. */
 function applyRules() {
@@ -32,144 +39,30 @@ function applyRules() {
   return rulesChain;
 }
 
-// A site whose scope would receive cookies is not intercepted at all (B2): the
-// redirect rules cannot see a request's headers, so the cookie store is asked.
-let cookieCheck = null;
-const cookieHosts = new Set(); // hosts whose cookies changed since the last check
-/** Re-reads the cookie state of every known site, or only of sites on `hosts`. */
-async function checkCookies(hosts = null) {
-  if (!api.cookies || !brain) return;
-  let changed = false;
-  const sites = (brain.view()?.sites ?? [])
-    .filter((site) => !hosts || hosts.has(new URL(site.origin).hostname));
-  for (const site of sites) {
-    let bound = true; // if the store cannot be read, assume cookies: never intercept blind
-    try {
-      // Cookies sent to the scope root, and cookies for a deeper path inside it.
-      const atRoot = await api.cookies.getAll({ url: `${site.origin}${site.scope}` });
-      const host = new URL(site.origin).hostname;
-      const inside = (await api.cookies.getAll({ domain: host }))
-        .filter((c) => c.path.startsWith(site.scope) && (!c.hostOnly || c.domain === host));
-      bound = atRoot.length + inside.length > 0;
-    } catch (e) {
-      log('reading cookies failed; not intercepting', site.origin, e?.message ?? e);
-    }
-    if (brain.on_cookies(site.origin, bound)) changed = true;
-  }
-  if (changed) await applyRules();
-}
-
-// Pages change cookies all the time: only sites on the changed cookie's host
-// (or a parent domain's cookie) are checked again, at most every 100 ms.
-function cookiesChanged(change) {
-  const domain = String(change?.cookie?.domain ?? '').replace(/^\./, '');
-  if (!brain || !domain) return;
-  for (const site of brain.view()?.sites ?? []) {
-    const host = new URL(site.origin).hostname;
-    if (host === domain || host.endsWith(`.${domain}`)) cookieHosts.add(host);
-  }
-  if (cookieHosts.size === 0 || cookieCheck) return;
-  cookieCheck = setTimeout(() => {
-    const hosts = new Set(cookieHosts);
-    cookieHosts.clear();
-    cookieCheck = null;
-    checkCookies(hosts);
-  }, 100);
-}
+const cookieWatch = createCookieWatch({
+  cookies: api.cookies, brain: () => brain, applyRules, setTimeout: timers.setTimeout, log,
+});
 
 async function settingsChanged() {
   await api.storage.local.set({ settings: brain.settings() });
-  await checkCookies();
-  if (port) {
-    try {
-      port.postMessage(brain.config_message());
-      port.postMessage(brain.limits_message());
-    } catch (e) { log('post failed', e); }
-  }
+  await cookieWatch.check();
+  host.sendSettings();
   await applyRules();
 }
 
-function connect() {
-  try {
-    port = api.runtime.connectNative(HOST_NAME);
-  } catch (e) {
-    brain.on_host_disconnected(String(e?.message ?? e));
-    port = null;
-    setTimeout(connect, retryMs);
-    return;
-  }
-  port.onMessage.addListener(async (msg) => {
-    lastHeard = Date.now();
-    stalled = false;
-    let changed = false;
-    try { changed = brain.on_host_message(msg); } catch (e) { log(e); return; }
-    if (msg.type === 'hello') {
-      retryMs = 1000;
-      port.postMessage(brain.config_message());
-      port.postMessage(brain.limits_message());
-    }
-    if (msg.type === 'not_shareable') {
-      // The site answered with a cookie or a private response: from now on this
-      // URL goes to the site itself (remembered across restarts). Once the rule is
-      // in force, the gateway may send the waiting request there too.
-      log('not shareable, fetched from the site from now on:', msg.url, msg.reason);
-      if (changed) await settingsChanged();
-      // Rules computed now include the allow rule; answer only once they are in force.
-      const inForce = await applyRules();
-      if (inForce && port && brain.is_direct(String(msg.url))) {
-        try { port.postMessage({ type: 'direct_ready', url: msg.url }); } catch (_) { /* reconnecting */ }
-      }
-      return;
-    }
-    if (changed) await applyRules();
-    if (msg.type === 'status') {
-      globalThis.peercache.hostSeen = true;
-      await rulesChain;
-      globalThis.peercache.ready = true;
-    }
-  });
-  port.onDisconnect.addListener(async () => {
-    const error = api.runtime.lastError?.message ?? 'native host disconnected';
-    log('host disconnected:', error);
-    port = null;
-    brain.on_host_disconnected(error);
-    await applyRules();
-    // The page keeps working without the host; reconnect with backoff.
-    globalThis.peercache.ready = true;
-    setTimeout(connect, retryMs);
-    retryMs = Math.min(retryMs * 2, 30000);
-  });
-  lastHeard = Date.now();
-  port.postMessage(brain.hello());
-}
-
-// A host that hangs (stopped, swapping, deadlocked) keeps its port open, so the
-// browser reports nothing: ask for a status every 2 s, and after 6 s of silence
-// take the rules down so pages load from the sites. The next answer brings the
-// gateway, and the rules, back.
-const HOST_STALL_MS = 6000;
-const HOST_REPLACE_MS = 30000;
-let lastHeard = Date.now();
-let stalled = false;
-setInterval(async () => {
-  if (!port || !brain) return;
-  try { port.postMessage({ type: 'get_status' }); } catch (_) { return; }
-  const silentFor = Date.now() - lastHeard;
-  if (!stalled && silentFor > HOST_STALL_MS) {
-    stalled = true;
-    log('the native host stopped answering; pages load from the sites until it does');
-    brain.on_host_disconnected('the native host stopped answering');
-    await applyRules();
-  }
-  if (silentFor > HOST_REPLACE_MS) {
-    // Still hung: let it go and start a fresh one (disconnect() does not fire our
-    // own onDisconnect).
-    log('replacing the hung native host');
-    try { port.disconnect(); } catch (_) { /* gone */ }
-    port = null;
-    setTimeout(connect, 0);
-  }
-}, 2000);
+const host = createHostLink({
+  connectNative: () => api.runtime.connectNative(HOST_NAME),
+  lastError: () => api.runtime.lastError?.message,
+  brain: () => brain,
+  applyRules,
+  rulesSettled: () => rulesChain,
+  settingsChanged,
+  hooks: globalThis.peercache,
+  log,
+  now: () => Date.now(),
+  setTimeout: timers.setTimeout,
+});
+setInterval(() => host.tick(), HOST_POLL_MS);
 
 function onHeaders(details) {
   if (details.incognito) return;
@@ -179,169 +72,23 @@ function onHeaders(details) {
   if (brain.on_advertisement(details.url, header.value)) settingsChanged();
 }
 
-// Firefox: subresources of enabled sites are not redirected (Local Network Access
-// would prompt); instead the background replaces the ORIGINAL response's body with
-// verified bytes from the gateway (filterResponseData), and asks the server for
-// headers only, so no byte travels twice. Status and content type stay the
-// server's, as the page sees them.
-// A request that carries cookies or authorization, or whose answer is not the
-// server's headers-only reply (a Set-Cookie or private response is always sent
-// whole), keeps its own body untouched and the gateway fetch is cancelled.
-const SUBRESOURCE_TYPES = ['image', 'script', 'stylesheet', 'media', 'font', 'xmlhttprequest'];
-// requestId → { url, mode: 'pending' | 'peers' | 'original', abort, body, failed }
-const replaced = new Map();
-const hasHeader = (list, ...names) => (list ?? []).some((h) => names.includes(h.name.toLowerCase()));
-
-// When the gateway fails or goes silent (no first byte in 5 s, no next byte in
-// 10 s), the rest of the body comes from the site itself, a Range request from
-// the first byte not yet written, so the page never gets a short or empty body.
-const GATEWAY_FIRST_BYTE_MS = 5000;
-const GATEWAY_STALL_MS = 10000;
-
-async function restFromSite(url, offset, filter, entry) {
-  const headers = {};
-  if (offset > 0) {
-    headers.Range = `bytes=${offset}-`;
-    // Only the rest of the same version (the server's ETag is the object's hash).
-    if (entry.etag) headers['If-Range'] = entry.etag;
-  }
-  const resp = await fetch(url, { headers, cache: 'no-store', credentials: 'omit' });
-  if (resp.status !== 200 && resp.status !== 206) throw new Error(`the site answered ${resp.status}`);
-  if (offset > 0 && resp.status === 200 && entry.etag) {
-    // The file changed since the bytes already written: they cannot be spliced.
-    resp.body?.cancel();
-    throw new Error('the file changed on the site mid-way');
-  }
-  // A site that ignores Range sends everything: skip what was written already.
-  let skip = resp.status === 200 ? offset : 0;
-  const reader = resp.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) return;
-    if (entry.failed) { reader.cancel(); return; }
-    if (skip >= value.byteLength) { skip -= value.byteLength; continue; }
-    filter.write(skip ? value.subarray(skip) : value);
-    skip = 0;
-  }
-}
-
-/** Reads `promise` or gives up after `ms`, aborting `abort`. */
-function withDeadline(promise, ms, abort) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => { abort.abort(); reject(new Error(`the gateway was silent for ${ms} ms`)); }, ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function replaceBody(details) {
-  // tabId -1: the background's own requests (restFromSite), never replaced.
-  if (!brain || details.method !== 'GET' || details.incognito || details.tabId === -1 || replaced.size > 1000) return {};
-  if (replaced.has(details.requestId)) return {}; // a redirect hop of a request already handled
-  const target = brain.gateway_for(details.url);
-  if (!target) return {};
-  const filter = api.webRequest.filterResponseData(details.requestId);
-  const entry = { url: details.url, target, mode: 'pending', abort: new AbortController(), body: null, failed: false };
-  replaced.set(details.requestId, entry);
-  const done = () => { if (replaced.get(details.requestId) === entry) replaced.delete(details.requestId); };
-  const close = () => { try { filter.close(); } catch (_) { /* already closed or failed */ } };
-  filter.ondata = (event) => {
-    // The original body is the page's unless the server sent headers only.
-    if (entry.mode === 'original') filter.write(event.data);
-  };
-  filter.onstop = () => { if (entry.mode === 'original') { close(); done(); } };
-  filter.onstart = async () => {
-    if (entry.mode !== 'peers' || !entry.body) {
-      entry.mode = 'original';
-      entry.abort.abort();
-      return;
-    }
-    let written = 0;
-    try {
-      const resp = await withDeadline(entry.body, GATEWAY_FIRST_BYTE_MS, entry.abort);
-      if (!resp.ok) throw new Error(`gateway ${resp.status}`);
-      const reader = resp.body.getReader();
-      for (;;) {
-        const { done: end, value } = await withDeadline(reader.read(), GATEWAY_STALL_MS, entry.abort);
-        if (end) break;
-        filter.write(value);
-        written += value.byteLength;
-      }
-    } catch (e) {
-      if (!entry.failed) {
-        log('subresource through peers failed, the rest comes from the site:', e?.message ?? e);
-        try {
-          await restFromSite(entry.url, written, filter, entry);
-        } catch (e2) {
-          log('and from the site too:', e2?.message ?? e2);
-        }
-      }
-    } finally {
-      close();
-      done();
-    }
-  };
-  // The page went away or the request failed: nothing more to write.
-  filter.onerror = () => { entry.failed = true; entry.abort.abort(); done(); };
-  return {};
-}
-
-function askHeadersOnly(details) {
-  const entry = replaced.get(details.requestId);
-  // Only the request the entry was made for (not a later redirect hop).
-  if (!entry || entry.mode !== 'pending' || entry.url !== details.url) return {};
-  // Cookies or authorization: never through peers (B2), so the gateway is not even
-  // asked. A Range request (media): the page expects exactly the part it asked
-  // for, so the site answers it.
-  if (hasHeader(details.requestHeaders, 'cookie', 'authorization', 'range')) {
-    entry.mode = 'original';
-    return {};
-  }
-  // Start the gateway fetch now, alongside the headers-only request.
-  entry.body = fetch(entry.target.url, {
-    headers: { 'x-peercache-token': entry.target.token }, cache: 'no-store', signal: entry.abort.signal,
-  });
-  entry.body.catch(() => {}); // cancelled, or reported in onstart
-  const requestHeaders = details.requestHeaders ?? [];
-  requestHeaders.push({ name: 'Peercache-Headers-Only', value: '1' });
-  return { requestHeaders };
-}
-
-function headersOnlyAnswer(details) {
-  const entry = replaced.get(details.requestId);
-  if (!entry || entry.mode !== 'pending' || entry.url !== details.url) {
-    // A redirect hop, or a request left alone: the original body stays.
-    if (entry && entry.mode === 'pending') { entry.mode = 'original'; entry.abort.abort(); }
-    return {};
-  }
-  entry.mode = hasHeader(details.responseHeaders, 'peercache-headers-only') && entry.body ? 'peers' : 'original';
-  entry.etag = details.responseHeaders?.find((h) => h.name.toLowerCase() === 'etag')?.value ?? null;
-  if (entry.mode === 'original') entry.abort.abort();
-  return {};
-}
-
+// Firefox: subresources get their body replaced (see body-replace.js).
 if (api.webRequest.filterResponseData) {
-  api.webRequest.onBeforeRequest.addListener(
-    replaceBody,
-    { urls: ['https://*/*', 'http://*/*'], types: SUBRESOURCE_TYPES },
-    ['blocking'],
-  );
-  api.webRequest.onBeforeSendHeaders.addListener(
-    askHeadersOnly,
-    { urls: ['https://*/*', 'http://*/*'], types: SUBRESOURCE_TYPES },
-    ['blocking', 'requestHeaders'],
-  );
+  const bodies = createBodyReplacer({
+    brain: () => brain,
+    filterResponseData: (id) => api.webRequest.filterResponseData(id),
+    fetch: (...args) => fetch(...args),
+    timers,
+    log,
+  });
+  const filter = { urls: ['https://*/*', 'http://*/*'], types: SUBRESOURCE_TYPES };
+  api.webRequest.onBeforeRequest.addListener(bodies.onBeforeRequest, filter, ['blocking']);
+  api.webRequest.onBeforeSendHeaders.addListener(bodies.onBeforeSendHeaders, filter, ['blocking', 'requestHeaders']);
   // Blocking, so the verdict is in before the filter's onstart.
-  api.webRequest.onHeadersReceived.addListener(
-    headersOnlyAnswer,
-    { urls: ['https://*/*', 'http://*/*'], types: SUBRESOURCE_TYPES },
-    ['blocking', 'responseHeaders'],
-  );
+  api.webRequest.onHeadersReceived.addListener(bodies.onHeadersReceived, filter, ['blocking', 'responseHeaders']);
 }
 
-api.cookies?.onChanged.addListener(cookiesChanged);
+api.cookies?.onChanged.addListener(cookieWatch.cookieChanged);
 
 // Listeners are registered synchronously so a woken worker receives the event.
 api.webRequest.onHeadersReceived.addListener(
@@ -378,7 +125,7 @@ api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
       case 'view': break;
       default: sendResponse({ error: 'unknown command' }); return;
     }
-    if (port) { try { port.postMessage({ type: 'get_status' }); } catch (_) { /* reconnecting */ } }
+    host.post({ type: 'get_status' });
     sendResponse(brain.view());
   })();
   return true;
@@ -432,7 +179,7 @@ init().then(async () => {
   for (const [url, value] of pendingAds) brain.on_advertisement(url, value);
   pendingAds = [];
   await api.storage.local.set({ settings: brain.settings() });
-  await checkCookies();
+  await cookieWatch.check();
   await applyRules();
-  connect();
+  host.connect();
 }).catch((e) => log('wasm failed to start:', e));

@@ -1,4 +1,6 @@
 // peercache popup: renders the brain's view model and sends the user's switches.
+import { whyRows, whyEmpty } from './why.js';
+
 const api = globalThis.browser ?? globalThis.chrome;
 
 function bytes(n) {
@@ -27,8 +29,7 @@ function ago(secs) {
   return secs < 60 ? `${secs} s ago` : `${Math.round(secs / 60)} min ago`;
 }
 
-async function renderPeers(peers) {
-  const site = await activeSite();
+function renderPeers(peers, site) {
   const shown = site ? peers.filter((p) => p.site === site) : peers;
   document.getElementById('peers-site').textContent = site ? `for ${site}` : '(all sites)';
   document.body.dataset.activeSite = site ?? '';
@@ -51,7 +52,38 @@ async function renderPeers(peers) {
   }
 }
 
-function render(view) {
+// Why the active tab's site's recent files came the way they did (wording: the brain's).
+function renderWhy(view, site) {
+  document.getElementById('why-site').textContent = site ? `for ${site}` : '(all sites)';
+  const list = document.getElementById('why');
+  list.replaceChildren();
+  const rows = whyRows(view, site);
+  if (rows.length === 0) {
+    const li = document.createElement('li');
+    li.className = 'hint';
+    li.textContent = whyEmpty(site);
+    list.append(li);
+    return;
+  }
+  for (const row of rows) {
+    const li = document.createElement('li');
+    li.className = 'why';
+    li.dataset.came = row.came;
+    li.title = row.url;
+    const name = document.createElement('strong');
+    name.textContent = row.title;
+    li.append(name);
+    for (const text of row.lines) {
+      const line = document.createElement('span');
+      line.className = 'why-line';
+      line.textContent = text;
+      li.append(line);
+    }
+    list.append(li);
+  }
+}
+
+async function render(view) {
   if (!view || view.error) return;
   const managed = view.managed ?? {};
   document.getElementById('toggle').checked = view.enabled;
@@ -159,7 +191,9 @@ function render(view) {
     ? `Host: ${bytes(hl.cache_bytes)} cached of ${hl.cache_max ? bytes(hl.cache_max) : 'unlimited'}, ${hl.max_uploads} upload slots`
     : '';
   document.body.dataset.hostCacheMax = String(hl.cache_max);
-  renderPeers(view.peers ?? []);
+  const site = await activeSite();
+  renderPeers(view.peers ?? [], site);
+  renderWhy(view, site);
   document.body.dataset.hostMaxUploads = String(hl.max_uploads);
 }
 

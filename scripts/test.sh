@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit and property tests, the
-# integration tests with real processes, the wasm tests under Node, and the
-# end-to-end tests in real headless browsers. Installs what is missing first.
+# integration tests with real processes, the wasm tests under Node, the
+# extension's JS modules under Node, and the end-to-end tests in real headless
+# browsers. Installs what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -30,6 +31,9 @@ cargo test -p peercache-wasm --target wasm32-unknown-unknown --test brain
 
 step "build the extension"
 scripts/build-extension.sh
+
+step "extension modules under Node (node --test, against the built wasm brain)"
+node --test extension/test/*.test.mjs
 
 step "end to end in headless browsers"
 if [ "$(id -u)" -ne 0 ]; then

@@ -460,6 +460,83 @@ impl Settings {
     }
 }
 
+/// Why a subresource request may not go through peers, or `None` if it may.
+///
+/// The shareability rule is [`crate::shareable::request_shareable`] (the one the
+/// server and the host apply: only `GET`, never with `Cookie` or `Authorization`).
+/// On top of it a `Range` request keeps going to the site: the page expects
+/// exactly the part it asked for. Used by the Firefox shell before it asks the
+/// gateway for a body.
+pub fn subresource_refusal(method: &str, headers: &[(String, String)]) -> Option<String> {
+    if let Err(e) = crate::shareable::request_shareable(method, headers) {
+        return Some(e.to_string());
+    }
+    if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("range")) {
+        return Some("a Range request: the site answers the part itself".into());
+    }
+    None
+}
+
+/// A cookie as the browser's cookie store reports it (`cookies.getAll`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCookie {
+    /// Its domain (a leading dot, or `hostOnly: false`, makes it a domain cookie).
+    #[serde(default)]
+    pub domain: String,
+    /// Its path.
+    #[serde(default)]
+    pub path: String,
+    /// Sent only to exactly `domain`.
+    #[serde(default, rename = "hostOnly")]
+    pub host_only: bool,
+}
+
+/// The host name of an http(s) origin (no scheme, no port).
+pub fn host_of(origin: &str) -> Option<String> {
+    let origin = origin_of(origin)?;
+    let authority = &origin[origin.find("://")? + 3..];
+    let host = match authority.strip_prefix('[') {
+        // An IPv6 literal keeps its brackets.
+        Some(rest) => format!("[{}]", rest.split(']').next()?),
+        None => authority.split(':').next()?.to_string(),
+    };
+    Some(host)
+}
+
+/// Would requests to `origin`'s `scope` carry cookies? `at_root` is how many
+/// cookies the store says are sent to the scope root; `for_host` are the store's
+/// cookies for the origin's host (and its subdomains): any whose path lies inside
+/// the scope and that is sent to this host counts too. When unsure it says yes,
+/// so a site is never intercepted blind.
+pub fn cookies_reach_scope(
+    origin: &str,
+    scope: &str,
+    at_root: usize,
+    for_host: &[StoredCookie],
+) -> bool {
+    if at_root > 0 {
+        return true;
+    }
+    let Some(host) = host_of(origin) else {
+        return true;
+    };
+    for_host.iter().any(|c| {
+        c.path.starts_with(scope) && (!c.host_only || c.domain.eq_ignore_ascii_case(&host))
+    })
+}
+
+/// Is a site on `host` affected by a change to a cookie of `cookie_domain`
+/// (the host itself, or a parent domain)?
+pub fn cookie_domain_touches(host: &str, cookie_domain: &str) -> bool {
+    let domain = cookie_domain.trim_start_matches('.');
+    if domain.is_empty() {
+        return false;
+    }
+    let host = host.to_ascii_lowercase();
+    let domain = domain.to_ascii_lowercase();
+    host == domain || host.ends_with(&format!(".{domain}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,5 +762,77 @@ mod tests {
             s.rules(Some(&gw), &none).is_empty(),
             "nothing left to intercept"
         );
+    }
+
+    #[test]
+    fn the_subresource_test_is_the_shared_rule_plus_range() {
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(subresource_refusal("GET", &h(&[("Accept", "*/*")])), None);
+        for (method, headers) in [
+            ("GET", h(&[("COOKIE", "a=b")])),
+            ("GET", h(&[("Authorization", "Bearer x")])),
+            ("POST", h(&[])),
+            ("GET", h(&[("range", "bytes=0-")])),
+        ] {
+            assert!(
+                subresource_refusal(method, &headers).is_some(),
+                "{method} {headers:?}"
+            );
+        }
+        // The same words as the shared rule, so logs agree with the host's.
+        assert_eq!(
+            subresource_refusal("GET", &h(&[("cookie", "a=b")])),
+            Some(crate::shareable::NotShareable::Credentials.to_string())
+        );
+    }
+
+    #[test]
+    fn cookies_in_the_store_bind_a_scope_only_when_they_would_be_sent() {
+        let c = |domain: &str, path: &str, host_only: bool| StoredCookie {
+            domain: domain.into(),
+            path: path.into(),
+            host_only,
+        };
+        let o = "https://s.example:8443";
+        assert_eq!(host_of(o).as_deref(), Some("s.example"));
+        assert_eq!(host_of("http://[::1]:80").as_deref(), Some("[::1]"));
+        assert!(
+            cookies_reach_scope(o, "/static/", 1, &[]),
+            "sent to the root"
+        );
+        assert!(!cookies_reach_scope(o, "/static/", 0, &[]));
+        assert!(cookies_reach_scope(
+            o,
+            "/static/",
+            0,
+            &[c("s.example", "/static/img/", true)]
+        ));
+        assert!(
+            !cookies_reach_scope(o, "/static/", 0, &[c("s.example", "/app/", true)]),
+            "outside the scope"
+        );
+        assert!(
+            !cookies_reach_scope(o, "/static/", 0, &[c("sub.s.example", "/static/", true)]),
+            "a subdomain's host-only cookie is not sent here"
+        );
+        assert!(cookies_reach_scope(
+            o,
+            "/static/",
+            0,
+            &[c(".s.example", "/static/", false)]
+        ));
+        assert!(
+            cookies_reach_scope("not an origin", "/", 0, &[]),
+            "unsure: assume cookies"
+        );
+        assert!(cookie_domain_touches("a.s.example", ".s.example"));
+        assert!(cookie_domain_touches("S.example", "s.example"));
+        assert!(!cookie_domain_touches("evils.example", "s.example"));
+        assert!(!cookie_domain_touches("s.example", ""));
     }
 }

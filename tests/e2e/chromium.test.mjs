@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, SITE, COOKIE_SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
-  installHostForChromium, sha256, get, cacheHolds, launchChromium, hostPid, loadAssets,
+  installHostForChromium, sha256, get, cacheHolds, launchChromium, hostPid, loadAssets, whyFixture,
 } from './harness.mjs';
 
 
@@ -294,6 +294,30 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     // The liar sent bytes too (they were rejected): only verified bytes count.
     const liar = p.locator(`.peer[data-addr$=":${swarm.peers.liar.udpPort}"]`);
     assert.ok((await liar.count()) <= 1);
+    await p.close();
+    await page.close();
+  });
+
+  it("the popup says why the active tab's site's files came as they did, readable at its size", async () => {
+    const { why, inject, overflow } = await whyFixture(SITE);
+    const page = await context.newPage();
+    await page.goto(`${SITE}/`);
+    const p = await popup();
+    await p.setViewportSize({ width: 360, height: 600 });
+    await p.evaluate(inject, why);
+    await page.bringToFront();
+    await p.waitForFunction((site) => document.body.dataset.activeSite === site, SITE, { timeout: 10000 });
+    await p.waitForFunction(() => document.querySelectorAll('#why .why').length === 2, null, { timeout: 10000 });
+    assert.equal(await p.textContent('#why-site'), `for ${SITE}`);
+    const rows = await p.$$eval('#why .why', (lis) => lis.map((li) => ({ came: li.dataset.came, text: li.innerText })));
+    assert.deepEqual(rows.map((r) => r.came), ['peers', 'cache'], 'only this site\'s files, newest first');
+    assert.match(rows[0].text, /a-rather-long-file-name-for-the-popup-2026-release-candidate\.webm/);
+    assert.match(rows[0].text, /peers hold it/);
+    assert.match(rows[0].text, /Order: peer\s9f86d081… 4\sms → peer\s60303ae2… 31\sms → the site/);
+    assert.match(rows[0].text, /Bytes: peer\s9f86d081… 2\.0\sMiB/);
+    assert.doesNotMatch(await p.textContent('#why'), /logo\.svg/, 'another site\'s file is not listed');
+    assert.deepEqual(await p.evaluate(overflow), { page: false, cut: [] }, 'nothing is cut off');
+    if (SHOTS) await p.screenshot({ path: join(SHOTS, 'popup-why-chromium.png'), fullPage: true });
     await p.close();
     await page.close();
   });

@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import {
   ROOT, BIN, SITE, COOKIE_SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get, cacheHolds,
-  firefoxManagedPolicy, launchFirefox, hostPid,
+  firefoxManagedPolicy, launchFirefox, hostPid, whyFixture,
 } from './harness.mjs';
 
 const UUID = '6f1d3c1e-8a2b-4c5d-9e0f-1a2b3c4d5e6f';
@@ -174,6 +174,24 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     const p = await popup();
     const row = await p.waitForSelector(`.peer[data-site="${SITE}"][data-addr$=":${swarm.peers.honest.udpPort}"]`, { timeout: 10000 });
     assert.match(await row.evaluate((e) => e.textContent), /MiB/);
+    await p.close();
+  });
+
+  it('the popup says why recent files came as they did, readable at its size', async () => {
+    const { why, inject, overflow } = await whyFixture(SITE);
+    const p = await popup();
+    await p.setViewport({ width: 360, height: 600 });
+    await p.evaluate(inject, why);
+    // Opened as a tab, the popup has no web page as active tab: every site's files, each naming its site.
+    await p.waitForFunction(() => document.querySelectorAll('#why .why').length === 3, { timeout: 10000 });
+    assert.equal(await p.$eval('#why-site', (e) => e.textContent), '(all sites)');
+    const rows = await p.$$eval('#why .why', (lis) => lis.map((li) => ({ came: li.dataset.came, text: li.innerText })));
+    assert.deepEqual(rows.map((r) => r.came), ['peers', 'server', 'cache']);
+    assert.match(rows[0].text, new RegExp(`release-candidate\\.webm \\(${SITE.replaceAll('.', '\\.')}\\)`));
+    assert.match(rows[1].text, /logo\.svg \(https:\/\/other\.example\)/);
+    assert.match(rows[1].text, /within the target period/);
+    assert.deepEqual(await p.evaluate(overflow), { page: false, cut: [] }, 'nothing is cut off');
+    if (process.env.PEERCACHE_SCREENSHOTS) await p.screenshot({ path: join(ROOT, 'docs/popup-why-firefox.png'), fullPage: true });
     await p.close();
   });
 

@@ -368,3 +368,34 @@ export async function waitFor(what, fn, timeoutMs = 20000) {
 export async function installHostForChromium(userDataDir) {
   await run(join(BIN, 'peercache-host'), ['install', '--browser', 'chromium', '--user-data-dir', userDataDir]);
 }
+
+/**
+ * The popup's "Why" rows (`View.why`) for a host status with recent downloads
+ * (extension/test/fixtures/status-recent.json, its first site moved to `site`),
+ * made by the built wasm brain, and a function that makes an open popup show
+ * them: the host does not send explanations in these runs, so the popup's
+ * answers from the background get them added.
+ */
+export async function whyFixture(site) {
+  const { connectedBrain, SITE: FIXTURE_SITE } = await import('../../extension/test/brain.mjs');
+  const status = JSON.parse(readFileSync(join(ROOT, 'extension/test/fixtures/status-recent.json'), 'utf8')
+    .replaceAll(FIXTURE_SITE, site));
+  const brain = await connectedBrain();
+  brain.on_host_message(status);
+  const why = brain.view().why;
+  const inject = (rows) => {
+    const api = globalThis.browser ?? globalThis.chrome;
+    const ask = api.runtime.sendMessage.bind(api.runtime);
+    api.runtime.sendMessage = (msg) => ask(msg).then((v) => (v && !v.error ? { ...v, why: rows } : v));
+  };
+  /** Whether the Why section is wider than the popup's body, or a line in it wider than its box. */
+  const overflow = () => {
+    const why = document.getElementById('why');
+    return {
+      page: why.scrollWidth > why.clientWidth || why.getBoundingClientRect().right > document.body.getBoundingClientRect().right,
+      cut: [...document.querySelectorAll('#why li, #why li *')]
+        .filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent),
+    };
+  };
+  return { why, inject, overflow };
+}

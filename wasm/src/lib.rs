@@ -10,12 +10,18 @@
 //! tested under Node with `wasm-bindgen-test`. Non-goals: calling `chrome.*` from
 //! Rust (the shell does it, so one shell serves both browsers).
 
+pub mod why;
+
 use std::collections::{BTreeMap, BTreeSet};
 
-use peercache_core::extension::{Gateway, MAX_EXACT_JS, ManagedPolicy, Settings, UserLimits};
+use peercache_core::extension::{
+    Gateway, MAX_EXACT_JS, ManagedPolicy, Settings, StoredCookie, UserLimits,
+};
 use peercache_core::protocol::{Counters, FromHost, HostLimits, RecentPeer, ToHost};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
+
+use crate::why::WhyView;
 
 /// The state of the connection to the native host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,6 +71,8 @@ pub struct View {
     pub recent: Vec<peercache_core::explain::Explanation>,
     /// Each recent download's explanation as text, in the same order.
     pub recent_text: Vec<String>,
+    /// Each recent download in the popup's short words, in the same order.
+    pub why: Vec<WhyView>,
     /// What the administrator fixed, so the popup can lock those controls.
     pub managed: ManagedView,
 }
@@ -95,6 +103,27 @@ pub struct SiteView {
     pub managed: bool,
     /// The browser holds cookies for its scope, so it is not intercepted.
     pub cookies: bool,
+}
+
+/// A request or response header as `webRequest` reports it.
+#[derive(Debug, Deserialize)]
+struct JsHeader {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+/// `[{name, value}]` as name/value pairs; `None` if it is not such a list.
+fn headers_from_js(headers: JsValue) -> Option<Vec<(String, String)>> {
+    if headers.is_undefined() || headers.is_null() {
+        return Some(Vec::new());
+    }
+    let list: Vec<JsHeader> = serde_wasm_bindgen::from_value(headers).ok()?;
+    Some(
+        list.into_iter()
+            .map(|h| (h.name, h.value.unwrap_or_default()))
+            .collect(),
+    )
 }
 
 /// The extension's brain.
@@ -254,6 +283,7 @@ impl Brain {
             peers: self.peers.clone(),
             recent: self.recent.clone(),
             recent_text: self.recent.iter().map(|e| e.render()).collect(),
+            why: self.recent.iter().map(WhyView::of).collect(),
             managed: ManagedView {
                 enabled: self.settings.managed.enabled.is_some(),
                 auto_enable: self.settings.managed.auto_enable.is_some(),
@@ -387,6 +417,49 @@ impl Brain {
     /// longer) carry cookies. True if the rules must be reapplied.
     pub fn on_cookies(&mut self, origin: &str, bound: bool) -> bool {
         self.settings.set_cookie_bound(origin, bound)
+    }
+
+    /// What the cookie store holds for `origin`: `at_root` cookies are sent to
+    /// its scope root, `for_host` are the store's cookies for its host
+    /// (`cookies.getAll({domain})`). Records whether its scope is cookie-bound
+    /// (the rule is `peercache_core::extension::cookies_reach_scope`); a list it
+    /// cannot read counts as cookies. True if the rules must be reapplied.
+    pub fn on_cookie_store(&mut self, origin: &str, at_root: u32, for_host: JsValue) -> bool {
+        let Some(scope) = self.settings.sites.get(origin).map(|s| s.scope.clone()) else {
+            return false;
+        };
+        let bound = match serde_wasm_bindgen::from_value::<Vec<StoredCookie>>(for_host) {
+            Ok(cookies) => peercache_core::extension::cookies_reach_scope(
+                origin,
+                &scope,
+                at_root as usize,
+                &cookies,
+            ),
+            Err(_) => true,
+        };
+        self.settings.set_cookie_bound(origin, bound)
+    }
+
+    /// The hosts of known sites a change to a cookie of `cookie_domain` may
+    /// affect (the host itself or a subdomain of it).
+    pub fn cookie_hosts(&self, cookie_domain: &str) -> Vec<String> {
+        self.settings
+            .sites
+            .keys()
+            .filter_map(|o| peercache_core::extension::host_of(o))
+            .filter(|h| peercache_core::extension::cookie_domain_touches(h, cookie_domain))
+            .collect()
+    }
+
+    /// Why a subresource request (`method`, `webRequest` headers `[{name,
+    /// value}]`) must not go through peers, or `undefined` if it may. The rule is
+    /// the one the server and host apply (`peercache_core::shareable`), plus:
+    /// a `Range` request goes to the site. Headers it cannot read: refused.
+    pub fn subresource_refusal(&self, method: &str, headers: JsValue) -> Option<String> {
+        match headers_from_js(headers) {
+            Some(h) => peercache_core::extension::subresource_refusal(method, &h),
+            None => Some("unreadable request headers".into()),
+        }
     }
 
     /// Sets the workload and cache limits (applied by the host at once).

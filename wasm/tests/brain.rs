@@ -182,3 +182,44 @@ fn huge_limits_are_clamped_so_the_settings_still_convert() {
     );
     assert!(!brain.view().is_null());
 }
+
+#[wasm_bindgen_test]
+fn the_subresource_test_reads_webrequest_headers() {
+    let brain = Brain::new(JsValue::UNDEFINED);
+    let plain = json(r#"[{"name":"Accept","value":"*/*"},{"name":"X-Bin"}]"#);
+    assert_eq!(brain.subresource_refusal("GET", plain), None);
+    assert_eq!(brain.subresource_refusal("GET", JsValue::UNDEFINED), None);
+    for headers in [
+        r#"[{"name":"Cookie","value":"a=b"}]"#,
+        r#"[{"name":"authorization","value":"Basic eA=="}]"#,
+        r#"[{"name":"Range","value":"bytes=10-"}]"#,
+        r#""not a list""#,
+    ] {
+        assert!(
+            brain.subresource_refusal("GET", json(headers)).is_some(),
+            "{headers}"
+        );
+    }
+    assert!(brain.subresource_refusal("POST", json("[]")).is_some());
+}
+
+#[wasm_bindgen_test]
+fn the_cookie_store_binds_a_scope_through_js_values() {
+    let mut brain = Brain::new(JsValue::UNDEFINED);
+    assert!(brain.on_advertisement("https://s.example/", "scope=\"/static/\""));
+    let outside = json(r#"[{"domain":"s.example","path":"/app/","hostOnly":true}]"#);
+    assert!(!brain.on_cookie_store("https://s.example", 0, outside));
+    let inside = json(r#"[{"domain":".s.example","path":"/static/x/","hostOnly":false}]"#);
+    assert!(brain.on_cookie_store("https://s.example", 0, inside));
+    assert!(brain.on_cookie_store("https://s.example", 0, json("[]")));
+    assert!(
+        brain.on_cookie_store("https://s.example", 0, json("42")),
+        "unreadable: bound"
+    );
+    assert!(!brain.on_cookie_store("https://unknown.example", 3, json("[]")));
+    assert_eq!(
+        brain.cookie_hosts(".example"),
+        vec!["s.example".to_string()]
+    );
+    assert!(brain.cookie_hosts("other.example").is_empty());
+}
