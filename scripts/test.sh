@@ -14,6 +14,9 @@ scripts/setup.sh
 step "cargo fmt --check"
 cargo fmt --all --check
 
+step "no import circles between modules"
+python3 scripts/check-module-cycles.py
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decide::Explained;
 use crate::hash::ObjectHash;
-use crate::protocol::Load;
+use crate::proxy::Load;
 use crate::select::Verdict;
 
 /// Most candidates, failures and ranges per source an explanation keeps.

@@ -5,6 +5,7 @@
 //!
 //! - [`auth`]: a peer is its key: signed requests to the server (B6).
 //! - [`peer`]: the peer plane: dial info and the peer protocol's messages.
+//! - [`proxy`]: a holder as a referral lists it (id, dial string, load).
 //! - [`protocol`]: the JSON messages of `/v1/` and of native messaging (serde types).
 //! - [`headers`]: the `Peercache-Client`, `Peercache-Object` and `Peercache` headers.
 //! - [`range`]: which bytes a `GET` gets (`Range`, `If-Range`, `416`).
@@ -30,6 +31,7 @@ pub mod hash;
 pub mod headers;
 pub mod peer;
 pub mod protocol;
+pub mod proxy;
 pub mod range;
 pub mod record;
 pub mod select;

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::ObjectHash;
-use crate::protocol::{Load, LocateResponse};
+use crate::proxy::{Load, Proxy};
 
 /// The ALPN of peercache's peer protocol.
 pub const ALPN: &[u8] = b"peercache/peer/1";
@@ -240,6 +240,17 @@ pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
 /// Decodes a frame's JSON.
 pub fn decode_frame<T: for<'de> Deserialize<'de>>(json: &[u8]) -> Result<T, FrameError> {
     serde_json::from_slice(json).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Answer of a peer's `GET /v1/locate?url=…&ttl=N&qid=…` (M10, M11): holders of
+/// the object at `url` found here or deeper in the tree of peers, and the
+/// server's signed record of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LocateResponse {
+    /// The signed record, if any peer on the way kept one.
+    pub record: Option<crate::record::SignedRecord>,
+    /// Peers holding the object; an empty `addr` means "the peer you asked".
+    pub holders: Vec<Proxy>,
 }
 
 #[cfg(test)]

@@ -7,22 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hash::ObjectHash;
-
-/// Upload slots in use against the peer's limit (M12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Load {
-    /// Uploads in progress.
-    pub active: u32,
-    /// Most uploads the peer accepts at once.
-    pub limit: u32,
-}
-
-impl Load {
-    /// True when the peer would refuse another upload.
-    pub fn is_full(&self) -> bool {
-        self.limit == 0 || self.active >= self.limit
-    }
-}
+pub use crate::peer::LocateResponse;
+pub use crate::proxy::{Load, Proxy, SERVER_PROXY_ID};
 
 /// `POST /v1/peers`: a host introduces itself, signed with its key
 /// (`crate::auth`). Of the direct addresses it reports, the server lists only
@@ -148,30 +134,6 @@ pub struct ObjectInfo {
     pub content_type: String,
 }
 
-/// One entry of a referral's proxy list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proxy {
-    /// Peer id (its public key), or `server` for the server's own entry.
-    pub id: String,
-    /// For a peer, its dial string (`crate::peer::DialInfo`, e.g.
-    /// `peer:?relay=https://198.51.100.2:8443/&direct=198.51.100.7:5000`); for
-    /// the server, its base URL.
-    pub addr: String,
-    /// Whether connections to it were seen to go direct (`Some(false)`: relay
-    /// only), if known.
-    #[serde(default)]
-    pub direct: Option<bool>,
-    /// The server's smoothed round-trip time to it, if measured.
-    #[serde(default)]
-    pub rtt_ms: Option<u32>,
-    /// Its last reported load.
-    #[serde(default)]
-    pub load: Option<Load>,
-}
-
-/// Id of the server's own entry in a proxy list.
-pub const SERVER_PROXY_ID: &str = "server";
-
 /// Body of a `300 Multiple Choices`: where else to get the object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Referral {
@@ -198,17 +160,6 @@ pub struct Referral {
 pub struct ServerKey {
     /// Ed25519 public key, 64 hex digits.
     pub public_key: String,
-}
-
-/// Answer of a peer's `GET /v1/locate?url=…&ttl=N&qid=…` (M10, M11): holders of
-/// the object at `url` found here or deeper in the tree of peers, and the
-/// server's signed record of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct LocateResponse {
-    /// The signed record, if any peer on the way kept one.
-    pub record: Option<crate::record::SignedRecord>,
-    /// Peers holding the object; an empty `addr` means "the peer you asked".
-    pub holders: Vec<Proxy>,
 }
 
 /// A site the user enabled: its origin and advertised scope.

@@ -3,7 +3,7 @@
 //! The server orders holders by health and use; the client re-orders by what it
 //! measured. Both use the functions here so that the rules agree.
 
-use crate::protocol::{Proxy, SERVER_PROXY_ID};
+use crate::proxy::{Proxy, SERVER_PROXY_ID};
 
 /// A candidate after the client measured it.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +148,7 @@ pub fn choose_explained(candidates: Vec<Probed>, policy: Policy) -> Choice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Load;
+    use crate::proxy::Load;
 
     fn proxy(id: &str, rtt: Option<u32>, load: Option<Load>) -> Proxy {
         Proxy {
@@ -228,7 +228,7 @@ pub struct HolderStats {
     /// Whether connections to it go direct (`Some(false)`: relay only), if known.
     pub direct: Option<bool>,
     /// Last reported load.
-    pub load: Option<crate::protocol::Load>,
+    pub load: Option<crate::proxy::Load>,
     /// Referrals to it handed out since its last load report.
     pub pending: u32,
     /// Clients' served reports for this object (M9).
@@ -340,7 +340,7 @@ mod relay_tests {
 #[cfg(test)]
 mod rank_tests {
     use super::*;
-    use crate::protocol::Load;
+    use crate::proxy::Load;
     use proptest::prelude::*;
 
     fn h(id: &str, rtt: Option<u32>, active: u32, pending: u32, uses: u64) -> HolderStats {

@@ -70,7 +70,7 @@ pub async fn site(
         uri: &uri,
         headers: &headers,
         client: client_header(&headers)?,
-        shareable: uri.path().starts_with(&state.config.scope)
+        shareable: peercache_core::extension::in_scope(uri.path(), &state.config.scope)
             && request_shareable(method.as_str(), &header_pairs(&headers)).is_ok(),
     };
     let decided = match (&asked.client, asked.shareable) {
