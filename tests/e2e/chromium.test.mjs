@@ -322,6 +322,23 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     await page.close();
   });
 
+  it("the popup says why the large file came from a peer: the host's own story of a real referral", async () => {
+    // The file downloaded from the peer earlier in this run, as the host told it.
+    const page = await context.newPage();
+    await page.goto(`${SITE}/`);
+    const p = await popup();
+    await page.bringToFront();
+    await p.waitForFunction((site) => document.body.dataset.activeSite === site, SITE, { timeout: 10000 });
+    const row = p.locator('#why .why[data-came="peers"]', { hasText: 'big.bin' }).first();
+    await row.waitFor({ timeout: 10000 });
+    const text = await row.innerText();
+    assert.match(text, /cannot send it within the target period and peers hold it/, 'the server\'s reason');
+    assert.match(text, /Order: peer\s[0-9a-f]{8}… \d+\sms/, 'the chosen order with the measured round trip');
+    assert.match(text, /Bytes: peer\s[0-9a-f]{8}… \d+\.\d\sMiB/, 'which peer sent the bytes');
+    await p.close();
+    await page.close();
+  });
+
   it('a response with Set-Cookie is never shared, and its URL goes to the site itself from then on', async () => {
     // Enrol the second site (the origin behind peercache-server --upstream) with the loopback permission.
     const page = await context.newPage();

@@ -63,6 +63,8 @@ use transfer::TransferError;
 pub const MAX_DEFERRAL: Duration = Duration::from_secs(60);
 /// Hops a cascade query may travel (M11).
 pub const LOCATE_TTL: u8 = 3;
+/// Failed sources waiting to be reported.
+const FAILURE_QUEUE: usize = 16;
 /// How long LAN answers are collected.
 const LAN_WAIT: Duration = Duration::from_millis(700);
 
@@ -572,16 +574,19 @@ impl Fetcher {
             dialer: p.dialer.clone(),
         };
         let (hash, size, server_down) = (plan.hash, plan.size, plan.server.is_none());
-        let (result, failed) = transfer::run(
-            transport,
-            plan,
-            p.cache.temp_path(),
-            events.clone(),
-            tx.clone(),
-        )
-        .await;
+        let (failed_tx, failed_rx) = tokio::sync::mpsc::channel(FAILURE_QUEUE);
+        let (result, ()) = tokio::join!(
+            transfer::run(
+                transport,
+                plan,
+                p.cache.temp_path(),
+                events.clone(),
+                tx.clone(),
+                failed_tx,
+            ),
+            settle::report_failures(&p.link, &origin, hash, failed_rx),
+        );
         let mut tally = settle::Tally {
-            failed: &failed,
             unused,
             ..settle::Tally::default()
         };

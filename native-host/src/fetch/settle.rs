@@ -25,31 +25,15 @@ pub async fn announce_kept(link: &ServerLink, origin: &str, hash: ObjectHash, ke
     link.announce_dropped(&kept.dropped).await;
 }
 
-/// How each source of one download did.
-#[derive(Debug, Default)]
-pub struct Tally<'a> {
-    /// Verified bytes per source id.
-    pub by_source: HashMap<String, u64>,
-    /// Whether each peer's connection went direct.
-    pub paths: HashMap<String, bool>,
-    /// Sources that failed.
-    pub failed: &'a [FailedSource],
-    /// Peers listed but not used (left out as relay-only, or not needed).
-    pub unused: Vec<(String, Option<bool>)>,
-    /// The whole download's time.
-    pub took: Duration,
-}
-
-/// Reports every source to the server at `origin` (nothing without one) and
-/// remembers the speeds.
-pub async fn report_sources(
+/// Reports each failed source as it fails (a liar gets its strike while the
+/// download goes on), until the transfer drops its sender.
+pub async fn report_failures(
     link: &ServerLink,
-    memory: &PeerMemory,
     origin: &str,
     hash: ObjectHash,
-    tally: Tally<'_>,
+    mut failures: tokio::sync::mpsc::Receiver<FailedSource>,
 ) {
-    for f in tally.failed {
+    while let Some(f) = failures.recv().await {
         if f.id == SERVER_PROXY_ID {
             continue;
         }
@@ -60,6 +44,30 @@ pub async fn report_sources(
         link.report(origin, SourceReport::nothing(hash, &f.id, outcome, f.after))
             .await;
     }
+}
+
+/// How the sources of one download did.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Verified bytes per source id.
+    pub by_source: HashMap<String, u64>,
+    /// Whether each peer's connection went direct.
+    pub paths: HashMap<String, bool>,
+    /// Peers listed but not used (left out as relay-only, or not needed).
+    pub unused: Vec<(String, Option<bool>)>,
+    /// The whole download's time.
+    pub took: Duration,
+}
+
+/// Reports the sources that served or went unused to the server at `origin`
+/// (nothing without one) and remembers the speeds.
+pub async fn report_sources(
+    link: &ServerLink,
+    memory: &PeerMemory,
+    origin: &str,
+    hash: ObjectHash,
+    tally: Tally,
+) {
     for (id, direct) in tally.unused {
         let mut r = SourceReport::nothing(hash, &id, Outcome::Unused, Duration::ZERO);
         r.direct = direct;

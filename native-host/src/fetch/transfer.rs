@@ -28,7 +28,7 @@ use peercache_core::explain::DownloadEvent;
 use peercache_core::hash::ObjectHash;
 use peercache_core::protocol::{Proxy, SERVER_PROXY_ID};
 use peercache_core::verified::{GROUP, group_count, group_len};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use super::error::BodySender;
 use super::events::Events;
@@ -154,40 +154,51 @@ struct Job {
 }
 
 /// Runs the transfer into a new temp file at `path`; verified bytes go to `tx`
-/// in order. Returns the result and every source that failed on the way.
+/// in order, and every source that fails goes to `failures` at once (so a liar
+/// is reported while the transfer goes on).
 pub async fn run(
     transport: Transport,
     plan: Plan,
     path: PathBuf,
     events: Arc<Events>,
     tx: BodySender,
-) -> (Result<Transferred, TransferError>, Vec<FailedSource>) {
-    let started = Instant::now();
-    let mut failed = Vec::new();
-    let result = run_inner(transport, plan, &path, events, tx, started, &mut failed).await;
+    failures: mpsc::Sender<FailedSource>,
+) -> Result<Transferred, TransferError> {
+    let failed = Failures {
+        events: events.clone(),
+        to: failures,
+        started: Instant::now(),
+    };
+    let result = run_inner(transport, plan, &path, events, tx, &failed).await;
     if result.is_err() {
         let _ = std::fs::remove_file(&path);
     }
-    (result, failed)
+    result
 }
 
-fn fail(
-    events: &Events,
-    failed: &mut Vec<FailedSource>,
-    id: &str,
-    error: SourceError,
+/// Where failed sources go: an event, and the reporter.
+struct Failures {
+    events: Arc<Events>,
+    to: mpsc::Sender<FailedSource>,
     started: Instant,
-) {
-    events.emit(DownloadEvent::SourceFailed {
-        source: id.to_string(),
-        why: error.to_string(),
-        mismatch: matches!(error, SourceError::Mismatch),
-    });
-    failed.push(FailedSource {
-        id: id.to_string(),
-        error,
-        after: started.elapsed(),
-    });
+}
+
+impl Failures {
+    async fn add(&self, id: &str, error: SourceError) {
+        self.events.emit(DownloadEvent::SourceFailed {
+            source: id.to_string(),
+            why: error.to_string(),
+            mismatch: matches!(error, SourceError::Mismatch),
+        });
+        let failed = FailedSource {
+            id: id.to_string(),
+            error,
+            after: self.started.elapsed(),
+        };
+        // The reporter drains as fast as the server answers; if it is gone,
+        // the failure is still in the events.
+        let _ = self.to.send(failed).await;
+    }
 }
 
 async fn run_inner(
@@ -196,8 +207,7 @@ async fn run_inner(
     path: &std::path::Path,
     events: Arc<Events>,
     tx: BodySender,
-    started: Instant,
-    failed: &mut Vec<FailedSource>,
+    failed: &Failures,
 ) -> Result<Transferred, TransferError> {
     let mut candidates: VecDeque<SourceRef> = plan
         .peers
@@ -221,7 +231,7 @@ async fn run_inner(
                     candidates.push_front(src);
                     break;
                 }
-                Err(e) => fail(&events, failed, &src.id, e, started),
+                Err(e) => failed.add(&src.id, e).await,
             }
         }
         match (found, &server) {
@@ -351,12 +361,12 @@ async fn run_inner(
                             return Err(TransferError::Disk(e));
                         }
                         WorkerError::Source(e) if src.is_server() => {
-                            fail(&events, failed, &src.id, e, started);
+                            let why = e.to_string();
+                            failed.add(&src.id, e).await;
                             workers.abort_all();
-                            let why = failed.last().map(|f| f.error.to_string()).unwrap_or_default();
                             return Err(TransferError::ServerFailed(why));
                         }
-                        WorkerError::Source(e) => fail(&events, failed, &src.id, e, started),
+                        WorkerError::Source(e) => failed.add(&src.id, e).await,
                     }
                 }
                 let pending = !lock(&job.shared).queue.is_empty();
