@@ -135,6 +135,17 @@ pub enum Verdict {
     },
 }
 
+impl Verdict {
+    /// Its name, as logs, metrics labels and `/admin` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Serve => "serve",
+            Verdict::Refer => "refer",
+            Verdict::Defer { .. } => "defer",
+        }
+    }
+}
+
 /// Why the verdict is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

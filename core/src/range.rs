@@ -42,6 +42,18 @@ impl RangeChoice {
     }
 }
 
+/// The bytes an inclusive range `first..=last` (or the whole object, `None`)
+/// covers in an object of `size` bytes, as `(offset, length)`; `None` when the
+/// range is reversed or reaches past the end. The server's `/v1/objects` and a
+/// host's peer server both serve through it.
+pub fn span(range: Option<(u64, u64)>, size: u64) -> Option<(u64, u64)> {
+    match range {
+        None => Some((0, size)),
+        Some((first, last)) if first <= last && last < size => Some((first, last - first + 1)),
+        Some(_) => None,
+    }
+}
+
 /// Chooses what a `GET` gets of an object of `size` bytes whose strong
 /// validator (`ETag`, quotes included) is `etag`. `range` is the `Range` header
 /// as text (`None` when absent or not text); `if_range` is the raw `If-Range`
@@ -77,6 +89,16 @@ pub fn choose_range(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_span_is_inside_the_object_or_nothing() {
+        assert_eq!(span(None, 10), Some((0, 10)));
+        assert_eq!(span(Some((2, 4)), 10), Some((2, 3)));
+        assert_eq!(span(Some((9, 9)), 10), Some((9, 1)));
+        assert_eq!(span(Some((4, 2)), 10), None);
+        assert_eq!(span(Some((0, 10)), 10), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -2,8 +2,8 @@
 // fetch, against the real wasm brain (its scope and request rules are Rust's).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createBodyReplacer } from '../body-replace.js';
-import { connectedBrain, SITE } from './brain.mjs';
+import { createBodyReplacer, SUBRESOURCE_TYPES } from '../body-replace.js';
+import { connectedBrain, SITE, wasm } from './brain.mjs';
 
 const URL_A = `${SITE}/static/a.bin`;
 const BODY = Buffer.from(Array.from({ length: 70000 }, (_, i) => (i * 7 + (i >> 8)) & 0xff));
@@ -195,4 +195,9 @@ test('only GET requests of pages, in an enabled scope, outside private windows, 
   env.brain.on_host_disconnected('gone');
   env.replacer.onBeforeRequest(details());
   assert.equal(env.filters.length, 0, 'no host, no gateway');
+});
+
+test("the listeners' request types are the Rust rule's (the copy the background needs before the wasm loads)", async () => {
+  const { subresource_types: rule } = await wasm();
+  assert.deepEqual([...SUBRESOURCE_TYPES], rule());
 });

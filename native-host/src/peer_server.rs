@@ -302,10 +302,8 @@ async fn upload(
     let (Ok(mut file), Some(size)) = (file, size) else {
         return answer(send, &refuse(PeerStatus::NotHeld), &[]).await;
     };
-    let (first, len) = match range {
-        None => (0, size),
-        Some((a, b)) if a <= b && b < size => (a, b - a + 1),
-        Some(_) => return answer(send, &refuse(PeerStatus::RangeNotSatisfiable), &[]).await,
+    let Some((first, len)) = peercache_core::range::span(range, size) else {
+        return answer(send, &refuse(PeerStatus::RangeNotSatisfiable), &[]).await;
     };
     let Some(_slot) = Slot::try_take(&state.slots) else {
         counter!("peercache_uploads_refused_total").increment(1);

@@ -69,9 +69,12 @@ pub async fn send_object(
     head_only: bool,
     range: Option<(u64, u64)>,
 ) -> Result<Response, ApiError> {
-    let (status, first, len) = match range {
-        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        None => (StatusCode::OK, 0, obj.size),
+    let (first, len) = peercache_core::range::span(range, obj.size)
+        .ok_or(ApiError::RangeNotSatisfiable(obj.size))?;
+    let status = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
     };
     let mut builder = Response::builder()
         .status(status)

@@ -126,6 +126,18 @@ fn headers_from_js(headers: JsValue) -> Option<Vec<(String, String)>> {
     )
 }
 
+/// The request types whose bodies the extension may replace or redirect as
+/// subresources (`peercache_core::extension::SUBRESOURCE_TYPES`). The
+/// background script registers its listeners before the wasm loads, so it keeps
+/// a copy; a node test holds the copy to this list.
+#[wasm_bindgen]
+pub fn subresource_types() -> Vec<String> {
+    peercache_core::extension::SUBRESOURCE_TYPES
+        .iter()
+        .map(|t| (*t).to_string())
+        .collect()
+}
+
 /// The extension's brain.
 #[wasm_bindgen]
 pub struct Brain {
@@ -183,7 +195,9 @@ impl Brain {
     /// Records a site's loopback-permission state (`granted`, `denied`, `prompt`,
     /// `unsupported`). True if the rules change.
     pub fn loopback_state(&mut self, origin: &str, state: &str) -> bool {
-        if !self.settings.sites.contains_key(origin) || self.loopback.len() >= 1024 {
+        if !self.settings.sites.contains_key(origin)
+            || self.loopback.len() >= peercache_core::extension::MAX_SITES
+        {
             return false;
         }
         let before = self.granted();
@@ -477,7 +491,7 @@ impl Brain {
             }
         };
         self.settings.limits = UserLimits {
-            max_uploads: max_uploads.min(1024),
+            max_uploads: max_uploads.min(peercache_core::extension::MAX_UPLOAD_SLOTS),
             upload_rate: exact(upload_rate),
             cache_max: exact(cache_max),
         };

@@ -11,7 +11,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::routes::site::verdict_name;
 use crate::state::{AppState, DecisionRecord, Tally};
 use crate::store::now_ms;
 
@@ -37,7 +36,7 @@ fn decision_json(d: &DecisionRecord) -> serde_json::Value {
         "inputs": e.inputs,
         "estimate_ms": e.estimate_ms,
         "target_ms": e.target_ms,
-        "verdict": verdict_name(e.verdict),
+        "verdict": e.verdict.name(),
         "retry_after_s": retry_after_s,
         "reason": e.reason,
         "why": e.reason.describe(),

@@ -176,7 +176,7 @@ pub async fn decide(
     tracing::info!(
         path,
         client = client_id.map_or("-", |id| id.get(..8).unwrap_or(id)),
-        verdict = verdict_name(explained.verdict),
+        verdict = explained.verdict.name(),
         reason = ?explained.reason,
         estimate_ms = explained.estimate_ms,
         target_ms = explained.target_ms,
@@ -191,15 +191,6 @@ pub async fn decide(
         explained,
     });
     Decided { explained, holders }
-}
-
-/// `serve`, `refer` or `defer`.
-pub fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Serve => "serve",
-        Verdict::Refer => "refer",
-        Verdict::Defer { .. } => "defer",
-    }
 }
 
 /// Step 3: the response for the verdict (the bytes when there was no decision
