@@ -19,6 +19,20 @@
 //! - [`verified`]: BLAKE3 verified streaming in 16 KiB groups (B1).
 //! - [`units`]: `10MiB` sizes and `500ms` durations for flags and config files.
 //!
+//! Who applies which rule, along the data path (drawn in full, with files and
+//! functions, in `docs/data-path.md`):
+//! - the extension: [`extension`] (origin, scope, interception rules, request
+//!   refusals) and [`shareable`];
+//! - the server's site path: [`decide::over_target`] then [`decide::explain`]
+//!   (serve, refer or defer, with the figures and the reason), holders ordered
+//!   by [`select::order_holders`], ranges by [`range::choose_range`];
+//! - the host's download: [`select::choose_explained`] (the order and a verdict
+//!   per candidate), [`verified`] (every 16 KiB group), [`explain`] (the story);
+//! - both sides of the peer plane: [`peer`], [`auth`], [`record`], [`range::span`].
+//!
+//! Modules import downwards: [`protocol`] (the messages) builds on the others;
+//! [`proxy`] and [`hash`] are the bottom.
+//!
 //! Goals: small, deterministic, exhaustively tested, builds for `wasm32-unknown-unknown`.
 //! Non-goals: networking, clocks, files, randomness. Callers pass `now` and measured
 //! figures in; this crate never reads them itself.
