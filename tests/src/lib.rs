@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+pub mod fuzz;
 pub mod netns;
 
 /// Where the workspace binaries are.
