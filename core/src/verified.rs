@@ -28,16 +28,17 @@ pub fn group_count(size: u64) -> u64 {
     size.div_ceil(GROUP).max(1)
 }
 
-/// Byte length of group `index` of an object of `size` bytes.
+/// Byte length of group `index` of an object of `size` bytes (0 past the end,
+/// however far: an index from a peer may be anything).
 pub fn group_len(size: u64, index: u64) -> u64 {
-    let start = index * GROUP;
+    let start = index.saturating_mul(GROUP);
     size.saturating_sub(start).min(GROUP)
 }
 
 /// The CV of group `index` holding `bytes` (the object must be larger than one group).
 pub fn group_cv(index: u64, bytes: &[u8]) -> ChainingValue {
     let mut h = blake3::Hasher::new();
-    h.set_input_offset(index * GROUP);
+    h.set_input_offset(index.saturating_mul(GROUP));
     h.update(bytes);
     h.finalize_non_root()
 }
@@ -187,6 +188,20 @@ mod tests {
             if len == 0 {
                 assert!(verify_group(&h, 0, &cvs, 0, &[]));
             }
+        }
+    }
+
+    #[test]
+    fn a_huge_group_index_is_past_the_end_not_an_overflow() {
+        // Found by fuzzing (docs/fuzzing.md): `index * GROUP` overflowed.
+        let d = data(40_000);
+        let h = ObjectHash::of(&d);
+        let cvs = verify_outboard(&h, 40_000, &outboard(&d)).unwrap();
+        for index in [1 << 50, u64::MAX / GROUP + 1, u64::MAX] {
+            assert_eq!(group_len(40_000, index), 0);
+            assert_eq!(group_len(u64::MAX, index), 0);
+            assert!(!verify_group(&h, 40_000, &cvs, index, &[]));
+            assert!(!verify_group(&h, 40_000, &cvs, index, &d[..GROUP as usize]));
         }
     }
 

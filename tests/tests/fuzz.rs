@@ -13,8 +13,18 @@ use peercache_tests::fuzz::{
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
+/// The input as hex, cut short for the log.
+fn shown(input: &[u8]) -> String {
+    let hex = to_hex(&input[..input.len().min(512)]);
+    if input.len() > 512 {
+        format!("{hex}… ({} bytes)", input.len())
+    } else {
+        hex
+    }
+}
+
 fn no_hang(f: &peercache_tests::fuzz::Failure) {
-    panic!("{} hangs: {} on {}", f.target, f.message, to_hex(&f.input));
+    panic!("{} hangs: {} on {}", f.target, f.message, shown(&f.input));
 }
 
 #[test]
@@ -47,7 +57,7 @@ fn every_target_survives_a_short_run() {
                 "{}: {}\n  input: {}",
                 f.target,
                 f.message,
-                to_hex(&f.input)
+                shown(&f.input)
             ));
         }
     }
