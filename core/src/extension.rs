@@ -204,6 +204,14 @@ pub fn origin_of(url: &str) -> Option<String> {
     if authority.is_empty() || authority.contains('@') {
         return None;
     }
+    // The port, if any, is digits after the host's one `:` (found by fuzzing:
+    // `https://a:443:443` lost one `:443` each time round).
+    let after_host = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest);
+    if let Some((_, port)) = after_host.split_once(':')
+        && !port.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
     let authority = authority.to_ascii_lowercase();
     let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
     Some(format!("{scheme}://{authority}"))
@@ -234,6 +242,14 @@ mod origin_tests {
             Some("https://example.org:8443")
         );
         assert_eq!(origin_of("https://u@example.org/"), None);
+        assert_eq!(
+            origin_of("http://[::1]:8080/").as_deref(),
+            Some("http://[::1]:8080")
+        );
+        // A second port is no URL (it used to lose one `:443` per call).
+        assert_eq!(origin_of("https://example.org:443:443/x"), None);
+        assert_eq!(origin_of("http://[::1]:80:80/"), None);
+        assert_eq!(origin_of("https://example.org:x/"), None);
         assert_eq!(origin_of("ftp://example.org/"), None);
         assert!(in_scope("/static/a.js", "/static/"));
         assert!(!in_scope("/other", "/static/"));
