@@ -201,11 +201,12 @@ pub fn origin_of(url: &str) -> Option<String> {
         _ => return None,
     };
     let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.is_empty() || authority.contains('@') {
+    if authority.is_empty() || authority.contains('@') || authority.starts_with(':') {
         return None;
     }
-    // The port, if any, is digits after the host's one `:` (found by fuzzing:
-    // `https://a:443:443` lost one `:443` each time round).
+    // A host, then the port, if any, as digits after its one `:` (found by
+    // fuzzing: `https://a:443:443` lost one `:443` each time round, and
+    // `https://:443` became `https://`, which has no origin).
     let after_host = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest);
     if let Some((_, port)) = after_host.split_once(':')
         && !port.bytes().all(|b| b.is_ascii_digit())
@@ -250,6 +251,8 @@ mod origin_tests {
         assert_eq!(origin_of("https://example.org:443:443/x"), None);
         assert_eq!(origin_of("http://[::1]:80:80/"), None);
         assert_eq!(origin_of("https://example.org:x/"), None);
+        assert_eq!(origin_of("https://:443/x"), None);
+        assert_eq!(origin_of("http://:80"), None);
         assert_eq!(origin_of("ftp://example.org/"), None);
         assert!(in_scope("/static/a.js", "/static/"));
         assert!(!in_scope("/other", "/static/"));
