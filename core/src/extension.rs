@@ -207,7 +207,9 @@ pub fn origin_of(url: &str) -> Option<String> {
     // A host, then the port, if any, as digits after its one `:` (found by
     // fuzzing: `https://a:443:443` lost one `:443` each time round, and
     // `https://:443` became `https://`, which has no origin).
-    let after_host = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest);
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
     if let Some((_, port)) = after_host.split_once(':')
         && !port.bytes().all(|b| b.is_ascii_digit())
     {
