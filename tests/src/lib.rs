@@ -166,6 +166,53 @@ pub struct Server {
     pub proc: Proc,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// `http://127.0.0.1:PORT` of its operator listener (`/admin`, `/metrics`,
+    /// the holders of an object).
+    pub admin_url: String,
+}
+
+impl Server {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id().unwrap_or(0)
+    }
+
+    /// Its peak resident memory (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// Its resident memory now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// Its open file descriptors.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// `/admin/stats.json` from the operator listener.
+    pub async fn admin_stats(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(reqwest::get(format!("{}/admin/stats.json", self.admin_url))
+            .await?
+            .json()
+            .await?)
+    }
+}
+
+/// A `/proc/PID/status` figure in KiB (0 when unreadable).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Starts `peercache-server --root ROOT --listen 127.0.0.1:0 ARGS…`.
@@ -187,8 +234,15 @@ pub async fn spawn_server_cmd(cmd: Command) -> anyhow::Result<Server> {
         .find_map(|l| l.strip_prefix("listening on "))
         .context("no address")?
         .to_string();
+    let admin = proc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin on "))
+        .context("no admin address")?
+        .to_string();
     Ok(Server {
         url: format!("http://{addr}"),
+        admin_url: format!("http://{admin}"),
         proc,
     })
 }

@@ -481,7 +481,7 @@ async fn a_referral_says_why_and_the_admin_page_lists_the_decision() {
     assert_eq!(why["target_ms"], 0);
     assert!(why["estimate_ms"].as_u64().unwrap() > 0);
 
-    let stats: serde_json::Value = reqwest::get(format!("{}/admin/stats.json", server.url))
+    let stats: serde_json::Value = reqwest::get(format!("{}/admin/stats.json", server.admin_url))
         .await
         .unwrap()
         .json()

@@ -299,7 +299,7 @@ async fn through_the_gateway_a_set_cookie_response_goes_to_the_site_and_is_never
     assert_eq!(kept, vec![public]);
     let cookie_hash = peercache_core::ObjectHash::of(b"cookie();");
     let holders: serde_json::Value =
-        reqwest::get(format!("{}/v1/objects/{cookie_hash}/peers", server.url))
+        reqwest::get(format!("{}/v1/objects/{cookie_hash}/peers", server.admin_url))
             .await
             .unwrap()
             .json()
