@@ -144,19 +144,18 @@ pub async fn send_object(
                     owed.state.sending.progress(owed.transfer);
                     owed.remaining = owed.remaining.saturating_sub(n);
                     owed.state.figures.add(Tally::BytesServed, n);
-                    Some((Ok::<_, std::io::Error>(chunk), (reader, owed)))
-                }
-                Some(Err(e)) => Some((Err(e), (reader, owed))),
-                None => {
-                    // Every byte went out: the recipient holds a copy.
+                    // Every byte was taken by the connection: the recipient
+                    // holds a copy (a reader that stopped early never gets here).
                     if owed.remaining == 0
                         && let Some(peer) = owed.whole_to.take()
                         && let Err(e) = owed.state.store.record_fetch(&peer, &owed.hash).await
                     {
                         owed.state.store_failed(&e);
                     }
-                    None
+                    Some((Ok::<_, std::io::Error>(chunk), (reader, owed)))
                 }
+                Some(Err(e)) => Some((Err(e), (reader, owed))),
+                None => None,
             }
         });
     builder

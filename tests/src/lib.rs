@@ -707,6 +707,8 @@ type HeldObject = (peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration);
 #[derive(Debug, Clone)]
 struct FakeHandler {
     ping_delay: Duration,
+    /// Answers requests for this object with a body that never ends.
+    endless: Option<peercache_core::ObjectHash>,
     /// An object it holds, its outboard, and the pause after each byte it sends.
     object: Option<std::sync::Arc<HeldObject>>,
 }
@@ -719,7 +721,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
         use peercache_core::peer::{PeerRequest, PeerResponse, PeerStatus};
         use peercache_net::wire::{read_frame, write_frame};
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let (delay, object) = (self.ping_delay, self.object.clone());
+            let (delay, object, endless) = (self.ping_delay, self.object.clone(), self.endless);
             tokio::spawn(async move {
                 let Ok(req) = read_frame::<PeerRequest>(&mut recv).await else {
                     return;
@@ -729,6 +731,16 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                     limit: 4,
                 });
                 let held = |h: &peercache_core::ObjectHash| object.as_ref().filter(|o| o.0 == *h);
+                if let PeerRequest::Object { hash, range } = &req
+                    && endless == Some(*hash)
+                {
+                    // Promise the range, then send zeros forever.
+                    let len = range.map_or(4096, |(a, b)| b - a + 1);
+                    let _ = write_frame(&mut send, &PeerResponse::body(len, load)).await;
+                    let zeros = vec![0u8; 64 * 1024];
+                    while send.write_all(&zeros).await.is_ok() {}
+                    return;
+                }
                 let (header, body, pause) = match req {
                     PeerRequest::Ping => {
                         tokio::time::sleep(delay).await;
@@ -779,7 +791,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
 
 /// Starts a [`FakePeer`] on 127.0.0.1.
 pub async fn spawn_fake_peer(key: TestKey, ping_delay: Duration) -> anyhow::Result<FakePeer> {
-    spawn_fake_holder(key, ping_delay, None).await
+    spawn_fake_holder(key, ping_delay, None, None).await
 }
 
 /// Starts a [`FakePeer`] that holds `object` (its true bytes and outboard) and
@@ -796,13 +808,46 @@ pub async fn spawn_trickling_holder(
         outboard,
         pause,
     );
-    spawn_fake_holder(key, Duration::ZERO, Some(std::sync::Arc::new(held))).await
+    spawn_fake_holder(key, Duration::ZERO, Some(std::sync::Arc::new(held)), None).await
+}
+
+/// Starts a [`FakePeer`] that answers any request for `hash` with a body that
+/// never ends (an attacker against whoever reads from it).
+pub async fn spawn_endless_holder(
+    key: TestKey,
+    hash: peercache_core::ObjectHash,
+) -> anyhow::Result<FakePeer> {
+    spawn_fake_holder(key, Duration::ZERO, None, Some(hash)).await
+}
+
+/// [`signed_post`] through a given client (e.g. one bound to another
+/// loopback address).
+pub async fn signed_post_with(
+    client: &reqwest::Client,
+    server: &str,
+    path: &str,
+    key: &TestKey,
+    body: &serde_json::Value,
+) -> anyhow::Result<reqwest::Response> {
+    let bytes = serde_json::to_vec(body)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let auth = peercache_core::auth::sign_request(&key.secret, "POST", path, now, &bytes);
+    Ok(client
+        .post(format!("{server}{path}"))
+        .header("peercache-auth", auth)
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await?)
 }
 
 async fn spawn_fake_holder(
     key: TestKey,
     ping_delay: Duration,
     object: Option<std::sync::Arc<HeldObject>>,
+    endless: Option<peercache_core::ObjectHash>,
 ) -> anyhow::Result<FakePeer> {
     let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
         secret: key.secret,
@@ -815,7 +860,11 @@ async fn spawn_fake_holder(
     let router = iroh::protocol::Router::builder(endpoint)
         .accept(
             peercache_core::peer::ALPN,
-            FakeHandler { ping_delay, object },
+            FakeHandler {
+                ping_delay,
+                object,
+                endless,
+            },
         )
         .spawn();
     Ok(FakePeer {
