@@ -136,7 +136,6 @@ async fn peers_behind_home_routers_serve_each_other() {
     let (ca, site_ns) = (lab.ca.clone(), lab.site_ns.clone());
     let [h1, h2, h3, h4] = lab.hosts.clone();
     let public_ns = lab.public_ns.clone();
-    let site_url = format!("https://{SITE}");
     let relayed = || lab.relayed();
 
     let host = |ns: &str, name: &str| Host {
