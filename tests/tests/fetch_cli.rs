@@ -297,6 +297,11 @@ async fn a_client_deferred_too_long_gets_the_bytes_from_the_server() {
     )
     .await
     .unwrap();
+    // The first client also serves (registered with dial info): the server
+    // defers others only while the object goes to a peer that can pass it on.
+    let _serving = peercache_tests::spawn_peer(&server.url, &dir.join("first"), &[])
+        .await
+        .unwrap();
     let first = tokio::spawn({
         let (url, out, cache) = (server.url.clone(), dir.join("first.out"), dir.join("first"));
         async move { fetch_cli(&url, "/static/d.bin", &out, &cache).await }
