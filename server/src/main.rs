@@ -236,7 +236,14 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin listener {admin_listen}"))?;
     println!("admin on {}", admin.local_addr()?);
     println!("listening on {}", listener.local_addr()?);
-    peercache_server::run(listener, Some(admin), config, Some(handle), shutdown_signal()).await?;
+    peercache_server::run(
+        listener,
+        Some(admin),
+        config,
+        Some(handle),
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

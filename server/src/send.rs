@@ -120,9 +120,7 @@ pub async fn send_object(
     }
     state.figures.add(Tally::Served, 1);
     state.egress.owe(len);
-    let transfer = state
-        .sending
-        .start(obj.hash, to.is_some_and(|r| r.serving));
+    let transfer = state.sending.start(obj.hash, to.is_some_and(|r| r.serving));
     let owed = Owed {
         state: state.clone(),
         remaining: len,

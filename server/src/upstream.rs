@@ -207,9 +207,7 @@ impl Upstream {
             && resp.status() == StatusCode::OK
             && response_shareable(&resp_pairs).is_ok()
             && !ttl.is_zero()
-            && resp
-                .content_length()
-                .is_none_or(|l| l <= self.object_cap());
+            && resp.content_length().is_none_or(|l| l <= self.object_cap());
         if !storable {
             return Ok(Fetched::PassThrough(pass_through(resp)));
         }

@@ -64,16 +64,19 @@ async fn operator_pages_are_not_on_the_public_listener() {
 async fn one_address_cannot_fill_the_table() {
     let dir = TempDir::new("atk-keys");
     let root = make_site(&dir, &[("a.bin", b"x")]);
-    let server = spawn_server(&root, &[
+    let server = spawn_server(
+        &root,
+        &[
             "--max-peers-per-ip",
             "16",
             "--source-rate",
             "100000",
             "--peer-ttl",
             "600s",
-        ])
-        .await
-        .unwrap();
+        ],
+    )
+    .await
+    .unwrap();
     let start = Instant::now();
     let mut accepted = 0;
     let (mut honest_ok, mut honest_lat) = (0, Vec::new());
@@ -112,7 +115,14 @@ async fn one_address_cannot_fill_the_table() {
         }
     }
     let rate = 1000.0 / start.elapsed().as_secs_f64();
-    figures("1000 keys from one address", &server, rate, honest_ok, 10, honest_lat);
+    figures(
+        "1000 keys from one address",
+        &server,
+        rate,
+        honest_ok,
+        10,
+        honest_lat,
+    );
     assert_eq!(accepted, 16, "one address gets its cap of keys, no more");
     assert_eq!(honest_ok, 10, "another address still registers");
     let stats = server.admin_stats().await.unwrap();
@@ -140,7 +150,10 @@ async fn api_requests_are_limited_per_address_not_per_key() {
     }
     let rate = 100.0 / start.elapsed().as_secs_f64();
     println!("API flood: {rate:.0}/s, {limited}/100 refused");
-    assert!(limited >= 70, "most of a burst of 100 is refused: {limited}");
+    assert!(
+        limited >= 70,
+        "most of a burst of 100 is refused: {limited}"
+    );
     let r = other_address()
         .get(format!("{}/v1/objects/{hash}/outboard", server.url))
         .send()
@@ -156,7 +169,14 @@ async fn referral_setup(tag: &str) -> (TempDir, Server, Vec<u8>, TestKey, TestKe
     let root = make_site(&dir, &[("a.bin", &data)]);
     let server = spawn_server(
         &root,
-        &["--egress-limit", "1MiB", "--target-period", "0s", "--ping-interval", "0s"],
+        &[
+            "--egress-limit",
+            "1MiB",
+            "--target-period",
+            "0s",
+            "--ping-interval",
+            "0s",
+        ],
     )
     .await
     .unwrap();
@@ -227,7 +247,10 @@ async fn reports_cannot_forge_the_offload() {
     .await
     .unwrap();
     assert!(r.status().is_success());
-    assert_eq!(from_peers(&metrics(&server.admin_url).await.unwrap()), after);
+    assert_eq!(
+        from_peers(&metrics(&server.admin_url).await.unwrap()),
+        after
+    );
     let stats = server.admin_stats().await.unwrap();
     assert!(stats["bytes_from_peers"].as_u64().unwrap() <= data.len() as u64);
 }
@@ -237,7 +260,9 @@ async fn an_aborted_get_does_not_list_its_client() {
     let dir = TempDir::new("atk-abort");
     let big = test_bytes(64 * MIB, 9);
     let root = make_site(&dir, &[("big.bin", &big)]);
-    let server = spawn_server(&root, &["--ping-interval", "0s"]).await.unwrap();
+    let server = spawn_server(&root, &["--ping-interval", "0s"])
+        .await
+        .unwrap();
     let hash = ObjectHash::of(&big).to_hex();
     let attacker = TestKey::new(21);
     // Registered with dial info nobody answers on (no possession proof can pass).
@@ -286,7 +311,9 @@ async fn an_endless_proof_answer_does_not_grow_the_server() {
     let dir = TempDir::new("atk-endless");
     let data = test_bytes(MIB, 31);
     let root = make_site(&dir, &[("a.bin", &data)]);
-    let server = spawn_server(&root, &["--ping-interval", "0s"]).await.unwrap();
+    let server = spawn_server(&root, &["--ping-interval", "0s"])
+        .await
+        .unwrap();
     let hash = ObjectHash::of(&data);
     let key = TestKey::new(41);
     let fake = spawn_endless_holder(key.clone(), hash).await.unwrap();
@@ -381,7 +408,14 @@ async fn idle_connections_are_capped_per_address_and_timed_out() {
         }
         lat.push(t.elapsed());
     }
-    figures("200 idle connections from one address", &server, rate, ok, 10, lat);
+    figures(
+        "200 idle connections from one address",
+        &server,
+        rate,
+        ok,
+        10,
+        lat,
+    );
     assert_eq!(ok, 10, "another address is served");
     // The idle ones are dropped after the header timeout.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -403,7 +437,9 @@ async fn a_reader_that_never_reads_is_cut_and_its_egress_released() {
     let dir = TempDir::new("atk-noread");
     let big = test_bytes(64 * MIB, 5);
     let root = make_site(&dir, &[("big.bin", &big)]);
-    let server = spawn_server(&root, &["--write-timeout", "2s"]).await.unwrap();
+    let server = spawn_server(&root, &["--write-timeout", "2s"])
+        .await
+        .unwrap();
     let addr = server.url.trim_start_matches("http://").to_string();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     s.write_all(b"GET /static/big.bin HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -429,7 +465,10 @@ async fn a_reader_that_never_reads_is_cut_and_its_egress_released() {
         server.peak_rss_kib(),
         server.open_fds()
     );
-    assert!(released, "the egress owed to a reader that never reads is released");
+    assert!(
+        released,
+        "the egress owed to a reader that never reads is released"
+    );
     drop(s);
 }
 
@@ -440,7 +479,16 @@ async fn a_slow_reader_does_not_make_others_wait() {
     let root = make_site(&dir, &[("big.bin", &big)]);
     let server = spawn_server(
         &root,
-        &["--egress-limit", "2MiB", "--target-period", "0s", "--write-timeout", "120s", "--ping-interval", "0s"],
+        &[
+            "--egress-limit",
+            "2MiB",
+            "--target-period",
+            "0s",
+            "--write-timeout",
+            "120s",
+            "--ping-interval",
+            "0s",
+        ],
     )
     .await
     .unwrap();
@@ -500,9 +548,19 @@ async fn a_slow_reader_does_not_make_others_wait() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    figures("1 byte/s reader", &server, 1.0, usize::from(served_after.is_some()), asked, lat);
+    figures(
+        "1 byte/s reader",
+        &server,
+        1.0,
+        usize::from(served_after.is_some()),
+        asked,
+        lat,
+    );
     println!("deferred {deferred} times; served after {served_after:?}");
     let after = served_after.expect("an honest client is served despite the trickling reader");
-    assert!(after < Duration::from_secs(11), "served within the bounded deferral: {after:?}");
+    assert!(
+        after < Duration::from_secs(11),
+        "served within the bounded deferral: {after:?}"
+    );
     trickle.abort();
 }

@@ -298,13 +298,15 @@ async fn through_the_gateway_a_set_cookie_response_goes_to_the_site_and_is_never
     }
     assert_eq!(kept, vec![public]);
     let cookie_hash = peercache_core::ObjectHash::of(b"cookie();");
-    let holders: serde_json::Value =
-        reqwest::get(format!("{}/v1/objects/{cookie_hash}/peers", server.admin_url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let holders: serde_json::Value = reqwest::get(format!(
+        "{}/v1/objects/{cookie_hash}/peers",
+        server.admin_url
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(holders, json!([]));
 }
 
@@ -332,10 +334,15 @@ async fn a_query_flood_keeps_the_upstream_cache_bounded() {
     let dir = TempDir::new("up-flood");
     let cache = dir.join("cache");
     let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
-    cmd.args(["--upstream", &format!("http://{addr}"), "--listen", "127.0.0.1:0"])
-        .arg("--upstream-cache")
-        .arg(&cache)
-        .args(["--upstream-cache-max", "1MiB"]);
+    cmd.args([
+        "--upstream",
+        &format!("http://{addr}"),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--upstream-cache")
+    .arg(&cache)
+    .args(["--upstream-cache-max", "1MiB"]);
     let server: Server = peercache_tests::spawn_server_cmd(cmd).await.unwrap();
     let start = std::time::Instant::now();
     let mut ok = 0;
@@ -359,5 +366,8 @@ async fn a_query_flood_keeps_the_upstream_cache_bounded() {
         server.open_fds()
     );
     assert_eq!(ok, 200, "every request answered");
-    assert!(on_disk <= 1 << 20, "the cache stays within its limit: {on_disk}");
+    assert!(
+        on_disk <= 1 << 20,
+        "the cache stays within its limit: {on_disk}"
+    );
 }

@@ -175,9 +175,7 @@ pub async fn decide(
         base_target_ms,
         usable_holders: holders.len(),
         // Only transfers to a serving peer that keep moving, for a bounded time.
-        sending_this_object: state
-            .sending
-            .deferrable(&obj.hash, state.config.max_defer),
+        sending_this_object: state.sending.deferrable(&obj.hash, state.config.max_defer),
     });
     if matches!(explained.verdict, Verdict::Defer { .. }) {
         state.sending.deferred(obj.hash);
