@@ -24,7 +24,8 @@ echo '<!doctype html><title>demo</title><a href="/static/video.bin">video</a>' >
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 server="http://$(sed -n 's/^listening on //p' "$work/server.out")"
-echo "server: $server (admin page: $server/admin)"
+admin="http://$(sed -n 's/^admin on //p' "$work/server.out")"
+echo "server: $server (admin page, on the operator listener: $admin/admin)"
 
 for i in 1 2 3 4 5; do
   t0=$(date +%s.%N)
@@ -39,7 +40,7 @@ for i in 1 2 3 4 5; do
   for _ in $(seq 100); do grep -q "announced" "$work/peer$i.out" 2>/dev/null && break; sleep 0.1; done
 done
 
-metrics=$(curl -s "$server/metrics")
+metrics=$(curl -s "$admin/metrics")
 value() { echo "$metrics" | awk -v n="$1" '$1 == n {print $2}'; }
 served=$(value peercache_bytes_served_total)
 from_peers=$(value peercache_bytes_reported_from_peers_total)

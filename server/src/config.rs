@@ -58,6 +58,25 @@ pub struct Config {
     /// Bytes per second the relay reads from each client (relayed bytes are site
     /// egress).
     pub relay_rate: u64,
+    /// Most connections the site listener holds at once.
+    pub max_conns: usize,
+    /// Most connections it holds from one client address.
+    pub max_conns_per_ip: usize,
+    /// Time a connection has to send a request's headers (and most a kept-alive
+    /// connection may idle).
+    pub header_timeout: Duration,
+    /// Longest a response may wait for its reader before the connection is cut
+    /// (and what it still owed is released).
+    pub write_timeout: Duration,
+    /// API requests (register, announce, report, `/v1/objects/…`) one client
+    /// address may make per second (burst: 4×).
+    pub source_rate: u32,
+    /// Most live peer ids registered from one client address.
+    pub max_peers_per_ip: usize,
+    /// Longest the server keeps deferring clients for one object, in total.
+    pub max_defer: Duration,
+    /// Most bytes kept on disk from the upstream (oldest evicted first).
+    pub upstream_cache_max: u64,
 }
 
 /// QUIC address discovery port of a relay named by `--relay-url` (the stock
@@ -94,6 +113,14 @@ impl Config {
             relay_port: None,
             relay_qad_port: None,
             relay_rate: 4 << 20,
+            max_conns: 2048,
+            max_conns_per_ip: 256,
+            header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(20),
+            source_rate: 50,
+            max_peers_per_ip: 64,
+            max_defer: Duration::from_secs(10),
+            upstream_cache_max: 2 << 30,
         }
     }
 }
@@ -167,4 +194,22 @@ pub struct FileConfig {
     pub relay_qad_port: Option<u16>,
     /// e.g. `4MiB` (per client, per second).
     pub relay_rate: Option<String>,
+    /// Operator listener (`/admin`, `/metrics`), e.g. `127.0.0.1:9090`.
+    pub admin_listen: Option<String>,
+    /// Most connections at once.
+    pub max_conns: Option<usize>,
+    /// Most connections from one address.
+    pub max_conns_per_ip: Option<usize>,
+    /// e.g. `10s`.
+    pub header_timeout: Option<String>,
+    /// e.g. `20s`.
+    pub write_timeout: Option<String>,
+    /// API requests per second per address.
+    pub source_rate: Option<u32>,
+    /// Live peers per address.
+    pub max_peers_per_ip: Option<usize>,
+    /// e.g. `10s`.
+    pub max_defer: Option<String>,
+    /// e.g. `2GiB`.
+    pub upstream_cache_max: Option<String>,
 }

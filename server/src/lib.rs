@@ -15,6 +15,8 @@
 //! - [`health`]: pinging peers and demoting or dropping slow and dead ones.
 //! - [`egress`]: the model (and the real throttle) of the server's own upload.
 //! - [`relay`]: the site's own relay for peers behind routers (B10).
+//! - [`listen`]: connection caps (total, per address) and the write timeout of
+//!   the site listener.
 //! - [`error`]: the API error enum: `4xx` with a reason, `5xx` with a fixed
 //!   sentence (the detail only logged).
 //!
@@ -63,6 +65,7 @@ pub mod config;
 pub mod egress;
 pub mod error;
 pub mod health;
+pub mod listen;
 pub mod relay;
 pub mod routes;
 pub mod send;
@@ -109,9 +112,12 @@ pub enum StartError {
     RelayHost,
 }
 
-/// Serves `config` on `listener` until `shutdown` resolves.
+/// Serves `config` on `listener` (the public site) and, when given, the
+/// operator's pages on `admin` (`/admin`, `/metrics`: never on the site
+/// listener) until `shutdown` resolves.
 pub async fn run(
     listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
     config: Config,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -121,6 +127,7 @@ pub async fn run(
             upstream::Upstream::new(
                 url,
                 config.upstream_cache.clone(),
+                config.upstream_cache_max,
                 config.ca_cert.as_deref(),
             )
             .map_err(|e| StartError::Root(url.clone(), std::io::Error::other(e.to_string())))?,
@@ -204,34 +211,66 @@ pub async fn run(
     }
     state.spawn_housekeeping();
     health::spawn_pinger(&state);
+    let limits = listen::ConnLimits::new(state.config.max_conns, state.config.max_conns_per_ip);
+    let guard = listen::Guard::new(limits, state.config.write_timeout);
+    let header_timeout = state.config.header_timeout;
+    let admin_task = admin.map(|admin| {
+        let router = routes::admin_app(state.clone())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin, router).await {
+                tracing::warn!(error = %e, "admin listener failed");
+            }
+        })
+    });
     let router = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    match tls {
+    let handle = axum_server::Handle::new();
+    let h2 = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let std_listener = listener.into_std()?;
+    let served = match tls {
         None => {
-            use axum::serve::ListenerExt;
-            // Small responses (referrals) must not wait for Nagle + delayed ACK.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await?;
-        }
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let h2 = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-            });
-            let std_listener = listener.into_std()?;
-            axum_server::from_tcp_rustls(std_listener, tls)?
-                .map(|a| a.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+            let mut server = axum_server::from_tcp(std_listener)?.acceptor(guard);
+            configure(server.http_builder(), header_timeout);
+            server
+                .first_request_timeout(header_timeout)
                 .handle(handle)
                 .serve(router)
-                .await?;
+                .await
         }
+        Some(tls) => {
+            let mut server = axum_server::from_tcp_rustls(std_listener, tls)?
+                .map(|a| a.handshake_timeout(header_timeout).acceptor(guard));
+            configure(server.http_builder(), header_timeout);
+            server
+                .first_request_timeout(header_timeout)
+                .handle(handle)
+                .serve(router)
+                .await
+        }
+    };
+    if let Some(task) = admin_task {
+        task.abort();
     }
+    served?;
     Ok(())
+}
+
+/// Hyper's limits on the site listener: the time to send a request's headers
+/// (also the longest a kept-alive connection may idle), and few HTTP/2 streams.
+fn configure(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_timeout: std::time::Duration,
+) {
+    builder.http1().header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .max_concurrent_streams(128)
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(header_timeout);
 }
 
 /// Starts the site's own relay on the listener's address (or the host of

@@ -77,6 +77,34 @@ struct Args {
     /// Bytes per second the relay accepts from each client, e.g. `4MiB` [default: 4MiB].
     #[arg(long, env = "PEERCACHE_RELAY_RATE")]
     relay_rate: Option<String>,
+    /// Operator listener for `/admin`, `/admin/stats.json`, `/metrics` and the
+    /// holders of an object; prints `admin on ADDR` once bound [default: 127.0.0.1:0].
+    #[arg(long, env = "PEERCACHE_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Most connections the site listener holds at once [default: 2048].
+    #[arg(long, env = "PEERCACHE_MAX_CONNS")]
+    max_conns: Option<usize>,
+    /// Most connections from one client address [default: 256].
+    #[arg(long, env = "PEERCACHE_MAX_CONNS_PER_IP")]
+    max_conns_per_ip: Option<usize>,
+    /// Time to send a request's headers, and longest idle keep-alive, e.g. `10s`.
+    #[arg(long, env = "PEERCACHE_HEADER_TIMEOUT")]
+    header_timeout: Option<String>,
+    /// Longest a response waits for a reader that stopped reading, e.g. `20s`.
+    #[arg(long, env = "PEERCACHE_WRITE_TIMEOUT")]
+    write_timeout: Option<String>,
+    /// API requests per second one client address may make [default: 50; burst 4×].
+    #[arg(long, env = "PEERCACHE_SOURCE_RATE")]
+    source_rate: Option<u32>,
+    /// Most live peer ids registered from one client address [default: 64].
+    #[arg(long, env = "PEERCACHE_MAX_PEERS_PER_IP")]
+    max_peers_per_ip: Option<usize>,
+    /// Longest total time clients are deferred for one object, e.g. `10s`.
+    #[arg(long, env = "PEERCACHE_MAX_DEFER")]
+    max_defer: Option<String>,
+    /// Most bytes kept on disk from the upstream, e.g. `2GiB` [default: 2GiB].
+    #[arg(long, env = "PEERCACHE_UPSTREAM_CACHE_MAX")]
+    upstream_cache_max: Option<String>,
 }
 
 #[tokio::main]
@@ -157,6 +185,30 @@ async fn main() -> anyhow::Result<()> {
     if let Some(s) = args.relay_rate.or(file.relay_rate) {
         config.relay_rate = parse_size(&s)?;
     }
+    if let Some(n) = args.max_conns.or(file.max_conns) {
+        config.max_conns = n;
+    }
+    if let Some(n) = args.max_conns_per_ip.or(file.max_conns_per_ip) {
+        config.max_conns_per_ip = n;
+    }
+    if let Some(s) = args.header_timeout.or(file.header_timeout) {
+        config.header_timeout = parse_duration(&s)?;
+    }
+    if let Some(s) = args.write_timeout.or(file.write_timeout) {
+        config.write_timeout = parse_duration(&s)?;
+    }
+    if let Some(n) = args.source_rate.or(file.source_rate) {
+        config.source_rate = n;
+    }
+    if let Some(n) = args.max_peers_per_ip.or(file.max_peers_per_ip) {
+        config.max_peers_per_ip = n;
+    }
+    if let Some(s) = args.max_defer.or(file.max_defer) {
+        config.max_defer = parse_duration(&s)?;
+    }
+    if let Some(s) = args.upstream_cache_max.or(file.upstream_cache_max) {
+        config.upstream_cache_max = parse_size(&s)?;
+    }
     if config.tls_cert.is_some() != config.tls_key.is_some() {
         bail!("--tls-cert and --tls-key go together");
     }
@@ -175,8 +227,23 @@ async fn main() -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
+    let admin_listen = args
+        .admin_listen
+        .or(file.admin_listen)
+        .unwrap_or_else(|| "127.0.0.1:0".to_string());
+    let admin = tokio::net::TcpListener::bind(&admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {admin_listen}"))?;
+    println!("admin on {}", admin.local_addr()?);
     println!("listening on {}", listener.local_addr()?);
-    peercache_server::run(listener, config, Some(handle), shutdown_signal()).await?;
+    peercache_server::run(
+        listener,
+        Some(admin),
+        config,
+        Some(handle),
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

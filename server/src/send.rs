@@ -47,27 +47,43 @@ pub fn add_advertisement(state: &AppState, h: &mut HeaderMap) {
     }
 }
 
-/// Pays off whatever of a transfer was not sent when its body is dropped.
+/// The client a transfer goes to, when it named itself (`Peercache-Client`).
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Registered with dial info: others can be referred to it.
+    pub serving: bool,
+}
+
+/// Pays off whatever of a transfer was not sent when its body is dropped (a
+/// finished body, or a connection cut by the write timeout).
 struct Owed {
     state: Arc<AppState>,
     remaining: u64,
     hash: ObjectHash,
+    transfer: u64,
+    /// Who gets it, when this is the whole object: it may be listed as a
+    /// holder once every byte went out.
+    whole_to: Option<String>,
 }
 
 impl Drop for Owed {
     fn drop(&mut self) {
         self.state.egress.sent(self.remaining);
-        self.state.sending.end(&self.hash);
+        self.state.sending.end(self.transfer);
     }
 }
 
 /// Sends an object, or the inclusive byte range `range` of it (`206`); with
-/// `head_only`, its headers.
+/// `head_only`, its headers. A whole object sent to the last byte to `to`
+/// records that `to` fetched it (so its announce of it is believed).
 pub async fn send_object(
     state: &Arc<AppState>,
     obj: &SiteObject,
     head_only: bool,
     range: Option<(u64, u64)>,
+    to: Option<&Recipient>,
 ) -> Result<Response, ApiError> {
     let (first, len) = peercache_core::range::span(range, obj.size)
         .ok_or(ApiError::RangeNotSatisfiable(obj.size))?;
@@ -104,11 +120,15 @@ pub async fn send_object(
     }
     state.figures.add(Tally::Served, 1);
     state.egress.owe(len);
-    state.sending.start(obj.hash);
+    let transfer = state.sending.start(obj.hash, to.is_some_and(|r| r.serving));
     let owed = Owed {
         state: state.clone(),
         remaining: len,
         hash: obj.hash,
+        transfer,
+        whole_to: to
+            .filter(|_| first == 0 && len == obj.size)
+            .map(|r| r.peer_id.clone()),
     };
     use tokio::io::AsyncReadExt;
     let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);
@@ -119,8 +139,17 @@ pub async fn send_object(
                     let n = chunk.len() as u64;
                     owed.state.egress.throttle(n).await;
                     owed.state.egress.sent(n);
+                    owed.state.sending.progress(owed.transfer);
                     owed.remaining = owed.remaining.saturating_sub(n);
                     owed.state.figures.add(Tally::BytesServed, n);
+                    // Every byte was taken by the connection: the recipient
+                    // holds a copy (a reader that stopped early never gets here).
+                    if owed.remaining == 0
+                        && let Some(peer) = owed.whole_to.take()
+                        && let Err(e) = owed.state.store.record_fetch(&peer, &owed.hash).await
+                    {
+                        owed.state.store_failed(&e);
+                    }
                     Some((Ok::<_, std::io::Error>(chunk), (reader, owed)))
                 }
                 Some(Err(e)) => Some((Err(e), (reader, owed))),

@@ -172,39 +172,231 @@ impl RateLimiter {
     }
 }
 
+/// How recently a transfer must have moved bytes to count as making progress.
+pub const PROGRESS_WINDOW: Duration = Duration::from_secs(2);
+
 /// Transfers from the server to clients in flight, per object (an input of
-/// the deferral rule).
+/// the deferral rule), and how long clients have been deferred for each object.
+///
+/// A transfer counts for deferral only while it goes to a registered serving
+/// peer (one that can pass the object on) and keeps moving bytes (within
+/// [`PROGRESS_WINDOW`]); and an object is deferred for a bounded total time
+/// (`--max-defer`), so a reader that trickles cannot make others wait.
 #[derive(Debug, Default)]
 pub struct Sending {
-    counts: Mutex<HashMap<ObjectHash, u32>>,
+    inner: Mutex<SendingInner>,
+}
+
+#[derive(Debug, Default)]
+struct SendingInner {
+    next_id: u64,
+    transfers: HashMap<u64, Transfer>,
+    /// When clients were first deferred for an object (in this window).
+    deferring: HashMap<ObjectHash, Instant>,
+}
+
+#[derive(Debug)]
+struct Transfer {
+    hash: ObjectHash,
+    to_serving_peer: bool,
+    last_progress: Instant,
 }
 
 impl Sending {
-    /// A transfer of `hash` starts.
-    pub fn start(&self, hash: ObjectHash) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        *counts.entry(hash).or_default() += 1;
+    fn lock(&self) -> std::sync::MutexGuard<'_, SendingInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A transfer of `hash` ends (sent or dropped).
-    pub fn end(&self, hash: &ObjectHash) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(hash) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(hash);
-            }
+    /// A transfer of `hash` starts; `to_serving_peer` when its client is a
+    /// registered peer others can be referred to. Returns its id.
+    pub fn start(&self, hash: ObjectHash, to_serving_peer: bool) -> u64 {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.transfers.insert(
+            id,
+            Transfer {
+                hash,
+                to_serving_peer,
+                last_progress: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// Transfer `id` moved bytes.
+    pub fn progress(&self, id: u64) {
+        if let Some(t) = self.lock().transfers.get_mut(&id) {
+            t.last_progress = Instant::now();
         }
     }
 
-    /// Transfers of `hash` in flight.
+    /// Transfer `id` ends (sent or dropped).
+    pub fn end(&self, id: u64) {
+        self.lock().transfers.remove(&id);
+    }
+
+    /// Transfers of `hash` in flight (whatever their pace).
     pub fn count(&self, hash: &ObjectHash) -> u32 {
-        self.counts
+        let n = self
+            .lock()
+            .transfers
+            .values()
+            .filter(|t| t.hash == *hash)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Transfers of `hash` that justify deferring a client: to a serving peer,
+    /// making progress, while the object's deferral time (`max_defer` in a
+    /// window of six times that) is not used up.
+    pub fn deferrable(&self, hash: &ObjectHash, max_defer: Duration) -> u32 {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if let Some(since) = s.deferring.get(hash).copied() {
+            let elapsed = now.duration_since(since);
+            if elapsed >= max_defer.saturating_mul(6) {
+                s.deferring.remove(hash);
+            } else if elapsed >= max_defer {
+                return 0;
+            }
+        }
+        let n = s
+            .transfers
+            .values()
+            .filter(|t| {
+                t.hash == *hash
+                    && t.to_serving_peer
+                    && now.duration_since(t.last_progress) < PROGRESS_WINDOW
+            })
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// A client was deferred for `hash` (starts the object's deferral clock).
+    pub fn deferred(&self, hash: ObjectHash) {
+        let mut s = self.lock();
+        if s.deferring.len() >= 100_000 {
+            s.deferring.clear();
+        }
+        s.deferring.entry(hash).or_insert_with(Instant::now);
+    }
+}
+
+/// Live peer ids registered per client address (`--max-peers-per-ip`), so one
+/// source cannot fill the look-up table.
+#[derive(Debug, Default)]
+pub struct PeersPerSource {
+    map: Mutex<HashMap<std::net::IpAddr, HashMap<String, Instant>>>,
+}
+
+impl PeersPerSource {
+    /// True when `id` may be registered from `ip`: it already is, or `ip` has
+    /// fewer than `cap` ids seen within `ttl`.
+    pub fn allow(&self, ip: std::net::IpAddr, id: &str, cap: usize, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 100_000 && !map.contains_key(&ip) {
+            map.retain(|_, ids| {
+                ids.retain(|_, seen| now.duration_since(*seen) < ttl);
+                !ids.is_empty()
+            });
+            if map.len() >= 100_000 {
+                return false;
+            }
+        }
+        let ids = map.entry(ip).or_default();
+        ids.retain(|_, seen| now.duration_since(*seen) < ttl);
+        if !ids.contains_key(id) && ids.len() >= cap {
+            return false;
+        }
+        ids.insert(id.to_string(), now);
+        true
+    }
+}
+
+/// Outboards computed once per object and kept, up to a byte budget.
+#[derive(Debug, Default)]
+pub struct OutboardCache {
+    inner: Mutex<(HashMap<ObjectHash, bytes::Bytes>, usize)>,
+}
+
+/// Bytes of outboards kept.
+const OUTBOARD_BUDGET: usize = 64 << 20;
+
+impl OutboardCache {
+    /// The kept outboard of `hash`.
+    pub fn get(&self, hash: &ObjectHash) -> Option<bytes::Bytes> {
+        self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .get(hash)
-            .copied()
-            .unwrap_or(0)
+            .cloned()
+    }
+
+    /// Keeps `outboard` (forgetting all when over budget).
+    pub fn put(&self, hash: ObjectHash, outboard: bytes::Bytes) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.1 + outboard.len() > OUTBOARD_BUDGET {
+            g.0.clear();
+            g.1 = 0;
+        }
+        g.1 += outboard.len();
+        if let Some(old) = g.0.insert(hash, outboard) {
+            g.1 -= old.len();
+        }
+    }
+}
+
+/// Possession proofs under way, by the prover's address and the object: the
+/// server does not send that object to that address meanwhile, so a proof
+/// cannot be answered by fetching from the server on the fly.
+#[derive(Debug, Default)]
+pub struct Proving {
+    map: Mutex<HashMap<(std::net::IpAddr, ObjectHash), u32>>,
+}
+
+impl Proving {
+    /// A proof of `hash` by `ip` starts; it ends when the guard drops.
+    pub fn start(self: &Arc<Self>, ip: std::net::IpAddr, hash: ObjectHash) -> ProvingGuard {
+        *self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((ip, hash))
+            .or_default() += 1;
+        ProvingGuard {
+            proving: self.clone(),
+            key: (ip, hash),
+        }
+    }
+
+    /// True while `ip` is proving it holds `hash`.
+    pub fn is_proving(&self, ip: std::net::IpAddr, hash: &ObjectHash) -> bool {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(ip, *hash))
+    }
+}
+
+/// Ends a proof when dropped.
+#[derive(Debug)]
+pub struct ProvingGuard {
+    proving: Arc<Proving>,
+    key: (std::net::IpAddr, ObjectHash),
+}
+
+impl Drop for ProvingGuard {
+    fn drop(&mut self) {
+        let mut map = self.proving.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -240,6 +432,14 @@ pub struct AppState {
     pub sending: Sending,
     /// Announce, register and report rate limits per peer (B6).
     pub announce_limiter: RateLimiter,
+    /// API rate limits per client address (`--source-rate`).
+    pub source_limiter: RateLimiter,
+    /// Live peer ids per client address (`--max-peers-per-ip`).
+    pub peers_per_source: PeersPerSource,
+    /// Outboards computed once per object.
+    pub outboards: OutboardCache,
+    /// Possession proofs under way.
+    pub proving: Arc<Proving>,
     /// The Prometheus recorder, when installed.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Recently signed records, by URL and hash.
@@ -291,6 +491,10 @@ impl AppState {
             sending: Sending::default(),
             signed: Mutex::new(HashMap::new()),
             announce_limiter: RateLimiter::default(),
+            source_limiter: RateLimiter::default(),
+            peers_per_source: PeersPerSource::default(),
+            outboards: OutboardCache::default(),
+            proving: Arc::default(),
             config,
             metrics,
             tls,

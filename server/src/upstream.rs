@@ -64,6 +64,9 @@ pub struct Upstream {
     dir: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
     by_hash: Mutex<HashMap<ObjectHash, SiteObject>>,
+    /// Objects on disk, oldest first, and their total size (`--upstream-cache-max`).
+    kept: Mutex<(std::collections::VecDeque<(ObjectHash, u64)>, u64)>,
+    max_bytes: u64,
 }
 
 /// What the origin answered.
@@ -123,8 +126,13 @@ fn pairs(h: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
 }
 
 impl Upstream {
-    /// A proxy for `base`, keeping objects under `dir`.
-    pub fn new(base: &str, dir: PathBuf, ca_cert: Option<&Path>) -> Result<Self, UpstreamError> {
+    /// A proxy for `base`, keeping at most `max_bytes` of objects under `dir`.
+    pub fn new(
+        base: &str,
+        dir: PathBuf,
+        max_bytes: u64,
+        ca_cert: Option<&Path>,
+    ) -> Result<Self, UpstreamError> {
         std::fs::create_dir_all(&dir)?;
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -145,6 +153,8 @@ impl Upstream {
             dir,
             entries: Mutex::new(HashMap::new()),
             by_hash: Mutex::new(HashMap::new()),
+            kept: Mutex::new((std::collections::VecDeque::new(), 0)),
+            max_bytes,
         })
     }
 
@@ -197,9 +207,7 @@ impl Upstream {
             && resp.status() == StatusCode::OK
             && response_shareable(&resp_pairs).is_ok()
             && !ttl.is_zero()
-            && resp
-                .content_length()
-                .is_none_or(|l| l <= MAX_UPSTREAM_OBJECT);
+            && resp.content_length().is_none_or(|l| l <= self.object_cap());
         if !storable {
             return Ok(Fetched::PassThrough(pass_through(resp)));
         }
@@ -221,8 +229,53 @@ impl Upstream {
                 fresh_until: Instant::now() + ttl,
             },
         );
-        lock(&self.by_hash).insert(object.hash, object.clone());
+        drop(entries);
+        let new = lock(&self.by_hash)
+            .insert(object.hash, object.clone())
+            .is_none();
+        if new {
+            self.keep(&object);
+        }
         Ok(Fetched::Object(object))
+    }
+
+    /// The largest object kept: the smaller of [`MAX_UPSTREAM_OBJECT`] and the
+    /// cache's size.
+    fn object_cap(&self) -> u64 {
+        MAX_UPSTREAM_OBJECT.min(self.max_bytes)
+    }
+
+    /// Books `object` on disk and evicts the oldest objects (file, hash and
+    /// every path naming it) until the cache fits its size.
+    fn keep(&self, object: &SiteObject) {
+        let mut evicted = Vec::new();
+        {
+            let mut kept = lock(&self.kept);
+            kept.0.push_back((object.hash, object.size));
+            kept.1 += object.size;
+            while kept.1 > self.max_bytes {
+                let Some((hash, size)) = kept.0.pop_front() else {
+                    break;
+                };
+                kept.1 = kept.1.saturating_sub(size);
+                evicted.push(hash);
+            }
+        }
+        if evicted.is_empty() {
+            return;
+        }
+        {
+            let mut by_hash = lock(&self.by_hash);
+            for hash in &evicted {
+                if let Some(obj) = by_hash.remove(hash)
+                    && let Err(e) = std::fs::remove_file(&obj.path)
+                {
+                    tracing::warn!(error = %e, "removing an evicted upstream object");
+                }
+            }
+        }
+        lock(&self.entries).retain(|_, e| !evicted.contains(&e.object.hash));
+        metrics::counter!("peercache_upstream_evictions_total").increment(evicted.len() as u64);
     }
 
     /// Streams the body to a temp file while hashing, then renames it to its hash.
@@ -238,7 +291,7 @@ impl Upstream {
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
-                if hasher.len() + chunk.len() as u64 > MAX_UPSTREAM_OBJECT {
+                if hasher.len() + chunk.len() as u64 > self.object_cap() {
                     return Err(UpstreamError::Io(std::io::Error::other("object too large")));
                 }
                 hasher.update(&chunk);

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
-  ROOT, SITE, COOKIE_SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
+  ROOT, SITE, SITE_ADMIN, COOKIE_SITE, CHROMIUM_ID, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor,
   installHostForChromium, sha256, get, cacheHolds, launchChromium, hostPid, loadAssets, whyFixture,
 } from './harness.mjs';
 
@@ -250,10 +250,10 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
   it('the admin page shows the live offload, peers and mismatches', async () => {
     const page = await context.newPage();
     await page.setViewportSize({ width: 1020, height: 640 });
-    await page.goto(`${SITE}/admin`);
+    await page.goto(`${SITE_ADMIN}/admin`);
     await page.waitForSelector('body[data-loaded="1"]');
     await page.waitForFunction(() => document.querySelectorAll('#peer-rows tr').length >= 3);
-    const stats = await (await page.request.get(`${SITE}/admin/stats.json`)).json();
+    const stats = await (await page.request.get(`${SITE_ADMIN}/admin/stats.json`)).json();
     assert.ok(stats.requests_referred >= 5, JSON.stringify(stats));
     assert.ok(stats.bytes_from_peers >= swarm.files.big.length);
     assert.equal(stats.mismatch_reports, 1);

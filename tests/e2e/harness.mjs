@@ -23,6 +23,9 @@ export const SITE = `https://${SITE_IP}`;
 /** A second site, served by peercache-server --upstream in front of tests/e2e/origin.mjs. */
 export const COOKIE_SITE_IP = '198.51.100.3';
 export const COOKIE_SITE = `https://${COOKIE_SITE_IP}`;
+/** The servers' operator listeners (`/admin`, `/metrics`): never on the site's own port. */
+export const SITE_ADMIN = `http://${SITE_IP}:9090`;
+export const COOKIE_SITE_ADMIN = `http://${COOKIE_SITE_IP}:9090`;
 export const CHROMIUM_ID = 'fmfjkafobffmfmdigggcgcdafihpelgn';
 export const GECKO_ID = 'peercache@peercache.org';
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/lib/chromium/chromium';
@@ -238,7 +241,7 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
   state.veth = vh;
 
   const server = start('server', 'ip', ['netns', 'exec', ns, join(BIN, 'peercache-server'),
-    '--root', site, '--listen', `${SITE_IP}:443`, '--tls-cert', join(dir, 'site.pem'), '--tls-key', join(dir, 'site.key'),
+    '--root', site, '--listen', `${SITE_IP}:443`, '--admin-listen', `${SITE_IP}:9090`, '--tls-cert', join(dir, 'site.pem'), '--tls-key', join(dir, 'site.key'),
     '--egress-limit', '4MiB', '--target-period', '0s'], { dir, ready: /listening on (\S+)/ });
   state.procs.push(server.child);
   await server.seen;
@@ -250,7 +253,7 @@ export async function startSwarm({ bigSize = 8 << 20 } = {}) {
   await origin.seen;
   const upstream = start('cookie-server', 'ip', ['netns', 'exec', ns, join(BIN, 'peercache-server'),
     '--upstream', 'http://127.0.0.1:8081', '--upstream-cache', join(dir, 'upstream-cache'),
-    '--listen', `${COOKIE_SITE_IP}:443`, '--tls-cert', join(dir, 'site.pem'), '--tls-key', join(dir, 'site.key'),
+    '--listen', `${COOKIE_SITE_IP}:443`, '--admin-listen', `${COOKIE_SITE_IP}:9090`, '--tls-cert', join(dir, 'site.pem'), '--tls-key', join(dir, 'site.key'),
     '--egress-limit', '4MiB', '--target-period', '0s'], { dir, ready: /listening on (\S+)/ });
   state.procs.push(upstream.child);
   await upstream.seen;
@@ -316,7 +319,8 @@ export async function metrics(url, ca) {
 }
 
 export async function serverMetrics(state, site = SITE) {
-  return metrics(`${site}/metrics`, state.ca);
+  const admin = site === COOKIE_SITE ? COOKIE_SITE_ADMIN : SITE_ADMIN;
+  return metrics(`${admin}/metrics`, state.ca);
 }
 
 export async function peerMetrics(peer) {

@@ -167,6 +167,53 @@ pub struct Server {
     pub proc: Proc,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// `http://127.0.0.1:PORT` of its operator listener (`/admin`, `/metrics`,
+    /// the holders of an object).
+    pub admin_url: String,
+}
+
+impl Server {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id().unwrap_or(0)
+    }
+
+    /// Its peak resident memory (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// Its resident memory now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// Its open file descriptors.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// `/admin/stats.json` from the operator listener.
+    pub async fn admin_stats(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(reqwest::get(format!("{}/admin/stats.json", self.admin_url))
+            .await?
+            .json()
+            .await?)
+    }
+}
+
+/// A `/proc/PID/status` figure in KiB (0 when unreadable).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Starts `peercache-server --root ROOT --listen 127.0.0.1:0 ARGS…`.
@@ -188,8 +235,15 @@ pub async fn spawn_server_cmd(cmd: Command) -> anyhow::Result<Server> {
         .find_map(|l| l.strip_prefix("listening on "))
         .context("no address")?
         .to_string();
+    let admin = proc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin on "))
+        .context("no admin address")?
+        .to_string();
     Ok(Server {
         url: format!("http://{addr}"),
+        admin_url: format!("http://{admin}"),
         proc,
     })
 }
@@ -654,6 +708,8 @@ type HeldObject = (peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration);
 #[derive(Debug, Clone)]
 struct FakeHandler {
     ping_delay: Duration,
+    /// Answers requests for this object with a body that never ends.
+    endless: Option<peercache_core::ObjectHash>,
     /// An object it holds, its outboard, and the pause after each byte it sends.
     object: Option<std::sync::Arc<HeldObject>>,
 }
@@ -666,7 +722,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
         use peercache_core::peer::{PeerRequest, PeerResponse, PeerStatus};
         use peercache_net::wire::{read_frame, write_frame};
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let (delay, object) = (self.ping_delay, self.object.clone());
+            let (delay, object, endless) = (self.ping_delay, self.object.clone(), self.endless);
             tokio::spawn(async move {
                 let Ok(req) = read_frame::<PeerRequest>(&mut recv).await else {
                     return;
@@ -676,6 +732,16 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                     limit: 4,
                 });
                 let held = |h: &peercache_core::ObjectHash| object.as_ref().filter(|o| o.0 == *h);
+                if let PeerRequest::Object { hash, range } = &req
+                    && endless == Some(*hash)
+                {
+                    // Promise the range, then send zeros forever.
+                    let len = range.map_or(4096, |(a, b)| b - a + 1);
+                    let _ = write_frame(&mut send, &PeerResponse::body(len, load)).await;
+                    let zeros = vec![0u8; 64 * 1024];
+                    while send.write_all(&zeros).await.is_ok() {}
+                    return;
+                }
                 let (header, body, pause) = match req {
                     PeerRequest::Ping => {
                         tokio::time::sleep(delay).await;
@@ -726,7 +792,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
 
 /// Starts a [`FakePeer`] on 127.0.0.1.
 pub async fn spawn_fake_peer(key: TestKey, ping_delay: Duration) -> anyhow::Result<FakePeer> {
-    spawn_fake_holder(key, ping_delay, None).await
+    spawn_fake_holder(key, ping_delay, None, None).await
 }
 
 /// Starts a [`FakePeer`] that holds `object` (its true bytes and outboard) and
@@ -743,13 +809,46 @@ pub async fn spawn_trickling_holder(
         outboard,
         pause,
     );
-    spawn_fake_holder(key, Duration::ZERO, Some(std::sync::Arc::new(held))).await
+    spawn_fake_holder(key, Duration::ZERO, Some(std::sync::Arc::new(held)), None).await
+}
+
+/// Starts a [`FakePeer`] that answers any request for `hash` with a body that
+/// never ends (an attacker against whoever reads from it).
+pub async fn spawn_endless_holder(
+    key: TestKey,
+    hash: peercache_core::ObjectHash,
+) -> anyhow::Result<FakePeer> {
+    spawn_fake_holder(key, Duration::ZERO, None, Some(hash)).await
+}
+
+/// [`signed_post`] through a given client (e.g. one bound to another
+/// loopback address).
+pub async fn signed_post_with(
+    client: &reqwest::Client,
+    server: &str,
+    path: &str,
+    key: &TestKey,
+    body: &serde_json::Value,
+) -> anyhow::Result<reqwest::Response> {
+    let bytes = serde_json::to_vec(body)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let auth = peercache_core::auth::sign_request(&key.secret, "POST", path, now, &bytes);
+    Ok(client
+        .post(format!("{server}{path}"))
+        .header("peercache-auth", auth)
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await?)
 }
 
 async fn spawn_fake_holder(
     key: TestKey,
     ping_delay: Duration,
     object: Option<std::sync::Arc<HeldObject>>,
+    endless: Option<peercache_core::ObjectHash>,
 ) -> anyhow::Result<FakePeer> {
     let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
         secret: key.secret,
@@ -762,7 +861,11 @@ async fn spawn_fake_holder(
     let router = iroh::protocol::Router::builder(endpoint)
         .accept(
             peercache_core::peer::ALPN,
-            FakeHandler { ping_delay, object },
+            FakeHandler {
+                ping_delay,
+                object,
+                endless,
+            },
         )
         .spawn();
     Ok(FakePeer {

@@ -299,6 +299,9 @@ pub fn make_certs(dir: &TempDir, ip: &str) -> (PathBuf, PathBuf, PathBuf) {
 
 /// The site's address on the "internet".
 pub const SITE_IP: &str = "203.0.113.2";
+/// The site server's operator listener (`/admin`, `/metrics`, holders), reached
+/// from the site's namespace.
+pub const SITE_ADMIN: &str = "203.0.113.2:9090";
 /// The public peer's address.
 pub const PUBLIC_IP: &str = "203.0.113.10";
 
@@ -370,7 +373,8 @@ impl Lab {
         let mut cmd = in_ns(&site_ns, &crate::bin("peercache-server"));
         cmd.arg("--root")
             .arg(root)
-            .args(["--listen", &format!("{SITE_IP}:443"), "--tls-cert"])
+            .args(["--listen", &format!("{SITE_IP}:443")])
+            .args(["--admin-listen", SITE_ADMIN, "--tls-cert"])
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)

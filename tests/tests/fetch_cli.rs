@@ -50,7 +50,7 @@ async fn a_second_client_gets_the_file_from_the_first() {
     assert!(err.contains(&format!("from peer {}", peer.id)), "{err}");
     assert_eq!(std::fs::read(dir.join("second")).unwrap(), data);
 
-    let s = metrics(&server.url).await.unwrap();
+    let s = metrics(&server.admin_url).await.unwrap();
     assert_eq!(s["peercache_requests_referred_total"], 1.0);
     assert_eq!(
         s["peercache_bytes_reported_from_peers_total"],
@@ -63,7 +63,7 @@ async fn a_second_client_gets_the_file_from_the_first() {
     // The second client announced too: a third is referred to one of the two.
     let r = reqwest::get(format!(
         "{}/v1/objects/{}/peers",
-        server.url,
+        server.admin_url,
         peercache_core::ObjectHash::of(&data)
     ))
     .await
@@ -134,7 +134,7 @@ async fn a_lying_peer_never_gets_its_bytes_through() {
     )
     .unwrap();
     assert_eq!(cached, data);
-    let s = metrics(&server.url).await.unwrap();
+    let s = metrics(&server.admin_url).await.unwrap();
     assert_eq!(s["peercache_mismatch_reports_total"], 1.0);
     let l = metrics(&liar.url).await.unwrap();
     assert_eq!(l["peercache_uploads_total"], 1.0, "{l:?}");
@@ -179,7 +179,7 @@ async fn a_peer_whose_group_list_does_not_add_up_is_never_downloaded_from() {
         l["peercache_uploads_total"], 0.0,
         "no content was fetched from it"
     );
-    let s = metrics(&server.url).await.unwrap();
+    let s = metrics(&server.admin_url).await.unwrap();
     assert_eq!(s["peercache_mismatch_reports_total"], 1.0);
 }
 
@@ -238,7 +238,7 @@ async fn a_fetch_beside_a_running_serve_is_served_at_once_by_the_same_peer() {
     .await
     .unwrap();
     let listed = |hash: peercache_core::ObjectHash| {
-        let url = format!("{}/v1/objects/{hash}/peers", server.url);
+        let url = format!("{}/v1/objects/{hash}/peers", server.admin_url);
         async move {
             reqwest::get(url)
                 .await
@@ -297,6 +297,11 @@ async fn a_client_deferred_too_long_gets_the_bytes_from_the_server() {
     )
     .await
     .unwrap();
+    // The first client also serves (registered with dial info): the server
+    // defers others only while the object goes to a peer that can pass it on.
+    let _serving = peercache_tests::spawn_peer(&server.url, &dir.join("first"), &[])
+        .await
+        .unwrap();
     let first = tokio::spawn({
         let (url, out, cache) = (server.url.clone(), dir.join("first.out"), dir.join("first"));
         async move { fetch_cli(&url, "/static/d.bin", &out, &cache).await }
@@ -322,7 +327,7 @@ async fn a_client_deferred_too_long_gets_the_bytes_from_the_server() {
     assert_eq!(std::fs::read(dir.join("second.out")).unwrap(), data);
     let (ok, err) = first.await.unwrap().unwrap();
     assert!(ok, "{err}");
-    let m = metrics(&server.url).await.unwrap();
+    let m = metrics(&server.admin_url).await.unwrap();
     assert!(m["peercache_requests_deferred_total"] >= 1.0, "{m:?}");
 }
 

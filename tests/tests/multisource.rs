@@ -41,7 +41,7 @@ async fn a_large_object_comes_from_several_peers_at_once_and_no_byte_twice() {
                 .unwrap(),
         );
     }
-    let before = metrics(&server.url).await.unwrap();
+    let before = metrics(&server.admin_url).await.unwrap();
     let (ok, err) = fetch_cli(
         &server.url,
         "/static/big.bin",
@@ -52,7 +52,7 @@ async fn a_large_object_comes_from_several_peers_at_once_and_no_byte_twice() {
     .unwrap();
     assert!(ok && err.contains("from peer"), "{err}");
     assert_eq!(std::fs::read(dir.join("out")).unwrap(), data);
-    let after = metrics(&server.url).await.unwrap();
+    let after = metrics(&server.admin_url).await.unwrap();
     assert_eq!(
         after["peercache_bytes_reported_from_peers_total"]
             - before["peercache_bytes_reported_from_peers_total"],
@@ -103,7 +103,7 @@ async fn when_a_peer_dies_mid_transfer_the_rest_comes_from_the_server_without_re
     )
     .await
     .unwrap();
-    let before = metrics(&server.url).await.unwrap();
+    let before = metrics(&server.admin_url).await.unwrap();
     let url = server.url.clone();
     let (out, cache) = (dir.join("out"), dir.join("c"));
     let download =
@@ -117,7 +117,7 @@ async fn when_a_peer_dies_mid_transfer_the_rest_comes_from_the_server_without_re
         data,
         "complete and verified"
     );
-    let after = metrics(&server.url).await.unwrap();
+    let after = metrics(&server.admin_url).await.unwrap();
     let from_peer = after["peercache_bytes_reported_from_peers_total"]
         - before["peercache_bytes_reported_from_peers_total"];
     let from_server =

@@ -136,7 +136,6 @@ async fn peers_behind_home_routers_serve_each_other() {
     let (ca, site_ns) = (lab.ca.clone(), lab.site_ns.clone());
     let [h1, h2, h3, h4] = lab.hosts.clone();
     let public_ns = lab.public_ns.clone();
-    let site_url = format!("https://{SITE}");
     let relayed = || lab.relayed();
 
     let host = |ns: &str, name: &str| Host {
@@ -213,7 +212,10 @@ async fn peers_behind_home_routers_serve_each_other() {
     let listed = curl(
         &site_ns,
         &ca,
-        &format!("{site_url}/v1/objects/{c_hash}/peers"),
+        &format!(
+            "http://{}/v1/objects/{c_hash}/peers",
+            peercache_tests::netns::SITE_ADMIN
+        ),
     )
     .await;
     let listed: serde_json::Value = serde_json::from_str(&listed).expect("peers json");
@@ -303,6 +305,12 @@ async fn with_tls_the_server_runs_a_relay_and_hosts_register_through_it() {
         .expect("addr")
         .to_string();
     let url = format!("https://{addr}");
+    let admin = server
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin on "))
+        .expect("admin addr")
+        .to_string();
     let cache = dir.join("seed");
     let out = Command::new(bin("peercache-host"))
         .args(["fetch", "--server", &url, "/static/r.bin", "-o"])
@@ -344,7 +352,7 @@ async fn with_tls_the_server_runs_a_relay_and_hosts_register_through_it() {
         .expect("client");
     let hash = ObjectHash::of(&data);
     let holders: serde_json::Value = http
-        .get(format!("{url}/v1/objects/{hash}/peers"))
+        .get(format!("http://{admin}/v1/objects/{hash}/peers"))
         .send()
         .await
         .expect("peers")
@@ -357,7 +365,7 @@ async fn with_tls_the_server_runs_a_relay_and_hosts_register_through_it() {
         "the host reached the site's relay and is listed with it: {dial}"
     );
     let stats: serde_json::Value = http
-        .get(format!("{url}/admin/stats.json"))
+        .get(format!("http://{admin}/admin/stats.json"))
         .send()
         .await
         .expect("stats")

@@ -251,7 +251,7 @@ async fn the_cache_limit_evicts_least_recently_used_and_the_server_is_told() {
     let listed = |v: serde_json::Value| v.as_array().map_or(0, |a| a.len());
     let holders_of_b = || async {
         listed(
-            reqwest::get(format!("{}/v1/objects/{b}/peers", server.url))
+            reqwest::get(format!("{}/v1/objects/{b}/peers", server.admin_url))
                 .await
                 .unwrap()
                 .json()

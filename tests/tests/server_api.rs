@@ -95,10 +95,22 @@ async fn refers_clients_that_accept_referrals_and_serves_everyone_else() {
     );
     assert_eq!(r.bytes().await.unwrap(), data);
 
-    // No holder yet: even a referral-capable client gets the bytes.
+    // No holder yet: even a referral-capable client gets the bytes. It is a
+    // registered serving peer (with dial info), so others can be sent to it.
+    let me = TestKey::new(100);
+    let r = signed_post(
+        &server.url,
+        "/v1/peers",
+        &me,
+        &serde_json::json!({"peer_id": me.id, "port": 40_990,
+            "dial": {"relay": null, "direct": ["127.0.0.1:40990"]}}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
     let first = http
         .get(&url)
-        .header("Peercache-Client", "id=me")
+        .header("Peercache-Client", format!("id={}", me.id))
         .send()
         .await
         .unwrap();
@@ -481,7 +493,7 @@ async fn a_referral_says_why_and_the_admin_page_lists_the_decision() {
     assert_eq!(why["target_ms"], 0);
     assert!(why["estimate_ms"].as_u64().unwrap() > 0);
 
-    let stats: serde_json::Value = reqwest::get(format!("{}/admin/stats.json", server.url))
+    let stats: serde_json::Value = reqwest::get(format!("{}/admin/stats.json", server.admin_url))
         .await
         .unwrap()
         .json()

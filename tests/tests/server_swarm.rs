@@ -64,7 +64,7 @@ async fn a_flash_crowd_turns_on_referrals_spreads_them_and_they_stop_after() {
                 .unwrap(),
         );
     }
-    let before = metrics(&server.url).await.unwrap();
+    let before = metrics(&server.admin_url).await.unwrap();
 
     let mut crowd = Vec::new();
     for i in 0..8 {
@@ -87,7 +87,7 @@ async fn a_flash_crowd_turns_on_referrals_spreads_them_and_they_stop_after() {
             from_peers += 1;
         }
     }
-    let after = metrics(&server.url).await.unwrap();
+    let after = metrics(&server.admin_url).await.unwrap();
     let referred =
         after["peercache_requests_referred_total"] - before["peercache_requests_referred_total"];
     let served =
@@ -189,7 +189,7 @@ async fn the_server_pings_peers_demotes_slow_ones_and_drops_dead_ones() {
     let mut order = Vec::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let h = holders(&server.url, &hash).await;
+        let h = holders(&server.admin_url, &hash).await;
         if h.len() == 2 && h.iter().all(|p| p["rtt_ms"].is_u64()) {
             order = h;
             break;
@@ -209,14 +209,14 @@ async fn the_server_pings_peers_demotes_slow_ones_and_drops_dead_ones() {
     // Each failed ping waits out its 2 s deadline.
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let h = holders(&server.url, &hash).await;
+        let h = holders(&server.admin_url, &hash).await;
         if h.len() == 1 && h[0]["id"] == slow.key.id.as_str() {
             gone = true;
             break;
         }
     }
     assert!(gone, "the dead peer was dropped");
-    let m = metrics(&server.url).await.unwrap();
+    let m = metrics(&server.admin_url).await.unwrap();
     assert!(m["peercache_ping_failures_total"] >= 3.0);
 }
 
@@ -259,8 +259,8 @@ async fn two_servers_sharing_redis_give_the_same_referrals() {
     assert_eq!(referral["object"]["hash"], hash.to_hex());
     // Both replicas list the same holders.
     assert_eq!(
-        holders(&one.url, &hash).await,
-        holders(&two.url, &hash).await
+        holders(&one.admin_url, &hash).await,
+        holders(&two.admin_url, &hash).await
     );
     // A client of replica two downloads from the peer.
     let (ok, err) = fetch_cli(&two.url, "/static/r.bin", &dir.join("o2"), &dir.join("q"))
@@ -323,7 +323,7 @@ async fn when_redis_goes_away_clients_are_served_directly_and_referrals_resume_a
         );
         assert_eq!(r.bytes().await.unwrap(), data);
     }
-    let m = metrics(&server.url).await.unwrap();
+    let m = metrics(&server.admin_url).await.unwrap();
     assert!(m["peercache_store_errors_total"] >= 1.0);
 
     redis.restart().await.unwrap();
@@ -381,7 +381,7 @@ async fn liars_are_delisted_and_announce_floods_are_refused() {
     .await
     .unwrap();
     assert_eq!(r.status(), 403, "delisted after three verified mismatches");
-    assert!(holders(&server.url, &hash).await.is_empty());
+    assert!(holders(&server.admin_url, &hash).await.is_empty());
 
     let chatty = TestKey::new(61);
     register_and_fetch(&server.url, &chatty, Some(40101), "/static/a.bin")
@@ -420,7 +420,7 @@ async fn a_peer_is_its_key_and_only_referred_clients_count() {
     announce(&server.url, &holder, &[hash.to_hex()], Some((0, 4)))
         .await
         .unwrap();
-    let listed = || async { holders(&server.url, &hash).await };
+    let listed = || async { holders(&server.admin_url, &hash).await };
     assert_eq!(listed().await.len(), 1);
     let before = listed().await[0]["addr"].clone();
 
@@ -519,7 +519,7 @@ async fn a_peer_is_its_key_and_only_referred_clients_count() {
     .await
     .unwrap();
     assert_eq!(again.status(), 202, "the referral was used up");
-    let m = metrics(&server.url).await.unwrap();
+    let m = metrics(&server.admin_url).await.unwrap();
     assert_eq!(m["peercache_mismatch_reports_total"], 1.0);
     assert_eq!(m["peercache_reports_unreferred_total"], 4.0);
     assert!(m["peercache_auth_failures_total"] >= 5.0);

@@ -298,12 +298,76 @@ async fn through_the_gateway_a_set_cookie_response_goes_to_the_site_and_is_never
     }
     assert_eq!(kept, vec![public]);
     let cookie_hash = peercache_core::ObjectHash::of(b"cookie();");
-    let holders: serde_json::Value =
-        reqwest::get(format!("{}/v1/objects/{cookie_hash}/peers", server.url))
-            .await
-            .unwrap()
-            .json()
+    let holders: serde_json::Value = reqwest::get(format!(
+        "{}/v1/objects/{cookie_hash}/peers",
+        server.admin_url
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(holders, json!([]));
+}
+
+/// A query-string flood of distinct shareable responses does not grow the
+/// upstream cache past `--upstream-cache-max`.
+#[tokio::test]
+async fn a_query_flood_keeps_the_upstream_cache_bounded() {
+    use axum::extract::RawQuery;
+    let app = Router::new().route(
+        "/static/echo",
+        get(|RawQuery(q): RawQuery| async move {
+            let q = q.unwrap_or_default();
+            let seed = q
+                .bytes()
+                .fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            (
+                [(header::CACHE_CONTROL, "public, max-age=300")],
+                test_bytes(64 * 1024, seed),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = TempDir::new("up-flood");
+    let cache = dir.join("cache");
+    let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
+    cmd.args([
+        "--upstream",
+        &format!("http://{addr}"),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--upstream-cache")
+    .arg(&cache)
+    .args(["--upstream-cache-max", "1MiB"]);
+    let server: Server = peercache_tests::spawn_server_cmd(cmd).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut ok = 0;
+    for i in 0..200 {
+        let r = reqwest::get(format!("{}/static/echo?q={i}", server.url))
             .await
             .unwrap();
-    assert_eq!(holders, json!([]));
+        if r.status() == 200 && r.bytes().await.unwrap().len() == 64 * 1024 {
+            ok += 1;
+        }
+    }
+    let rate = 200.0 / start.elapsed().as_secs_f64();
+    let on_disk: u64 = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "query flood: {rate:.0}/s, {ok}/200 served, cache {on_disk} bytes on disk; peak RSS {} KiB, fds {}",
+        server.peak_rss_kib(),
+        server.open_fds()
+    );
+    assert_eq!(ok, 200, "every request answered");
+    assert!(
+        on_disk <= 1 << 20,
+        "the cache stays within its limit: {on_disk}"
+    );
 }

@@ -71,6 +71,7 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         "bytes_from_peers": from_peers,
         "offload": if served + from_peers > 0 { from_peers as f64 / (served + from_peers) as f64 } else { 0.0 },
         "mismatch_reports": f.get(Tally::Mismatches),
+        "bytes_in_flight": state.egress.snapshot().bytes_in_flight,
         "relay_bytes_out": relayed_out,
         "relay_bytes_in": relayed_in,
         "relays": state.relays.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),

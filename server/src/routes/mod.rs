@@ -3,10 +3,15 @@
 //!
 //! - [`site`]: the site itself, `GET|HEAD /{path}`: resolve → decide → answer.
 //! - [`peers`]: `POST /v1/peers`, `/v1/announce`, `/v1/report` (signed by the peer's key).
-//! - [`objects`]: `/v1/objects/{hash}` (the server as a source), its outboard and
-//!   peers, `/v1/key`.
+//! - [`objects`]: `/v1/objects/{hash}` (the server as a source), its outboard,
+//!   `/v1/key`.
 //! - [`admin`]: `/admin` and `/admin/stats.json`.
 //! - [`metrics`]: the Prometheus text at `/metrics`.
+//!
+//! [`app`] is the public site listener; [`admin_app`] (`/admin`, its JSON,
+//! `/metrics` and the holders of an object) is served only on the operator's
+//! listener (`--admin-listen`, loopback by default): visitors cannot read the
+//! operator's figures nor ask which visitors hold what.
 
 pub mod admin;
 pub mod metrics;
@@ -16,8 +21,12 @@ pub mod site;
 
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
@@ -25,15 +34,49 @@ use crate::state::AppState;
 /// Largest JSON body the API accepts.
 pub const MAX_API_BODY: usize = 64 * 1024;
 
-/// Builds the router: the API sub-routers, and the site for every other path.
+/// Builds the public router: the API sub-routers (rate-limited per client
+/// address), and the site for every other path. No operator page here.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let api = Router::new()
         .merge(peers::router())
         .merge(objects::router())
-        .merge(metrics::router())
-        .merge(admin::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            per_source_limit,
+        ));
+    Router::new()
+        .merge(api)
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .fallback(site::site)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Builds the operator's router: `/admin`, `/admin/stats.json`, `/metrics` and
+/// `/v1/objects/{hash}/peers`.
+pub fn admin_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(metrics::router())
+        .merge(admin::router())
+        .merge(objects::admin_router())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `429` for a client address past its API rate (`--source-rate`), whatever
+/// ids it signs with.
+async fn per_source_limit(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
+        && !state
+            .source_limiter
+            .allow(&addr.ip().to_string(), state.config.source_rate)
+    {
+        ::metrics::counter!("peercache_source_rate_limited_total").increment(1);
+        return crate::error::ApiError::TooManyRequests.into_response();
+    }
+    next.run(req).await
 }

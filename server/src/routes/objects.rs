@@ -19,13 +19,19 @@ use crate::send::send_object;
 use crate::state::AppState;
 use crate::store::now_ms;
 
-/// `/v1/objects/…` and `/v1/key`.
+/// `/v1/objects/…` and `/v1/key` (public).
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/objects/{hash}", get(object_by_hash))
-        .route("/v1/objects/{hash}/peers", get(object_peers))
         .route("/v1/objects/{hash}/outboard", get(object_outboard))
         .route("/v1/key", get(server_key))
+}
+
+/// `/v1/objects/{hash}/peers`: which visitors hold an object, for the operator
+/// only (served on the admin listener; visitors learn holders only in a
+/// referral for the object's URL).
+pub fn admin_router() -> Router<Arc<AppState>> {
+    Router::new().route("/v1/objects/{hash}/peers", get(object_peers))
 }
 
 fn parse_hash(s: &str) -> Result<ObjectHash, ApiError> {
@@ -54,9 +60,17 @@ async fn object_by_hash(
     State(state): State<Arc<AppState>>,
     method: Method,
     req_headers: HeaderMap,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
+    if let Some(axum::Extension(axum::extract::ConnectInfo(addr))) = connect
+        && state.proving.is_proving(addr.ip(), &hash)
+    {
+        return Err(ApiError::Conflict(
+            "a possession proof of this object is under way from this address".into(),
+        ));
+    }
     let st = state.clone();
     let obj = tokio::task::spawn_blocking(move || st.object_by_hash(&hash))
         .await
@@ -71,7 +85,7 @@ async fn object_by_hash(
                 .ok_or(ApiError::RangeNotSatisfiable(obj.size))?,
         ),
     };
-    send_object(&state, &obj, method == Method::HEAD, range).await
+    send_object(&state, &obj, method == Method::HEAD, range, None).await
 }
 
 /// The object's group CVs (see `peercache_core::verified`), for verified streaming
@@ -81,6 +95,10 @@ async fn object_outboard(
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
+    // Computed once per object and kept (it costs a read of the whole object).
+    if let Some(outboard) = state.outboards.get(&hash) {
+        return Ok(outboard_response(outboard));
+    }
     let st = state.clone();
     let outboard = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         let obj = st.object_by_hash(&hash).ok_or(ApiError::NotFound)?;
@@ -90,11 +108,17 @@ async fn object_outboard(
     })
     .await
     .map_err(ApiError::internal)??;
-    Ok((
+    let outboard = bytes::Bytes::from(outboard);
+    state.outboards.put(hash, outboard.clone());
+    Ok(outboard_response(outboard))
+}
+
+fn outboard_response(outboard: bytes::Bytes) -> Response {
+    (
         [(header::CONTENT_TYPE, "application/octet-stream")],
         outboard,
     )
-        .into_response())
+        .into_response()
 }
 
 async fn server_key(

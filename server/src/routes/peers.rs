@@ -109,6 +109,16 @@ async fn register(
     {
         return Err(ApiError::TooManyRequests);
     }
+    // One address cannot fill the table with keys of its own making.
+    if !state.peers_per_source.allow(
+        peer.ip(),
+        &id,
+        state.config.max_peers_per_ip,
+        state.config.peer_ttl,
+    ) {
+        counter!("peercache_registrations_refused_total").increment(1);
+        return Err(ApiError::TooManyRequests);
+    }
     let dial = listable_dial(req.dial, req.port, peer.ip(), &state.relays);
     let addr = state
         .store
@@ -164,9 +174,18 @@ async fn proves_possession(state: &AppState, id: &str, addr: &str, obj: &SiteObj
             .object(id, &dial, obj.hash, Some((offset, offset + len - 1)))
             .await
             .ok()?;
-        let mut got = Vec::with_capacity(len as usize);
+        // Read at most what was asked for: a peer that sends more is lying,
+        // and an endless answer must not grow the server.
+        let want = usize::try_from(len).ok()?;
+        let mut got = Vec::with_capacity(want);
         while let Ok(Some(chunk)) = body.next_chunk().await {
+            if got.len() + chunk.len() > want {
+                return None;
+            }
             got.extend_from_slice(&chunk);
+            if got.len() == want {
+                break;
+            }
         }
         Some(got)
     };
@@ -178,6 +197,7 @@ async fn proves_possession(state: &AppState, id: &str, addr: &str, obj: &SiteObj
 
 async fn announce(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
     req_headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<AnnounceResponse>, ApiError> {
@@ -212,6 +232,19 @@ async fn announce(
                 .await
                 .ok()
                 .flatten();
+            // While the proof runs, the server sends this object to neither
+            // the announcing address nor the peer's dial addresses, so the
+            // answer cannot be fetched from the server on the fly.
+            let mut ips = vec![from.ip()];
+            if let Ok(dial) = peercache_core::peer::DialInfo::parse(addr) {
+                ips.extend(dial.direct.iter().map(SocketAddr::ip));
+            }
+            ips.sort();
+            ips.dedup();
+            let _proving: Vec<_> = ips
+                .into_iter()
+                .map(|ip| state.proving.start(ip, *hash))
+                .collect();
             match obj {
                 Some(obj) if proves_possession(&state, &a.peer_id, addr, &obj).await => {
                     state.store.record_fetch(&a.peer_id, hash).await?;
@@ -276,6 +309,16 @@ async fn report(
     if let Some(direct) = r.direct {
         state.store.note_path(&r.source, direct).await?;
     }
+    // No more bytes than the object holds: the figures cannot be inflated.
+    let st = state.clone();
+    let hash = r.hash;
+    let size = tokio::task::spawn_blocking(move || st.object_by_hash(&hash).map(|o| o.size))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let mut r = r;
+    r.bytes = r.bytes.min(size);
     let outcome = match r.outcome {
         Outcome::Served => "served",
         Outcome::Mismatch => "mismatch",

@@ -29,7 +29,7 @@ use peercache_core::range::{RangeChoice, choose_range};
 use peercache_core::shareable::request_shareable;
 
 use crate::error::ApiError;
-use crate::send::{add_advertisement, add_object_headers, etag, send_object};
+use crate::send::{Recipient, add_advertisement, add_object_headers, etag, send_object};
 use crate::site::{SiteError, SiteObject};
 use crate::state::{AppState, DecisionRecord, Tally};
 use crate::store::now_ms;
@@ -49,11 +49,14 @@ pub struct Asked<'a> {
     pub client: Option<ClientHeader>,
     /// In the advertised scope and free of credentials (B2).
     pub shareable: bool,
+    /// The address the request came from (absent in router-only tests).
+    pub from: Option<std::net::IpAddr>,
 }
 
 /// The handler: resolve → decide → answer.
 pub async fn site(
     State(state): State<Arc<AppState>>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -72,6 +75,7 @@ pub async fn site(
         client: client_header(&headers)?,
         shareable: peercache_core::extension::in_scope(uri.path(), &state.config.scope)
             && request_shareable(method.as_str(), &header_pairs(&headers)).is_ok(),
+        from: connect.map(|c| c.0.0.ip()),
     };
     let decided = match (&asked.client, asked.shareable) {
         (Some(client), true) => Some(decide(&state, uri.path(), client, &obj).await),
@@ -170,8 +174,12 @@ pub async fn decide(
         client_bandwidth: client.bandwidth,
         base_target_ms,
         usable_holders: holders.len(),
-        sending_this_object: state.sending.count(&obj.hash),
+        // Only transfers to a serving peer that keep moving, for a bounded time.
+        sending_this_object: state.sending.deferrable(&obj.hash, state.config.max_defer),
     });
+    if matches!(explained.verdict, Verdict::Defer { .. }) {
+        state.sending.deferred(obj.hash);
+    }
     let client_id = client.peer_id.as_deref();
     tracing::info!(
         path,
@@ -202,12 +210,14 @@ pub async fn answer(
     decided: Option<Decided>,
 ) -> Result<Response, ApiError> {
     let peer_id = asked.client.as_ref().and_then(|c| c.peer_id.as_deref());
+    let mut to = None;
     if let Some(decided) = decided {
         match decided.explained.verdict {
             Verdict::Defer { retry_after_s } => return Ok(deferral(retry_after_s)),
             Verdict::Refer => {
+                // A referral is no copy: the client is listed only once it has
+                // the bytes from this server, or proves it holds them.
                 if let Some(id) = peer_id {
-                    note_fetch(state, id, obj).await;
                     let offered: Vec<String> =
                         decided.holders.iter().map(|p| p.id.clone()).collect();
                     if let Err(e) = state
@@ -221,20 +231,24 @@ pub async fn answer(
                 return Ok(referral(state, asked, obj, decided));
             }
             Verdict::Serve => {
+                // Listed later only if every byte goes out (send.rs).
                 if let Some(id) = peer_id {
-                    note_fetch(state, id, obj).await;
+                    let serving = match state.store.peer_addr(id, now_ms()).await {
+                        Ok(addr) => addr.is_some(),
+                        Err(e) => {
+                            state.store_failed(&e);
+                            false
+                        }
+                    };
+                    to = Some(Recipient {
+                        peer_id: id.to_string(),
+                        serving,
+                    });
                 }
             }
         }
     }
-    serve(state, asked, obj).await
-}
-
-/// Notes that `peer` fetched `obj` through this server (so it may be listed).
-async fn note_fetch(state: &AppState, peer: &str, obj: &SiteObject) {
-    if let Err(e) = state.store.record_fetch(peer, &obj.hash).await {
-        state.store_failed(&e);
-    }
+    serve(state, asked, obj, to.as_ref()).await
 }
 
 /// `503` with `Retry-After`: the object is on its way to another client.
@@ -303,7 +317,15 @@ async fn serve(
     state: &Arc<AppState>,
     asked: &Asked<'_>,
     obj: &SiteObject,
+    to: Option<&Recipient>,
 ) -> Result<Response, ApiError> {
+    if let Some(ip) = asked.from
+        && state.proving.is_proving(ip, &obj.hash)
+    {
+        return Err(ApiError::Conflict(
+            "a possession proof of this object is under way from this address".into(),
+        ));
+    }
     let headers = asked.headers;
     let url = format!(
         "{}{}",
@@ -319,7 +341,7 @@ async fn serve(
             .is_some_and(|v| v.as_bytes() == b"1");
     let mut resp = if headers_only {
         counter!("peercache_requests_headers_only_total").increment(1);
-        let mut r = send_object(state, obj, true, None).await?;
+        let mut r = send_object(state, obj, true, None, None).await?;
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         // Tells the extension this body is empty on purpose: it fills it in. Never
@@ -341,7 +363,7 @@ async fn serve(
         if range.is_some() {
             counter!("peercache_range_requests_total").increment(1);
         }
-        send_object(state, obj, *asked.method == Method::HEAD, range).await?
+        send_object(state, obj, *asked.method == Method::HEAD, range, to).await?
     };
     if asked.shareable
         && let Ok(v) = HeaderValue::from_str(&headers::encode_record(&state.sign(&url, obj)))
@@ -434,6 +456,7 @@ mod tests {
             req = req.header(*k, *v);
         }
         crate::routes::app(state.clone())
+            .merge(crate::routes::admin_app(state.clone()))
             .oneshot(req.body(Body::empty()).unwrap())
             .await
             .unwrap()

@@ -513,7 +513,7 @@ async fn flash_crowd(n: usize) -> anyhow::Result<()> {
         peers.extend(peer);
     }
     times.sort_by(f64::total_cmp);
-    let m = peercache_tests::metrics(&server.url).await?;
+    let m = peercache_tests::metrics(&server.admin_url).await?;
     let served = m
         .get("peercache_bytes_served_total")
         .copied()

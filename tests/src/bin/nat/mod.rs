@@ -166,7 +166,10 @@ async fn listed_dial(
     let text = peercache_tests::netns::curl(
         site_ns,
         ca,
-        &format!("https://{SITE}/v1/objects/{hash}/peers"),
+        &format!(
+            "http://{}/v1/objects/{hash}/peers",
+            peercache_tests::netns::SITE_ADMIN
+        ),
     )
     .await;
     let list: serde_json::Value = serde_json::from_str(&text)?;
