@@ -26,9 +26,19 @@ async fn with_the_server_down_a_busy_only_holder_is_asked_again() {
     let f = test_bytes(6_000_000, 301);
     let g = test_bytes(100_000, 302);
     let root = make_site(&dir, &[("f.bin", &f), ("g.bin", &g)]);
-    let server = spawn_server(&root, &["--target-period", "0s", "--ping-interval", "0s"])
-        .await
-        .unwrap();
+    let server = spawn_server(
+        &root,
+        &[
+            "--egress-limit",
+            "64MiB",
+            "--target-period",
+            "0s",
+            "--ping-interval",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
     for p in ["/static/f.bin", "/static/g.bin"] {
         let (ok, err) = fetch_cli(&server.url, p, &dir.join("o"), &dir.join("a"))
             .await
