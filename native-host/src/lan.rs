@@ -117,6 +117,11 @@ fn on_link(ip: std::net::IpAddr, subnets: &[(Ipv4Addr, u32)]) -> bool {
     let std::net::IpAddr::V4(ip) = ip else {
         return false;
     };
+    // A sender on this host with no source address yet (a reply to it stays
+    // on this host).
+    if ip.is_unspecified() {
+        return true;
+    }
     subnets.iter().any(|(net, prefix)| {
         let mask = if *prefix == 0 {
             0
