@@ -36,6 +36,22 @@ pub const MAX_DIRECT_ADDRS: usize = 8;
 /// Longest relay URL accepted.
 pub const MAX_RELAY_URL: usize = 256;
 
+/// The context of [`lan_digest`].
+pub const LAN_DIGEST_CONTEXT: &str = "peercache 2026-12 LAN who-has: URL digest";
+
+/// What a LAN who-has carries instead of the URL (hex): a digest of the URL
+/// under a fixed context, so the LAN sees no URL in clear; a responder
+/// compares it with the digests of the URLs whose records it holds.
+pub fn lan_digest(url: &str) -> String {
+    let mut h = blake3::Hasher::new_derive_key(LAN_DIGEST_CONTEXT);
+    h.update(url.as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
+/// Smallest LAN who-has datagram (padded up to it): a reply is never larger
+/// than the query it answers, so the responder cannot amplify a spoofed one.
+pub const LAN_QUERY_SIZE: usize = 1200;
+
 /// How to reach a peer besides its key.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DialInfo {

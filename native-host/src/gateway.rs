@@ -5,7 +5,9 @@
 //! Rules (DESIGN section 5): listens on 127.0.0.1 only; answers only when the
 //! `Host` header is its own and the per-install token is in `X-Peercache-Token`
 //! (never in the URL); only GET and HEAD; only URLs inside the scope of a site the
-//! user enabled; CORS only for that site's origin or the extension's, never `*`.
+//! user enabled; a request whose `Origin` is neither that site's nor the
+//! extension's is refused; CORS only for those two, never `*`. Request headers
+//! must arrive within [`HEADER_TIMEOUT`] and an idle connection is closed.
 
 use std::sync::Arc;
 
@@ -142,6 +144,47 @@ pub fn router(state: GatewayState) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
+/// Longest a client may take to send a request's headers; also how long a
+/// kept-alive connection may sit idle before its next request.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most gateway connections open at once; more are closed at once (the
+/// browser opens a handful per host).
+pub const MAX_GATEWAY_CONNECTIONS: usize = 256;
+
+/// Serves `router` on `listener` (HTTP/1.1) with the header and idle timeout and
+/// the connection cap above. Returns only if accepting fails for good.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_GATEWAY_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or the like: wait a moment, go on.
+                tracing::warn!(error = %e, "gateway accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            counter!("peercache_gateway_connections_refused_total").increment(1);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "gateway connection ended");
+            }
+        });
+    }
+}
+
 fn refuse(status: StatusCode, reason: &'static str) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], reason).into_response()
 }
@@ -192,11 +235,24 @@ async fn handle(
     if !allowed {
         return refuse(StatusCode::FORBIDDEN, "not in the scope of an enabled site");
     }
-    let cors_origin = req_headers
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .filter(|o| *o == site_origin || state.extension_origins.iter().any(|e| e == o))
-        .and_then(|o| HeaderValue::from_str(o).ok());
+    // A request from a page of another site (its `Origin`) is refused, token or
+    // not: the gateway answers only the enrolled site and the extension.
+    let cors_origin = match req_headers.get(header::ORIGIN) {
+        None => None,
+        Some(o) => {
+            let own = o
+                .to_str()
+                .ok()
+                .filter(|o| *o == site_origin || state.extension_origins.iter().any(|e| e == o));
+            match own {
+                Some(o) => HeaderValue::from_str(o).ok(),
+                None => {
+                    counter!("peercache_gateway_foreign_origin_total").increment(1);
+                    return refuse(StatusCode::FORBIDDEN, "request from a foreign origin");
+                }
+            }
+        }
+    };
 
     let dl = match state.fetcher.open(url.as_str()).await {
         Ok(d) => d,

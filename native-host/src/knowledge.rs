@@ -129,10 +129,33 @@ impl Knowledge {
         lock(&self.aux).get(origin).cloned().unwrap_or_default()
     }
 
+    /// Records are filed under the URL's LAN digest
+    /// (`peercache_core::peer::lan_digest`), so a LAN query finds one by it.
     fn record_path(&self, url: &str) -> PathBuf {
+        self.digest_path(&peercache_core::peer::lan_digest(url))
+    }
+
+    fn digest_path(&self, digest: &str) -> PathBuf {
+        self.dir.join("records").join(digest)
+    }
+
+    /// Where records were filed before (by the URL's plain hash).
+    fn old_record_path(&self, url: &str) -> PathBuf {
         self.dir
             .join("records")
             .join(peercache_core::ObjectHash::of(url.as_bytes()).to_hex())
+    }
+
+    /// The signed record kept for the URL whose LAN digest is `digest` (64 hex
+    /// digits), checked to be that URL's.
+    pub fn record_for_digest(&self, digest: &str) -> Option<SignedRecord> {
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let bytes = std::fs::read(self.digest_path(&digest.to_ascii_lowercase())).ok()?;
+        let rec: SignedRecord = serde_json::from_slice(&bytes).ok()?;
+        (peercache_core::peer::lan_digest(&rec.record.url).eq_ignore_ascii_case(digest))
+            .then_some(rec)
     }
 
     /// Keeps the server's signed record for a URL.
@@ -147,7 +170,17 @@ impl Knowledge {
 
     /// The signed record kept for a URL.
     pub fn record_for(&self, url: &str) -> Option<SignedRecord> {
-        let bytes = std::fs::read(self.record_path(url)).ok()?;
+        let bytes = std::fs::read(self.record_path(url))
+            .or_else(|_| {
+                // Filed the old way: move it under the new name.
+                let old = self.old_record_path(url);
+                let bytes = std::fs::read(&old)?;
+                if write_atomically(&self.record_path(url), &bytes).is_ok() {
+                    let _ = std::fs::remove_file(&old);
+                }
+                Ok::<_, std::io::Error>(bytes)
+            })
+            .ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 }

@@ -203,6 +203,7 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
+    peercache_host::node::raise_fd_limit();
     let argv: Vec<String> = std::env::args().collect();
     if let Some(first) = argv.get(1)
         && (first.starts_with("chrome-extension://") || first.ends_with(".json"))

@@ -113,6 +113,34 @@ pub struct Node {
     pub acks: Arc<crate::gateway::DirectAcks>,
 }
 
+/// Raises this process's soft limit on open files to the hard limit, so a
+/// flood of peers cannot leave the gateway without descriptors (peer
+/// connections share one UDP socket; the peer server opens a cache file only
+/// while an upload holds a slot). Returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if !got {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    tracing::debug!(soft = lim.rlim_cur, "open-file limit");
+    lim.rlim_cur
+}
+
 /// Most messages waiting for the extension before new ones are dropped.
 pub const NOTICE_QUEUE: usize = 64;
 
@@ -238,6 +266,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             peer_id: link.peer_id().to_string(),
             seen: Arc::new(crate::knowledge::SeenQueries::default()),
             connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            per_remote: Arc::default(),
         });
         Some(
             iroh::protocol::Router::builder(endpoint.clone())
@@ -284,11 +313,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
             acks: acks.clone(),
         });
         tokio::spawn(async move {
-            use axum::serve::ListenerExt;
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(e) = axum::serve(listener, router).await {
+            if let Err(e) = crate::gateway::serve(listener, router).await {
                 tracing::error!(error = %e, "gateway stopped");
             }
         });

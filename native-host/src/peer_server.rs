@@ -32,6 +32,12 @@ use crate::workload::Workload;
 
 /// Most peer connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Most connections served at once from one remote address (many visitors may
+/// share one public address behind a NAT).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Most connections served at once for one remote key (an honest dialer keeps
+/// one per peer).
+pub const MAX_CONNECTIONS_PER_KEY: usize = 4;
 /// Longest a requester may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest one piece of an upload may wait for the reader: a reader that stops
@@ -59,6 +65,65 @@ pub struct PeerState {
     pub seen: Arc<crate::knowledge::SeenQueries>,
     /// Connections being served.
     pub connections: Arc<AtomicUsize>,
+    /// Connections being served per remote address and per remote key.
+    pub per_remote: Arc<PerRemote>,
+}
+
+/// Connections open per remote address and per remote key (bounded by the
+/// total cap: an entry exists only while a connection from it is served).
+#[derive(Debug, Default)]
+pub struct PerRemote {
+    open: std::sync::Mutex<std::collections::HashMap<RemoteKey, usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RemoteKey {
+    Address(IpAddr),
+    Key([u8; 32]),
+}
+
+impl PerRemote {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<RemoteKey, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one more connection from `address` with `key`, unless either is
+    /// at its cap.
+    fn try_open(self: &Arc<Self>, address: IpAddr, key: [u8; 32]) -> Option<RemoteGuard> {
+        let (a, k) = (RemoteKey::Address(address), RemoteKey::Key(key));
+        let mut open = self.lock();
+        let at = |r: &RemoteKey| open.get(r).copied().unwrap_or(0);
+        if at(&a) >= MAX_CONNECTIONS_PER_ADDRESS || at(&k) >= MAX_CONNECTIONS_PER_KEY {
+            return None;
+        }
+        *open.entry(a.clone()).or_default() += 1;
+        *open.entry(k.clone()).or_default() += 1;
+        Some(RemoteGuard {
+            map: self.clone(),
+            keys: [a, k],
+        })
+    }
+}
+
+struct RemoteGuard {
+    map: Arc<PerRemote>,
+    keys: [RemoteKey; 2],
+}
+
+impl Drop for RemoteGuard {
+    fn drop(&mut self) {
+        let mut open = self.map.lock();
+        for k in &self.keys {
+            if let Some(n) = open.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(k);
+                }
+            }
+        }
+    }
 }
 
 /// The protocol handler registered for the peer ALPN.
@@ -99,6 +164,14 @@ impl ProtocolHandler for PeerService {
         }
         let _guard = ConnectionGuard(state.connections.clone());
         let requester = requester_key(&conn);
+        let Some(_remote) = state
+            .per_remote
+            .try_open(requester, *conn.remote_id().as_bytes())
+        else {
+            counter!("peercache_peer_connections_refused_total").increment(1);
+            conn.close(1u32.into(), b"too many connections from you");
+            return Ok(());
+        };
         // The transport caps the streams open at once per connection.
         while let Ok((send, recv)) = conn.accept_bi().await {
             let state = state.clone();
@@ -294,6 +367,18 @@ async fn upload(
         });
         return answer(send, &r, &[]).await;
     }
+    if !state.cache.contains(&hash) {
+        return answer(send, &refuse(PeerStatus::NotHeld), &[]).await;
+    }
+    // The slot before the file: a file is open only while its upload holds a
+    // slot, so requests cannot use up the descriptors.
+    let Some(_slot) = Slot::try_take(&state.slots) else {
+        counter!("peercache_uploads_refused_total").increment(1);
+        let r = refuse(PeerStatus::Busy {
+            retry_after_ms: 1000,
+        });
+        return answer(send, &r, &[]).await;
+    };
     let file = tokio::fs::File::open(state.cache.path_of(&hash)).await;
     let size = match &file {
         Ok(f) => f.metadata().await.map(|m| m.len()).ok(),
@@ -304,13 +389,6 @@ async fn upload(
     };
     let Some((first, len)) = peercache_core::range::span(range, size) else {
         return answer(send, &refuse(PeerStatus::RangeNotSatisfiable), &[]).await;
-    };
-    let Some(_slot) = Slot::try_take(&state.slots) else {
-        counter!("peercache_uploads_refused_total").increment(1);
-        let r = refuse(PeerStatus::Busy {
-            retry_after_ms: 1000,
-        });
-        return answer(send, &r, &[]).await;
     };
     if first > 0 {
         file.seek(std::io::SeekFrom::Start(first))

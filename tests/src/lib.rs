@@ -335,6 +335,36 @@ pub async fn peer_dialer() -> anyhow::Result<peercache_net::PeerDialer> {
     Ok(peercache_net::PeerDialer::new(endpoint))
 }
 
+/// A dialer with a fresh key whose endpoint is bound to `ip` (another loopback
+/// address, e.g. `127.0.0.2`, stands for another machine).
+pub async fn peer_dialer_at(ip: [u8; 4]) -> anyhow::Result<peercache_net::PeerDialer> {
+    let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
+        secret: TestKey::new(rand_u64()).secret,
+        bind: std::net::SocketAddr::from((ip, 0)),
+        ca_cert: None,
+        accept: false,
+    })
+    .await?;
+    Ok(peercache_net::PeerDialer::new(endpoint))
+}
+
+/// Peak resident memory (VmHWM, KiB) and open descriptors of process `pid`.
+pub fn proc_usage(pid: u32) -> (u64, usize) {
+    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (hwm, fds)
+}
+
 /// Starts `peercache-host serve --server URL --cache DIR --listen 127.0.0.1:0 ARGS…`.
 pub async fn spawn_peer(server: &str, cache: &Path, args: &[&str]) -> anyhow::Result<Peer> {
     let mut cmd = Command::new(bin("peercache-host"));

@@ -106,11 +106,24 @@ async fn refuses_wrong_tokens_hosts_methods_and_sites_not_enabled() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.status(),
+        403,
+        "a foreign Origin is refused, right token or not"
+    );
     assert!(
         r.headers().get("access-control-allow-origin").is_none(),
         "CORS only for the site's origin"
     );
+    assert!(r.text().await.unwrap().contains("foreign origin"));
+    let r = http
+        .get(&url)
+        .header("x-peercache-token", &gw.token)
+        .header("origin", "null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "an opaque origin is foreign too");
 
     // The global toggle off: refused at once.
     gw.session

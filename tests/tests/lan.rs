@@ -131,6 +131,12 @@ async fn with_the_server_gone_a_client_finds_a_holder_on_the_lan() {
 
     let url = server.url.clone();
     drop(server);
+    // An eavesdropper on the LAN records every datagram to the group.
+    let sniffer = in_ns_py(&ns.0, SNIFF)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (ok, err) = fetch_in(
         &ns.0,
         &url,
@@ -145,4 +151,100 @@ async fn with_the_server_gone_a_client_finds_a_holder_on_the_lan() {
         "found on the LAN: {err}"
     );
     assert_eq!(std::fs::read(dir.join("f.out")).unwrap(), f);
+
+    let seen = sniffer.wait_with_output().await.unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+    let f_url = format!("{url}/static/f.bin");
+    assert!(seen.contains("who_has"), "the query was seen: {seen}");
+    assert!(
+        seen.contains(&peercache_core::peer::lan_digest(&f_url)),
+        "it carries the digest"
+    );
+    assert!(
+        !seen.contains("f.bin"),
+        "no URL in clear on the LAN: {seen}"
+    );
+
+    // An attacker on the link asks A directly: an unpadded query (spoofable
+    // for amplification) gets no reply larger than itself; padded ones get a
+    // reply without the URL; a burst gets at most the per-source rate.
+    let probe = in_ns_py(&ns.0, PROBE)
+        .arg(peercache_core::peer::lan_digest(&f_url))
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&probe.stdout).into_owned();
+    println!("LAN probe: {out}");
+    let field = |k: &str| -> usize {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX)
+    };
+    assert_eq!(field("small_reply_len"), 0, "{out}");
+    let (q, r) = (field("padded_len"), field("padded_reply_len"));
+    assert!(
+        r > 0 && r <= q,
+        "a reply, never larger than the query: {out}"
+    );
+    assert_eq!(field("reply_has_url"), 0, "{out}");
+    let burst = field("burst_replies");
+    assert!((1..=8).contains(&burst), "rate-limited per source: {out}");
 }
+
+fn in_ns_py(ns: &str, script: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "python3", "-c", script]);
+    c
+}
+
+/// Prints every datagram sent to the LAN group for 6 s.
+const SNIFF: &str = r#"
+import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("0.0.0.0", 47777))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, struct.pack("4s4s", socket.inet_aton("239.255.77.77"), socket.inet_aton("0.0.0.0")))
+s.settimeout(0.5)
+end = time.time() + 6
+while time.time() < end:
+    try:
+        d, a = s.recvfrom(65536)
+        print(d.decode("utf-8", "replace"), flush=True)
+    except socket.timeout:
+        pass
+"#;
+
+/// Queries the responder at 127.0.0.1 directly (digest in argv[1]).
+const PROBE: &str = r#"
+import socket, sys, json, time
+d = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+s.settimeout(0.7)
+def ask(msg):
+    s.sendto(msg, ("127.0.0.1", 47777))
+    try:
+        return s.recvfrom(65536)[0]
+    except socket.timeout:
+        return b""
+small = json.dumps({"t": "who_has", "d": d, "qid": "q1"}).encode()
+r = ask(small)
+print("small_len=%d small_reply_len=%d" % (len(small), len(r)))
+time.sleep(1.1)
+base = json.dumps({"t": "who_has", "d": d, "qid": "q2", "pad": ""}).encode()
+padded = json.dumps({"t": "who_has", "d": d, "qid": "q2", "pad": "-" * (1200 - len(base))}).encode()
+r = ask(padded)
+print("padded_len=%d padded_reply_len=%d reply_has_url=%d" % (len(padded), len(r), int(b"f.bin" in r)))
+time.sleep(1.1)
+for i in range(40):
+    s.sendto(padded, ("127.0.0.1", 47777))
+n = 0
+while True:
+    try:
+        s.recvfrom(65536); n += 1
+    except socket.timeout:
+        break
+print("burst_replies=%d" % n)
+"#;

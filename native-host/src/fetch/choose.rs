@@ -70,7 +70,7 @@ pub async fn measure(
                 let pinged = dialer.ping(&p.id, &dial).await.ok()?;
                 let direct =
                     pinged.direct || dialer.wait_direct(&p.id, &dial, DIRECT_PATH_WAIT).await;
-                Some((pinged.rtt, direct))
+                Some((pinged.rtt, direct, pinged.load))
             })
             .await
             .ok()
@@ -80,11 +80,16 @@ pub async fn measure(
         if pinged.is_none() {
             dialer.disconnect(&p.id);
         }
+        // The load the peer just reported is fresher than the one it was listed with.
+        let mut proxy = p.clone();
+        if let Some(load) = pinged.and_then(|(_, _, l)| l) {
+            proxy.load = Some(load);
+        }
         Probed {
-            proxy: p.clone(),
-            rtt_ms: pinged.map(|(rtt, _)| u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX)),
+            proxy,
+            rtt_ms: pinged.map(|(rtt, _, _)| u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX)),
             throughput: memory.throughput(&p.id),
-            direct: pinged.map(|(_, d)| d),
+            direct: pinged.map(|(_, d, _)| d),
         }
     });
     futures_util::future::join_all(probes).await

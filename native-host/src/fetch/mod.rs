@@ -510,10 +510,27 @@ impl Fetcher {
             .map(|(id, _)| (id.clone(), Some(false)))
             .collect();
         counter!("peercache_relay_only_peers_skipped_total").increment(unused.len() as u64);
+        // With the server down and no other holder, a holder whose slots were
+        // all taken is still asked: it answers "busy" and is asked again when
+        // a slot may be free (`transfer::BUSY_BUDGET`), rather than the
+        // download failing.
+        let mut peers = choice.order;
+        if server.is_none() && peers.is_empty() {
+            peers = holders
+                .iter()
+                .filter(|h| {
+                    choice
+                        .verdicts
+                        .iter()
+                        .any(|(id, v)| *id == h.id && *v == Verdict::Dropped(Dropped::Full))
+                })
+                .cloned()
+                .collect();
+        }
         let plan = transfer::Plan {
             hash: object.hash,
             size: object.size,
-            peers: choice.order,
+            peers,
             server: server.as_ref().map(|(base, _)| base.clone()),
             floor,
         };

@@ -20,6 +20,46 @@ pub enum SourceError {
     /// It could not be reached, broke off, stalled or was too slow.
     #[error("{0}")]
     Failed(String),
+    /// It is busy (every upload slot taken, or a `503` with `Retry-After`): not
+    /// a failure; ask again after this long.
+    #[error("busy; ask again in {} ms", .0.as_millis())]
+    Busy(Duration),
+}
+
+/// Longest wait a busy source's `retry after` is taken at (a larger one is cut
+/// to this; the transfer's busy budget bounds the total).
+pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// The wait a busy answer asks for, kept within `50 ms..=MAX_BUSY_WAIT`.
+fn busy_wait(ms: u64) -> Duration {
+    Duration::from_millis(ms).clamp(Duration::from_millis(50), MAX_BUSY_WAIT)
+}
+
+/// A peer's refusal, typed: busy or rate-limited is a wait, the rest a failure.
+fn peer_failure(e: peercache_net::PeerError) -> SourceError {
+    use peercache_core::peer::PeerStatus;
+    match e {
+        peercache_net::PeerError::Refused(
+            PeerStatus::Busy { retry_after_ms } | PeerStatus::RateLimited { retry_after_ms },
+        ) => SourceError::Busy(busy_wait(retry_after_ms)),
+        other => SourceError::Failed(other.to_string()),
+    }
+}
+
+/// A `503` with a `Retry-After` in seconds: busy for that long.
+fn http_busy(resp: &reqwest::Response) -> Option<SourceError> {
+    if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let secs: u64 = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SourceError::Busy(busy_wait(secs.saturating_mul(1000))))
 }
 
 /// The parts a transfer talks through.
@@ -147,6 +187,9 @@ impl SourceRef {
                     .map_err(|e| SourceError::Failed(e.to_string()))?;
                 let ok = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT
                     || (whole && resp.status() == reqwest::StatusCode::OK);
+                if let Some(busy) = http_busy(&resp) {
+                    return Err(busy);
+                }
                 if !ok {
                     return Err(SourceError::Failed(format!("status {}", resp.status())));
                 }
@@ -158,7 +201,7 @@ impl SourceRef {
                     .dialer
                     .object(&self.id, dial, hash, range)
                     .await
-                    .map_err(|e| SourceError::Failed(e.to_string()))?;
+                    .map_err(peer_failure)?;
                 if header.size.is_some_and(|s| s != size) {
                     return Err(SourceError::Mismatch);
                 }

@@ -47,6 +47,13 @@ const STALL: Duration = Duration::from_secs(10);
 pub const FLOOR_WINDOW: Duration = Duration::from_secs(3);
 /// How often an idle read wakes up to check the stall and the floor.
 const TICK: Duration = Duration::from_millis(500);
+/// Longest one source may keep a transfer waiting by answering "busy": it is
+/// asked again after the wait it names until then, and counts as failed after.
+/// With the server down; with the server as the last source, a busy peer
+/// waits at most [`BUSY_BUDGET_WITH_SERVER`] before the server takes over.
+pub const BUSY_BUDGET: Duration = Duration::from_secs(30);
+/// See [`BUSY_BUDGET`].
+pub const BUSY_BUDGET_WITH_SERVER: Duration = Duration::from_secs(5);
 
 /// The slowest a peer may deliver, for a referral's target speed: a sixteenth
 /// of it, within 16..256 KiB/s (a target speed from a 0 s period would
@@ -428,7 +435,16 @@ async fn worker(job: Arc<Job>, source: SourceRef) -> (SourceRef, Result<(), Work
 }
 
 /// Takes segments from the queue until it is empty or this source fails.
+/// A source that answers "busy" is not failed: its segment goes back to the
+/// queue (another source may take it), and it asks again after the wait it
+/// named, for at most [`BUSY_BUDGET`] in all.
 async fn take_segments(job: &Job, source: &SourceRef) -> Result<(), WorkerError> {
+    let mut busy_for = Duration::ZERO;
+    let budget = if job.plan.server.is_some() {
+        BUSY_BUDGET_WITH_SERVER
+    } else {
+        BUSY_BUDGET
+    };
     loop {
         let Some((g0, g1)) = lock(&job.shared).queue.pop_front() else {
             return Ok(());
@@ -436,12 +452,29 @@ async fn take_segments(job: &Job, source: &SourceRef) -> Result<(), WorkerError>
         let mut g = g0;
         let outcome = segment(job, source, g1, &mut g).await;
         if let Err(e) = outcome {
-            // Give back what this source did not deliver, and stop using it.
+            // Give back what this source did not deliver.
             if g < g1 {
                 lock(&job.shared).queue.push_front((g, g1));
             }
             job.progress.notify_one();
-            return Err(e);
+            match e {
+                WorkerError::Source(SourceError::Busy(wait)) if busy_for < budget => {
+                    counter!("peercache_busy_retries_total").increment(1);
+                    tracing::debug!(source = %source.id, ?wait, "source busy; asking again");
+                    let wait = wait.min(budget - busy_for);
+                    busy_for += wait;
+                    tokio::time::sleep(wait).await;
+                }
+                WorkerError::Source(SourceError::Busy(_)) => {
+                    return Err(SourceError::Failed(format!(
+                        "busy for more than {} s",
+                        budget.as_secs()
+                    ))
+                    .into());
+                }
+                // Stop using it.
+                other => return Err(other),
+            }
         }
     }
 }
