@@ -983,8 +983,9 @@ fn check_auth(data: &[u8]) -> Result<bool, String> {
 fn lan_seeds() -> Vec<Vec<u8>> {
     vec![
         json(&LanMessage::WhoHas {
-            url: "https://example.org/a".into(),
+            d: peercache_core::peer::lan_digest("https://example.org/a"),
             qid: "0123456789abcdef".into(),
+            pad: "-".repeat(64),
         }),
         json(&LanMessage::IHave {
             qid: "q".into(),
