@@ -4,7 +4,10 @@
 //! - an auxiliary proxy list per server: peers met in earlier referrals, tried
 //!   when the server is silent;
 //! - the relays each server offered, so peers behind routers stay reachable
-//!   (and hole punching keeps working) while the server is silent.
+//!   (and hole punching keeps working) while the server is silent;
+//! - which objects were fetched through which server, so a host announces to
+//!   each server only what it fetched from that site (issue 13: a server never
+//!   learns what a visitor fetched elsewhere).
 //!
 //! All of it is small JSON written atomically; all of it is bounded.
 
@@ -158,6 +161,59 @@ impl Knowledge {
             .then_some(rec)
     }
 
+    fn fetched_path(&self, origin: &str) -> PathBuf {
+        self.dir
+            .join("fetched")
+            .join(peercache_core::ObjectHash::of(origin.as_bytes()).to_hex())
+    }
+
+    /// Notes that `hash` was fetched through the server at `origin` (one line
+    /// appended to that server's list; compacted when read).
+    pub fn note_fetched(&self, origin: &str, hash: &peercache_core::ObjectHash) {
+        use std::io::Write;
+        if origin.is_empty() {
+            return;
+        }
+        let path = self.fetched_path(origin);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+            })
+            .and_then(|mut f| writeln!(f, "{}", hash.to_hex()));
+        if let Err(e) = written {
+            tracing::warn!(%origin, error = %e, "could not note which server an object came from");
+        }
+    }
+
+    /// Of `held`, the objects fetched through the server at `origin`. The list
+    /// on disk is rewritten with only those when it has grown past them.
+    pub fn fetched_from(
+        &self,
+        origin: &str,
+        held: &[peercache_core::ObjectHash],
+    ) -> Vec<peercache_core::ObjectHash> {
+        let path = self.fetched_path(origin);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        let noted: std::collections::HashSet<&str> = text.lines().map(str::trim).collect();
+        let mine: Vec<peercache_core::ObjectHash> = held
+            .iter()
+            .filter(|h| noted.contains(h.to_hex().as_str()))
+            .copied()
+            .collect();
+        if text.lines().count() > 2 * mine.len() + 1024 {
+            let compact: String = mine.iter().map(|h| format!("{}\n", h.to_hex())).collect();
+            let _ = write_atomically(&path, compact.as_bytes());
+        }
+        mine
+    }
+
     /// Keeps the server's signed record for a URL.
     pub fn keep_record(&self, record: &SignedRecord) {
         let path = self.record_path(&record.record.url);
@@ -207,6 +263,29 @@ impl SeenQueries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_server_hears_only_of_what_came_through_it() {
+        let dir = std::env::temp_dir().join(format!("peercache-fetched-{}", std::process::id()));
+        let k = Knowledge::open(&dir);
+        let (a, b, c) = (
+            peercache_core::ObjectHash::of(b"a"),
+            peercache_core::ObjectHash::of(b"b"),
+            peercache_core::ObjectHash::of(b"c"),
+        );
+        k.note_fetched("https://one.example", &a);
+        k.note_fetched("https://two.example", &b);
+        k.note_fetched("https://one.example", &c);
+        let held = [a, b];
+        assert_eq!(
+            k.fetched_from("https://one.example", &held),
+            vec![a],
+            "c is no longer held"
+        );
+        assert_eq!(k.fetched_from("https://two.example", &held), vec![b]);
+        assert!(k.fetched_from("https://three.example", &held).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn pins_once_and_remembers_peers_across_opens() {

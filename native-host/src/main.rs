@@ -276,7 +276,8 @@ async fn main() -> anyhow::Result<()> {
             let node = node::start(options).await?;
             let server = server.trim_end_matches('/').to_string();
             let parts = node.fetcher.parts();
-            let held = parts.cache.list()?;
+            // Only what was fetched from this server (see `Knowledge::fetched_from`).
+            let held = parts.knowledge.fetched_from(&server, &parts.cache.list()?);
             // A server whose look-up table is down for a moment answers 503: try
             // again with backoff (about 30 s in all) before giving up.
             let mut wait = Duration::from_millis(250);

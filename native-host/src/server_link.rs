@@ -299,8 +299,9 @@ impl ServerLink {
         }
     }
 
-    /// Re-announces `have` (everything cached) to every server this host knows,
-    /// in batches, re-registering first where its dial info changed.
+    /// Re-announces to every server this host knows what of `have` (everything
+    /// cached) it fetched from that server, in batches, re-registering first
+    /// where its dial info changed.
     pub async fn heartbeat(&self, have: &[ObjectHash]) {
         let registered: Vec<(String, Option<DialInfo>)> = self
             .registered
@@ -319,7 +320,10 @@ impl ServerLink {
             {
                 tracing::warn!(%origin, error = %e, "re-registering failed");
             }
-            if let Err(e) = self.announce_all(&origin, have).await {
+            // Only what was fetched from this site: a server never learns what
+            // this visitor fetched elsewhere.
+            let mine = self.knowledge.fetched_from(&origin, have);
+            if let Err(e) = self.announce_all(&origin, &mine).await {
                 tracing::warn!(%origin, error = %e, "heartbeat failed");
             }
         }

@@ -446,3 +446,33 @@ async fn explain_says_why_referred_why_this_peer_and_who_sent_what() {
         .unwrap_or(0);
     assert!(link > 0, "the host sent its measured link speed: {err}");
 }
+
+#[tokio::test]
+async fn a_server_hears_only_of_what_was_fetched_through_it() {
+    let dir = TempDir::new("cli-per-origin");
+    let a = test_bytes(100_000, 71);
+    let b = test_bytes(100_000, 72);
+    let one = TempDir::new("cli-per-origin-one");
+    let two = TempDir::new("cli-per-origin-two");
+    // Both sites serve b; the visitor fetched b from the second one only.
+    let root1 = make_site(&one, &[("a.bin", &a), ("b.bin", &b)]);
+    let root2 = make_site(&two, &[("b.bin", &b)]);
+    let s1 = spawn_server(&root1, &[]).await.unwrap();
+    let s2 = spawn_server(&root2, &[]).await.unwrap();
+    let cache = dir.join("c");
+    for (server, path) in [(&s1, "/static/a.bin"), (&s2, "/static/b.bin")] {
+        let (ok, err) = fetch_cli(&server.url, path, &dir.join("out"), &cache)
+            .await
+            .unwrap();
+        assert!(ok, "{err}");
+    }
+    let peer = spawn_peer(&s1.url, &cache, &[]).await.unwrap();
+    assert!(
+        peer.proc
+            .banner
+            .iter()
+            .any(|l| l == "announced 1 of 1 cached objects"),
+        "the first site is told of a.bin only, not of b.bin fetched elsewhere: {:?}",
+        peer.proc.banner
+    );
+}

@@ -363,6 +363,8 @@ impl Fetcher {
         .await;
         if let Some(dl) = self.own_copy(&object, events.clone()).await {
             counter!("peercache_cache_hits_total").increment(1);
+            // Fetched through this site now too.
+            self.parts.knowledge.note_fetched(&origin, &object.hash);
             // Release the referral the server booked against its first peer.
             if let Some(first) = found.holders.iter().find(|p| p.id != SERVER_PROXY_ID) {
                 let (link, first) = (self.parts.link.clone(), first.id.clone());
@@ -695,6 +697,7 @@ impl Fetcher {
         match pumped.to_keep {
             Some(to_keep) => self.keep_then_announce(origin, to_keep, events).await,
             None if pumped.already_held && shareable => {
+                self.parts.knowledge.note_fetched(origin, &pumped.hash);
                 if let Err(e) = self.parts.link.announce(origin, &[pumped.hash], &[]).await {
                     tracing::warn!(error = %e, "announce failed");
                 }
@@ -708,6 +711,7 @@ impl Fetcher {
         let hash = to_keep.hash;
         match keep::keep(&self.parts.cache, to_keep).await {
             Ok(kept) => {
+                self.parts.knowledge.note_fetched(origin, &hash);
                 events.emit(DownloadEvent::Kept { hash });
                 settle::announce_kept(&self.parts.link, origin, hash, &kept).await;
             }
