@@ -190,9 +190,7 @@ impl Server {
 
     /// Its open file descriptors.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        proc_usage(self.pid()).1
     }
 
     /// `/admin/stats.json` from the operator listener.
@@ -309,18 +307,7 @@ pub async fn signed_post(
     key: &TestKey,
     body: &serde_json::Value,
 ) -> anyhow::Result<reqwest::Response> {
-    let bytes = serde_json::to_vec(body)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let auth = peercache_core::auth::sign_request(&key.secret, "POST", path, now, &bytes);
-    Ok(reqwest::Client::new()
-        .post(format!("{server}{path}"))
-        .header("peercache-auth", auth)
-        .header("content-type", "application/json")
-        .body(bytes)
-        .send()
-        .await?)
+    signed_post_with(&reqwest::Client::new(), server, path, key, body).await
 }
 
 /// A peer endpoint for tests to talk the peer protocol to real hosts.
@@ -350,15 +337,7 @@ pub async fn peer_dialer_at(ip: [u8; 4]) -> anyhow::Result<peercache_net::PeerDi
 
 /// Peak resident memory (VmHWM, KiB) and open descriptors of process `pid`.
 pub fn proc_usage(pid: u32) -> (u64, usize) {
-    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0);
+    let hwm = proc_status_kib(pid, "VmHWM:");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
