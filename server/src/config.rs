@@ -77,6 +77,9 @@ pub struct Config {
     pub max_defer: Duration,
     /// Most bytes kept on disk from the upstream (oldest evicted first).
     pub upstream_cache_max: u64,
+    /// Refer clients to serving peers that are receiving the object right now
+    /// (partial holders, issue 12 point 1) rather than defer them.
+    pub refer_to_receivers: bool,
 }
 
 /// QUIC address discovery port of a relay named by `--relay-url` (the stock
@@ -121,6 +124,7 @@ impl Config {
             max_peers_per_ip: 64,
             max_defer: Duration::from_secs(10),
             upstream_cache_max: 2 << 30,
+            refer_to_receivers: true,
         }
     }
 }
@@ -212,4 +216,7 @@ pub struct FileConfig {
     pub max_defer: Option<String>,
     /// e.g. `2GiB`.
     pub upstream_cache_max: Option<String>,
+    /// `false`: defer clients while an object is on its way, never refer to
+    /// partial holders.
+    pub refer_to_receivers: Option<bool>,
 }

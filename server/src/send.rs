@@ -54,6 +54,8 @@ pub struct Recipient {
     pub peer_id: String,
     /// Registered with dial info: others can be referred to it.
     pub serving: bool,
+    /// Its dial info, when serving.
+    pub addr: Option<String>,
 }
 
 /// Pays off whatever of a transfer was not sent when its body is dropped (a
@@ -121,6 +123,16 @@ pub async fn send_object(
     state.figures.add(Tally::Served, 1);
     state.egress.owe(len);
     let transfer = state.sending.start(obj.hash, to.is_some_and(|r| r.serving));
+    // A serving peer getting the whole object serves what it verified as it
+    // arrives: the next clients may be referred to it at once.
+    if let Some(r) = to
+        && let Some(addr) = &r.addr
+        && first == 0
+        && len == obj.size
+        && state.config.refer_to_receivers
+    {
+        state.receivers.add(obj.hash, &r.peer_id, addr);
+    }
     let owed = Owed {
         state: state.clone(),
         remaining: len,
