@@ -191,17 +191,29 @@ pub enum Pick {
 }
 
 /// The next piece to ask a source holding `has(piece)` for: of the pieces
-/// nobody fetches yet, the one the fewest sources hold (rarest first), ties
+/// nobody fetches yet, the one the fewest sources hold (rarest first). Ties
+/// among pieces every one of the `sources` holds go in order (the bytes
+/// stream to the reader in order); among pieces some source lacks they are
 /// broken by `seed` (a per-download rotation, so downloaders starting at once
-/// do not all begin with the same piece). When every missing piece is already
-/// being fetched (the end game) a piece fetched by fewer than
-/// [`MAX_DUPLICATES`] sources is asked again, the least duplicated first.
-pub fn pick(pieces: &[PieceState], has: impl Fn(u64) -> bool, seed: u64) -> Pick {
+/// from the same partial holders do not all ask for the same piece, and have
+/// different pieces to trade). When every missing piece is already being
+/// fetched (the end game) a piece fetched by fewer than [`MAX_DUPLICATES`]
+/// sources is asked again, the least duplicated first.
+pub fn pick(pieces: &[PieceState], has: impl Fn(u64) -> bool, seed: u64, sources: u32) -> Pick {
     let n = pieces.len() as u64;
     if pieces.iter().all(|p| p.done) {
         return Pick::Finished;
     }
-    let rotated = |i: u64| (i + n - seed % n.max(1)) % n.max(1);
+    let rotated = |i: u64| {
+        let held_by_all = pieces
+            .get(usize::try_from(i).unwrap_or(usize::MAX))
+            .is_some_and(|p| p.holders >= sources);
+        if held_by_all {
+            i
+        } else {
+            (i + n - seed % n.max(1)) % n.max(1)
+        }
+    };
     let candidates = || {
         pieces
             .iter()
@@ -257,10 +269,13 @@ mod tests {
     #[test]
     fn rarest_first_ties_rotated_by_the_seed() {
         let p = [state(false, 0, 3), state(false, 0, 1), state(false, 0, 1)];
-        assert_eq!(pick(&p, |_| true, 0), Pick::Fresh(1));
-        assert_eq!(pick(&p, |_| true, 2), Pick::Fresh(2));
+        assert_eq!(pick(&p, |_| true, 0, 3), Pick::Fresh(1));
+        assert_eq!(pick(&p, |_| true, 2, 3), Pick::Fresh(2));
         // Only what the source holds.
-        assert_eq!(pick(&p, |i| i == 0, 0), Pick::Fresh(0));
+        assert_eq!(pick(&p, |i| i == 0, 0, 3), Pick::Fresh(0));
+        // Held by every source: in order, whatever the seed.
+        let p = [state(false, 0, 2), state(false, 0, 2), state(false, 0, 2)];
+        assert_eq!(pick(&p, |_| true, 2, 2), Pick::Fresh(0));
     }
 
     #[test]
@@ -268,15 +283,15 @@ mod tests {
         // One piece nobody fetches yet, held elsewhere: this source waits
         // rather than duplicate.
         let p = [state(true, 0, 2), state(false, 1, 2), state(false, 0, 1)];
-        assert_eq!(pick(&p, |i| i != 2, 0), Pick::Wait);
+        assert_eq!(pick(&p, |i| i != 2, 0, 2), Pick::Wait);
         // Everything left is in flight: duplicate, least duplicated first.
         let p = [state(false, 2, 2), state(false, 1, 2), state(true, 0, 2)];
-        assert_eq!(pick(&p, |_| true, 0), Pick::Duplicate(1));
+        assert_eq!(pick(&p, |_| true, 0, 2), Pick::Duplicate(1));
         // At most MAX_DUPLICATES sources per piece.
         let p = [state(false, MAX_DUPLICATES, 2), state(true, 0, 1)];
-        assert_eq!(pick(&p, |_| true, 0), Pick::Wait);
+        assert_eq!(pick(&p, |_| true, 0, 2), Pick::Wait);
         let p = [state(true, 0, 2)];
-        assert_eq!(pick(&p, |_| true, 0), Pick::Finished);
+        assert_eq!(pick(&p, |_| true, 0, 2), Pick::Finished);
     }
 
     #[test]

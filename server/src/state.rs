@@ -291,7 +291,7 @@ const MAX_RECEIVERS: usize = 32;
 const MAX_RECEIVING_OBJECTS: usize = 10_000;
 
 /// Serving peers receiving an object right now (issue 12 point 1): those the
-/// server sends it to, and those it referred for it. They hold part of it and
+/// server sends it to (until that transfer ends), and those it referred for it. They hold part of it and
 /// serve what they verified (a peer's have-map tells which part), so the next
 /// clients are referred to them straight away instead of waiting for someone
 /// to hold it whole. Bounded per object and in objects; an entry lapses after
@@ -327,6 +327,18 @@ impl Receivers {
             list.pop_front();
         }
         list.push_back((id.to_string(), addr.to_string(), now));
+    }
+
+    /// Peer `id` no longer receives `hash` from this server (its transfer
+    /// ended: it holds it whole and announces it, or it broke off).
+    pub fn remove(&self, hash: &ObjectHash, id: &str) {
+        let mut map = self.lock();
+        if let Some(list) = map.get_mut(hash) {
+            list.retain(|(i, _, _)| i != id);
+            if list.is_empty() {
+                map.remove(hash);
+            }
+        }
     }
 
     /// Up to `max` receivers of `hash` other than `exclude`, from a random

@@ -149,6 +149,8 @@ struct Shared {
     done: Vec<bool>,
     /// Per piece: done, fetched by how many sources, held by how many.
     pieces: Vec<PieceState>,
+    /// Sources working now (whose pieces count in `holders`).
+    sources: u32,
     by_source: HashMap<String, u64>,
     paths: HashMap<String, bool>,
 }
@@ -521,6 +523,11 @@ async fn have_of(
 
 /// Counts (`add`) or uncounts the pieces `have` holds (all for `None`).
 fn count_holders(sh: &mut Shared, have: Option<&HaveMap>, add: bool) {
+    sh.sources = if add {
+        sh.sources.saturating_add(1)
+    } else {
+        sh.sources.saturating_sub(1)
+    };
     for (i, p) in sh.pieces.iter_mut().enumerate() {
         if have.is_none_or(|h| h.has_piece(i as u64)) {
             p.holders = if add {
@@ -562,7 +569,7 @@ async fn take_from(
             let view: &Option<HaveMap> = have;
             let holds = |p: u64| view.as_ref().is_none_or(|h| h.has_piece(p));
             let mut sh = lock(&job.shared);
-            let pick = pieces::pick(&sh.pieces, holds, job.seed);
+            let pick = pieces::pick(&sh.pieces, holds, job.seed, sh.sources);
             let run = match pick {
                 Pick::Fresh(p) => Some((p, pieces::extend_run(&sh.pieces, holds, p, job.max_run))),
                 Pick::Duplicate(p) => Some((p, p + 1)),
