@@ -695,6 +695,16 @@ async fn segment(job: &Job, source: &SourceRef, g1: u64, g: &mut u64) -> Result<
     let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
     let mut idle = Duration::ZERO;
     while *g < g1 {
+        // In the end game another source may have finished the rest.
+        let finished = {
+            let sh = lock(&job.shared);
+            (*g..g1).all(|x| sh.done[x as usize])
+        };
+        if finished {
+            flush(job, source, &mut batch, batch_start, *g).await?;
+            *g = g1;
+            return Ok(());
+        }
         let need = group_len(size, *g) as usize;
         while buf.len() < need {
             let next = tokio::time::timeout(TICK, stream.next()).await;
@@ -774,6 +784,12 @@ async fn flush(
     }
     {
         let mut sh = lock(&job.shared);
+        // Credit only groups no other source verified first (the end game
+        // asks twice for the last pieces; a byte counts once).
+        let fresh: u64 = (first..end)
+            .filter(|g| !sh.done[*g as usize])
+            .map(|g| group_len(job.plan.size, g))
+            .sum();
         for g in first..end {
             sh.done[g as usize] = true;
         }
@@ -787,7 +803,9 @@ async fn flush(
                 piece.done = true;
             }
         }
-        *sh.by_source.entry(source.id.clone()).or_default() += n;
+        if fresh > 0 {
+            *sh.by_source.entry(source.id.clone()).or_default() += fresh;
+        }
     }
     job.events.emit(DownloadEvent::RangeDone {
         source: source.id.clone(),
