@@ -18,6 +18,7 @@
 //! - [`extension`]: the extension's settings and the interception rules they produce.
 //! - [`verified`]: BLAKE3 verified streaming in 16 KiB groups (B1).
 //! - [`pieces`]: have-maps of partial holders, rarest-first piece choice, end game.
+//! - [`uplink`]: the server's uplink estimated from its own transfers.
 //! - [`units`]: `10MiB` sizes and `500ms` durations for flags and config files.
 //!
 //! Who applies which rule, along the data path (drawn in full, with files and
@@ -54,6 +55,7 @@ pub mod record;
 pub mod select;
 pub mod shareable;
 pub mod units;
+pub mod uplink;
 pub mod verified;
 
 pub use hash::ObjectHash;

@@ -158,6 +158,7 @@ pub async fn send_object(
                 Some(Ok(chunk)) => {
                     let n = chunk.len() as u64;
                     owed.state.egress.throttle(n).await;
+                    owed.state.egress.delivered(n);
                     owed.state.egress.sent(n);
                     owed.state.sending.progress(owed.transfer);
                     owed.remaining = owed.remaining.saturating_sub(n);

@@ -298,13 +298,14 @@ const MAX_RECEIVING_OBJECTS: usize = 10_000;
 /// [`RECEIVER_TTL`].
 #[derive(Debug, Default)]
 pub struct Receivers {
-    inner: Mutex<HashMap<ObjectHash, VecDeque<(String, String, Instant)>>>,
+    inner: Mutex<ReceiverMap>,
 }
 
+/// Per object: (peer id, dial string, since when), oldest first.
+type ReceiverMap = HashMap<ObjectHash, VecDeque<(String, String, Instant)>>;
+
 impl Receivers {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<ObjectHash, VecDeque<(String, String, Instant)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReceiverMap> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
