@@ -183,12 +183,7 @@ struct Object {
     content_type: String,
 }
 
-/// The origin (`scheme://host[:port]`) of a URL, by the one rule in
-/// `peercache_core::extension::origin_of`.
-pub fn origin(url: &reqwest::Url) -> String {
-    peercache_core::extension::origin_of(url.as_str())
-        .unwrap_or_else(|| url.origin().ascii_serialization())
-}
+pub use discover::origin;
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
