@@ -77,6 +77,9 @@ pub struct Config {
     pub max_defer: Duration,
     /// Most bytes kept on disk from the upstream (oldest evicted first).
     pub upstream_cache_max: u64,
+    /// `Cache-Control` of the site's files by path prefix (root mode; the
+    /// longest matching prefix wins; `no-cache` where none matches).
+    pub cache_control: Vec<(String, String)>,
 }
 
 /// QUIC address discovery port of a relay named by `--relay-url` (the stock
@@ -121,7 +124,31 @@ impl Config {
             max_peers_per_ip: 64,
             max_defer: Duration::from_secs(10),
             upstream_cache_max: 2 << 30,
+            cache_control: Vec::new(),
         }
+    }
+
+    /// The `Cache-Control` set for a site path: the longest matching prefix.
+    pub fn cache_control_for(&self, path: &str) -> Option<&str> {
+        self.cache_control
+            .iter()
+            .filter(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Parses `PREFIX=VALUE` (`--cache-control /static/v1/=public, max-age=31536000, immutable`).
+    pub fn parse_cache_control(rule: &str) -> Result<(String, String), String> {
+        let (prefix, value) = rule
+            .split_once('=')
+            .ok_or_else(|| format!("--cache-control must be PREFIX=VALUE, not {rule:?}"))?;
+        if !prefix.starts_with('/') {
+            return Err(format!("--cache-control prefix must start with '/': {prefix:?}"));
+        }
+        if value.trim().is_empty() || axum::http::HeaderValue::from_str(value).is_err() {
+            return Err(format!("--cache-control value is not a header value: {value:?}"));
+        }
+        Ok((prefix.to_string(), value.trim().to_string()))
     }
 }
 
@@ -212,4 +239,6 @@ pub struct FileConfig {
     pub max_defer: Option<String>,
     /// e.g. `2GiB`.
     pub upstream_cache_max: Option<String>,
+    /// `PREFIX=VALUE` rules: `Cache-Control` by path prefix (root mode).
+    pub cache_control: Option<Vec<String>>,
 }

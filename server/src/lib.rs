@@ -123,7 +123,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let upstream = match &config.upstream {
-        Some(url) => Some(
+        Some(url) => Some(Arc::new(
             upstream::Upstream::new(
                 url,
                 config.upstream_cache.clone(),
@@ -131,7 +131,7 @@ pub async fn run(
                 config.ca_cert.as_deref(),
             )
             .map_err(|e| StartError::Root(url.clone(), std::io::Error::other(e.to_string())))?,
-        ),
+        )),
         None => {
             let root_meta = std::fs::metadata(&config.root)
                 .map_err(|e| StartError::Root(config.root.display().to_string(), e))?;
