@@ -90,6 +90,9 @@ struct Variant {
     lifetime: Duration,
     /// Its `stale-while-revalidate` window.
     swr: Duration,
+    /// Its status (`200` ones take part in serve-or-refer; others, e.g. a
+    /// `301` or `404`, are replayed as stored).
+    status: StatusCode,
     /// The body.
     object: SiteObject,
 }
@@ -165,18 +168,78 @@ pub fn end_to_end(h: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The headers this cache decides by: with `CDN-Cache-Control` (RFC 9213),
-/// its directives replace `Cache-Control` and `Expires` is ignored.
+/// The headers this cache decides by, read as RFC 9111 says before the
+/// policy sees them:
+/// - with `CDN-Cache-Control` (RFC 9213), its directives replace
+///   `Cache-Control` and `Expires` is ignored;
+/// - directive names are case-insensitive (`NO-CACHE` is `no-cache`);
+/// - `Expires`, `Date` and `Last-Modified` are HTTP dates in one of the three
+///   formats (§5.6.7 of RFC 9110); an invalid `Expires` means already expired,
+///   an invalid `Date` or `Last-Modified` is ignored;
+/// - `Age` is the first value of the first line.
 fn effective(h: &HeaderMap) -> HeaderMap {
     let cdn = HeaderName::from_static("cdn-cache-control");
-    if !h.contains_key(&cdn) {
-        return h.clone();
-    }
     let mut out = h.clone();
+    if h.contains_key(&cdn) {
+        out.remove(header::CACHE_CONTROL);
+        out.remove(header::EXPIRES);
+        for v in h.get_all(&cdn) {
+            out.append(header::CACHE_CONTROL, v.clone());
+        }
+    }
+    let directives: Vec<String> = out
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|d| match d.split_once('=') {
+                    Some((k, v)) => format!("{}={}", k.trim().to_ascii_lowercase(), v.trim()),
+                    None => d.trim().to_ascii_lowercase(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
     out.remove(header::CACHE_CONTROL);
-    out.remove(header::EXPIRES);
-    for v in h.get_all(&cdn) {
-        out.append(header::CACHE_CONTROL, v.clone());
+    for d in directives {
+        if let Ok(v) = HeaderValue::from_str(&d) {
+            out.append(header::CACHE_CONTROL, v);
+        }
+    }
+    for (name, invalid) in [
+        (header::EXPIRES, Some("0")),
+        (header::DATE, None),
+        (header::LAST_MODIFIED, None),
+    ] {
+        let Some(v) = out.get(&name) else { continue };
+        let parsed = v
+            .to_str()
+            .ok()
+            .and_then(peercache_core::conditional::parse_date)
+            .and_then(|t| {
+                HeaderValue::from_str(&peercache_core::conditional::format_date(t)).ok()
+            });
+        match (parsed, invalid) {
+            (Some(v), _) => {
+                out.insert(name, v);
+            }
+            (None, Some(marker)) => {
+                out.insert(name, HeaderValue::from_static(marker));
+            }
+            (None, None) => {
+                out.remove(name);
+            }
+        }
+    }
+    if let Some(first) = out
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        && let Ok(v) = HeaderValue::from_str(&first)
+    {
+        out.insert(header::AGE, v);
     }
     out
 }
@@ -254,12 +317,34 @@ fn with_age(v: &Variant, now: SystemTime) -> HeaderMap {
     h
 }
 
+/// A stored response to send: status, body, headers (with `Age`).
+type Hit = (StatusCode, SiteObject, HeaderMap);
+
+fn hit(v: &Variant, now: SystemTime) -> Hit {
+    (v.status, v.object.clone(), with_age(v, now))
+}
+
+/// A stored response as the client gets it: a `200` as an object (served,
+/// ranged or referred by the site), any other status replayed from its file.
+async fn stored_answer((status, object, headers): Hit) -> Result<Fetched, UpstreamError> {
+    if status == StatusCode::OK {
+        return Ok(Fetched::Object { object, headers });
+    }
+    let file = tokio::fs::File::open(&object.path).await?;
+    let mut out = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(file)));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(object.size));
+    Ok(Fetched::PassThrough(out))
+}
+
 /// What the store holds for a request.
 enum Lookup {
     /// Fresh: serve it.
-    Fresh(SiteObject, HeaderMap),
+    Fresh(Hit),
     /// Stale within `stale-while-revalidate`: serve it, revalidate behind.
-    StaleWhileRevalidate(SiteObject, HeaderMap),
+    StaleWhileRevalidate(Hit),
     /// Stale: ask the origin with these headers (the stored validators).
     Revalidate(HeaderMap),
     /// Nothing usable.
@@ -332,17 +417,14 @@ impl Upstream {
         let base = base_request(path_and_query, headers);
         let now = SystemTime::now();
         match self.lookup(path_and_query, &base, now) {
-            Lookup::Fresh(object, headers) => {
+            Lookup::Fresh(hit) => {
                 metrics::counter!("peercache_upstream_hits_total").increment(1);
-                Ok(Fetched::Object { object, headers })
+                stored_answer(hit).await
             }
-            Lookup::StaleWhileRevalidate(object, stored) => {
+            Lookup::StaleWhileRevalidate(hit) => {
                 metrics::counter!("peercache_upstream_stale_served_total").increment(1);
                 self.revalidate_behind(path_and_query, headers);
-                Ok(Fetched::Object {
-                    object,
-                    headers: stored,
-                })
+                stored_answer(hit).await
             }
             Lookup::Revalidate(conditional) => {
                 metrics::counter!("peercache_upstream_revalidations_total").increment(1);
@@ -368,7 +450,7 @@ impl Upstream {
                 continue;
             }
             match v.policy.before_request(base, now) {
-                BeforeRequest::Fresh(_) => return Lookup::Fresh(v.object.clone(), with_age(v, now)),
+                BeforeRequest::Fresh(_) => return Lookup::Fresh(hit(v, now)),
                 BeforeRequest::Stale { matches: false, .. } => continue,
                 BeforeRequest::Stale { matches: true, .. } => {
                     let age = v.policy.age(now);
@@ -383,11 +465,11 @@ impl Upstream {
                         || has_directive(&eff, "proxy-revalidate")
                         || has_directive(&eff, "no-cache");
                     if !client_insists && !must && age < v.lifetime + v.swr {
-                        return Lookup::StaleWhileRevalidate(v.object.clone(), with_age(v, now));
+                        return Lookup::StaleWhileRevalidate(hit(v, now));
                     }
                     let BeforeRequest::Stale { request, .. } = v.policy.before_request(base, now)
                     else {
-                        return Lookup::Fresh(v.object.clone(), with_age(v, now));
+                        return Lookup::Fresh(hit(v, now));
                     };
                     return Lookup::Revalidate(request.headers);
                 }
@@ -413,8 +495,8 @@ impl Upstream {
         }
         let now = SystemTime::now();
         let got = end_to_end(resp.headers());
-        if let Some(fetched) = self.refresh(pq, base, &got, now) {
-            return Ok(fetched);
+        if let Some(hit) = self.refresh(pq, base, &got, now) {
+            return stored_answer(hit).await;
         }
         // A 304 for no version we hold: ask for the whole response.
         self.miss(method, pq, base).await
@@ -427,7 +509,7 @@ impl Upstream {
         base: &Request<()>,
         got: &HeaderMap,
         now: SystemTime,
-    ) -> Option<Fetched> {
+    ) -> Option<Hit> {
         let mut entries = lock(&self.entries);
         let variants = entries.get_mut(pq)?;
         for v in variants.iter_mut() {
@@ -464,10 +546,7 @@ impl Upstream {
             v.swr = Duration::from_secs(
                 directive_secs(&effective(&v.headers), "stale-while-revalidate").unwrap_or(0),
             );
-            return Some(Fetched::Object {
-                object: v.object.clone(),
-                headers: with_age(v, now),
-            });
+            return Some(hit(v, now));
         }
         None
     }
@@ -541,9 +620,9 @@ impl Upstream {
         let validator = headers.contains_key(header::ETAG)
             || headers.contains_key(header::LAST_MODIFIED);
         let storable = *method == Method::GET
-            && resp.status() == StatusCode::OK
+            && resp.status() != StatusCode::PARTIAL_CONTENT
             && policy.is_storable()
-            && response_shareable(&pairs(&headers)).is_ok()
+            && response_shareable(&pairs(&eff)).is_ok()
             && (!lifetime.is_zero() || validator)
             && resp.content_length().is_none_or(|l| l <= self.object_cap());
         if !storable {
@@ -570,6 +649,7 @@ impl Upstream {
             }
         };
         let variant = Variant {
+            status,
             swr: Duration::from_secs(directive_secs(&eff, "stale-while-revalidate").unwrap_or(0)),
             policy,
             headers: headers.clone(),
@@ -597,7 +677,7 @@ impl Upstream {
         if new {
             self.keep(&object);
         }
-        Ok(Fetched::Object { object, headers })
+        stored_answer((status, object, headers)).await
     }
 
     /// Drops the stored variant `base` selects.

@@ -461,11 +461,13 @@ fn apply_representation(resp: &mut Response, representation: &HeaderMap) {
     let h = resp.headers_mut();
     h.remove(header::CACHE_CONTROL);
     h.remove(header::ETAG);
+    // A 206's own Content-Range wins; a stored 200 keeps the origin's.
+    let ranged = h.contains_key(header::CONTENT_RANGE);
     let kept = |k: &header::HeaderName| {
         !matches!(
             k.as_str(),
-            "content-length" | "content-range" | "transfer-encoding" | "accept-ranges"
-        )
+            "content-length" | "transfer-encoding" | "accept-ranges"
+        ) && !(ranged && k == header::CONTENT_RANGE)
     };
     for k in representation.keys().filter(|k| kept(k)) {
         h.remove(k);
