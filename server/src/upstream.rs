@@ -180,12 +180,19 @@ pub fn end_to_end(h: &HeaderMap) -> HeaderMap {
 fn effective(h: &HeaderMap) -> HeaderMap {
     let cdn = HeaderName::from_static("cdn-cache-control");
     let mut out = h.clone();
-    if h.contains_key(&cdn) {
+    // All lines form one dictionary; an invalid one is ignored as a whole.
+    let cdn_lines: Vec<&str> = h
+        .get_all(&cdn)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !cdn_lines.is_empty()
+        && let Some(directives) = cdn_directives(&cdn_lines.join(", "))
+        && let Ok(v) = HeaderValue::from_str(&directives)
+    {
         out.remove(header::CACHE_CONTROL);
         out.remove(header::EXPIRES);
-        for v in h.get_all(&cdn) {
-            out.append(header::CACHE_CONTROL, v.clone());
-        }
+        out.insert(header::CACHE_CONTROL, v);
     }
     let directives: Vec<String> = out
         .get_all(header::CACHE_CONTROL)
@@ -244,6 +251,38 @@ fn effective(h: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// `CDN-Cache-Control` (a Structured Field dictionary, RFC 9213 §2) as
+/// `Cache-Control` directives, or `None` when it is not a valid dictionary or
+/// a delta-seconds directive is not a non-negative integer.
+fn cdn_directives(value: &str) -> Option<String> {
+    let dict: sfv::Dictionary = sfv::Parser::new(value).parse().ok()?;
+    let mut out = Vec::new();
+    for (key, entry) in &dict {
+        let name = key.as_str();
+        let sfv::ListEntry::Item(item) = entry else {
+            return None;
+        };
+        let delta = matches!(
+            name,
+            "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error"
+        );
+        match (&item.bare_item, delta) {
+            (sfv::BareItem::Integer(n), true) => {
+                let n = i64::from(*n);
+                if n < 0 {
+                    return None;
+                }
+                out.push(format!("{name}={n}"));
+            }
+            (_, true) => return None,
+            (sfv::BareItem::Boolean(true), false) => out.push(name.to_string()),
+            (sfv::BareItem::Boolean(false), false) => {}
+            (_, false) => out.push(name.to_string()),
+        }
+    }
+    Some(out.join(", "))
+}
+
 /// The value of a `Cache-Control` delta-seconds directive `name`, if valid.
 fn directive_secs(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get_all(header::CACHE_CONTROL)
@@ -269,6 +308,17 @@ fn has_directive(h: &HeaderMap, name: &str) -> bool {
                 .next()
                 .is_some_and(|k| k.trim().eq_ignore_ascii_case(name))
         })
+}
+
+/// The freshness lifetime, or zero for a response stale on arrival (so a
+/// `stale-while-revalidate` window is never stretched).
+fn lifetime_of(policy: &CachePolicy, now: SystemTime) -> Duration {
+    let ttl = policy.time_to_live(now);
+    if ttl.is_zero() {
+        Duration::ZERO
+    } else {
+        ttl + policy.age(now)
+    }
 }
 
 fn options() -> CacheOptions {
@@ -542,7 +592,7 @@ impl Upstream {
                 v.headers.insert(header::AGE, age.clone());
             }
             v.policy = policy;
-            v.lifetime = v.policy.time_to_live(now) + v.policy.age(now);
+            v.lifetime = lifetime_of(&v.policy, now);
             v.swr = Duration::from_secs(
                 directive_secs(&effective(&v.headers), "stale-while-revalidate").unwrap_or(0),
             );
@@ -616,7 +666,7 @@ impl Upstream {
         parts.status = resp.status();
         parts.headers = eff.clone();
         let policy = CachePolicy::new_options(base, &parts, now, options());
-        let lifetime = policy.time_to_live(now) + policy.age(now);
+        let lifetime = lifetime_of(&policy, now);
         let validator = headers.contains_key(header::ETAG)
             || headers.contains_key(header::LAST_MODIFIED);
         let storable = *method == Method::GET
@@ -924,6 +974,13 @@ mod tests {
         assert!(eff.get("expires").is_none());
         let plain = h(&[("cache-control", "max-age=5")]);
         assert_eq!(effective(&plain), plain);
+        for invalid in ["max-age=\"60\"", "max-age=60, &&&", "max-age=-1"] {
+            let got = effective(&h(&[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", invalid),
+            ]));
+            assert_eq!(got["cache-control"], "no-store", "{invalid}: ignored");
+        }
     }
 
     #[test]
