@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use peercache_core::ObjectHash;
-use peercache_core::peer::{PeerStatus, lan_digest};
+use peercache_core::peer::{PeerRequest, PeerStatus, lan_digest};
 use peercache_tests::{
-    TempDir, fetch_cli, make_site, peer_dialer, peer_dialer_at, proc_usage, spawn_peer,
+    BadOutboard, TempDir, TestKey, announce, fetch_cli, fetch_cli_watched, make_site, peer_dialer,
+    peer_dialer_at, proc_usage, register_and_fetch, spawn_bad_outboard_holder, spawn_peer,
     spawn_server, test_bytes,
 };
 
@@ -249,4 +250,126 @@ fn the_lan_digest_hides_the_url() {
     assert_eq!(d.len(), 64);
     assert!(!d.contains("site"));
     assert_ne!(d, lan_digest("https://site.example/static/other.js"));
+}
+
+/// Point 1, host side: a listed holder passes the server's possession proof
+/// (it serves the true bytes) but lies about the outboard: once announcing its
+/// true length and then sending forever, once announcing a terabyte. The
+/// client reads no more than the object's outboard can be, drops the liar,
+/// and gets the object from the server; its memory stays flat (before the cap,
+/// this drove a client to 2 GiB in 6 s).
+#[tokio::test]
+async fn endless_outboards_from_listed_peers_do_not_grow_the_client() {
+    let f = test_bytes(4_000_000, 321);
+    let hash = ObjectHash::of(&f).to_hex();
+    for (seed, lie) in [(51, BadOutboard::Endless), (52, BadOutboard::Huge)] {
+        let dir = TempDir::new("atk-outboard");
+        let root = make_site(&dir, &[("f.bin", &f)]);
+        // 4 MB at 1 MiB/s cannot be sent within 1 s: the client is referred.
+        let server = spawn_server(
+            &root,
+            &[
+                "--egress-limit",
+                "1MiB",
+                "--target-period",
+                "1s",
+                "--ping-interval",
+                "0s",
+            ],
+        )
+        .await
+        .unwrap();
+        let key = TestKey::new(seed);
+        let liar = spawn_bad_outboard_holder(key.clone(), &f, lie)
+            .await
+            .unwrap();
+        let got = register_and_fetch(&server.url, &key, Some(liar.port), "/static/f.bin")
+            .await
+            .unwrap();
+        assert_eq!(got, 200);
+        let accepted = announce(&server.url, &key, std::slice::from_ref(&hash), None)
+            .await
+            .unwrap();
+        assert_eq!(accepted, vec![hash.clone()], "{lie:?}: listed as a holder");
+        let out = dir.join("f.out");
+        let (ok, err, peak_kib) = fetch_cli_watched(
+            &server.url,
+            "/static/f.bin",
+            &out,
+            &dir.join("c"),
+            &["--explain"],
+        )
+        .await
+        .unwrap();
+        println!("{lie:?} outboard: fetch ok={ok}, peak VmHWM {peak_kib} KiB\n{err}");
+        assert!(ok, "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), f);
+        assert!(
+            err.contains(&key.id[..8]),
+            "{lie:?}: the liar {} was tried: {err}",
+            key.id
+        );
+        assert!(err.contains("from server"), "the server sent it: {err}");
+        assert!(
+            peak_kib > 0 && peak_kib < 128 * 1024,
+            "{lie:?}: the client read no more than an outboard can be: peak {peak_kib} KiB"
+        );
+    }
+}
+
+/// Point 7, the cascade: a peer answers only about hashes. A locate names the
+/// object and its site by digest; a query that carries a URL is refused, one
+/// with the digest of a URL the peer knows is answered with the holder and the
+/// record, the record without its URL (so a digest overheard on the LAN
+/// reveals nothing), and a digest it does not know gets nothing.
+#[tokio::test]
+async fn a_peer_answers_locate_only_by_digest_and_names_no_url() {
+    let dir = TempDir::new("atk-locate");
+    let f = test_bytes(100_000, 331);
+    let root = make_site(&dir, &[("secret-report.pdf", &f)]);
+    let server = spawn_server(&root, &[]).await.unwrap();
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/secret-report.pdf",
+        &dir.join("o"),
+        &dir.join("a"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let a = spawn_peer(&server.url, &dir.join("a"), &[]).await.unwrap();
+    let url = format!("{}/static/secret-report.pdf", server.url);
+    let origin = server.url.clone();
+    let asker = peer_dialer().await.unwrap();
+
+    // In clear: refused.
+    let in_clear = PeerRequest::Locate {
+        object: url.clone(),
+        site: origin.clone(),
+        ttl: 0,
+        qid: "q-clear".into(),
+    };
+    let refused = asker.locate(&a.id, &a.dial(), &in_clear).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("BadRequest")),
+        "a URL in clear is refused: {refused:?}"
+    );
+
+    // By digest: answered, and the answer names no URL.
+    let by_digest = PeerRequest::locate(&url, &origin, 0, "q-digest");
+    let found = asker.locate(&a.id, &a.dial(), &by_digest).await.unwrap();
+    assert_eq!(found.holders.len(), 1, "{found:?}");
+    assert_eq!(found.holders[0].id, a.id);
+    let record = found.record.expect("the record comes with the holder");
+    assert_eq!(record.record.hash, ObjectHash::of(&f));
+    assert!(record.record.url.is_empty(), "{:?}", record.record.url);
+    let answer = serde_json::to_string(&found.holders).unwrap();
+    assert!(!answer.contains("secret"), "{answer}");
+
+    // A digest it does not know: nothing.
+    let unknown = PeerRequest::locate(&format!("{url}x"), &origin, 0, "q-unknown");
+    let nothing = asker.locate(&a.id, &a.dial(), &unknown).await.unwrap();
+    assert!(nothing.holders.is_empty() && nothing.record.is_none());
 }
