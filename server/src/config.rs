@@ -143,10 +143,14 @@ impl Config {
             .split_once('=')
             .ok_or_else(|| format!("--cache-control must be PREFIX=VALUE, not {rule:?}"))?;
         if !prefix.starts_with('/') {
-            return Err(format!("--cache-control prefix must start with '/': {prefix:?}"));
+            return Err(format!(
+                "--cache-control prefix must start with '/': {prefix:?}"
+            ));
         }
         if value.trim().is_empty() || axum::http::HeaderValue::from_str(value).is_err() {
-            return Err(format!("--cache-control value is not a header value: {value:?}"));
+            return Err(format!(
+                "--cache-control value is not a header value: {value:?}"
+            ));
         }
         Ok((prefix.to_string(), value.trim().to_string()))
     }

@@ -108,7 +108,11 @@ struct Args {
     /// `Cache-Control` for the site's files under a path prefix, as
     /// `PREFIX=VALUE` (repeatable; longest prefix wins) [default: no-cache],
     /// e.g. `/static/v1/=public, max-age=31536000, immutable`.
-    #[arg(long = "cache-control", env = "PEERCACHE_CACHE_CONTROL", value_delimiter = ';')]
+    #[arg(
+        long = "cache-control",
+        env = "PEERCACHE_CACHE_CONTROL",
+        value_delimiter = ';'
+    )]
     cache_control: Vec<String>,
 }
 

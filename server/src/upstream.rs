@@ -224,9 +224,7 @@ fn effective(h: &HeaderMap) -> HeaderMap {
             .to_str()
             .ok()
             .and_then(peercache_core::conditional::parse_date)
-            .and_then(|t| {
-                HeaderValue::from_str(&peercache_core::conditional::format_date(t)).ok()
-            });
+            .and_then(|t| HeaderValue::from_str(&peercache_core::conditional::format_date(t)).ok());
         match (parsed, invalid) {
             (Some(v), _) => {
                 out.insert(name, v);
@@ -454,7 +452,9 @@ impl Upstream {
         body: Body,
     ) -> Result<Fetched, UpstreamError> {
         if *method != Method::GET && *method != Method::HEAD {
-            return self.forward_other(method, path_and_query, headers, body).await;
+            return self
+                .forward_other(method, path_and_query, headers, body)
+                .await;
         }
         // Peercache's own rule on top of RFC 9111: credentials go to the origin
         // and the answer is never stored.
@@ -572,8 +572,7 @@ impl Upstream {
             let mut parts = Response::new(()).into_parts().0;
             parts.status = StatusCode::NOT_MODIFIED;
             parts.headers = effective(got);
-            let AfterResponse::NotModified(policy, _) =
-                v.policy.after_response(base, &parts, now)
+            let AfterResponse::NotModified(policy, _) = v.policy.after_response(base, &parts, now)
             else {
                 return None;
             };
@@ -619,13 +618,14 @@ impl Upstream {
             let conditional = {
                 let entries = lock(&this.entries);
                 entries.get(&pq).and_then(|vs| {
-                    vs.iter().find_map(|v| match v.policy.before_request(&base, now) {
-                        BeforeRequest::Stale {
-                            request,
-                            matches: true,
-                        } => Some(request.headers),
-                        _ => None,
-                    })
+                    vs.iter()
+                        .find_map(|v| match v.policy.before_request(&base, now) {
+                            BeforeRequest::Stale {
+                                request,
+                                matches: true,
+                            } => Some(request.headers),
+                            _ => None,
+                        })
                 })
             };
             if let Some(conditional) = conditional
@@ -667,8 +667,8 @@ impl Upstream {
         parts.headers = eff.clone();
         let policy = CachePolicy::new_options(base, &parts, now, options());
         let lifetime = lifetime_of(&policy, now);
-        let validator = headers.contains_key(header::ETAG)
-            || headers.contains_key(header::LAST_MODIFIED);
+        let validator =
+            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
         let storable = *method == Method::GET
             && resp.status() != StatusCode::PARTIAL_CONTENT
             && policy.is_storable()
@@ -756,7 +756,9 @@ impl Upstream {
         body: Body,
     ) -> Result<Fetched, UpstreamError> {
         let body = reqwest::Body::wrap_stream(body.into_data_stream());
-        let resp = self.send(method, pq, to_origin(headers), Some(body)).await?;
+        let resp = self
+            .send(method, pq, to_origin(headers), Some(body))
+            .await?;
         let safe = matches!(*method, Method::OPTIONS | Method::TRACE);
         let status = resp.status();
         if !safe && (status.is_success() || status.is_redirection()) {

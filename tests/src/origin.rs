@@ -83,12 +83,11 @@ impl Origin {
     pub async fn start() -> anyhow::Result<Self> {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let state = inner.clone();
-        let app = axum::Router::new().fallback(
-            move |method: Method, uri: Uri, headers: HeaderMap| {
+        let app =
+            axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
                 let state = state.clone();
                 async move { answer(&state, method, uri, headers) }
-            },
-        );
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });

@@ -46,7 +46,9 @@ async fn the_gateway_passes_headers_ranges_heads_and_redirects_faithfully() {
     let mut nm = NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
         .await
         .unwrap();
-    nm.send(&json!({"type": "hello", "version": "t"})).await.unwrap();
+    nm.send(&json!({"type": "hello", "version": "t"}))
+        .await
+        .unwrap();
     let status = nm.recv_type("status").await.unwrap();
     nm.send(&json!({"type": "config", "enabled": true, "sites": [{"origin": server.url, "scope": "/static/"}]}))
         .await
@@ -134,5 +136,9 @@ async fn the_gateway_passes_headers_ranges_heads_and_redirects_faithfully() {
     assert_eq!(r.headers()["cache-control"], "public, max-age=600");
     let seen = origin.seen("/static/head.bin");
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].method, Method::HEAD, "no body fetched behind a HEAD");
+    assert_eq!(
+        seen[0].method,
+        Method::HEAD,
+        "no body fetched behind a HEAD"
+    );
 }

@@ -35,7 +35,12 @@ async fn conditional_requests_validators_and_per_path_cache_control() {
     assert!(peercache_core::conditional::parse_date(&last_modified).is_some());
     assert_eq!(r.bytes().await.unwrap(), a);
 
-    let r = http.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    let r = http
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
     assert_eq!(r.headers()["etag"], etag.as_str());
     assert!(r.bytes().await.unwrap().is_empty());
@@ -53,7 +58,12 @@ async fn conditional_requests_validators_and_per_path_cache_control() {
         .await
         .unwrap();
     assert_eq!(r.status(), 304, "weak comparison, any of the list");
-    let r = http.get(&url).header("if-none-match", "\"other\"").send().await.unwrap();
+    let r = http
+        .get(&url)
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), a);
     let r = http
@@ -70,7 +80,10 @@ async fn conditional_requests_validators_and_per_path_cache_control() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(
+        r.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
     assert_eq!(r.text().await.unwrap(), "hashed();");
 }
 
@@ -101,7 +114,10 @@ async fn a_same_size_same_mtime_replacement_gets_its_own_hash() {
 
     let r = reqwest::get(&url).await.unwrap();
     let tag = r.headers()["etag"].to_str().unwrap().to_string();
-    let object = r.headers()["peercache-object"].to_str().unwrap().to_string();
+    let object = r.headers()["peercache-object"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(r.bytes().await.unwrap(), new);
     assert_ne!(tag, old_tag, "a new version, a new validator");
     assert!(

@@ -16,6 +16,9 @@ async fn cache_in_front(origin: &Origin, dir: &TempDir) -> Server {
     peercache_tests::spawn_server_cmd(cmd).await.unwrap()
 }
 
+/// A path, its response headers, and the origin hits after two GETs.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, usize);
+
 fn http_date(offset_s: i64) -> String {
     let now = std::time::SystemTime::now();
     let t = if offset_s >= 0 {
@@ -34,7 +37,7 @@ async fn freshness_comes_from_the_origin_and_invalid_values_are_stale() {
     let origin = Origin::start().await.unwrap();
     let date = http_date(0);
     let in_an_hour = http_date(3600);
-    let cases: Vec<(&str, Vec<(&str, &str)>, usize)> = vec![
+    let cases: Vec<Case> = vec![
         // (path, response headers, origin hits after two GETs)
         ("/max-age", vec![("cache-control", "max-age=300")], 1),
         (
@@ -48,18 +51,33 @@ async fn freshness_comes_from_the_origin_and_invalid_values_are_stale() {
             1,
         ),
         ("/expires-invalid", vec![("expires", "0")], 2),
-        ("/max-age-invalid", vec![("cache-control", "max-age=soon")], 2),
+        (
+            "/max-age-invalid",
+            vec![("cache-control", "max-age=soon")],
+            2,
+        ),
         (
             "/age-over-max-age",
             vec![("cache-control", "max-age=100"), ("age", "200")],
             2,
         ),
         ("/no-freshness", vec![], 2),
-        ("/no-store", vec![("cache-control", "max-age=300, no-store")], 2),
-        ("/private", vec![("cache-control", "max-age=300, private")], 2),
+        (
+            "/no-store",
+            vec![("cache-control", "max-age=300, no-store")],
+            2,
+        ),
+        (
+            "/private",
+            vec![("cache-control", "max-age=300, private")],
+            2,
+        ),
         (
             "/set-cookie-public",
-            vec![("cache-control", "public, max-age=300"), ("set-cookie", "a=b")],
+            vec![
+                ("cache-control", "public, max-age=300"),
+                ("set-cookie", "a=b"),
+            ],
             2,
         ),
         (
@@ -76,11 +94,19 @@ async fn freshness_comes_from_the_origin_and_invalid_values_are_stale() {
             1,
         ),
         ("/upper-case", vec![("cache-control", "MAX-AGE=300")], 1),
-        ("/moved", vec![("cache-control", "max-age=300"), ("location", "/max-age")], 1),
+        (
+            "/moved",
+            vec![("cache-control", "max-age=300"), ("location", "/max-age")],
+            1,
+        ),
     ];
     for (path, headers, _) in &cases {
         let reply = Reply::ok(headers, format!("body of {path}"));
-        let reply = if *path == "/moved" { reply.status(301) } else { reply };
+        let reply = if *path == "/moved" {
+            reply.status(301)
+        } else {
+            reply
+        };
         origin.set(path, reply);
     }
     let server = cache_in_front(&origin, &dir).await;
@@ -105,7 +131,11 @@ async fn freshness_comes_from_the_origin_and_invalid_values_are_stale() {
             }
             for (k, v) in headers {
                 if *k != "age" && *k != "date" {
-                    assert_eq!(r.headers()[*k], *v, "{path}: {k} kept as the origin sent it");
+                    assert_eq!(
+                        r.headers()[*k],
+                        *v,
+                        "{path}: {k} kept as the origin sent it"
+                    );
                 }
             }
             assert_eq!(r.text().await.unwrap(), format!("body of {path}"));
@@ -129,7 +159,10 @@ async fn variants_revalidation_and_conditional_requests_come_from_the_store() {
             .unwrap_or("none")
             .to_string();
         Reply::ok(
-            &[("cache-control", "max-age=300"), ("vary", "Accept-Language")],
+            &[
+                ("cache-control", "max-age=300"),
+                ("vary", "Accept-Language"),
+            ],
             format!("hello in {lang}"),
         )
     });
@@ -168,7 +201,11 @@ async fn variants_revalidation_and_conditional_requests_come_from_the_store() {
 
     for (lang, round) in [("en", 0), ("fr", 0), ("en", 1), ("fr", 1)] {
         let r = get("/lang", &[("accept-language", lang)]).await.unwrap();
-        assert_eq!(r.text().await.unwrap(), format!("hello in {lang}"), "round {round}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!("hello in {lang}"),
+            "round {round}"
+        );
     }
     assert_eq!(origin.hits("/lang"), 2, "one origin fetch per variant");
 
@@ -193,35 +230,66 @@ async fn variants_revalidation_and_conditional_requests_come_from_the_store() {
     }
     assert_eq!(h["x-version"], "2", "the 304's headers are merged in");
     assert!(h.contains_key("age"));
-    assert_eq!(r.bytes().await.unwrap(), body, "the stored body, not fetched again");
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        body,
+        "the stored body, not fetched again"
+    );
     let seen = origin.seen("/app.js");
     assert_eq!(seen.len(), 2);
-    assert_eq!(seen[1].headers["if-none-match"], "\"v1\"", "revalidated with the origin's ETag");
-    assert_eq!(seen[1].status, 304, "the origin sent no body the second time");
+    assert_eq!(
+        seen[1].headers["if-none-match"], "\"v1\"",
+        "revalidated with the origin's ETag"
+    );
+    assert_eq!(
+        seen[1].status, 304,
+        "the origin sent no body the second time"
+    );
 
     // The client's own conditional request: 304 (after one more revalidation,
     // as no-cache asks).
-    let r = get("/app.js", &[("if-none-match", "\"v1\"")]).await.unwrap();
+    let r = get("/app.js", &[("if-none-match", "\"v1\"")])
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
     assert_eq!(r.headers()["etag"], "\"v1\"");
     assert!(r.bytes().await.unwrap().is_empty());
     assert_eq!(origin.seen("/app.js")[2].status, 304);
 
     // A range from a fresh stored response: no origin request at all.
-    origin.set("/media.bin", Reply::ok(&[("cache-control", "max-age=300")], body.clone()));
+    origin.set(
+        "/media.bin",
+        Reply::ok(&[("cache-control", "max-age=300")], body.clone()),
+    );
     get("/media.bin", &[]).await.unwrap().bytes().await.unwrap();
-    let r = get("/media.bin", &[("range", "bytes=1000-1999")]).await.unwrap();
+    let r = get("/media.bin", &[("range", "bytes=1000-1999")])
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 1000-1999/100000");
     assert_eq!(r.bytes().await.unwrap(), body[1000..2000]);
-    let r = get("/media.bin", &[("if-modified-since", &http_date(0))]).await.unwrap();
-    assert_eq!(r.status(), 200, "no Last-Modified: an If-Modified-Since never matches");
+    let r = get("/media.bin", &[("if-modified-since", &http_date(0))])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "no Last-Modified: an If-Modified-Since never matches"
+    );
     r.bytes().await.unwrap();
     assert_eq!(origin.hits("/media.bin"), 1);
-    let r = http.head(format!("{}/media.bin", server.url)).send().await.unwrap();
+    let r = http
+        .head(format!("{}/media.bin", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "100000");
-    assert_eq!(origin.hits("/media.bin"), 1, "a HEAD is answered from the stored GET");
+    assert_eq!(
+        origin.hits("/media.bin"),
+        1,
+        "a HEAD is answered from the stored GET"
+    );
 }
 
 /// Other methods reach the origin with their bodies; an unsafe one that
@@ -241,19 +309,37 @@ async fn other_methods_go_to_the_origin_and_unsafe_ones_invalidate() {
     let http = reqwest::Client::new();
     let url = format!("{}/item", server.url);
     for _ in 0..2 {
-        assert_eq!(http.get(&url).send().await.unwrap().text().await.unwrap(), "item");
+        assert_eq!(
+            http.get(&url).send().await.unwrap().text().await.unwrap(),
+            "item"
+        );
     }
     assert_eq!(origin.hits("/item"), 1);
-    for method in [reqwest::Method::OPTIONS, reqwest::Method::POST, reqwest::Method::DELETE] {
-        let r = http.request(method.clone(), &url).body("payload").send().await.unwrap();
+    for method in [
+        reqwest::Method::OPTIONS,
+        reqwest::Method::POST,
+        reqwest::Method::DELETE,
+    ] {
+        let r = http
+            .request(method.clone(), &url)
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201, "{method}: the origin's answer");
         assert_eq!(r.headers()["x-method"], method.as_str());
         // OPTIONS is safe: the stored GET stays; POST/DELETE invalidate it.
         let before = origin.hits("/item");
-        assert_eq!(http.get(&url).send().await.unwrap().text().await.unwrap(), "item");
+        assert_eq!(
+            http.get(&url).send().await.unwrap().text().await.unwrap(),
+            "item"
+        );
         let refetched = origin.hits("/item") - before;
         let expected = usize::from(method != reqwest::Method::OPTIONS);
-        assert_eq!(refetched, expected, "{method}: GET after it went to the origin");
+        assert_eq!(
+            refetched, expected,
+            "{method}: GET after it went to the origin"
+        );
     }
     let posts: Vec<_> = origin
         .seen("/item")
@@ -271,28 +357,52 @@ async fn stale_while_revalidate_serves_then_refreshes() {
     let origin = Origin::start().await.unwrap();
     origin.set(
         "/swr",
-        Reply::ok(&[("cache-control", "max-age=1, stale-while-revalidate=60")], "swr"),
+        Reply::ok(
+            &[("cache-control", "max-age=1, stale-while-revalidate=60")],
+            "swr",
+        ),
     );
     origin.set(
         "/must",
         Reply::ok(
-            &[("cache-control", "max-age=1, stale-while-revalidate=60, must-revalidate")],
+            &[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=60, must-revalidate",
+            )],
             "must",
         ),
     );
     let server = cache_in_front(&origin, &dir).await;
     let http = reqwest::Client::new();
     for path in ["/swr", "/must"] {
-        http.get(format!("{}{path}", server.url)).send().await.unwrap().text().await.unwrap();
+        http.get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = http.get(format!("{}/swr", server.url)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/swr", server.url))
+        .send()
+        .await
+        .unwrap();
     let age: u64 = r.headers()["age"].to_str().unwrap().parse().unwrap();
     assert!(age >= 2, "the stale stored response, at once: Age {age}");
     assert_eq!(r.text().await.unwrap(), "swr");
-    let r = http.get(format!("{}/must", server.url)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/must", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "must");
-    assert_eq!(origin.hits("/must"), 2, "must-revalidate: never served stale");
+    assert_eq!(
+        origin.hits("/must"),
+        2,
+        "must-revalidate: never served stale"
+    );
     for _ in 0..50 {
         if origin.hits("/swr") == 2 {
             break;

@@ -165,7 +165,9 @@ fn file_representation(state: &AppState, path: &str, obj: &SiteObject) -> Header
 /// version at hand (`peercache_core::conditional`).
 fn not_modified(state: &AppState, req: &HeaderMap, rep: &HeaderMap) -> Option<Response> {
     let text = |h: &HeaderMap, name: header::HeaderName| {
-        h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     };
     let (inm, ims) = (
         text(req, header::IF_NONE_MATCH),
@@ -464,10 +466,12 @@ fn apply_representation(resp: &mut Response, representation: &HeaderMap) {
     // A 206's own Content-Range wins; a stored 200 keeps the origin's.
     let ranged = h.contains_key(header::CONTENT_RANGE);
     let kept = |k: &header::HeaderName| {
-        !matches!(
+        let framing = matches!(
             k.as_str(),
             "content-length" | "transfer-encoding" | "accept-ranges"
-        ) && !(ranged && k == header::CONTENT_RANGE)
+        );
+        let own_range = ranged && k == header::CONTENT_RANGE;
+        !framing && !own_range
     };
     for k in representation.keys().filter(|k| kept(k)) {
         h.remove(k);
