@@ -80,6 +80,9 @@ pub struct Config {
     /// `Cache-Control` of the site's files by path prefix (root mode; the
     /// longest matching prefix wins; `no-cache` where none matches).
     pub cache_control: Vec<(String, String)>,
+    /// Where the server keeps its state across restarts (the record-signing
+    /// key when no `key_file` is given).
+    pub state_dir: PathBuf,
 }
 
 /// QUIC address discovery port of a relay named by `--relay-url` (the stock
@@ -125,7 +128,27 @@ impl Config {
             max_defer: Duration::from_secs(10),
             upstream_cache_max: 2 << 30,
             cache_control: Vec::new(),
+            state_dir: default_state_dir(),
         }
+    }
+
+    /// The record-signing key file: `key_file`, or one per site (its root or
+    /// its upstream) in the state directory, so clients' pinned key survives
+    /// restarts.
+    pub fn signing_key_path(&self) -> PathBuf {
+        if let Some(path) = &self.key_file {
+            return path.clone();
+        }
+        let site = match &self.upstream {
+            Some(url) => url.clone(),
+            None => std::fs::canonicalize(&self.root)
+                .unwrap_or_else(|_| self.root.clone())
+                .display()
+                .to_string(),
+        };
+        let id = peercache_core::hash::ObjectHash::of(site.as_bytes()).to_hex();
+        self.state_dir
+            .join(format!("signing-key-{}", id.get(..16).unwrap_or_default()))
     }
 
     /// The `Cache-Control` set for a site path: the longest matching prefix.
@@ -154,6 +177,20 @@ impl Config {
         }
         Ok((prefix.to_string(), value.trim().to_string()))
     }
+}
+
+/// `$PEERCACHE_STATE_DIR`, else `$XDG_STATE_HOME/peercache-server`, else
+/// `~/.local/state/peercache-server`, else a directory under the temp dir.
+pub fn default_state_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("PEERCACHE_STATE_DIR")
+        .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("peercache-server")))
+        .or_else(|| env("HOME").map(|d| d.join(".local/state/peercache-server")))
+        .unwrap_or_else(|| std::env::temp_dir().join("peercache-server-state"))
 }
 
 /// Which backend holds the look-up table.
@@ -245,4 +282,6 @@ pub struct FileConfig {
     pub upstream_cache_max: Option<String>,
     /// `PREFIX=VALUE` rules: `Cache-Control` by path prefix (root mode).
     pub cache_control: Option<Vec<String>>,
+    /// State directory (the signing key).
+    pub state_dir: Option<PathBuf>,
 }

@@ -114,6 +114,11 @@ struct Args {
         value_delimiter = ';'
     )]
     cache_control: Vec<String>,
+    /// State kept across restarts (the record-signing key, one per site, when
+    /// no --key-file is given) [default: $XDG_STATE_HOME/peercache-server or
+    /// ~/.local/state/peercache-server].
+    #[arg(long, env = "PEERCACHE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -180,6 +185,9 @@ async fn main() -> anyhow::Result<()> {
     }
     config.public_url = args.public_url.or(file.public_url);
     config.key_file = args.key_file.or(file.key_file);
+    if let Some(dir) = args.state_dir.or(file.state_dir) {
+        config.state_dir = dir;
+    }
     if let Some(s) = args.store.or(file.store) {
         config.store = s.parse().map_err(anyhow::Error::msg)?;
     }
