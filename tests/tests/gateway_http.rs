@@ -142,3 +142,80 @@ async fn the_gateway_passes_headers_ranges_heads_and_redirects_faithfully() {
         "no body fetched behind a HEAD"
     );
 }
+
+/// The cache directory deleted while the host runs: it is made again and the
+/// next download, referred to a peer, is still delivered whole.
+#[tokio::test]
+async fn a_deleted_cache_directory_is_recreated_and_the_download_delivered() {
+    let dir = TempDir::new("gw-rmcache");
+    let a = test_bytes(200_000, 31);
+    let b = test_bytes(200_000, 32);
+    let root = peercache_tests::make_site(&dir, &[("a.bin", &a), ("b.bin", &b)]);
+    // Over every client's target: a holder gets the client referred to it.
+    let server = peercache_tests::spawn_server(
+        &root,
+        &[
+            "--no-relay",
+            "--egress-limit",
+            "1MiB",
+            "--target-period",
+            "0s",
+            "--ping-interval",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+    let _holder = peercache_tests::seed_peer(
+        &server.url,
+        "/static/b.bin",
+        &dir.join("seed-out"),
+        &dir.join("seed-cache"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let cache = dir.join("host");
+    let mut nm = NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
+        .await
+        .unwrap();
+    nm.send(&json!({"type": "hello", "version": "t"}))
+        .await
+        .unwrap();
+    let status = nm.recv_type("status").await.unwrap();
+    nm.send(&json!({"type": "config", "enabled": true, "sites": [{"origin": server.url, "scope": "/static/"}]}))
+        .await
+        .unwrap();
+    nm.recv_type("status").await.unwrap();
+    let token = status["token"].as_str().unwrap().to_string();
+    let get = |path: &str| {
+        reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{}/g/{}{path}",
+                status["gateway_port"], server.url
+            ))
+            .header("x-peercache-token", &token)
+            .send()
+    };
+    assert_eq!(
+        get("/static/a.bin").await.unwrap().bytes().await.unwrap(),
+        a
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+    let r = get("/static/b.bin").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["peercache-source"]
+            .to_str()
+            .unwrap()
+            .starts_with("peer"),
+        "referred to the holder: {:?}",
+        r.headers()["peercache-source"]
+    );
+    assert_eq!(r.bytes().await.unwrap(), b, "delivered whole");
+    let a_again = get("/static/a.bin").await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        a_again, a,
+        "an object whose file went with the directory too"
+    );
+}
