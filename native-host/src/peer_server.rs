@@ -91,6 +91,15 @@ impl PerRemote {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// True if `remote` already has its cap of connections.
+    fn at_cap(&self, remote: &RemoteKey) -> bool {
+        let cap = match remote {
+            RemoteKey::Address(_) => MAX_CONNECTIONS_PER_ADDRESS,
+            RemoteKey::Key(_) => MAX_CONNECTIONS_PER_KEY,
+        };
+        self.lock().get(remote).copied().unwrap_or(0) >= cap
+    }
+
     /// Counts one more connection from `address` with `key`, unless either is
     /// at its cap.
     fn try_open(self: &Arc<Self>, address: IpAddr, key: [u8; 32]) -> Option<RemoteGuard> {
@@ -131,6 +140,40 @@ impl Drop for RemoteGuard {
 /// The protocol handler registered for the peer ALPN.
 #[derive(Debug, Clone)]
 pub struct PeerService(pub PeerState);
+
+impl PeerService {
+    /// The gate before the handshake: an attempt past the total cap, or from
+    /// an address (or, through a relay, a key) at its cap, is refused before
+    /// any cryptography is spent on it; past half the cap, an unvalidated
+    /// source is sent a retry first. `accept` counts again after the
+    /// handshake (attempts in flight race past this gate; the key of a direct
+    /// connection is known only then).
+    pub fn incoming_filter(&self) -> iroh::protocol::IncomingFilter {
+        let (connections, per_remote) = (self.0.connections.clone(), self.0.per_remote.clone());
+        Arc::new(move |incoming: &iroh::endpoint::Incoming| {
+            use iroh::endpoint::IncomingAddr;
+            use iroh::protocol::IncomingFilterOutcome;
+            let remote = match incoming.remote_addr() {
+                IncomingAddr::Ip(sa) => Some(RemoteKey::Address(sa.ip())),
+                IncomingAddr::Relay { endpoint_id, .. } => {
+                    Some(RemoteKey::Key(*endpoint_id.as_bytes()))
+                }
+                _ => None,
+            };
+            let open = connections.load(Ordering::Relaxed);
+            if open >= MAX_CONNECTIONS || remote.is_some_and(|r| per_remote.at_cap(&r)) {
+                counter!("peercache_peer_connections_refused_total").increment(1);
+                IncomingFilterOutcome::Reject
+            } else if open >= MAX_CONNECTIONS / 2 && !incoming.remote_addr_validated() {
+                // Under load, a source proves its address (a QUIC retry)
+                // before a handshake is spent on it: spoofed floods stop here.
+                IncomingFilterOutcome::Retry
+            } else {
+                IncomingFilterOutcome::Accept
+            }
+        })
+    }
+}
 
 struct ConnectionGuard(Arc<AtomicUsize>);
 

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use peercache_core::ObjectHash;
 use peercache_core::peer::{PeerRequest, PeerStatus, lan_digest};
 use peercache_tests::{
-    BadOutboard, TempDir, TestKey, announce, fetch_cli, fetch_cli_watched, make_site, peer_dialer,
-    peer_dialer_at, proc_usage, register_and_fetch, spawn_bad_outboard_holder, spawn_peer,
-    spawn_server, test_bytes,
+    BadOutboard, NativeSession, TempDir, TestKey, announce, fetch_cli, fetch_cli_watched,
+    make_site, peer_dialer, peer_dialer_at, proc_usage, register_and_fetch,
+    spawn_bad_outboard_holder, spawn_peer, spawn_server, test_bytes,
 };
 
 fn p99(mut v: Vec<Duration>) -> Duration {
@@ -372,4 +372,183 @@ async fn a_peer_answers_locate_only_by_digest_and_names_no_url() {
     let unknown = PeerRequest::locate(&format!("{url}x"), &origin, 0, "q-unknown");
     let nothing = asker.locate(&a.id, &a.dial(), &unknown).await.unwrap();
     assert!(nothing.holders.is_empty() && nothing.record.is_none());
+}
+
+/// Point 3, at scale: 1,120 QUIC connections from 20 addresses and 280 keys
+/// (4 per key, 56 per address: within the per-key and per-address caps, so
+/// only the total cap of 512 stands) are dialed at a visitor's host, as a
+/// browser runs it, and held. The host serves at most 512 of them, its
+/// descriptors and memory stay bounded, and its gateway keeps answering the
+/// enrolled site the whole time (before the caps, 1,100 idle connections used
+/// up the descriptors and the gateway stopped answering).
+#[tokio::test]
+async fn a_flood_of_1100_connections_leaves_the_gateway_answering() {
+    const ADDRESSES: u8 = 20;
+    const KEYS_PER_ADDRESS: usize = 14;
+    const CONNECTIONS_PER_KEY: usize = 4;
+    const TOTAL_CAP: usize = 512;
+    let dir = TempDir::new("atk-flood-1100");
+    let data = test_bytes(200_000, 341);
+    let root = make_site(&dir, &[("a.bin", &data)]);
+    let server = spawn_server(&root, &[]).await.unwrap();
+    let cache = dir.join("cache");
+    let mut session = NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
+        .await
+        .unwrap();
+    session
+        .send(&serde_json::json!({"type": "hello", "version": "t"}))
+        .await
+        .unwrap();
+    let status = session.recv_type("status").await.unwrap();
+    session
+        .send(&serde_json::json!({"type": "config", "enabled": true,
+            "sites": [{"origin": server.url, "scope": "/static/"}]}))
+        .await
+        .unwrap();
+    session.recv_type("status").await.unwrap();
+    let gateway = format!(
+        "http://127.0.0.1:{}/g/{}/static/a.bin",
+        status["gateway_port"].as_u64().unwrap(),
+        server.url
+    );
+    let token = status["token"].as_str().unwrap().to_string();
+    let peer_id: iroh::EndpointId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let port = status["peer_addr"]
+        .as_str()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    let target = peercache_net::dialer::endpoint_addr(
+        peer_id,
+        &peercache_core::peer::DialInfo {
+            relay: None,
+            direct: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+        },
+    );
+    let pid = session.child.id().unwrap();
+    let http = reqwest::Client::new();
+    let through_gateway = |http: reqwest::Client, gateway: String, token: String| async move {
+        let t = Instant::now();
+        // Answering means within 15 s, body included.
+        let r = http
+            .get(&gateway)
+            .header("x-peercache-token", &token)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        let ok = match r {
+            Ok(r) if r.status() == 200 => r.bytes().await.is_ok_and(|b| b.len() == 200_000),
+            _ => false,
+        };
+        (ok, t.elapsed())
+    };
+    assert!(
+        through_gateway(http.clone(), gateway.clone(), token.clone())
+            .await
+            .0
+    );
+    let (hwm_before, fds_before) = proc_usage(pid);
+
+    // The flood, at most 64 handshakes in flight; every connection that is
+    // served (its ping answered) is held until the end.
+    let mut dialers = Vec::new();
+    for a in 0..ADDRESSES {
+        for _ in 0..KEYS_PER_ADDRESS {
+            dialers.push(peer_dialer_at([127, 0, 1, a + 1]).await.unwrap());
+        }
+    }
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in &dialers {
+        for _ in 0..CONNECTIONS_PER_KEY {
+            let (ep, target, in_flight) = (d.endpoint().clone(), target.clone(), in_flight.clone());
+            tasks.spawn(async move {
+                let _permit = in_flight.acquire_owned().await.ok()?;
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    ep.connect(target, peercache_core::peer::ALPN),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                let (mut send, mut recv) = conn.open_bi().await.ok()?;
+                peercache_net::wire::write_frame(&mut send, &PeerRequest::Ping)
+                    .await
+                    .ok()?;
+                send.finish().ok()?;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    peercache_net::wire::read_frame::<peercache_core::peer::PeerResponse>(
+                        &mut recv,
+                    ),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                (r.status == PeerStatus::Ok).then_some(conn)
+            });
+        }
+    }
+    // The gateway, asked every 200 ms while the flood runs.
+    let mut gateway_ok = 0;
+    let mut gateway_asked = 0;
+    let mut latencies = Vec::new();
+    let mut held = Vec::new();
+    let tried = dialers.len() * CONNECTIONS_PER_KEY;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok(Some(conn))) => held.push(conn),
+                Some(_) => {}
+                None => break,
+            },
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                let (ok, took) = through_gateway(http.clone(), gateway.clone(), token.clone()).await;
+                gateway_asked += 1;
+                gateway_ok += usize::from(ok);
+                latencies.push(took);
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // And ten more while all of them are held.
+    for _ in 0..10 {
+        let (ok, took) = through_gateway(http.clone(), gateway.clone(), token.clone()).await;
+        gateway_asked += 1;
+        gateway_ok += usize::from(ok);
+        latencies.push(took);
+    }
+    let (hwm, fds) = proc_usage(pid);
+    let p99_gateway = p99(latencies);
+    println!(
+        "flood of {tried} connections from {ADDRESSES} addresses in {secs:.1} s ({:.0}/s): {} served and held; \
+         host VmHWM {hwm_before} -> {hwm} KiB, fds {fds_before} -> {fds}; \
+         gateway {gateway_ok}/{gateway_asked} answered, p99 {p99_gateway:?}",
+        tried as f64 / secs,
+        held.len()
+    );
+    assert_eq!(tried, 1120);
+    assert!(
+        held.len() <= TOTAL_CAP,
+        "at most {TOTAL_CAP} connections served: {}",
+        held.len()
+    );
+    assert!(
+        held.len() >= 100,
+        "the flood really held connections (else it proves nothing): {}",
+        held.len()
+    );
+    assert_eq!(gateway_ok, gateway_asked, "the gateway kept answering");
+    assert!(gateway_asked >= 10);
+    assert!(
+        fds <= fds_before + 32,
+        "connections cost no descriptors: {fds_before} -> {fds}"
+    );
+    assert!(
+        hwm < hwm_before + 512 * 1024,
+        "memory stays bounded: {hwm_before} -> {hwm} KiB"
+    );
+    drop(held);
 }

@@ -400,11 +400,11 @@ async fn serve(
     representation: &HeaderMap,
     to: Option<&Recipient>,
 ) -> Result<Response, ApiError> {
-    if let Some(ip) = asked.from
-        && state.proving.is_proving(ip, &obj.hash)
-    {
+    // Nobody gets the object's bytes while a proof of it runs (a proof must
+    // not be answerable through the server).
+    if !state.proving.wait_clear(&obj.hash).await {
         return Err(ApiError::Conflict(
-            "a possession proof of this object is under way from this address".into(),
+            "a possession proof of this object is under way".into(),
         ));
     }
     let headers = asked.headers;
