@@ -11,6 +11,8 @@ CT=$(realpath "${1:?path to a cache-tests checkout}")
 BIN=$(realpath "${2:-target/debug/peercache-server}")
 W=$(mktemp -d /tmp/cache-tests-run.XXXXXX)
 mkdir -p "$W/nginx-cache/tmp"
+# nginx workers (www-data) write the cache: mktemp made the directory 0700.
+chmod 755 "$W"; chmod -R 777 "$W/nginx-cache"
 cat > "$CT/.peercache-count.mjs" <<'JS'
 // Counts required passes (dependencies honoured) in a result JSON.
 import fs from 'fs'
