@@ -156,6 +156,9 @@ pub struct Download {
     pub not_shareable: Option<NotShareable>,
     /// Verified chunks; an `Err` item means the download failed there.
     pub body: BodyReceiver,
+    /// The site's own response headers when the server sent the bytes
+    /// (`Content-Encoding`, `Cache-Control`, `ETag`, …); empty otherwise.
+    pub site_headers: reqwest::header::HeaderMap,
     done: Option<oneshot::Receiver<Result<Source, FetchError>>>,
     events: Arc<Events>,
 }
@@ -294,6 +297,7 @@ impl Fetcher {
             hash: heads.hash,
             known_source: Some(Source::Server),
             not_shareable: heads.not_shareable,
+            site_headers: resp.headers().clone(),
             body: rx,
             done: Some(done_rx),
             events,
@@ -472,6 +476,7 @@ impl Fetcher {
             hash: Some(object.hash),
             known_source: Some(Source::Cache),
             not_shareable: None,
+            site_headers: reqwest::header::HeaderMap::new(),
             body,
             done: None,
             events,
@@ -564,6 +569,7 @@ impl Fetcher {
             hash: Some(object.hash),
             known_source: None,
             not_shareable: None,
+            site_headers: reqwest::header::HeaderMap::new(),
             body: rx,
             done: Some(done_rx),
             events,
