@@ -565,7 +565,7 @@ pub struct AppState {
     /// The site's own relay, when it runs one.
     pub site_relay: Option<crate::relay::SiteRelay>,
     /// The origin, in upstream mode.
-    pub upstream: Option<crate::upstream::Upstream>,
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
     /// The record-signing key (B8).
     pub signer: peercache_core::record::RecordSigner,
     /// Transfers in flight per object.

@@ -16,6 +16,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 pub mod fuzz;
 pub mod netns;
+pub mod origin;
 
 /// Where the workspace binaries are.
 pub fn bin_dir() -> PathBuf {
@@ -225,7 +226,19 @@ pub async fn spawn_server(root: &Path, args: &[&str]) -> anyhow::Result<Server> 
 }
 
 /// Starts a server from a prepared command (which must listen on `127.0.0.1:0`).
-pub async fn spawn_server_cmd(cmd: Command) -> anyhow::Result<Server> {
+pub async fn spawn_server_cmd(mut cmd: Command) -> anyhow::Result<Server> {
+    // The server keeps its signing key in a state directory: the tests' own,
+    // unless the test chose one.
+    if !cmd
+        .as_std()
+        .get_envs()
+        .any(|(k, _)| k == "PEERCACHE_STATE_DIR")
+    {
+        cmd.env(
+            "PEERCACHE_STATE_DIR",
+            std::env::temp_dir().join("peercache-tests-server-state"),
+        );
+    }
     let proc = spawn_until(cmd, "listening on").await?;
     let addr = proc
         .banner
