@@ -21,14 +21,6 @@ use rustls_pki_types::pem::PemObject;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes one stream may have in flight towards us before the sender waits for
-/// us to read (the transport's default, 1.25 MB, stalls a fast single stream
-/// whenever the reader is descheduled for a moment).
-pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
-/// Bytes all streams of one connection together may have in flight towards us:
-/// bounds what one peer can make us buffer (the transport's default is
-/// unlimited).
-pub const CONNECTION_RECEIVE_WINDOW: u32 = 8 << 20;
 
 /// Why an endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +84,6 @@ pub async fn bind(options: &EndpointOptions) -> Result<Endpoint, NetError> {
     let transport = QuicTransportConfig::builder()
         .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(STREAM_RECEIVE_WINDOW.into())
-        .receive_window(CONNECTION_RECEIVE_WINDOW.into())
         .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .build();
     let bad_bind = |why: String| NetError::Bind {

@@ -309,7 +309,8 @@ async fn run_peercache(
         .args(["--admin-listen", "127.0.0.1:9090"])
         .args(["--egress-limit", &limit, "--target-period", "1s"])
         .args(["--scope", "/"]);
-    cmd.env("RUST_LOG", "warn");
+    // Deferrals are 503s, which the HTTP trace layer logs as errors.
+    cmd.env("RUST_LOG", "warn,tower_http=off");
     let _server = spawn_until(cmd, "listening on").await?;
     let url = format!("http://{ORIGIN_IP}:{SERVER_PORT}");
     let cache = |i: usize| dir.join(&format!("pc/c{i}"));
