@@ -9,6 +9,7 @@
 //! - [`protocol`]: the JSON messages of `/v1/` and of native messaging (serde types).
 //! - [`headers`]: the `Peercache-Client`, `Peercache-Object` and `Peercache` headers.
 //! - [`range`]: which bytes a `GET` gets (`Range`, `If-Range`, `416`).
+//! - [`conditional`]: when a conditional `GET` gets `304 Not Modified`.
 //! - [`hash`]: object hashes (BLAKE3) and their hex form.
 //! - [`record`]: signed object records (B8).
 //! - [`decide`]: serve-or-refer, from an egress model and the target period (M1, M3, M4).
@@ -38,6 +39,7 @@
 //! figures in; this crate never reads them itself.
 
 pub mod auth;
+pub mod conditional;
 pub mod decide;
 pub mod explain;
 pub mod extension;

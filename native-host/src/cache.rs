@@ -160,6 +160,7 @@ impl Cache {
         if max > 0 && bytes.len() as u64 > max {
             return Err(std::io::Error::other("object larger than the cache limit"));
         }
+        std::fs::create_dir_all(self.dir.join("objects"))?;
         write_atomically(&self.path_of(hash), bytes)?;
         {
             let mut idx = self.lock();
@@ -174,8 +175,13 @@ impl Cache {
     }
 
     /// A fresh temp path inside the cache (removed at the next open if left over).
+    /// The objects directory is made again if it was deleted while the host runs.
     pub fn temp_path(&self) -> PathBuf {
-        self.dir.join("objects").join(format!(
+        let objects = self.dir.join("objects");
+        if let Err(e) = std::fs::create_dir_all(&objects) {
+            tracing::warn!(error = %e, "cache directory cannot be made");
+        }
+        objects.join(format!(
             ".tmp-dl-{}-{}",
             std::process::id(),
             rand::random::<u64>()

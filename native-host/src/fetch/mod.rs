@@ -156,6 +156,9 @@ pub struct Download {
     pub not_shareable: Option<NotShareable>,
     /// Verified chunks; an `Err` item means the download failed there.
     pub body: BodyReceiver,
+    /// The site's own response headers when the server sent the bytes
+    /// (`Content-Encoding`, `Cache-Control`, `ETag`, …); empty otherwise.
+    pub site_headers: reqwest::header::HeaderMap,
     done: Option<oneshot::Receiver<Result<Source, FetchError>>>,
     events: Arc<Events>,
 }
@@ -183,12 +186,7 @@ struct Object {
     content_type: String,
 }
 
-/// The origin (`scheme://host[:port]`) of a URL, by the one rule in
-/// `peercache_core::extension::origin_of`.
-pub fn origin(url: &reqwest::Url) -> String {
-    peercache_core::extension::origin_of(url.as_str())
-        .unwrap_or_else(|| url.origin().ascii_serialization())
-}
+pub use discover::origin;
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -299,6 +297,7 @@ impl Fetcher {
             hash: heads.hash,
             known_source: Some(Source::Server),
             not_shareable: heads.not_shareable,
+            site_headers: resp.headers().clone(),
             body: rx,
             done: Some(done_rx),
             events,
@@ -477,6 +476,7 @@ impl Fetcher {
             hash: Some(object.hash),
             known_source: Some(Source::Cache),
             not_shareable: None,
+            site_headers: reqwest::header::HeaderMap::new(),
             body,
             done: None,
             events,
@@ -569,6 +569,7 @@ impl Fetcher {
             hash: Some(object.hash),
             known_source: None,
             not_shareable: None,
+            site_headers: reqwest::header::HeaderMap::new(),
             body: rx,
             done: Some(done_rx),
             events,

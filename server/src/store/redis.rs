@@ -9,7 +9,9 @@
 //! - `holders:{hash}` sorted set of peer ids scored by served reports (M9);
 //! - `offer:{client}:{hash}` set of peer ids a client was referred to (expires
 //!   after [`OFFER_TTL_MS`]); a report takes its member out;
-//! - `peers`, `objects`, `delisted`: sets for the pinger, counts and bans.
+//! - `peers`, `objects`, `delisted`: sets for the pinger, counts and bans;
+//! - `signing-key`: the record-signing secret (hex) all replicas use, set by
+//!   the first to start.
 //!
 //! Every call has a short response timeout; a failure is reported as
 //! [`StoreError::Unavailable`] so the server can serve directly instead.
@@ -129,6 +131,24 @@ impl RedisStore {
 
     pub(super) fn limits(&self) -> StoreLimits {
         self.limits
+    }
+
+    /// The stored record-signing secret, or `candidate` stored as it.
+    pub async fn shared_signing_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.set_key("signing-key");
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(hex::encode(candidate))
+            .arg("NX")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let stored: Option<String> = c.get(&key).await.map_err(unavailable)?;
+        stored
+            .and_then(|h| hex::decode(h.trim()).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| StoreError::Unavailable(format!("{key} is not a 32-byte hex key")))
     }
 
     fn k(&self, kind: &str, id: impl std::fmt::Display) -> String {
