@@ -414,10 +414,7 @@ async fn peer_serving() -> anyhow::Result<()> {
     let dialer = peercache_tests::peer_dialer().await?;
     let dial = peer.dial();
     let nginx = nginx(&dir.join("seed")).await?;
-    let nginx_pid = nginx
-        .as_ref()
-        .and_then(|(g, _)| g.0.id())
-        .unwrap_or(0);
+    let nginx_pid = nginx.as_ref().and_then(|(g, _)| g.0.id()).unwrap_or(0);
     // 256 MiB, three runs each, best of three; CPU per MiB summed over the runs.
     let mut best_peer = f64::MAX;
     let mut best_nginx = f64::MAX;

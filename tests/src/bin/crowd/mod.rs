@@ -136,7 +136,16 @@ impl Net {
                 "netns", &b,
             ]);
             run(&["ip", "-n", &b, "link", "set", &port, "master", "br0", "up"]);
-            run(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/16"),
+                "dev",
+                "eth0",
+            ]);
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
             let cap = |ns: &str, dev: &str, bits: u64| {
                 run(&[
@@ -360,7 +369,12 @@ async fn run_peercache(
     Ok(row(n, "peercache", &times, sent, notes))
 }
 
-async fn run_nginx(net: &Net, dir: &TempDir, root: &Path, timeout: Duration) -> anyhow::Result<Row> {
+async fn run_nginx(
+    net: &Net,
+    dir: &TempDir,
+    root: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Row> {
     let n = net.n;
     let ndir = dir.join("nginx");
     std::fs::create_dir_all(&ndir)?;
@@ -507,7 +521,13 @@ async fn run_bittorrent(
     let sent = net.origin_tx().await? - before;
     check_outputs(&mut times, |i| cdir(i).join("v.bin"));
     drop(clients);
-    Ok(row(n, "bittorrent (aria2c + opentracker)", &times, sent, String::new()))
+    Ok(row(
+        n,
+        "bittorrent (aria2c + opentracker)",
+        &times,
+        sent,
+        String::new(),
+    ))
 }
 
 fn fmt(v: Option<f64>) -> String {
