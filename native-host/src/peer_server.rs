@@ -415,12 +415,11 @@ impl Drop for Slot {
 }
 
 /// An object opened for an upload: the file positioned after its first piece,
-/// its size, the span asked for, and the first piece itself (for a small object
+/// its size, the length asked for, and the first piece itself (for a small object
 /// all of it), read in one trip to the blocking pool.
 struct Opened {
     file: std::fs::File,
     size: u64,
-    first: u64,
     len: u64,
     piece: Bytes,
 }
@@ -472,7 +471,6 @@ fn open_object(path: std::path::PathBuf, range: Option<(u64, u64)>) -> Result<Op
     Ok(Opened {
         file,
         size,
-        first,
         len,
         piece,
     })
@@ -534,7 +532,6 @@ async fn upload(
     let Opened {
         file,
         size,
-        first: _,
         len,
         mut piece,
     } = opened;
