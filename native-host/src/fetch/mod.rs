@@ -303,7 +303,17 @@ impl Fetcher {
             events,
         };
         tokio::spawn(async move {
-            let result = match from_server::pump(resp, &heads, &me.parts.cache, &ev, &tx).await {
+            let cvs = me.cvs_from(&origin);
+            let result = match from_server::pump(
+                resp,
+                &heads,
+                &me.parts.cache,
+                Some(&cvs),
+                &ev,
+                &tx,
+            )
+            .await
+            {
                 Ok(pumped) => {
                     me.parts
                         .memory
@@ -599,7 +609,7 @@ impl Fetcher {
             transfer::run(
                 transport,
                 plan,
-                p.cache.temp_path(),
+                &p.cache,
                 events.clone(),
                 tx.clone(),
                 failed_tx,
@@ -639,6 +649,7 @@ impl Fetcher {
             file: transferred.file,
             path: transferred.path,
             outboard: Some(transferred.proof.outboard()),
+            partial: transferred.partial,
         };
         self.keep_then_announce(&origin, to_keep, events).await;
         // 7. Announce and report.
@@ -680,7 +691,9 @@ impl Fetcher {
         }
         let heads = from_server::heads(&resp, Some(hash));
         let shareable = heads.not_shareable.is_none();
-        let pumped = from_server::pump(resp, &heads, &self.parts.cache, events, tx).await?;
+        let cvs = self.cvs_from(origin);
+        let pumped =
+            from_server::pump(resp, &heads, &self.parts.cache, Some(&cvs), events, tx).await?;
         self.keep_and_announce(origin, pumped, shareable, events)
             .await;
         Ok(Source::Server)
@@ -721,6 +734,17 @@ impl Fetcher {
                 tracing::warn!(%hash, error = %e, "not sharing the object");
                 events.emit(DownloadEvent::NotKept { why: e.to_string() });
             }
+        }
+    }
+
+    /// The server at `origin` as the source of an object's CVs.
+    fn cvs_from(&self, origin: &str) -> from_server::CvsFrom {
+        from_server::CvsFrom {
+            transport: Transport {
+                http: self.parts.link.http().clone(),
+                dialer: self.parts.dialer.clone(),
+            },
+            server: origin.to_string(),
         }
     }
 
