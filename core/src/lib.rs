@@ -39,6 +39,7 @@
 
 pub mod auth;
 pub mod decide;
+pub mod doctor;
 pub mod explain;
 pub mod extension;
 pub mod hash;

@@ -162,6 +162,28 @@ pub struct ServerKey {
     pub public_key: String,
 }
 
+/// `POST /v1/reach`: a registered host asks how the server sees it (signed, like
+/// a registration). The server dials it now, by key, as it would for a ping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachRequest {
+    /// The asking host's id.
+    pub peer_id: String,
+}
+
+/// Answer to [`ReachRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachResponse {
+    /// The address the server gives other peers for this host; `None` when it
+    /// is not listed as serving (not registered, or it registered as a client only).
+    pub addr: Option<String>,
+    /// Whether the host answered the server's ping.
+    pub answered: bool,
+    /// Whether the connection went direct (not only through the relay).
+    pub direct: bool,
+    /// The ping's round trip.
+    pub rtt_ms: Option<u32>,
+}
+
 /// A site the user enabled: its origin and advertised scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnabledSite {
@@ -291,6 +313,10 @@ pub enum FromHost {
         /// Recent downloads and why they went as they did, newest first.
         #[serde(default)]
         recent: Vec<crate::explain::Explanation>,
+        /// `peercache-host doctor`'s verdicts: each browser's registration and
+        /// how each server this host uses sees it (`crate::doctor`).
+        #[serde(default)]
+        doctor: Vec<crate::doctor::Verdict>,
     },
     /// The server answered `url` with a response that may never be shared
     /// (`Set-Cookie`, `private`, `no-store`, …). The extension stops sending that
