@@ -28,10 +28,9 @@ struct Args {
 enum Command {
     /// Run a headless peer that serves its cache to others.
     Serve {
-        /// The coordination server, e.g. https://198.51.100.2 (required, unless
-        /// the --config file names it).
-        #[arg(long, env = "PEERCACHE_SERVER", required_unless_present = "config")]
-        server: Option<String>,
+        /// The coordination server, e.g. https://198.51.100.2
+        #[arg(long, env = "PEERCACHE_SERVER")]
+        server: String,
         /// The UDP address the peer endpoint (QUIC) listens on [default: 0.0.0.0:0].
         /// Nothing needs opening: peers behind routers are reached by hole punching
         /// or the site's relay.
@@ -68,7 +67,8 @@ enum Command {
         /// How long the server may stay silent before known peers are asked, e.g. `3s`.
         #[arg(long, env = "PEERCACHE_SERVER_TIMEOUT")]
         server_timeout: Option<String>,
-        /// TOML config file (keys as the long flags, with `_`); flags override it.
+        /// TOML config file (keys as the long flags, with `_`, except `server`);
+        /// flags override it.
         #[arg(long, env = "PEERCACHE_CONFIG")]
         config: Option<PathBuf>,
         /// Extra trusted root certificate (PEM).
@@ -168,7 +168,6 @@ enum Command {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServeConfig {
-    server: Option<String>,
     listen: Option<SocketAddr>,
     cache: Option<PathBuf>,
     state: Option<PathBuf>,
@@ -268,9 +267,6 @@ async fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("parsing config {}", path.display()))?
                 }
                 None => ServeConfig::default(),
-            };
-            let Some(server) = server.or(file.server) else {
-                bail!("--server URL is required (the coordination server to serve for)");
             };
             let cache = cache.or(file.cache).unwrap_or_else(node::default_cache_dir);
             let (data, legacy) =

@@ -231,7 +231,7 @@ async fn errors_name_their_real_cause() {
         "{stderr}"
     );
 
-    // `serve --help` shows --server as required (unless a config names it).
+    // `serve --help` shows --server as required.
     let help = Command::new(bin("peercache-host"))
         .args(["serve", "--help"])
         .output()
@@ -239,7 +239,7 @@ async fn errors_name_their_real_cause() {
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(
-        help.contains("<--server <SERVER>|--config <CONFIG>>"),
+        help.contains("Usage: peercache-host serve [OPTIONS] --server <SERVER>"),
         "{help}"
     );
 }
