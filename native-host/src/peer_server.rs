@@ -6,7 +6,9 @@
 //! - `outboard {hash}` → the group CVs for verified streaming (B1);
 //! - `object {hash, range}` → the bytes; `busy` with a retry-after when every
 //!   upload slot is taken (M12), `rate_limited` for a requester asking too often;
-//! - `locate {url, ttl, qid}` → the server-silent cascade query (M10, M11).
+//! - `locate {object, site, ttl, qid}` → the server-silent cascade query (M10,
+//!   M11), by the digests of the URL and its origin: a peer answers only about
+//!   what it knows already and learns no URL.
 //!
 //! Only what is in the cache is ever served, and the path is built from a parsed
 //! hash alone. No plain-TCP port is opened; `/metrics` is on the operator-only
@@ -89,6 +91,15 @@ impl PerRemote {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// True if `remote` already has its cap of connections.
+    fn at_cap(&self, remote: &RemoteKey) -> bool {
+        let cap = match remote {
+            RemoteKey::Address(_) => MAX_CONNECTIONS_PER_ADDRESS,
+            RemoteKey::Key(_) => MAX_CONNECTIONS_PER_KEY,
+        };
+        self.lock().get(remote).copied().unwrap_or(0) >= cap
+    }
+
     /// Counts one more connection from `address` with `key`, unless either is
     /// at its cap.
     fn try_open(self: &Arc<Self>, address: IpAddr, key: [u8; 32]) -> Option<RemoteGuard> {
@@ -129,6 +140,40 @@ impl Drop for RemoteGuard {
 /// The protocol handler registered for the peer ALPN.
 #[derive(Debug, Clone)]
 pub struct PeerService(pub PeerState);
+
+impl PeerService {
+    /// The gate before the handshake: an attempt past the total cap, or from
+    /// an address (or, through a relay, a key) at its cap, is refused before
+    /// any cryptography is spent on it; past half the cap, an unvalidated
+    /// source is sent a retry first. `accept` counts again after the
+    /// handshake (attempts in flight race past this gate; the key of a direct
+    /// connection is known only then).
+    pub fn incoming_filter(&self) -> iroh::protocol::IncomingFilter {
+        let (connections, per_remote) = (self.0.connections.clone(), self.0.per_remote.clone());
+        Arc::new(move |incoming: &iroh::endpoint::Incoming| {
+            use iroh::endpoint::IncomingAddr;
+            use iroh::protocol::IncomingFilterOutcome;
+            let remote = match incoming.remote_addr() {
+                IncomingAddr::Ip(sa) => Some(RemoteKey::Address(sa.ip())),
+                IncomingAddr::Relay { endpoint_id, .. } => {
+                    Some(RemoteKey::Key(*endpoint_id.as_bytes()))
+                }
+                _ => None,
+            };
+            let open = connections.load(Ordering::Relaxed);
+            if open >= MAX_CONNECTIONS || remote.is_some_and(|r| per_remote.at_cap(&r)) {
+                counter!("peercache_peer_connections_refused_total").increment(1);
+                IncomingFilterOutcome::Reject
+            } else if open >= MAX_CONNECTIONS / 2 && !incoming.remote_addr_validated() {
+                // Under load, a source proves its address (a QUIC retry)
+                // before a handshake is spent on it: spoofed floods stop here.
+                IncomingFilterOutcome::Retry
+            } else {
+                IncomingFilterOutcome::Accept
+            }
+        })
+    }
+}
 
 struct ConnectionGuard(Arc<AtomicUsize>);
 
@@ -252,8 +297,13 @@ async fn serve_stream(
                 }
             }
         }
-        PeerRequest::Locate { url, ttl, qid } => {
-            let found = locate(state, &url, ttl, &qid).await;
+        PeerRequest::Locate {
+            object,
+            site,
+            ttl,
+            qid,
+        } => {
+            let found = locate(state, &object, &site, ttl, &qid).await;
             let body = match found {
                 Ok(a) => serde_json::to_vec(&a).unwrap_or_default(),
                 Err(reason) => {
@@ -274,18 +324,22 @@ async fn serve_stream(
     }
 }
 
-/// A cascade query (M11): does this host, or a peer it knows, hold the object at
-/// `url`? Answers with the holders found and the server's signed record; passes
-/// the query on with `ttl - 1` when it has nothing itself. A query id seen before
+/// A cascade query (M11): does this host, or a peer it knows, hold the object
+/// whose URL has the digest `object`? Answers with the holders found and the
+/// server's signed record; passes the query on with `ttl - 1`, to the peers it
+/// knows for the site whose origin has the digest `site`, when it has nothing
+/// itself. It learns no URL it did not know already. A query id seen before
 /// gets an empty answer, so loops end.
 async fn locate(
     state: &PeerState,
-    url: &str,
+    object: &str,
+    site: &str,
     ttl: u8,
     qid: &str,
 ) -> Result<LocateResponse, String> {
-    if url.len() > 4096 || qid.is_empty() || qid.len() > 64 {
-        return Err("bad locate query".into());
+    use peercache_core::peer::is_digest;
+    if !is_digest(object) || !is_digest(site) || qid.is_empty() || qid.len() > 64 {
+        return Err("bad locate query: object and site are 64-hex digests".into());
     }
     counter!("peercache_locate_queries_total").increment(1);
     let mut answer = LocateResponse::default();
@@ -293,7 +347,10 @@ async fn locate(
         return Ok(answer);
     }
     let knowledge = &state.knowledge;
-    if let Some(rec) = knowledge.record_for(url) {
+    if let Some(mut rec) = knowledge.record_for_digest(object) {
+        // The asker knows the URL (it made the digest); the answer carries
+        // none, so a digest overheard elsewhere (on the LAN) reveals nothing.
+        rec.record.url = String::new();
         if state.cache.contains(&rec.record.hash) {
             answer.holders.push(Proxy {
                 id: state.peer_id.clone(),
@@ -306,21 +363,23 @@ async fn locate(
         answer.record = Some(rec);
     }
     let ttl = ttl.min(crate::fetch::LOCATE_TTL);
-    if answer.holders.is_empty()
-        && ttl > 0
-        && let Ok(parsed) = reqwest::Url::parse(url)
-    {
-        let origin = crate::fetch::origin(&parsed);
+    if answer.holders.is_empty() && ttl > 0 {
         let me = state.peer_id.clone();
         let ask: Vec<_> = knowledge
-            .aux_peers(&origin)
+            .aux_peers_of_site(site)
             .into_iter()
             .filter(|p| p.id != me)
             .take(8)
             .collect();
+        let query = PeerRequest::Locate {
+            object: object.to_string(),
+            site: site.to_string(),
+            ttl: ttl - 1,
+            qid: qid.to_string(),
+        };
         let found = futures_util::future::join_all(
             ask.iter()
-                .map(|p| crate::fetch::discover::locate(&state.dialer, p, url, ttl - 1, qid)),
+                .map(|p| crate::fetch::discover::locate(&state.dialer, p, &query)),
         )
         .await;
         for f in found {

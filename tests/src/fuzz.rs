@@ -520,11 +520,12 @@ fn peer_requests() -> Vec<PeerRequest> {
             hash: hash(),
             range: None,
         },
-        PeerRequest::Locate {
-            url: "https://example.org/a".into(),
-            ttl: 3,
-            qid: "0123456789abcdef".into(),
-        },
+        PeerRequest::locate(
+            "https://example.org/a",
+            "https://example.org",
+            3,
+            "0123456789abcdef",
+        ),
     ]
 }
 

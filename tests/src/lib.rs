@@ -440,6 +440,46 @@ pub async fn fetch_cli_with(
     ))
 }
 
+/// [`fetch_cli_with`] that also watches the fetch process's peak resident
+/// memory (`VmHWM`, KiB) while it runs, read every 20 ms.
+pub async fn fetch_cli_watched(
+    server: &str,
+    path: &str,
+    out: &Path,
+    cache: &Path,
+    args: &[&str],
+) -> anyhow::Result<(bool, String, u64)> {
+    let mut child = Command::new(bin("peercache-host"))
+        .args(["fetch", "--server", server, path, "-o"])
+        .arg(out)
+        .args(args)
+        .arg("--cache")
+        .arg(cache)
+        .arg("--state")
+        .arg(state_for(cache))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("no pid")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let reader = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
+        s
+    });
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(proc_status_kib(pid, "VmHWM:"));
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok((status.success(), reader.await?, peak))
+}
+
 /// Prometheus text → sums per metric name.
 pub async fn metrics(base: &str) -> anyhow::Result<HashMap<String, f64>> {
     let text = reqwest::get(format!("{base}/metrics"))
@@ -714,9 +754,20 @@ pub struct FakePeer {
 /// after each byte it sends.
 type HeldObject = (peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration);
 
+/// How a fake holder lies about an object's outboard (the group CVs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadOutboard {
+    /// Announces the true length, then sends zeros forever.
+    Endless,
+    /// Announces a terabyte, then sends zeros forever.
+    Huge,
+}
+
 #[derive(Debug, Clone)]
 struct FakeHandler {
     ping_delay: Duration,
+    /// Answers outboard requests for the object it holds with this lie.
+    bad_outboard: Option<BadOutboard>,
     /// Answers requests for this object with a body that never ends.
     endless: Option<peercache_core::ObjectHash>,
     /// An object it holds, its outboard, and the pause after each byte it sends.
@@ -732,6 +783,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
         use peercache_net::wire::{read_frame, write_frame};
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let (delay, object, endless) = (self.ping_delay, self.object.clone(), self.endless);
+            let bad_outboard = self.bad_outboard;
             tokio::spawn(async move {
                 let Ok(req) = read_frame::<PeerRequest>(&mut recv).await else {
                     return;
@@ -746,6 +798,18 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                 {
                     // Promise the range, then send zeros forever.
                     let len = range.map_or(4096, |(a, b)| b - a + 1);
+                    let _ = write_frame(&mut send, &PeerResponse::body(len, load)).await;
+                    let zeros = vec![0u8; 64 * 1024];
+                    while send.write_all(&zeros).await.is_ok() {}
+                    return;
+                }
+                if let (PeerRequest::Outboard { hash }, Some(lie)) = (&req, bad_outboard)
+                    && let Some(o) = held(hash)
+                {
+                    let len = match lie {
+                        BadOutboard::Endless => o.2.len() as u64,
+                        BadOutboard::Huge => 1 << 40,
+                    };
                     let _ = write_frame(&mut send, &PeerResponse::body(len, load)).await;
                     let zeros = vec![0u8; 64 * 1024];
                     while send.write_all(&zeros).await.is_ok() {}
@@ -801,7 +865,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
 
 /// Starts a [`FakePeer`] on 127.0.0.1.
 pub async fn spawn_fake_peer(key: TestKey, ping_delay: Duration) -> anyhow::Result<FakePeer> {
-    spawn_fake_holder(key, ping_delay, None, None).await
+    spawn_fake_holder(key, ping_delay, None, None, None).await
 }
 
 /// Starts a [`FakePeer`] that holds `object` (its true bytes and outboard) and
@@ -818,7 +882,38 @@ pub async fn spawn_trickling_holder(
         outboard,
         pause,
     );
-    spawn_fake_holder(key, Duration::ZERO, Some(std::sync::Arc::new(held)), None).await
+    spawn_fake_holder(
+        key,
+        Duration::ZERO,
+        Some(std::sync::Arc::new(held)),
+        None,
+        None,
+    )
+    .await
+}
+
+/// Starts a [`FakePeer`] that holds `object` and serves its bytes honestly (so
+/// it passes the server's possession proof) but lies about its outboard.
+pub async fn spawn_bad_outboard_holder(
+    key: TestKey,
+    object: &[u8],
+    lie: BadOutboard,
+) -> anyhow::Result<FakePeer> {
+    let outboard = peercache_core::verified::outboard_from_reader(object, object.len() as u64)?;
+    let held = (
+        peercache_core::ObjectHash::of(object),
+        object.to_vec(),
+        outboard,
+        Duration::ZERO,
+    );
+    spawn_fake_holder(
+        key,
+        Duration::ZERO,
+        Some(std::sync::Arc::new(held)),
+        None,
+        Some(lie),
+    )
+    .await
 }
 
 /// Starts a [`FakePeer`] that answers any request for `hash` with a body that
@@ -827,7 +922,7 @@ pub async fn spawn_endless_holder(
     key: TestKey,
     hash: peercache_core::ObjectHash,
 ) -> anyhow::Result<FakePeer> {
-    spawn_fake_holder(key, Duration::ZERO, None, Some(hash)).await
+    spawn_fake_holder(key, Duration::ZERO, None, Some(hash), None).await
 }
 
 /// [`signed_post`] through a given client (e.g. one bound to another
@@ -858,6 +953,7 @@ async fn spawn_fake_holder(
     ping_delay: Duration,
     object: Option<std::sync::Arc<HeldObject>>,
     endless: Option<peercache_core::ObjectHash>,
+    bad_outboard: Option<BadOutboard>,
 ) -> anyhow::Result<FakePeer> {
     let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
         secret: key.secret,
@@ -872,6 +968,7 @@ async fn spawn_fake_holder(
             peercache_core::peer::ALPN,
             FakeHandler {
                 ping_delay,
+                bad_outboard,
                 object,
                 endless,
             },
