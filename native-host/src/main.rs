@@ -630,6 +630,7 @@ async fn doctor(
 }
 
 async fn native_mode(caller: &str) -> anyhow::Result<()> {
+    peercache_host::native::note_caller(caller);
     let cache = node::default_cache_dir();
     let (data, legacy) = peercache_host::identity::resolve_data_dir(
         std::env::var_os("PEERCACHE_STATE_DIR").map(PathBuf::from),

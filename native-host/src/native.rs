@@ -82,14 +82,39 @@ fn status(node: &Node) -> FromHost {
     }
 }
 
+/// Which family of browser started this process: `Some(true)` Firefox,
+/// `Some(false)` Chromium; set once by native mode.
+static CALLER_IS_FIREFOX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Notes who started this host: `caller` is the first argument a browser passes
+/// (a `chrome-extension://…/` origin, or Firefox's manifest path).
+pub fn note_caller(caller: &str) {
+    let _ = CALLER_IS_FIREFOX.set(!caller.starts_with("chrome-extension://"));
+}
+
 /// The doctor's verdicts for the popup: the browsers' registrations (looked at
-/// once per session) and the servers' recent answers on reachability.
+/// once per session) and the servers' recent answers on reachability. A browser
+/// of the family that started this session evidently found the host (from a
+/// profile or place `doctor` cannot see), so its family's registration
+/// failures are left out.
 fn verdicts(node: &Node) -> Vec<peercache_core::doctor::Verdict> {
     static BROWSERS: std::sync::OnceLock<Vec<peercache_core::doctor::Verdict>> =
         std::sync::OnceLock::new();
-    let mut all = BROWSERS
+    let caller_firefox = CALLER_IS_FIREFOX.get().copied();
+    let mut all: Vec<peercache_core::doctor::Verdict> = BROWSERS
         .get_or_init(crate::doctor::browser_verdicts)
-        .clone();
+        .iter()
+        .filter(|v| {
+            let family = crate::install::Browser::ALL
+                .iter()
+                .find(|b| b.label() == v.topic)
+                .map(|b| b.is_firefox_family());
+            v.level == peercache_core::doctor::Level::Ok
+                || caller_firefox.is_none()
+                || family.is_some_and(|f| Some(f) != caller_firefox)
+        })
+        .cloned()
+        .collect();
     let knowledge = &node.fetcher.parts().knowledge;
     let now = crate::doctor::now_secs();
     let fresh: Vec<String> = knowledge
