@@ -6,7 +6,27 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::ReachResponse;
+/// `POST /v1/reach`: a registered host asks how the server sees it (signed, like
+/// a registration). The server dials it now, by key, as it would for a ping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachRequest {
+    /// The asking host's id.
+    pub peer_id: String,
+}
+
+/// Answer to [`ReachRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachResponse {
+    /// The address the server gives other peers for this host; `None` when it
+    /// is not listed as serving (not registered, or it registered as a client only).
+    pub addr: Option<String>,
+    /// Whether the host answered the server's ping.
+    pub answered: bool,
+    /// Whether the connection went direct (not only through the relay).
+    pub direct: bool,
+    /// The ping's round trip.
+    pub rtt_ms: Option<u32>,
+}
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

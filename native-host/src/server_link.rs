@@ -34,7 +34,7 @@ pub const ANNOUNCE_BATCH: usize = 5_000;
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The server could not be reached or broke off.
-    #[error("server unreachable: {}", crate::fetch::error::cause_chain(.0))]
+    #[error("server unreachable: {}", cause_chain(.0))]
     Unreachable(#[from] reqwest::Error),
     /// The server refused the request.
     #[error("server answered {0}")]
@@ -58,7 +58,7 @@ impl LinkError {
     /// Why, in words, with the underlying cause ("connection refused", TLS…).
     pub fn cause(&self) -> String {
         match self {
-            LinkError::Unreachable(e) => crate::fetch::error::cause_chain(e),
+            LinkError::Unreachable(e) => cause_chain(e),
             other => other.to_string(),
         }
     }
@@ -67,6 +67,25 @@ impl LinkError {
     pub fn is_silence(&self) -> bool {
         matches!(self, LinkError::Unreachable(e) if e.is_timeout() || e.is_connect())
     }
+}
+
+/// An error with its causes, innermost last, each said once: reqwest's "error
+/// sending request for url (…)" alone hides "connection refused" or the TLS
+/// failure behind it.
+pub fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+        if parts.len() >= 8 {
+            break;
+        }
+    }
+    parts.join(": ")
 }
 
 /// What a client tells the server about one source of a referred download.

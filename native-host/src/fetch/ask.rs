@@ -91,7 +91,7 @@ pub async fn ask(
         let r = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) if !(e.is_connect() || e.is_timeout()) => return Err(e.into()),
-            Ok(Err(e)) => return Ok(silent(super::error::cause_chain(&e))),
+            Ok(Err(e)) => return Ok(silent(crate::server_link::cause_chain(&e))),
             Err(_) => {
                 return Ok(silent(format!(
                     "no answer within {} s",

@@ -16,7 +16,7 @@ pub enum FetchError {
     #[error("not an http(s) URL: {0}")]
     BadUrl(String),
     /// The server could not be reached or broke off.
-    #[error("server unreachable: {}", cause_chain(.0))]
+    #[error("server unreachable: {}", crate::server_link::cause_chain(.0))]
     Unreachable(#[from] reqwest::Error),
     /// The site answered with this status (passed on to the browser as is).
     #[error("the site answered {0}")]
@@ -61,25 +61,6 @@ impl FetchError {
             _ => false,
         }
     }
-}
-
-/// An error with its causes, innermost last, each said once: reqwest's "error
-/// sending request for url (…)" alone hides "connection refused" or the TLS
-/// failure behind it.
-pub fn cause_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-        if parts.len() >= 8 {
-            break;
-        }
-    }
-    parts.join(": ")
 }
 
 /// Verified chunks in order; an `Err` item means the download failed there.
