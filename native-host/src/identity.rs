@@ -236,7 +236,7 @@ mod tests {
             cache.join(KEY_FILE).exists(),
             "a damaged old file is left alone"
         );
-        let again = load_or_create_migrating(&new, &[old.clone()]).unwrap();
+        let again = load_or_create_migrating(&new, std::slice::from_ref(&old)).unwrap();
         assert_eq!(again.peer_id(), first.peer_id());
         let _ = std::fs::remove_dir_all(&root);
     }
