@@ -190,8 +190,8 @@ async function render(view) {
       const lna = document.createElement('span');
       lna.className = 'lna';
       lna.dataset.origin = site.origin;
-      lna.textContent = 'Images and scripts load from the site until you allow it local network access '
-        + '(site settings → Local network access).';
+      lna.textContent = 'Images and scripts load from the site until you let it '
+        + '"access other apps and services on this device" (site settings → Local network access).';
       lna.title = 'Downloads already go through peers. The browser asks on the site; your administrator can also allow it by policy.';
       li.append(lna);
     }

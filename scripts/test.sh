@@ -53,6 +53,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "the end-to-end tests create network namespaces and must run as root" >&2
   exit 1
 fi
-(cd tests/e2e && node --test --test-concurrency=1 --test-timeout=600000 ./*.test.mjs)
+# PEERCACHE_SCREENSHOTS: the tests also write the screenshots in docs/ (README).
+(cd tests/e2e && PEERCACHE_SCREENSHOTS=1 node --test --test-concurrency=1 --test-timeout=600000 ./*.test.mjs)
 
 step "all passed"

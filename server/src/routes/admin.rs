@@ -171,7 +171,8 @@ function chart(history) {
   out += `<line x1="${L}" x2="${R}" y1="${B}" y2="${B}" stroke="#8a94a6"/><line x1="${L}" x2="${L}" y1="${T}" y2="${B}" stroke="#8a94a6"/>`;
   const ago = (s) => s === 0 ? 'now' : (span >= 120 ? '−' + Math.round(s / 60) + ' min' : '−' + s + ' s');
   for (const f of [0, 0.25, 0.5, 0.75, 1]) {
-    out += `<text x="${L + (R - L) * f}" y="${B + 16}" text-anchor="middle" font-size="11" fill="#5a6270">${ago(Math.round(span * (1 - f)))}</text>`;
+    const anchor = f === 0 ? 'start' : f === 1 ? 'end' : 'middle';
+    out += `<text x="${L + (R - L) * f}" y="${B + 16}" text-anchor="${anchor}" font-size="11" fill="#5a6270">${ago(Math.round(span * (1 - f)))}</text>`;
   }
   out += `<text x="${(L + R) / 2}" y="${B + 30}" text-anchor="middle" font-size="11" fill="#5a6270">time</text>`;
   out += `<rect x="${L}" y="6" width="10" height="10" fill="#2a7"/><text x="${L + 14}" y="15" font-size="12" fill="#1d2430">from peers</text>`;
