@@ -16,6 +16,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 pub mod fuzz;
 pub mod netns;
+pub mod origin;
 
 /// Where the workspace binaries are.
 pub fn bin_dir() -> PathBuf {
@@ -225,7 +226,19 @@ pub async fn spawn_server(root: &Path, args: &[&str]) -> anyhow::Result<Server> 
 }
 
 /// Starts a server from a prepared command (which must listen on `127.0.0.1:0`).
-pub async fn spawn_server_cmd(cmd: Command) -> anyhow::Result<Server> {
+pub async fn spawn_server_cmd(mut cmd: Command) -> anyhow::Result<Server> {
+    // The server keeps its signing key in a state directory: the tests' own,
+    // unless the test chose one.
+    if !cmd
+        .as_std()
+        .get_envs()
+        .any(|(k, _)| k == "PEERCACHE_STATE_DIR")
+    {
+        cmd.env(
+            "PEERCACHE_STATE_DIR",
+            std::env::temp_dir().join("peercache-tests-server-state"),
+        );
+    }
     let proc = spawn_until(cmd, "listening on").await?;
     let addr = proc
         .banner
@@ -763,9 +776,25 @@ pub enum BadOutboard {
     Huge,
 }
 
+/// A prover that holds nothing and answers a possession proof by fetching the
+/// asked range from the server through another address (a third machine).
+#[derive(Debug)]
+pub struct RelayedProof {
+    /// The object's URL on the server.
+    pub url: String,
+    /// The client it fetches with (bound to the third machine's address).
+    pub client: reqwest::Client,
+    /// Ranges it was asked for.
+    pub asked: std::sync::atomic::AtomicUsize,
+    /// Ranges the server sent it in full (for the relay to pass on).
+    pub fetched: std::sync::atomic::AtomicUsize,
+}
+
 #[derive(Debug, Clone)]
 struct FakeHandler {
     ping_delay: Duration,
+    /// Answers object requests by fetching from the server meanwhile.
+    relay: Option<std::sync::Arc<RelayedProof>>,
     /// Answers outboard requests for the object it holds with this lie.
     bad_outboard: Option<BadOutboard>,
     /// Answers requests for this object with a body that never ends.
@@ -784,6 +813,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let (delay, object, endless) = (self.ping_delay, self.object.clone(), self.endless);
             let bad_outboard = self.bad_outboard;
+            let relay = self.relay.clone();
             tokio::spawn(async move {
                 let Ok(req) = read_frame::<PeerRequest>(&mut recv).await else {
                     return;
@@ -801,6 +831,31 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                     let _ = write_frame(&mut send, &PeerResponse::body(len, load)).await;
                     let zeros = vec![0u8; 64 * 1024];
                     while send.write_all(&zeros).await.is_ok() {}
+                    return;
+                }
+                if let (PeerRequest::Object { range, .. }, Some(relay)) = (&req, &relay) {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    relay.asked.fetch_add(1, SeqCst);
+                    let (a, b) = range.unwrap_or((0, 0));
+                    let got = relay
+                        .client
+                        .get(&relay.url)
+                        .header("range", format!("bytes={a}-{b}"))
+                        .send()
+                        .await;
+                    let bytes = match got {
+                        Ok(r) if r.status() == 206 => r.bytes().await.ok(),
+                        _ => None,
+                    };
+                    let Some(bytes) = bytes.filter(|got| got.len() as u64 == b - a + 1) else {
+                        return;
+                    };
+                    relay.fetched.fetch_add(1, SeqCst);
+                    let header = PeerResponse::body(bytes.len() as u64, load);
+                    let _ = write_frame(&mut send, &header).await;
+                    let _ = send.write_all(&bytes).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
                     return;
                 }
                 if let (PeerRequest::Outboard { hash }, Some(lie)) = (&req, bad_outboard)
@@ -823,6 +878,19 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                     PeerRequest::Outboard { hash } if held(&hash).is_some() => {
                         let ob = held(&hash).map(|o| o.2.clone()).unwrap_or_default();
                         (PeerResponse::body(ob.len() as u64, load), ob, None)
+                    }
+                    // It holds the whole object, like a real holder says.
+                    PeerRequest::Have { hash } if held(&hash).is_some() => {
+                        let Some(o) = held(&hash) else { return };
+                        let size = o.1.len() as u64;
+                        let map = peercache_core::pieces::HaveMap::full(
+                            peercache_core::verified::group_count(size),
+                        );
+                        let header = PeerResponse {
+                            size: Some(size),
+                            ..PeerResponse::body(map.as_bytes().len() as u64, load)
+                        };
+                        (header, map.as_bytes().to_vec(), None)
                     }
                     PeerRequest::Object { hash, range } if held(&hash).is_some() => {
                         let Some(o) = held(&hash) else { return };
@@ -955,6 +1023,36 @@ async fn spawn_fake_holder(
     endless: Option<peercache_core::ObjectHash>,
     bad_outboard: Option<BadOutboard>,
 ) -> anyhow::Result<FakePeer> {
+    spawn_fake(key, ping_delay, object, endless, bad_outboard, None).await
+}
+
+/// Starts a [`FakePeer`] that holds nothing and answers possession proofs
+/// with bytes it fetches from `url` meanwhile, from the address `via`.
+pub async fn spawn_relaying_prover(
+    key: TestKey,
+    url: &str,
+    via: [u8; 4],
+) -> anyhow::Result<(FakePeer, std::sync::Arc<RelayedProof>)> {
+    let relay = std::sync::Arc::new(RelayedProof {
+        url: url.to_string(),
+        client: reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(via))
+            .build()?,
+        asked: Default::default(),
+        fetched: Default::default(),
+    });
+    let peer = spawn_fake(key, Duration::ZERO, None, None, None, Some(relay.clone())).await?;
+    Ok((peer, relay))
+}
+
+async fn spawn_fake(
+    key: TestKey,
+    ping_delay: Duration,
+    object: Option<std::sync::Arc<HeldObject>>,
+    endless: Option<peercache_core::ObjectHash>,
+    bad_outboard: Option<BadOutboard>,
+    relay: Option<std::sync::Arc<RelayedProof>>,
+) -> anyhow::Result<FakePeer> {
     let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
         secret: key.secret,
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -968,6 +1066,7 @@ async fn spawn_fake_holder(
             peercache_core::peer::ALPN,
             FakeHandler {
                 ping_delay,
+                relay,
                 bad_outboard,
                 object,
                 endless,

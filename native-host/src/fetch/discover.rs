@@ -119,7 +119,7 @@ impl Discover for KnownPeers {
             let Ok(parsed) = reqwest::Url::parse(url) else {
                 return Found::default();
             };
-            let query = PeerRequest::locate(url, &super::origin(&parsed), self.ttl, &self.qid);
+            let query = PeerRequest::locate(url, &origin(&parsed), self.ttl, &self.qid);
             let answers = futures_util::future::join_all(
                 self.ask
                     .iter()
@@ -209,6 +209,13 @@ pub async fn locate(
     }
     found.holders.retain(|h| DialInfo::parse(&h.addr).is_ok());
     found
+}
+
+/// The origin (`scheme://host[:port]`) of a URL, by the one rule in
+/// `peercache_core::extension::origin_of`.
+pub fn origin(url: &reqwest::Url) -> String {
+    peercache_core::extension::origin_of(url.as_str())
+        .unwrap_or_else(|| url.origin().ascii_serialization())
 }
 
 #[cfg(test)]

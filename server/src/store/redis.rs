@@ -2,14 +2,16 @@
 //!
 //! Keys (prefix `pc:` by default):
 //! - `peer:{id}` hash: `ip addr seen active limit pending rtt fails strikes
-//!   pending_at direct`
+//!   pending_at direct recent`
 //!   (expires at twice the TTL, refreshed by registrations and announces);
 //! - `held:{id}` set of hashes it holds; `fetched:{id}` set of hashes it fetched
 //!   through a server (expires after a day);
 //! - `holders:{hash}` sorted set of peer ids scored by served reports (M9);
 //! - `offer:{client}:{hash}` set of peer ids a client was referred to (expires
 //!   after [`OFFER_TTL_MS`]); a report takes its member out;
-//! - `peers`, `objects`, `delisted`: sets for the pinger, counts and bans.
+//! - `peers`, `objects`, `delisted`: sets for the pinger, counts and bans;
+//! - `signing-key`: the record-signing secret (hex) all replicas use, set by
+//!   the first to start.
 //!
 //! Every call has a short response timeout; a failure is reported as
 //! [`StoreError::Unavailable`] so the server can serve directly instead.
@@ -63,12 +65,13 @@ struct PeerFields {
     load: Option<Load>,
     pending: u32,
     pending_at: u64,
+    recent: u32,
     rtt: Option<u32>,
     strikes: u32,
     direct: Option<bool>,
 }
 
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "ip",
     "addr",
     "seen",
@@ -80,6 +83,7 @@ const FIELDS: [&str; 11] = [
     "strikes",
     "pending_at",
     "direct",
+    "recent",
 ];
 
 fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
@@ -105,6 +109,7 @@ fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
         rtt: num(6).filter(|r| *r >= 0).map(|r| r as u32),
         strikes: num(8).unwrap_or(0).max(0) as u32,
         direct: num(10).map(|d| d == 1),
+        recent: num(11).unwrap_or(0).max(0) as u32,
     }
 }
 
@@ -129,6 +134,24 @@ impl RedisStore {
 
     pub(super) fn limits(&self) -> StoreLimits {
         self.limits
+    }
+
+    /// The stored record-signing secret, or `candidate` stored as it.
+    pub async fn shared_signing_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.set_key("signing-key");
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(hex::encode(candidate))
+            .arg("NX")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let stored: Option<String> = c.get(&key).await.map_err(unavailable)?;
+        stored
+            .and_then(|h| hex::decode(h.trim()).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| StoreError::Unavailable(format!("{key} is not a 32-byte hex key")))
     }
 
     fn k(&self, kind: &str, id: impl std::fmt::Display) -> String {
@@ -296,6 +319,7 @@ impl RedisStore {
                 direct: f.direct,
                 load: f.load,
                 pending: pending_now(f.pending, f.pending_at, now),
+                recent: pending_now(f.recent, f.pending_at, now),
                 uses: uses.max(0.0) as u64,
             });
         }
@@ -313,8 +337,10 @@ impl RedisStore {
         // (replicas book concurrently).
         if bookings_faded(f.pending_at, now) {
             pipe.hset(&key, "pending", 0).ignore();
+            pipe.hset(&key, "recent", 0).ignore();
         }
         pipe.hincr(&key, "pending", 1).ignore();
+        pipe.hincr(&key, "recent", 1).ignore();
         pipe.hset(&key, "pending_at", now).ignore();
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
