@@ -25,7 +25,7 @@ use peercache_core::protocol::{Load, Proxy, Report};
 use peercache_core::select::HolderStats;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisOptions, RedisStore, SharedFigures};
 
 /// Most peers remembered at once.
 pub const MAX_PEERS: usize = 100_000;
@@ -271,6 +271,16 @@ impl Store {
     /// Counts.
     pub async fn stats(&self, now: u64) -> Result<TableStats, StoreError> {
         dispatch!(self, s => s.stats(now))
+    }
+
+    /// Whether this replica does the pinging and expiry now: always with the
+    /// memory table; with Redis, while it holds the lease (taken or renewed by
+    /// this call, so call it at least every [`redis::LEASE_MS`] / 2).
+    pub async fn lead(&self) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(_) => Ok(true),
+            Store::Redis(s) => s.lead().await,
+        }
     }
 
     /// Admin rows.
