@@ -60,7 +60,7 @@ const FETCHED_TTL_MS: i64 = 24 * 3600 * 1000;
 /// How long the pinging-and-expiry lease lasts without renewal.
 pub const LEASE_MS: u64 = 15_000;
 /// Samples of the shared history kept.
-const HISTORY_KEPT: usize = 300;
+const HISTORY_KEPT: usize = 150;
 
 /// Where the server's Redis lives and how to trust it.
 #[derive(Debug, Clone, Default)]

@@ -79,33 +79,50 @@ async fn fill(store: &Store, peers: u64, objects: u64, holders: u64) -> anyhow::
     Ok(())
 }
 
+/// Referral decisions per second from `tasks` concurrent tasks, each a
+/// look-up of a random object's holders, their ranking, the booking against the
+/// first one's load, and `decide`.
 async fn decisions_per_sec(
-    store: &Store,
+    store: &std::sync::Arc<Store>,
     objects: u64,
     seconds: f64,
+    tasks: usize,
 ) -> anyhow::Result<(f64, usize)> {
     let egress = Egress {
         limit_bytes_per_s: Some(10 << 20),
         bytes_in_flight: 50 << 20,
     };
     let started = Instant::now();
-    let mut n = 0u64;
-    let mut referred = 0usize;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    while started.elapsed().as_secs_f64() < seconds {
-        for _ in 0..1000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let h = hash(x % objects);
-            let list = store.holders(&h, Some("client"), 2, 8).await?;
-            if decide(1 << 20, egress, None, 2000, list.len())
-                == peercache_core::decide::Decision::Refer
-            {
-                referred += 1;
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        set.spawn(async move {
+            let mut n = 0u64;
+            let mut referred = 0usize;
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1).wrapping_mul(0x2545_F491);
+            while started.elapsed().as_secs_f64() < seconds {
+                for _ in 0..1000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let h = hash(x % objects);
+                    let list = store.holders(&h, Some("client"), 2, 8).await?;
+                    if decide(1 << 20, egress, None, 2000, list.len())
+                        == peercache_core::decide::Decision::Refer
+                    {
+                        referred += 1;
+                    }
+                    n += 1;
+                }
             }
-            n += 1;
-        }
+            anyhow::Ok((n, referred))
+        });
+    }
+    let (mut n, mut referred) = (0u64, 0usize);
+    while let Some(r) = set.join_next().await {
+        let (tn, tr) = r??;
+        n += tn;
+        referred += tr;
     }
     Ok((n as f64 / started.elapsed().as_secs_f64(), referred))
 }
@@ -127,7 +144,8 @@ async fn table_memory(objects: u64, peers: u64, holders: u64) -> anyhow::Result<
         (after - before) as f64 / (1 << 20) as f64,
         (after - before) as f64 / entries as f64
     );
-    let (rate, referred) = decisions_per_sec(&store, objects, 5.0).await?;
+    let store = std::sync::Arc::new(store);
+    let (rate, referred) = decisions_per_sec(&store, objects, 5.0, 1).await?;
     println!(
         "memory backend: {rate:.0} referral decisions/s on one core (look-up + ranking + decide; {referred} referrals)"
     );
@@ -162,10 +180,13 @@ async fn table_redis(objects: u64, peers: u64, holders: u64) -> anyhow::Result<(
         (after - before) as f64 / (1 << 20) as f64,
         (after - before) as f64 / entries as f64
     );
-    let (rate, _) = decisions_per_sec(&store, objects, 5.0).await?;
-    println!(
-        "redis backend: {rate:.0} referral decisions/s from one task (each a Redis round trip)"
-    );
+    let store = std::sync::Arc::new(store);
+    for tasks in [1, 4] {
+        let (rate, referred) = decisions_per_sec(&store, objects, 5.0, tasks).await?;
+        println!(
+            "redis backend: {rate:.0} referral decisions/s from {tasks} concurrent task(s) ({referred} referrals)"
+        );
+    }
     Ok(())
 }
 
@@ -515,7 +536,7 @@ async fn flash_crowd(n: usize) -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let m = peercache_tests::metrics(&server.admin_url).await?;
     let served = m
-        .get("peercache_bytes_served_total")
+        .get("peercache_served_bytes_total")
         .copied()
         .unwrap_or(0.0);
     let total = (F as f64) * n as f64;
