@@ -177,4 +177,37 @@ mod tests {
             assert!(!help.is_empty());
         }
     }
+
+    /// The Grafana dashboard reads only metrics the server exports.
+    #[test]
+    fn the_dashboard_uses_known_metrics() {
+        let dashboard = include_str!("../../deploy/grafana/peercache-server.json");
+        let _: serde_json::Value = serde_json::from_str(dashboard).expect("valid JSON");
+        let known: Vec<&str> = COUNTERS
+            .iter()
+            .map(|(n, _)| *n)
+            .chain([
+                "peercache_peers",
+                "peercache_objects_listed",
+                "peercache_build_info",
+                "peercache_request_duration_seconds",
+                "peercache_ping_duration_seconds",
+                "peercache_store_duration_seconds",
+            ])
+            .collect();
+        let mut used = 0;
+        for (i, _) in dashboard.match_indices("peercache_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name == "peercache_" || name.starts_with("peercache_server") {
+                continue;
+            }
+            let base = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(known.contains(&base), "the dashboard reads unknown {name}");
+            used += 1;
+        }
+        assert!(used > 15);
+    }
 }

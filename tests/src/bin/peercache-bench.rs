@@ -162,6 +162,36 @@ async fn redis_info_memory(url: &str) -> anyhow::Result<u64> {
         .context("no used_memory in INFO")
 }
 
+/// The reference for the Redis figure: plain `GET`s (one round trip each) from
+/// `tasks` concurrent tasks through one multiplexed connection, as the store uses.
+async fn plain_gets_per_sec(url: &str, seconds: f64, tasks: usize) -> anyhow::Result<f64> {
+    let client = redis::Client::open(url)?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let mut c = conn.clone();
+        set.spawn(async move {
+            let mut n = 0u64;
+            while started.elapsed().as_secs_f64() < seconds {
+                for _ in 0..1000 {
+                    let _: Option<String> = redis::cmd("GET")
+                        .arg("bench:ref")
+                        .query_async(&mut c)
+                        .await?;
+                    n += 1;
+                }
+            }
+            anyhow::Ok(n)
+        });
+    }
+    let mut n = 0;
+    while let Some(r) = set.join_next().await {
+        n += r??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
 async fn table_redis(objects: u64, peers: u64, holders: u64) -> anyhow::Result<()> {
     let redis = peercache_tests::spawn_redis().await?;
     let before = redis_info_memory(&redis.url()).await?;
@@ -183,8 +213,11 @@ async fn table_redis(objects: u64, peers: u64, holders: u64) -> anyhow::Result<(
     let store = std::sync::Arc::new(store);
     for tasks in [1, 4] {
         let (rate, referred) = decisions_per_sec(&store, objects, 5.0, tasks).await?;
+        let gets = plain_gets_per_sec(&redis.url(), 5.0, tasks).await?;
         println!(
-            "redis backend: {rate:.0} referral decisions/s from {tasks} concurrent task(s) ({referred} referrals)"
+            "redis backend: {rate:.0} referral decisions/s from {tasks} concurrent task(s) ({referred} referrals); \
+             reference in the same run: {gets:.0} plain GETs/s (one round trip each) from {tasks} task(s); ratio {:.2}",
+            rate / gets
         );
     }
     Ok(())
