@@ -39,9 +39,12 @@ pub const MAX_RELAY_URL: usize = 256;
 /// The context of [`lan_digest`].
 pub const LAN_DIGEST_CONTEXT: &str = "peercache 2026-12 LAN who-has: URL digest";
 
-/// What a LAN who-has carries instead of the URL (hex): a digest of the URL
-/// under a fixed context, so the LAN sees no URL in clear; a responder
-/// compares it with the digests of the URLs whose records it holds.
+/// What a LAN who-has and a cascade query carry instead of the URL (hex): a
+/// digest of the URL under a fixed context, so neither the LAN nor the peer
+/// asked sees a URL in clear; a responder compares it with the digests of the
+/// URLs whose records it holds, and learns nothing about a URL it does not
+/// know already. The cascade names the site the same way (the digest of the
+/// origin).
 pub fn lan_digest(url: &str) -> String {
     let mut h = blake3::Hasher::new_derive_key(LAN_DIGEST_CONTEXT);
     h.update(url.as_bytes());
@@ -51,6 +54,11 @@ pub fn lan_digest(url: &str) -> String {
 /// Smallest LAN who-has datagram (padded up to it): a reply is never larger
 /// than the query it answers, so the responder cannot amplify a spoofed one.
 pub const LAN_QUERY_SIZE: usize = 1200;
+
+/// True if `s` has the form of a [`lan_digest`]: 64 hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// How to reach a peer besides its key.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -144,15 +152,39 @@ pub enum PeerRequest {
         #[serde(default)]
         range: Option<(u64, u64)>,
     },
-    /// The server-silent cascade query (M10, M11).
+    /// Which groups of an object this peer holds verified: the body is a
+    /// `pieces::HaveMap` (all ones for a whole object), `size` the object's.
+    /// Asked again as a partial holder grows, one cheap stream per source.
+    Have {
+        /// The object.
+        hash: ObjectHash,
+    },
+    /// The server-silent cascade query (M10, M11). It names the object and
+    /// its site by digest ([`lan_digest`] of the URL and of the origin): a
+    /// peer answers only about what it already knows, and learns no URL.
     Locate {
-        /// The URL asked for.
-        url: String,
+        /// The digest of the URL asked for.
+        object: String,
+        /// The digest of the URL's origin (whom to pass the query on to).
+        site: String,
         /// Hops left.
         ttl: u8,
         /// Query id (loop protection).
         qid: String,
     },
+}
+
+impl PeerRequest {
+    /// The cascade query for the object at `url` on the site `origin`, both
+    /// by digest.
+    pub fn locate(url: &str, origin: &str, ttl: u8, qid: &str) -> Self {
+        PeerRequest::Locate {
+            object: lan_digest(url),
+            site: lan_digest(origin),
+            ttl,
+            qid: qid.to_string(),
+        }
+    }
 }
 
 /// How a request went.
@@ -332,5 +364,21 @@ mod tests {
         };
         let f = encode_frame(&resp);
         assert_eq!(decode_frame::<PeerResponse>(&f[4..]).unwrap(), resp);
+    }
+
+    #[test]
+    fn a_cascade_query_carries_no_url() {
+        let url = "https://shop.example/account/orders/4711.pdf";
+        let req = PeerRequest::locate(url, "https://shop.example", 3, "q1");
+        let wire = String::from_utf8(encode_frame(&req)[4..].to_vec()).unwrap();
+        for part in ["shop", "example", "orders", "4711", "https"] {
+            assert!(!wire.contains(part), "{part} in {wire}");
+        }
+        let PeerRequest::Locate { object, site, .. } = req else {
+            panic!("not a locate")
+        };
+        assert!(is_digest(&object) && is_digest(&site));
+        assert_eq!(object, lan_digest(url));
+        assert!(!is_digest("https://shop.example/a") && !is_digest(&"g".repeat(64)));
     }
 }

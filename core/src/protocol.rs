@@ -55,6 +55,9 @@ pub struct RegisterResponse {
     pub relays: Vec<RelayInfo>,
 }
 
+/// Largest request body the server's API accepts (register, announce, report).
+pub const MAX_API_BODY: usize = 64 * 1024;
+
 /// `POST /v1/announce`: what a peer now holds or dropped, and its load. Doubles as
 /// the heartbeat that keeps the registration alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,14 @@
 //! user enabled; a request whose `Origin` is neither that site's nor the
 //! extension's is refused; CORS only for those two, never `*`. Request headers
 //! must arrive within [`HEADER_TIMEOUT`] and an idle connection is closed.
+//!
+//! A faithful proxy otherwise: the site's end-to-end headers reach the browser
+//! (`Content-Encoding`, `Cache-Control`, `ETag`, CSP, …; never `Set-Cookie` or
+//! the site's CORS); `Range` gets a `206` cut from the verified bytes (with
+//! `If-Range` against the site's `ETag` or the object's hash); `HEAD` is the
+//! site's own `HEAD`, no body fetched; an answer without an object (a
+//! redirect, an error page) is passed on as the site sent it, a relative
+//! `Location` made absolute.
 
 use std::sync::Arc;
 
@@ -24,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{RwLock, oneshot};
 
 use crate::fetch::{FetchError, Fetcher, Source};
+use peercache_core::range::{RangeChoice, choose_range};
 
 /// What the gateway may fetch for, as last set by the extension.
 #[derive(Debug, Default, Clone)]
@@ -254,8 +263,18 @@ async fn handle(
         }
     };
 
+    if method == Method::HEAD {
+        // Headers only: the site's own answer to a HEAD, no body behind it.
+        return site_as_is(&state, &Method::HEAD, &url, cors_origin).await;
+    }
     let dl = match state.fetcher.open(url.as_str()).await {
         Ok(d) => d,
+        Err(FetchError::SiteStatus(status)) => {
+            // Not an object (a redirect, an error page, …): the site's answer
+            // as it is, Location and body included.
+            tracing::debug!(status, %url, "the site answered without an object");
+            return site_as_is(&state, &Method::GET, &url, cors_origin).await;
+        }
         Err(e) => {
             tracing::warn!(error = %e, %url, "gateway fetch failed");
             let (status, why) = failure_response(&e);
@@ -315,29 +334,148 @@ async fn handle(
         None => "peers".to_string(),
     };
     let (content_type, size) = (dl.content_type.clone(), dl.size);
-    let mut resp = if method == Method::HEAD {
-        Response::new(Body::empty())
-    } else {
-        // Verified chunks, in order; a failure mid-way aborts the response.
-        let stream = futures_util::stream::unfold(dl, |mut dl| async move {
-            let item = dl.body.recv().await?;
-            Some((item.map_err(|e| std::io::Error::other(e.to_string())), dl))
-        });
-        Response::new(Body::from_stream(stream))
+    let site_headers = dl.site_headers.clone();
+    // Range (and If-Range against the site's ETag, or the object's hash):
+    // a part of the verified bytes, `206`.
+    let choice = match size {
+        Some(size) => {
+            let tag = site_headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| dl.hash.map(|h| format!("\"{}\"", h.to_hex())))
+                .unwrap_or_default();
+            choose_range(
+                req_headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+                req_headers.get(header::IF_RANGE).map(HeaderValue::as_bytes),
+                &tag,
+                size,
+            )
+        }
+        None => RangeChoice::Whole,
     };
+    let (status, first, len) = match (choice, size) {
+        (RangeChoice::Part { first, last }, _) => {
+            (StatusCode::PARTIAL_CONTENT, first, last - first + 1)
+        }
+        (RangeChoice::NotSatisfiable, Some(size)) => {
+            let mut resp = refuse(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return resp;
+        }
+        _ => (StatusCode::OK, 0, size.unwrap_or(u64::MAX)),
+    };
+    if status == StatusCode::PARTIAL_CONTENT {
+        counter!("peercache_gateway_ranges_total").increment(1);
+    }
+    let mut resp = Response::new(Body::from_stream(verified_part(dl, first, len)));
+    *resp.status_mut() = status;
     let h = resp.headers_mut();
+    copy_site_headers(&site_headers, &url, h);
     if let Ok(v) = HeaderValue::from_str(&content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
     if let Some(size) = size {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if status == StatusCode::PARTIAL_CONTENT
+            && let Ok(v) =
+                HeaderValue::from_str(&format!("bytes {first}-{}/{size}", first + len - 1))
+        {
+            h.insert(header::CONTENT_RANGE, v);
+        }
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        // Bytes from peers carry no caching headers of the site's.
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    finish_headers(h, &source, cors_origin);
+    resp
+}
+
+/// The verified bytes `first .. first + len` of a download, in order; a
+/// failure mid-way aborts the body.
+fn verified_part(
+    dl: crate::fetch::Download,
+    first: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::unfold((dl, first, len), |(mut dl, mut skip, left)| async move {
+        loop {
+            if left == 0 {
+                return None;
+            }
+            match dl.body.recv().await? {
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (dl, 0, 0))),
+                Ok(chunk) => {
+                    let n = chunk.len() as u64;
+                    if skip >= n {
+                        skip -= n;
+                        continue;
+                    }
+                    let from = usize::try_from(skip).unwrap_or(usize::MAX);
+                    let take = (n - skip).min(left);
+                    let to = from + usize::try_from(take).unwrap_or(usize::MAX);
+                    return Some((Ok(chunk.slice(from..to)), (dl, 0, left - take)));
+                }
+            }
+        }
+    })
+}
+
+/// Response fields that never go from the site to the browser through the
+/// gateway: hop-by-hop ones, the body's framing (set by the gateway),
+/// cookies (they would land on 127.0.0.1), CORS (the gateway's own rule) and
+/// peercache's own.
+fn passed_to_browser(name: &str) -> bool {
+    !matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+            | "content-range"
+            | "set-cookie"
+            | "set-cookie2"
+    ) && !name.starts_with("access-control-")
+        && !name.starts_with("peercache")
+}
+
+/// The site's end-to-end headers onto `h`; a relative `Location` made
+/// absolute against the site's URL (relative to the gateway it would be wrong).
+fn copy_site_headers(site: &HeaderMap, url: &reqwest::Url, h: &mut HeaderMap) {
+    for (k, v) in site {
+        if !passed_to_browser(k.as_str()) {
+            continue;
+        }
+        if *k == header::LOCATION {
+            if let Some(abs) = v
+                .to_str()
+                .ok()
+                .and_then(|l| url.join(l).ok())
+                .and_then(|u| HeaderValue::from_str(u.as_str()).ok())
+            {
+                h.append(header::LOCATION, abs);
+            }
+            continue;
+        }
+        h.append(k.clone(), v.clone());
+    }
+}
+
+/// `nosniff`, the source, and CORS for the site or the extension only.
+fn finish_headers(h: &mut HeaderMap, source: &str, cors_origin: Option<HeaderValue>) {
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if let Ok(v) = HeaderValue::from_str(&source) {
+    if let Ok(v) = HeaderValue::from_str(source) {
         h.insert("peercache-source", v);
     }
     if let Some(o) = cors_origin {
@@ -346,7 +484,45 @@ async fn handle(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static("peercache-source"),
         );
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// The site's answer passed on as it is (status, end-to-end headers, body):
+/// for `HEAD`, and for a `GET` the site answers with no object (a redirect,
+/// an error page).
+async fn site_as_is(
+    state: &GatewayState,
+    method: &Method,
+    url: &reqwest::Url,
+    cors_origin: Option<HeaderValue>,
+) -> Response {
+    let link = &state.fetcher.parts().link;
+    let sent = tokio::time::timeout(
+        link.timeout(),
+        link.http().request(method.clone(), url.clone()).send(),
+    )
+    .await;
+    let site = match sent {
+        Ok(Ok(r)) => r,
+        _ => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "the site is unreachable and no peer could stand in",
+            );
+        }
+    };
+    let status = site.status();
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    copy_site_headers(site.headers(), url, h);
+    if let Some(len) = site.headers().get(header::CONTENT_LENGTH) {
+        h.insert(header::CONTENT_LENGTH, len.clone());
+    }
+    finish_headers(h, "server", cors_origin);
+    if *method != Method::HEAD {
+        *resp.body_mut() = Body::from_stream(site.bytes_stream());
     }
     resp
 }

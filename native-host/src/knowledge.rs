@@ -132,6 +132,17 @@ impl Knowledge {
         lock(&self.aux).get(origin).cloned().unwrap_or_default()
     }
 
+    /// The auxiliary proxy list of the site whose origin has the digest
+    /// `site` (`peercache_core::peer::lan_digest`), for a cascade query that
+    /// names its site only so.
+    pub fn aux_peers_of_site(&self, site: &str) -> Vec<Proxy> {
+        lock(&self.aux)
+            .iter()
+            .find(|(origin, _)| peercache_core::peer::lan_digest(origin).eq_ignore_ascii_case(site))
+            .map(|(_, peers)| peers.clone())
+            .unwrap_or_default()
+    }
+
     /// Records are filed under the URL's LAN digest
     /// (`peercache_core::peer::lan_digest`), so a LAN query finds one by it.
     fn record_path(&self, url: &str) -> PathBuf {
@@ -152,7 +163,7 @@ impl Knowledge {
     /// The signed record kept for the URL whose LAN digest is `digest` (64 hex
     /// digits), checked to be that URL's.
     pub fn record_for_digest(&self, digest: &str) -> Option<SignedRecord> {
-        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !peercache_core::peer::is_digest(digest) {
             return None;
         }
         let bytes = std::fs::read(self.digest_path(&digest.to_ascii_lowercase())).ok()?;

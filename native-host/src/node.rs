@@ -270,6 +270,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         });
         Some(
             iroh::protocol::Router::builder(endpoint.clone())
+                .incoming_filter(service.incoming_filter())
                 .accept(peercache_core::peer::ALPN, service)
                 .spawn(),
         )

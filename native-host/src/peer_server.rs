@@ -4,15 +4,21 @@
 //!
 //! - `ping` → the load (slots in use against the limit);
 //! - `outboard {hash}` → the group CVs for verified streaming (B1);
+//! - `have {hash}` → which groups it holds (a have-map: all of a cached
+//!   object, the verified ones of a download in progress);
 //! - `object {hash, range}` → the bytes; `busy` with a retry-after when every
 //!   upload slot is taken (M12), `rate_limited` for a requester asking too often;
-//! - `locate {url, ttl, qid}` → the server-silent cascade query (M10, M11).
+//! - `locate {object, site, ttl, qid}` → the server-silent cascade query (M10,
+//!   M11), by the digests of the URL and its origin: a peer answers only about
+//!   what it knows already and learns no URL.
 //!
-//! Only what is in the cache is ever served, and the path is built from a parsed
-//! hash alone. No plain-TCP port is opened; `/metrics` is on the operator-only
+//! Only verified bytes are ever served: what is in the cache, and the verified
+//! groups of a download in progress (`crate::partial`, a range of whole
+//! groups all marked in its have-map). Paths are built from a parsed hash alone. No plain-TCP port is opened; `/metrics` is on the operator-only
 //! listener (see `node`).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,7 +28,9 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use metrics::counter;
 use peercache_core::hash::ObjectHash;
 use peercache_core::peer::{PeerRequest, PeerResponse, PeerStatus};
+use peercache_core::pieces::HaveMap;
 use peercache_core::protocol::{LocateResponse, Proxy};
+use peercache_core::verified::group_count;
 use peercache_net::wire::{read_frame, write_frame};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -89,6 +97,15 @@ impl PerRemote {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// True if `remote` already has its cap of connections.
+    fn at_cap(&self, remote: &RemoteKey) -> bool {
+        let cap = match remote {
+            RemoteKey::Address(_) => MAX_CONNECTIONS_PER_ADDRESS,
+            RemoteKey::Key(_) => MAX_CONNECTIONS_PER_KEY,
+        };
+        self.lock().get(remote).copied().unwrap_or(0) >= cap
+    }
+
     /// Counts one more connection from `address` with `key`, unless either is
     /// at its cap.
     fn try_open(self: &Arc<Self>, address: IpAddr, key: [u8; 32]) -> Option<RemoteGuard> {
@@ -129,6 +146,40 @@ impl Drop for RemoteGuard {
 /// The protocol handler registered for the peer ALPN.
 #[derive(Debug, Clone)]
 pub struct PeerService(pub PeerState);
+
+impl PeerService {
+    /// The gate before the handshake: an attempt past the total cap, or from
+    /// an address (or, through a relay, a key) at its cap, is refused before
+    /// any cryptography is spent on it; past half the cap, an unvalidated
+    /// source is sent a retry first. `accept` counts again after the
+    /// handshake (attempts in flight race past this gate; the key of a direct
+    /// connection is known only then).
+    pub fn incoming_filter(&self) -> iroh::protocol::IncomingFilter {
+        let (connections, per_remote) = (self.0.connections.clone(), self.0.per_remote.clone());
+        Arc::new(move |incoming: &iroh::endpoint::Incoming| {
+            use iroh::endpoint::IncomingAddr;
+            use iroh::protocol::IncomingFilterOutcome;
+            let remote = match incoming.remote_addr() {
+                IncomingAddr::Ip(sa) => Some(RemoteKey::Address(sa.ip())),
+                IncomingAddr::Relay { endpoint_id, .. } => {
+                    Some(RemoteKey::Key(*endpoint_id.as_bytes()))
+                }
+                _ => None,
+            };
+            let open = connections.load(Ordering::Relaxed);
+            if open >= MAX_CONNECTIONS || remote.is_some_and(|r| per_remote.at_cap(&r)) {
+                counter!("peercache_peer_connections_refused_total").increment(1);
+                IncomingFilterOutcome::Reject
+            } else if open >= MAX_CONNECTIONS / 2 && !incoming.remote_addr_validated() {
+                // Under load, a source proves its address (a QUIC retry)
+                // before a handshake is spent on it: spoofed floods stop here.
+                IncomingFilterOutcome::Retry
+            } else {
+                IncomingFilterOutcome::Accept
+            }
+        })
+    }
+}
 
 struct ConnectionGuard(Arc<AtomicUsize>);
 
@@ -230,14 +281,17 @@ async fn serve_stream(
         }
         PeerRequest::Outboard { hash } => {
             let cache = state.cache.clone();
-            let ob = if cache.contains(&hash) {
-                tokio::task::spawn_blocking(move || cache.outboard(&hash).ok())
-                    .await
-                    .ok()
-                    .flatten()
-            } else {
-                None
-            };
+            // A download in progress has its CVs beside its partial file.
+            let ob = tokio::task::spawn_blocking(move || {
+                if cache.contains(&hash) {
+                    cache.outboard(&hash).ok()
+                } else {
+                    crate::partial::outboard(&cache, &hash)
+                }
+            })
+            .await
+            .ok()
+            .flatten();
             match ob {
                 Some(ob) => {
                     answer(&mut send, &PeerResponse::body(ob.len() as u64, load), &ob).await
@@ -252,8 +306,48 @@ async fn serve_stream(
                 }
             }
         }
-        PeerRequest::Locate { url, ttl, qid } => {
-            let found = locate(state, &url, ttl, &qid).await;
+        PeerRequest::Have { hash } => {
+            counter!("peercache_peer_have_requests_total").increment(1);
+            if !state.slots.allow_requester(requester) {
+                counter!("peercache_requests_rate_limited_total").increment(1);
+                let r = PeerResponse::status(
+                    PeerStatus::RateLimited {
+                        retry_after_ms: 1000,
+                    },
+                    load,
+                );
+                return answer(&mut send, &r, &[]).await;
+            }
+            let cache = state.cache.clone();
+            let have = tokio::task::spawn_blocking(move || have_map(&cache, &hash))
+                .await
+                .ok()
+                .flatten();
+            match have {
+                Some((size, map)) => {
+                    let header = PeerResponse {
+                        size: Some(size),
+                        ..PeerResponse::body(map.as_bytes().len() as u64, load)
+                    };
+                    answer(&mut send, &header, map.as_bytes()).await
+                }
+                None => {
+                    answer(
+                        &mut send,
+                        &PeerResponse::status(PeerStatus::NotHeld, load),
+                        &[],
+                    )
+                    .await
+                }
+            }
+        }
+        PeerRequest::Locate {
+            object,
+            site,
+            ttl,
+            qid,
+        } => {
+            let found = locate(state, &object, &site, ttl, &qid).await;
             let body = match found {
                 Ok(a) => serde_json::to_vec(&a).unwrap_or_default(),
                 Err(reason) => {
@@ -274,18 +368,50 @@ async fn serve_stream(
     }
 }
 
-/// A cascade query (M11): does this host, or a peer it knows, hold the object at
-/// `url`? Answers with the holders found and the server's signed record; passes
-/// the query on with `ttl - 1` when it has nothing itself. A query id seen before
+/// Which groups of `hash` this host holds: all of a cached object, the
+/// verified ones of a download in progress. Blocking.
+fn have_map(cache: &Cache, hash: &ObjectHash) -> Option<(u64, HaveMap)> {
+    if cache.contains(hash) {
+        let size = std::fs::metadata(cache.path_of(hash)).ok()?.len();
+        return Some((size, HaveMap::full(group_count(size))));
+    }
+    crate::partial::held(cache, hash)
+}
+
+/// Where an upload reads from: the cached object, or for a range made of
+/// verified groups only, the partial file of a download in progress (then
+/// `true`).
+fn upload_path(
+    cache: &Cache,
+    hash: &ObjectHash,
+    range: Option<(u64, u64)>,
+) -> Option<(PathBuf, bool)> {
+    if cache.contains(hash) {
+        return Some((cache.path_of(hash), false));
+    }
+    let (size, have) = crate::partial::held(cache, hash)?;
+    let whole = (0, size.checked_sub(1)?);
+    let (first, end) = peercache_core::pieces::range_groups(size, range.unwrap_or(whole))?;
+    have.has_all(first, end)
+        .then(|| (crate::partial::data_file(cache, hash), true))
+}
+
+/// A cascade query (M11): does this host, or a peer it knows, hold the object
+/// whose URL has the digest `object`? Answers with the holders found and the
+/// server's signed record; passes the query on with `ttl - 1`, to the peers it
+/// knows for the site whose origin has the digest `site`, when it has nothing
+/// itself. It learns no URL it did not know already. A query id seen before
 /// gets an empty answer, so loops end.
 async fn locate(
     state: &PeerState,
-    url: &str,
+    object: &str,
+    site: &str,
     ttl: u8,
     qid: &str,
 ) -> Result<LocateResponse, String> {
-    if url.len() > 4096 || qid.is_empty() || qid.len() > 64 {
-        return Err("bad locate query".into());
+    use peercache_core::peer::is_digest;
+    if !is_digest(object) || !is_digest(site) || qid.is_empty() || qid.len() > 64 {
+        return Err("bad locate query: object and site are 64-hex digests".into());
     }
     counter!("peercache_locate_queries_total").increment(1);
     let mut answer = LocateResponse::default();
@@ -293,7 +419,10 @@ async fn locate(
         return Ok(answer);
     }
     let knowledge = &state.knowledge;
-    if let Some(rec) = knowledge.record_for(url) {
+    if let Some(mut rec) = knowledge.record_for_digest(object) {
+        // The asker knows the URL (it made the digest); the answer carries
+        // none, so a digest overheard elsewhere (on the LAN) reveals nothing.
+        rec.record.url = String::new();
         if state.cache.contains(&rec.record.hash) {
             answer.holders.push(Proxy {
                 id: state.peer_id.clone(),
@@ -306,21 +435,23 @@ async fn locate(
         answer.record = Some(rec);
     }
     let ttl = ttl.min(crate::fetch::LOCATE_TTL);
-    if answer.holders.is_empty()
-        && ttl > 0
-        && let Ok(parsed) = reqwest::Url::parse(url)
-    {
-        let origin = crate::fetch::origin(&parsed);
+    if answer.holders.is_empty() && ttl > 0 {
         let me = state.peer_id.clone();
         let ask: Vec<_> = knowledge
-            .aux_peers(&origin)
+            .aux_peers_of_site(site)
             .into_iter()
             .filter(|p| p.id != me)
             .take(8)
             .collect();
+        let query = PeerRequest::Locate {
+            object: object.to_string(),
+            site: site.to_string(),
+            ttl: ttl - 1,
+            qid: qid.to_string(),
+        };
         let found = futures_util::future::join_all(
             ask.iter()
-                .map(|p| crate::fetch::discover::locate(&state.dialer, p, url, ttl - 1, qid)),
+                .map(|p| crate::fetch::discover::locate(&state.dialer, p, &query)),
         )
         .await;
         for f in found {
@@ -367,9 +498,14 @@ async fn upload(
         });
         return answer(send, &r, &[]).await;
     }
-    if !state.cache.contains(&hash) {
+    let cache = state.cache.clone();
+    let path = tokio::task::spawn_blocking(move || upload_path(&cache, &hash, range))
+        .await
+        .ok()
+        .flatten();
+    let Some((path, partial)) = path else {
         return answer(send, &refuse(PeerStatus::NotHeld), &[]).await;
-    }
+    };
     // The slot before the file: a file is open only while its upload holds a
     // slot, so requests cannot use up the descriptors.
     let Some(_slot) = Slot::try_take(&state.slots) else {
@@ -379,7 +515,7 @@ async fn upload(
         });
         return answer(send, &r, &[]).await;
     };
-    let file = tokio::fs::File::open(state.cache.path_of(&hash)).await;
+    let file = tokio::fs::File::open(&path).await;
     let size = match &file {
         Ok(f) => f.metadata().await.map(|m| m.len()).ok(),
         Err(_) => None,
@@ -401,6 +537,11 @@ async fn upload(
     };
     write_frame(send, &header).await?;
     counter!("peercache_uploads_total").increment(1);
+    if partial {
+        // Served while this host was still downloading it.
+        counter!("peercache_partial_uploads_total").increment(1);
+        counter!("peercache_bytes_uploaded_partial_total").increment(len);
+    }
     state.cache.touch(&hash);
     let mut left = len;
     let mut buf = vec![0u8; UPLOAD_CHUNK];

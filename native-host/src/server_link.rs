@@ -26,8 +26,11 @@ use crate::workload::Workload;
 pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a registration waits for the endpoint to reach the server's relay.
 pub const RELAY_WAIT: Duration = Duration::from_secs(3);
-/// Objects per announce request (a server caps request bodies).
-pub const ANNOUNCE_BATCH: usize = 5_000;
+/// Objects per announce request: a full batch of `have` or `dropped` stays
+/// well under the server's body cap ([`peercache_core::protocol::MAX_API_BODY`],
+/// 64 KiB; a hash is 67 bytes of JSON), so a host with any number of objects
+/// can announce them.
+pub const ANNOUNCE_BATCH: usize = 400;
 
 /// Why a request to the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -293,8 +296,11 @@ impl ServerLink {
         }
         let origins: Vec<String> = self.registered.lock().await.keys().cloned().collect();
         for origin in origins {
-            if let Err(e) = self.announce(&origin, &[], dropped).await {
-                tracing::warn!(%origin, error = %e, "announcing evictions failed");
+            for batch in dropped.chunks(ANNOUNCE_BATCH) {
+                if let Err(e) = self.announce(&origin, &[], batch).await {
+                    tracing::warn!(%origin, error = %e, "announcing evictions failed");
+                    break;
+                }
             }
         }
     }
@@ -379,4 +385,31 @@ pub enum HttpSetupError {
     /// The TLS backend refused.
     #[error("HTTP client: {0}")]
     Build(#[from] reqwest::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peercache_core::protocol::{Announce, Load, MAX_API_BODY};
+
+    #[test]
+    fn a_full_announce_batch_fits_the_servers_body_cap() {
+        let hashes: Vec<ObjectHash> = (0..ANNOUNCE_BATCH as u64)
+            .map(|i| ObjectHash::of(&i.to_le_bytes()))
+            .collect();
+        let worst = Announce {
+            peer_id: "f".repeat(64),
+            have: hashes.clone(),
+            dropped: Vec::new(),
+            load: Some(Load::default()),
+        };
+        let len = serde_json::to_vec(&worst).unwrap().len();
+        assert!(len < MAX_API_BODY * 3 / 4, "{len} bytes for a batch");
+        let dropped = Announce {
+            have: Vec::new(),
+            dropped: hashes,
+            ..worst
+        };
+        assert!(serde_json::to_vec(&dropped).unwrap().len() < MAX_API_BODY * 3 / 4);
+    }
 }

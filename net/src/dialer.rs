@@ -289,6 +289,20 @@ impl PeerDialer {
             .map(|(_, b)| b)
     }
 
+    /// Which groups of `hash` the peer holds verified (a have-map of at most
+    /// `max` bytes) and the object's size as it states it.
+    pub async fn have(
+        &self,
+        id: &str,
+        dial: &DialInfo,
+        hash: ObjectHash,
+        max: u64,
+    ) -> Result<(Option<u64>, Vec<u8>), PeerError> {
+        self.request_body(id, dial, &PeerRequest::Have { hash }, max)
+            .await
+            .map(|(h, b)| (h.size, b))
+    }
+
     /// The bytes `first..=last` of `hash` (or all of it), as a stream whose
     /// length is checked against what was asked.
     pub async fn object(
@@ -322,23 +336,16 @@ impl PeerDialer {
         ))
     }
 
-    /// A cascade query (M11); the answer is capped at
-    /// `peercache_core::peer::MAX_LOCATE_BODY`.
+    /// A cascade query (M11, a `PeerRequest::Locate`); the answer is capped
+    /// at `peercache_core::peer::MAX_LOCATE_BODY`.
     pub async fn locate(
         &self,
         id: &str,
         dial: &DialInfo,
-        url: &str,
-        ttl: u8,
-        qid: &str,
+        query: &PeerRequest,
     ) -> Result<LocateResponse, PeerError> {
-        let req = PeerRequest::Locate {
-            url: url.to_string(),
-            ttl,
-            qid: qid.to_string(),
-        };
         let (_, body) = self
-            .request_body(id, dial, &req, peercache_core::peer::MAX_LOCATE_BODY)
+            .request_body(id, dial, query, peercache_core::peer::MAX_LOCATE_BODY)
             .await?;
         serde_json::from_slice(&body).map_err(|e| {
             PeerError::Frame(peercache_core::peer::FrameError::Malformed(e.to_string()))

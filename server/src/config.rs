@@ -81,6 +81,15 @@ pub struct Config {
     pub upstream_cache_max: u64,
     /// Proxies whose forwarding headers name the client (empty: none).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Refer clients to serving peers that are receiving the object right now
+    /// (partial holders, issue 12 point 1) rather than defer them.
+    pub refer_to_receivers: bool,
+    /// `Cache-Control` of the site's files by path prefix (root mode; the
+    /// longest matching prefix wins; `no-cache` where none matches).
+    pub cache_control: Vec<(String, String)>,
+    /// Where the server keeps its state across restarts (the record-signing
+    /// key when no `key_file` is given).
+    pub state_dir: PathBuf,
 }
 
 /// QUIC address discovery port of a relay named by `--relay-url` (the stock
@@ -127,8 +136,71 @@ impl Config {
             max_defer: Duration::from_secs(10),
             upstream_cache_max: 2 << 30,
             trusted_proxies: Vec::new(),
+            refer_to_receivers: true,
+            cache_control: Vec::new(),
+            state_dir: default_state_dir(),
         }
     }
+
+    /// The record-signing key file: `key_file`, or one per site (its root or
+    /// its upstream) in the state directory, so clients' pinned key survives
+    /// restarts.
+    pub fn signing_key_path(&self) -> PathBuf {
+        if let Some(path) = &self.key_file {
+            return path.clone();
+        }
+        let site = match &self.upstream {
+            Some(url) => url.clone(),
+            None => std::fs::canonicalize(&self.root)
+                .unwrap_or_else(|_| self.root.clone())
+                .display()
+                .to_string(),
+        };
+        let id = peercache_core::hash::ObjectHash::of(site.as_bytes()).to_hex();
+        self.state_dir
+            .join(format!("signing-key-{}", id.get(..16).unwrap_or_default()))
+    }
+
+    /// The `Cache-Control` set for a site path: the longest matching prefix.
+    pub fn cache_control_for(&self, path: &str) -> Option<&str> {
+        self.cache_control
+            .iter()
+            .filter(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Parses `PREFIX=VALUE` (`--cache-control /static/v1/=public, max-age=31536000, immutable`).
+    pub fn parse_cache_control(rule: &str) -> Result<(String, String), String> {
+        let (prefix, value) = rule
+            .split_once('=')
+            .ok_or_else(|| format!("--cache-control must be PREFIX=VALUE, not {rule:?}"))?;
+        if !prefix.starts_with('/') {
+            return Err(format!(
+                "--cache-control prefix must start with '/': {prefix:?}"
+            ));
+        }
+        if value.trim().is_empty() || axum::http::HeaderValue::from_str(value).is_err() {
+            return Err(format!(
+                "--cache-control value is not a header value: {value:?}"
+            ));
+        }
+        Ok((prefix.to_string(), value.trim().to_string()))
+    }
+}
+
+/// `$PEERCACHE_STATE_DIR`, else `$XDG_STATE_HOME/peercache-server`, else
+/// `~/.local/state/peercache-server`, else a directory under the temp dir.
+pub fn default_state_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("PEERCACHE_STATE_DIR")
+        .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("peercache-server")))
+        .or_else(|| env("HOME").map(|d| d.join(".local/state/peercache-server")))
+        .unwrap_or_else(|| std::env::temp_dir().join("peercache-server-state"))
 }
 
 /// Which backend holds the look-up table.
@@ -231,6 +303,13 @@ pub struct FileConfig {
     pub max_defer: Option<String>,
     /// e.g. `2GiB`.
     pub upstream_cache_max: Option<String>,
+    /// `false`: defer clients while an object is on its way, never refer to
+    /// partial holders.
+    pub refer_to_receivers: Option<bool>,
+    /// `PREFIX=VALUE` rules: `Cache-Control` by path prefix (root mode).
+    pub cache_control: Option<Vec<String>>,
+    /// State directory (the signing key).
+    pub state_dir: Option<PathBuf>,
     /// CIDRs of trusted proxies.
     pub trusted_proxy: Option<Vec<String>>,
     /// `text` or `json`.

@@ -128,7 +128,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let upstream = match &config.upstream {
-        Some(url) => Some(
+        Some(url) => Some(Arc::new(
             upstream::Upstream::new(
                 url,
                 config.upstream_cache.clone(),
@@ -136,7 +136,7 @@ pub async fn run(
                 config.ca_cert.as_deref(),
             )
             .map_err(|e| StartError::Root(url.clone(), std::io::Error::other(e.to_string())))?,
-        ),
+        )),
         None => {
             let root_meta = std::fs::metadata(&config.root)
                 .map_err(|e| StartError::Root(config.root.display().to_string(), e))?;
@@ -178,7 +178,7 @@ pub async fn run(
             )
         }
     };
-    let key_file = config.key_file.clone();
+    let key_file = config.signing_key_path();
     let site_relay = match (&config.tls_cert, &config.tls_key, config.relay) {
         (Some(cert), Some(key), true) => Some(start_relay(&config, &listener, cert, key).await?),
         _ => None,
@@ -212,9 +212,10 @@ pub async fn run(
     app_state.relays = relays;
     app_state.site_relay = site_relay;
     app_state.upstream = upstream;
-    if let Some(path) = key_file {
-        app_state.signer = load_or_create_key(&path).map_err(StartError::Key)?;
-    }
+    let own = load_or_create_key(&key_file).map_err(StartError::Key)?;
+    // Replicas sharing a look-up table sign with one key: the first one's.
+    let shared = app_state.store.shared_signing_secret(own.secret()).await?;
+    app_state.signer = peercache_core::record::RecordSigner::from_secret(shared);
     tracing::info!(key = %app_state.signer.public_hex(), "record-signing key");
     let state = Arc::new(app_state);
     if state.upstream.is_none() {
@@ -317,10 +318,18 @@ async fn start_relay(
 }
 
 /// Reads the 32-byte record-signing secret from `path`, creating it (mode 0600)
-/// on first start, so clients' pinned key survives restarts.
+/// on first start, so clients' pinned key survives restarts. Two servers
+/// starting at once agree on the one written first.
 pub fn load_or_create_key(
     path: &std::path::Path,
 ) -> std::io::Result<peercache_core::record::RecordSigner> {
+    match create_key(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => create_key(path),
+        other => other,
+    }
+}
+
+fn create_key(path: &std::path::Path) -> std::io::Result<peercache_core::record::RecordSigner> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let secret: [u8; 32] = bytes.try_into().map_err(|_| {

@@ -124,6 +124,24 @@ struct Args {
     /// [default: text].
     #[arg(long, env = "PEERCACHE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Never refer clients to peers still receiving an object (partial
+    /// holders); defer them while it is on its way instead.
+    #[arg(long, env = "PEERCACHE_NO_REFER_TO_RECEIVERS")]
+    no_refer_to_receivers: bool,
+    /// `Cache-Control` for the site's files under a path prefix, as
+    /// `PREFIX=VALUE` (repeatable; longest prefix wins) [default: no-cache],
+    /// e.g. `/static/v1/=public, max-age=31536000, immutable`.
+    #[arg(
+        long = "cache-control",
+        env = "PEERCACHE_CACHE_CONTROL",
+        value_delimiter = ';'
+    )]
+    cache_control: Vec<String>,
+    /// State kept across restarts (the record-signing key, one per site, when
+    /// no --key-file is given) [default: $XDG_STATE_HOME/peercache-server or
+    /// ~/.local/state/peercache-server].
+    #[arg(long, env = "PEERCACHE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 /// How logs are written.
@@ -181,6 +199,16 @@ async fn main() -> anyhow::Result<()> {
         (Some(_), Some(_)) => bail!("give either --root DIR or --upstream URL, not both"),
         (None, None) => bail!("--root DIR or --upstream URL is required (what to serve)"),
     };
+    let rules = if args.cache_control.is_empty() {
+        file.cache_control.unwrap_or_default()
+    } else {
+        args.cache_control
+    };
+    for rule in rules {
+        config
+            .cache_control
+            .push(Config::parse_cache_control(&rule).map_err(anyhow::Error::msg)?);
+    }
     if let Some(dir) = args.upstream_cache.or(file.upstream_cache) {
         config.upstream_cache = dir;
     }
@@ -202,6 +230,9 @@ async fn main() -> anyhow::Result<()> {
     }
     config.public_url = args.public_url.or(file.public_url);
     config.key_file = args.key_file.or(file.key_file);
+    if let Some(dir) = args.state_dir.or(file.state_dir) {
+        config.state_dir = dir;
+    }
     if let Some(s) = args.store.or(file.store) {
         config.store = s.parse().map_err(anyhow::Error::msg)?;
     }
@@ -247,6 +278,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(s) = args.max_defer.or(file.max_defer) {
         config.max_defer = parse_duration(&s)?;
+    }
+    if args.no_refer_to_receivers || file.refer_to_receivers == Some(false) {
+        config.refer_to_receivers = false;
     }
     if let Some(s) = args.upstream_cache_max.or(file.upstream_cache_max) {
         config.upstream_cache_max = parse_size(&s)?;

@@ -1,7 +1,10 @@
 //! The site's files and their hashes: the server's object registry.
 //!
 //! A request path is decoded, checked (no `..`, no hidden files, no NUL) and mapped
-//! under the root. Each file's BLAKE3 is computed once per (length, mtime) and kept,
+//! under the root. Each file's BLAKE3 is computed once per version and kept (a
+//! version is its length, modification time, inode and status-change time, so
+//! a same-size, same-mtime replacement, e.g. `cp -p` or a rename over it, is
+//! noticed: either changes the inode or the ctime),
 //! so every `200` can carry `Peercache-Object` and the server knows which hashes it
 //! may list peers for.
 
@@ -24,12 +27,34 @@ pub struct SiteObject {
     pub size: u64,
     /// Its media type.
     pub content_type: String,
+    /// Its modification time (`Last-Modified`), for a file of the site.
+    pub modified: Option<SystemTime>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
+    /// Device, inode and status-change time (ns): any write, `touch -d`, or
+    /// replacement changes one of them even when length and mtime stay.
+    identity: (u64, u64, i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+        };
+        #[cfg(not(unix))]
+        let identity = (0, 0, 0, 0);
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            identity,
+        }
+    }
 }
 
 /// Most objects remembered; beyond it the oldest half is forgotten (they are
@@ -101,13 +126,9 @@ impl Site {
         if !meta.is_file() {
             return Err(SiteError::NotFound);
         }
-        let stamp = Stamp {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        };
+        let stamp = Stamp::of(&meta);
         if let Some((s, obj)) = lock(&self.by_path).get(path)
-            && s.len == stamp.len
-            && s.modified == stamp.modified
+            && *s == stamp
         {
             return Ok(obj.clone());
         }
@@ -129,6 +150,7 @@ impl Site {
                 .first_or_octet_stream()
                 .essence_str()
                 .to_string(),
+            modified: stamp.modified,
         };
         {
             let mut by_path = lock(&self.by_path);

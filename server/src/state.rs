@@ -348,6 +348,101 @@ impl Sending {
     }
 }
 
+/// How long a serving peer counts as receiving an object after it started.
+pub const RECEIVER_TTL: Duration = Duration::from_secs(60);
+/// Receivers kept per object (the latest).
+const MAX_RECEIVERS: usize = 32;
+/// Objects with receivers kept.
+const MAX_RECEIVING_OBJECTS: usize = 10_000;
+
+/// Serving peers receiving an object right now (issue 12 point 1): those the
+/// server sends it to (until that transfer ends), and those it referred for it. They hold part of it and
+/// serve what they verified (a peer's have-map tells which part), so the next
+/// clients are referred to them straight away instead of waiting for someone
+/// to hold it whole. Bounded per object and in objects; an entry lapses after
+/// [`RECEIVER_TTL`].
+#[derive(Debug, Default)]
+pub struct Receivers {
+    inner: Mutex<ReceiverMap>,
+}
+
+/// Per object: (peer id, dial string, since when), oldest first.
+type ReceiverMap = HashMap<ObjectHash, VecDeque<(String, String, Instant)>>;
+
+impl Receivers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReceiverMap> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Peer `id`, dialed at `addr`, started receiving `hash`.
+    pub fn add(&self, hash: ObjectHash, id: &str, addr: &str) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= MAX_RECEIVING_OBJECTS && !map.contains_key(&hash) {
+            map.retain(|_, r| {
+                r.back()
+                    .is_some_and(|e| now.duration_since(e.2) < RECEIVER_TTL)
+            });
+            if map.len() >= MAX_RECEIVING_OBJECTS {
+                return;
+            }
+        }
+        let list = map.entry(hash).or_default();
+        list.retain(|(i, _, at)| i != id && now.duration_since(*at) < RECEIVER_TTL);
+        if list.len() >= MAX_RECEIVERS {
+            list.pop_front();
+        }
+        list.push_back((id.to_string(), addr.to_string(), now));
+    }
+
+    /// Peer `id` no longer receives `hash` from this server (its transfer
+    /// ended: it holds it whole and announces it, or it broke off).
+    pub fn remove(&self, hash: &ObjectHash, id: &str) {
+        let mut map = self.lock();
+        if let Some(list) = map.get_mut(hash) {
+            list.retain(|(i, _, _)| i != id);
+            if list.is_empty() {
+                map.remove(hash);
+            }
+        }
+    }
+
+    /// Up to `max` receivers of `hash` other than `exclude`, from a random
+    /// place in the list on (so a crowd's requests spread over them).
+    pub fn list(
+        &self,
+        hash: &ObjectHash,
+        exclude: Option<&str>,
+        max: usize,
+    ) -> Vec<peercache_core::protocol::Proxy> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let Some(list) = map.get_mut(hash) else {
+            return Vec::new();
+        };
+        list.retain(|(_, _, at)| now.duration_since(*at) < RECEIVER_TTL);
+        let start = if list.is_empty() {
+            0
+        } else {
+            rand::random_range(0..list.len())
+        };
+        list.iter()
+            .cycle()
+            .skip(start)
+            .take(list.len())
+            .filter(|(id, _, _)| Some(id.as_str()) != exclude)
+            .take(max)
+            .map(|(id, addr, _)| peercache_core::protocol::Proxy {
+                id: id.clone(),
+                addr: addr.clone(),
+                direct: None,
+                rtt_ms: None,
+                load: None,
+            })
+            .collect()
+    }
+}
+
 /// Live peer ids registered per client address (`--max-peers-per-ip`), so one
 /// source cannot fill the look-up table.
 #[derive(Debug, Default)]
@@ -414,54 +509,99 @@ impl OutboardCache {
     }
 }
 
-/// Possession proofs under way, by the prover's address and the object: the
-/// server does not send that object to that address meanwhile, so a proof
-/// cannot be answered by fetching from the server on the fly.
+/// Longest a possession proof may take (dial, ask, read 4 KiB).
+pub const PROOF_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a proof of an object fails, no new proof of it starts for this long:
+/// a prover that stalls every proof holds the object's senders back at most
+/// `PROOF_TIMEOUT` out of every `PROOF_TIMEOUT + PROOF_COOLDOWN`.
+pub const PROOF_COOLDOWN: Duration = Duration::from_secs(15);
+
+/// Possession proofs under way, per object. While a proof of an object runs,
+/// the server sends that object to nobody (requests wait until it ends), so a
+/// proof cannot be answered by fetching from the server on the fly, not even
+/// through a third machine. At most one proof of an object runs at a time,
+/// and after a failed one the object cools down before the next.
 #[derive(Debug, Default)]
 pub struct Proving {
-    map: Mutex<HashMap<(std::net::IpAddr, ObjectHash), u32>>,
+    state: Mutex<ProvingState>,
+    ended: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct ProvingState {
+    running: std::collections::HashSet<ObjectHash>,
+    cooling: HashMap<ObjectHash, Instant>,
 }
 
 impl Proving {
-    /// A proof of `hash` by `ip` starts; it ends when the guard drops.
-    pub fn start(self: &Arc<Self>, ip: std::net::IpAddr, hash: ObjectHash) -> ProvingGuard {
-        *self
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((ip, hash))
-            .or_default() += 1;
-        ProvingGuard {
-            proving: self.clone(),
-            key: (ip, hash),
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProvingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True while `ip` is proving it holds `hash`.
-    pub fn is_proving(&self, ip: std::net::IpAddr, hash: &ObjectHash) -> bool {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&(ip, *hash))
+    /// Starts a proof of `hash`, unless one runs or the object cools down
+    /// after a failed one; the proof ends when the guard drops.
+    pub fn try_start(self: &Arc<Self>, hash: ObjectHash) -> Option<ProvingGuard> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        st.cooling.retain(|_, until| *until > now);
+        if st.cooling.contains_key(&hash) || !st.running.insert(hash) {
+            return None;
+        }
+        Some(ProvingGuard {
+            proving: self.clone(),
+            hash,
+            failed: false,
+        })
+    }
+
+    /// True while a proof of `hash` runs.
+    pub fn is_proving(&self, hash: &ObjectHash) -> bool {
+        self.lock().running.contains(hash)
+    }
+
+    /// Waits until no proof of `hash` runs (at most a little longer than a
+    /// proof can take); false if one still runs then.
+    pub async fn wait_clear(&self, hash: &ObjectHash) -> bool {
+        let deadline = tokio::time::Instant::now() + PROOF_TIMEOUT + Duration::from_secs(1);
+        loop {
+            // Made before the check: a proof that ends in between still wakes it.
+            let ended = self.ended.notified();
+            if !self.is_proving(hash) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return !self.is_proving(hash);
+            }
+        }
     }
 }
 
-/// Ends a proof when dropped.
+/// Ends a proof when dropped; a failed one starts the object's cooldown.
 #[derive(Debug)]
 pub struct ProvingGuard {
     proving: Arc<Proving>,
-    key: (std::net::IpAddr, ObjectHash),
+    hash: ObjectHash,
+    failed: bool,
+}
+
+impl ProvingGuard {
+    /// Marks the proof failed.
+    pub fn failed(&mut self) {
+        self.failed = true;
+    }
 }
 
 impl Drop for ProvingGuard {
     fn drop(&mut self) {
-        let mut map = self.proving.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.key);
+        {
+            let mut st = self.proving.lock();
+            st.running.remove(&self.hash);
+            if self.failed {
+                st.cooling
+                    .insert(self.hash, Instant::now() + PROOF_COOLDOWN);
             }
         }
+        self.proving.ended.notify_waiters();
     }
 }
 
@@ -490,11 +630,13 @@ pub struct AppState {
     /// The site's own relay, when it runs one.
     pub site_relay: Option<crate::relay::SiteRelay>,
     /// The origin, in upstream mode.
-    pub upstream: Option<crate::upstream::Upstream>,
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
     /// The record-signing key (B8).
     pub signer: peercache_core::record::RecordSigner,
     /// Transfers in flight per object.
     pub sending: Sending,
+    /// Serving peers receiving an object now (partial holders).
+    pub receivers: Receivers,
     /// Announce, register and report rate limits per peer (B6).
     pub announce_limiter: RateLimiter,
     /// API rate limits per client address (`--source-rate`).
@@ -554,6 +696,7 @@ impl AppState {
             upstream: None,
             signer: peercache_core::record::RecordSigner::from_secret(rand::random()),
             sending: Sending::default(),
+            receivers: Receivers::default(),
             signed: Mutex::new(HashMap::new()),
             announce_limiter: RateLimiter::default(),
             source_limiter: RateLimiter::default(),
@@ -683,6 +826,38 @@ impl AppState {
 mod tests {
     use super::*;
     use peercache_core::decide::{Inputs, explain};
+
+    #[tokio::test]
+    async fn one_proof_per_object_a_failed_one_cools_it_down_and_senders_wait() {
+        let proving = Arc::new(Proving::default());
+        let (a, b) = (ObjectHash::of(b"a"), ObjectHash::of(b"b"));
+        let first = proving.try_start(a).unwrap();
+        assert!(
+            proving.try_start(a).is_none(),
+            "one proof of an object at a time"
+        );
+        let other = proving.try_start(b).unwrap();
+        assert!(proving.is_proving(&a));
+        // A sender of `a` waits until its proof ends.
+        let waiter = {
+            let p = proving.clone();
+            tokio::spawn(async move { p.wait_clear(&a).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "nobody gets `a` during its proof");
+        drop(first);
+        assert!(waiter.await.unwrap());
+        // A proof that succeeded leaves no cooldown; a failed one does.
+        let mut again = proving.try_start(a).unwrap();
+        again.failed();
+        drop(again);
+        assert!(
+            proving.try_start(a).is_none(),
+            "cooling down after a failure"
+        );
+        drop(other);
+        assert!(proving.try_start(b).is_some());
+    }
 
     #[test]
     fn the_decision_ring_keeps_the_newest_and_stays_bounded() {

@@ -508,6 +508,7 @@ fn peer_requests() -> Vec<PeerRequest> {
     vec![
         PeerRequest::Ping,
         PeerRequest::Outboard { hash: hash() },
+        PeerRequest::Have { hash: hash() },
         PeerRequest::Object {
             hash: hash(),
             range: Some((1, 2)),
@@ -516,11 +517,12 @@ fn peer_requests() -> Vec<PeerRequest> {
             hash: hash(),
             range: None,
         },
-        PeerRequest::Locate {
-            url: "https://example.org/a".into(),
-            ttl: 3,
-            qid: "0123456789abcdef".into(),
-        },
+        PeerRequest::locate(
+            "https://example.org/a",
+            "https://example.org",
+            3,
+            "0123456789abcdef",
+        ),
     ]
 }
 

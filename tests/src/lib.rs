@@ -16,6 +16,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 pub mod fuzz;
 pub mod netns;
+pub mod origin;
 pub mod redis_setups;
 
 /// Where the workspace binaries are.
@@ -226,7 +227,19 @@ pub async fn spawn_server(root: &Path, args: &[&str]) -> anyhow::Result<Server> 
 }
 
 /// Starts a server from a prepared command (which must listen on `127.0.0.1:0`).
-pub async fn spawn_server_cmd(cmd: Command) -> anyhow::Result<Server> {
+pub async fn spawn_server_cmd(mut cmd: Command) -> anyhow::Result<Server> {
+    // The server keeps its signing key in a state directory: the tests' own,
+    // unless the test chose one.
+    if !cmd
+        .as_std()
+        .get_envs()
+        .any(|(k, _)| k == "PEERCACHE_STATE_DIR")
+    {
+        cmd.env(
+            "PEERCACHE_STATE_DIR",
+            std::env::temp_dir().join("peercache-tests-server-state"),
+        );
+    }
     let proc = spawn_until(cmd, "listening on").await?;
     let addr = proc
         .banner
@@ -439,6 +452,46 @@ pub async fn fetch_cli_with(
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
+}
+
+/// [`fetch_cli_with`] that also watches the fetch process's peak resident
+/// memory (`VmHWM`, KiB) while it runs, read every 20 ms.
+pub async fn fetch_cli_watched(
+    server: &str,
+    path: &str,
+    out: &Path,
+    cache: &Path,
+    args: &[&str],
+) -> anyhow::Result<(bool, String, u64)> {
+    let mut child = Command::new(bin("peercache-host"))
+        .args(["fetch", "--server", server, path, "-o"])
+        .arg(out)
+        .args(args)
+        .arg("--cache")
+        .arg(cache)
+        .arg("--state")
+        .arg(state_for(cache))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("no pid")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let reader = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
+        s
+    });
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(proc_status_kib(pid, "VmHWM:"));
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok((status.success(), reader.await?, peak))
 }
 
 /// Prometheus text → sums per metric name.
@@ -715,9 +768,36 @@ pub struct FakePeer {
 /// after each byte it sends.
 type HeldObject = (peercache_core::ObjectHash, Vec<u8>, Vec<u8>, Duration);
 
+/// How a fake holder lies about an object's outboard (the group CVs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadOutboard {
+    /// Announces the true length, then sends zeros forever.
+    Endless,
+    /// Announces a terabyte, then sends zeros forever.
+    Huge,
+}
+
+/// A prover that holds nothing and answers a possession proof by fetching the
+/// asked range from the server through another address (a third machine).
+#[derive(Debug)]
+pub struct RelayedProof {
+    /// The object's URL on the server.
+    pub url: String,
+    /// The client it fetches with (bound to the third machine's address).
+    pub client: reqwest::Client,
+    /// Ranges it was asked for.
+    pub asked: std::sync::atomic::AtomicUsize,
+    /// Ranges the server sent it in full (for the relay to pass on).
+    pub fetched: std::sync::atomic::AtomicUsize,
+}
+
 #[derive(Debug, Clone)]
 struct FakeHandler {
     ping_delay: Duration,
+    /// Answers object requests by fetching from the server meanwhile.
+    relay: Option<std::sync::Arc<RelayedProof>>,
+    /// Answers outboard requests for the object it holds with this lie.
+    bad_outboard: Option<BadOutboard>,
     /// Answers requests for this object with a body that never ends.
     endless: Option<peercache_core::ObjectHash>,
     /// An object it holds, its outboard, and the pause after each byte it sends.
@@ -733,6 +813,8 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
         use peercache_net::wire::{read_frame, write_frame};
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let (delay, object, endless) = (self.ping_delay, self.object.clone(), self.endless);
+            let bad_outboard = self.bad_outboard;
+            let relay = self.relay.clone();
             tokio::spawn(async move {
                 let Ok(req) = read_frame::<PeerRequest>(&mut recv).await else {
                     return;
@@ -752,6 +834,43 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                     while send.write_all(&zeros).await.is_ok() {}
                     return;
                 }
+                if let (PeerRequest::Object { range, .. }, Some(relay)) = (&req, &relay) {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    relay.asked.fetch_add(1, SeqCst);
+                    let (a, b) = range.unwrap_or((0, 0));
+                    let got = relay
+                        .client
+                        .get(&relay.url)
+                        .header("range", format!("bytes={a}-{b}"))
+                        .send()
+                        .await;
+                    let bytes = match got {
+                        Ok(r) if r.status() == 206 => r.bytes().await.ok(),
+                        _ => None,
+                    };
+                    let Some(bytes) = bytes.filter(|got| got.len() as u64 == b - a + 1) else {
+                        return;
+                    };
+                    relay.fetched.fetch_add(1, SeqCst);
+                    let header = PeerResponse::body(bytes.len() as u64, load);
+                    let _ = write_frame(&mut send, &header).await;
+                    let _ = send.write_all(&bytes).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                    return;
+                }
+                if let (PeerRequest::Outboard { hash }, Some(lie)) = (&req, bad_outboard)
+                    && let Some(o) = held(hash)
+                {
+                    let len = match lie {
+                        BadOutboard::Endless => o.2.len() as u64,
+                        BadOutboard::Huge => 1 << 40,
+                    };
+                    let _ = write_frame(&mut send, &PeerResponse::body(len, load)).await;
+                    let zeros = vec![0u8; 64 * 1024];
+                    while send.write_all(&zeros).await.is_ok() {}
+                    return;
+                }
                 let (header, body, pause) = match req {
                     PeerRequest::Ping => {
                         tokio::time::sleep(delay).await;
@@ -760,6 +879,19 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                     PeerRequest::Outboard { hash } if held(&hash).is_some() => {
                         let ob = held(&hash).map(|o| o.2.clone()).unwrap_or_default();
                         (PeerResponse::body(ob.len() as u64, load), ob, None)
+                    }
+                    // It holds the whole object, like a real holder says.
+                    PeerRequest::Have { hash } if held(&hash).is_some() => {
+                        let Some(o) = held(&hash) else { return };
+                        let size = o.1.len() as u64;
+                        let map = peercache_core::pieces::HaveMap::full(
+                            peercache_core::verified::group_count(size),
+                        );
+                        let header = PeerResponse {
+                            size: Some(size),
+                            ..PeerResponse::body(map.as_bytes().len() as u64, load)
+                        };
+                        (header, map.as_bytes().to_vec(), None)
                     }
                     PeerRequest::Object { hash, range } if held(&hash).is_some() => {
                         let Some(o) = held(&hash) else { return };
@@ -802,7 +934,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
 
 /// Starts a [`FakePeer`] on 127.0.0.1.
 pub async fn spawn_fake_peer(key: TestKey, ping_delay: Duration) -> anyhow::Result<FakePeer> {
-    spawn_fake_holder(key, ping_delay, None, None).await
+    spawn_fake_holder(key, ping_delay, None, None, None).await
 }
 
 /// Starts a [`FakePeer`] that holds `object` (its true bytes and outboard) and
@@ -819,7 +951,38 @@ pub async fn spawn_trickling_holder(
         outboard,
         pause,
     );
-    spawn_fake_holder(key, Duration::ZERO, Some(std::sync::Arc::new(held)), None).await
+    spawn_fake_holder(
+        key,
+        Duration::ZERO,
+        Some(std::sync::Arc::new(held)),
+        None,
+        None,
+    )
+    .await
+}
+
+/// Starts a [`FakePeer`] that holds `object` and serves its bytes honestly (so
+/// it passes the server's possession proof) but lies about its outboard.
+pub async fn spawn_bad_outboard_holder(
+    key: TestKey,
+    object: &[u8],
+    lie: BadOutboard,
+) -> anyhow::Result<FakePeer> {
+    let outboard = peercache_core::verified::outboard_from_reader(object, object.len() as u64)?;
+    let held = (
+        peercache_core::ObjectHash::of(object),
+        object.to_vec(),
+        outboard,
+        Duration::ZERO,
+    );
+    spawn_fake_holder(
+        key,
+        Duration::ZERO,
+        Some(std::sync::Arc::new(held)),
+        None,
+        Some(lie),
+    )
+    .await
 }
 
 /// Starts a [`FakePeer`] that answers any request for `hash` with a body that
@@ -828,7 +991,7 @@ pub async fn spawn_endless_holder(
     key: TestKey,
     hash: peercache_core::ObjectHash,
 ) -> anyhow::Result<FakePeer> {
-    spawn_fake_holder(key, Duration::ZERO, None, Some(hash)).await
+    spawn_fake_holder(key, Duration::ZERO, None, Some(hash), None).await
 }
 
 /// [`signed_post`] through a given client (e.g. one bound to another
@@ -859,6 +1022,37 @@ async fn spawn_fake_holder(
     ping_delay: Duration,
     object: Option<std::sync::Arc<HeldObject>>,
     endless: Option<peercache_core::ObjectHash>,
+    bad_outboard: Option<BadOutboard>,
+) -> anyhow::Result<FakePeer> {
+    spawn_fake(key, ping_delay, object, endless, bad_outboard, None).await
+}
+
+/// Starts a [`FakePeer`] that holds nothing and answers possession proofs
+/// with bytes it fetches from `url` meanwhile, from the address `via`.
+pub async fn spawn_relaying_prover(
+    key: TestKey,
+    url: &str,
+    via: [u8; 4],
+) -> anyhow::Result<(FakePeer, std::sync::Arc<RelayedProof>)> {
+    let relay = std::sync::Arc::new(RelayedProof {
+        url: url.to_string(),
+        client: reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(via))
+            .build()?,
+        asked: Default::default(),
+        fetched: Default::default(),
+    });
+    let peer = spawn_fake(key, Duration::ZERO, None, None, None, Some(relay.clone())).await?;
+    Ok((peer, relay))
+}
+
+async fn spawn_fake(
+    key: TestKey,
+    ping_delay: Duration,
+    object: Option<std::sync::Arc<HeldObject>>,
+    endless: Option<peercache_core::ObjectHash>,
+    bad_outboard: Option<BadOutboard>,
+    relay: Option<std::sync::Arc<RelayedProof>>,
 ) -> anyhow::Result<FakePeer> {
     let endpoint = peercache_net::endpoint::bind(&peercache_net::EndpointOptions {
         secret: key.secret,
@@ -873,6 +1067,8 @@ async fn spawn_fake_holder(
             peercache_core::peer::ALPN,
             FakeHandler {
                 ping_delay,
+                relay,
+                bad_outboard,
                 object,
                 endless,
             },

@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use peercache_core::ObjectHash;
-use peercache_core::peer::{PeerStatus, lan_digest};
+use peercache_core::peer::{PeerRequest, PeerStatus, lan_digest};
 use peercache_tests::{
-    TempDir, fetch_cli, make_site, peer_dialer, peer_dialer_at, proc_usage, spawn_peer,
-    spawn_server, test_bytes,
+    BadOutboard, NativeSession, TempDir, TestKey, announce, fetch_cli, fetch_cli_watched,
+    make_site, peer_dialer, peer_dialer_at, proc_usage, register_and_fetch,
+    spawn_bad_outboard_holder, spawn_peer, spawn_server, test_bytes,
 };
 
 fn p99(mut v: Vec<Duration>) -> Duration {
@@ -249,4 +250,305 @@ fn the_lan_digest_hides_the_url() {
     assert_eq!(d.len(), 64);
     assert!(!d.contains("site"));
     assert_ne!(d, lan_digest("https://site.example/static/other.js"));
+}
+
+/// Point 1, host side: a listed holder passes the server's possession proof
+/// (it serves the true bytes) but lies about the outboard: once announcing its
+/// true length and then sending forever, once announcing a terabyte. The
+/// client reads no more than the object's outboard can be, drops the liar,
+/// and gets the object from the server; its memory stays flat (before the cap,
+/// this drove a client to 2 GiB in 6 s).
+#[tokio::test]
+async fn endless_outboards_from_listed_peers_do_not_grow_the_client() {
+    let f = test_bytes(4_000_000, 321);
+    let hash = ObjectHash::of(&f).to_hex();
+    for (seed, lie) in [(51, BadOutboard::Endless), (52, BadOutboard::Huge)] {
+        let dir = TempDir::new("atk-outboard");
+        let root = make_site(&dir, &[("f.bin", &f)]);
+        // 4 MB at 1 MiB/s cannot be sent within 1 s: the client is referred.
+        let server = spawn_server(
+            &root,
+            &[
+                "--egress-limit",
+                "1MiB",
+                "--target-period",
+                "1s",
+                "--ping-interval",
+                "0s",
+            ],
+        )
+        .await
+        .unwrap();
+        let key = TestKey::new(seed);
+        let liar = spawn_bad_outboard_holder(key.clone(), &f, lie)
+            .await
+            .unwrap();
+        let got = register_and_fetch(&server.url, &key, Some(liar.port), "/static/f.bin")
+            .await
+            .unwrap();
+        assert_eq!(got, 200);
+        let accepted = announce(&server.url, &key, std::slice::from_ref(&hash), None)
+            .await
+            .unwrap();
+        assert_eq!(accepted, vec![hash.clone()], "{lie:?}: listed as a holder");
+        let out = dir.join("f.out");
+        let (ok, err, peak_kib) = fetch_cli_watched(
+            &server.url,
+            "/static/f.bin",
+            &out,
+            &dir.join("c"),
+            &["--explain"],
+        )
+        .await
+        .unwrap();
+        println!("{lie:?} outboard: fetch ok={ok}, peak VmHWM {peak_kib} KiB\n{err}");
+        assert!(ok, "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), f);
+        assert!(
+            err.contains(&key.id[..8]),
+            "{lie:?}: the liar {} was tried: {err}",
+            key.id
+        );
+        assert!(err.contains("from server"), "the server sent it: {err}");
+        assert!(
+            peak_kib > 0 && peak_kib < 128 * 1024,
+            "{lie:?}: the client read no more than an outboard can be: peak {peak_kib} KiB"
+        );
+    }
+}
+
+/// Point 7, the cascade: a peer answers only about hashes. A locate names the
+/// object and its site by digest; a query that carries a URL is refused, one
+/// with the digest of a URL the peer knows is answered with the holder and the
+/// record, the record without its URL (so a digest overheard on the LAN
+/// reveals nothing), and a digest it does not know gets nothing.
+#[tokio::test]
+async fn a_peer_answers_locate_only_by_digest_and_names_no_url() {
+    let dir = TempDir::new("atk-locate");
+    let f = test_bytes(100_000, 331);
+    let root = make_site(&dir, &[("secret-report.pdf", &f)]);
+    let server = spawn_server(&root, &[]).await.unwrap();
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/secret-report.pdf",
+        &dir.join("o"),
+        &dir.join("a"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let a = spawn_peer(&server.url, &dir.join("a"), &[]).await.unwrap();
+    let url = format!("{}/static/secret-report.pdf", server.url);
+    let origin = server.url.clone();
+    let asker = peer_dialer().await.unwrap();
+
+    // In clear: refused.
+    let in_clear = PeerRequest::Locate {
+        object: url.clone(),
+        site: origin.clone(),
+        ttl: 0,
+        qid: "q-clear".into(),
+    };
+    let refused = asker.locate(&a.id, &a.dial(), &in_clear).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("BadRequest")),
+        "a URL in clear is refused: {refused:?}"
+    );
+
+    // By digest: answered, and the answer names no URL.
+    let by_digest = PeerRequest::locate(&url, &origin, 0, "q-digest");
+    let found = asker.locate(&a.id, &a.dial(), &by_digest).await.unwrap();
+    assert_eq!(found.holders.len(), 1, "{found:?}");
+    assert_eq!(found.holders[0].id, a.id);
+    let record = found.record.expect("the record comes with the holder");
+    assert_eq!(record.record.hash, ObjectHash::of(&f));
+    assert!(record.record.url.is_empty(), "{:?}", record.record.url);
+    let answer = serde_json::to_string(&found.holders).unwrap();
+    assert!(!answer.contains("secret"), "{answer}");
+
+    // A digest it does not know: nothing.
+    let unknown = PeerRequest::locate(&format!("{url}x"), &origin, 0, "q-unknown");
+    let nothing = asker.locate(&a.id, &a.dial(), &unknown).await.unwrap();
+    assert!(nothing.holders.is_empty() && nothing.record.is_none());
+}
+
+/// Point 3, at scale: 1,120 QUIC connections from 20 addresses and 280 keys
+/// (4 per key, 56 per address: within the per-key and per-address caps, so
+/// only the total cap of 512 stands) are dialed at a visitor's host, as a
+/// browser runs it, and held. The host serves at most 512 of them, its
+/// descriptors and memory stay bounded, and its gateway keeps answering the
+/// enrolled site the whole time (before the caps, 1,100 idle connections used
+/// up the descriptors and the gateway stopped answering).
+#[tokio::test]
+async fn a_flood_of_1100_connections_leaves_the_gateway_answering() {
+    const ADDRESSES: u8 = 20;
+    const KEYS_PER_ADDRESS: usize = 14;
+    const CONNECTIONS_PER_KEY: usize = 4;
+    const TOTAL_CAP: usize = 512;
+    let dir = TempDir::new("atk-flood-1100");
+    let data = test_bytes(200_000, 341);
+    let root = make_site(&dir, &[("a.bin", &data)]);
+    let server = spawn_server(&root, &[]).await.unwrap();
+    let cache = dir.join("cache");
+    let mut session = NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
+        .await
+        .unwrap();
+    session
+        .send(&serde_json::json!({"type": "hello", "version": "t"}))
+        .await
+        .unwrap();
+    let status = session.recv_type("status").await.unwrap();
+    session
+        .send(&serde_json::json!({"type": "config", "enabled": true,
+            "sites": [{"origin": server.url, "scope": "/static/"}]}))
+        .await
+        .unwrap();
+    session.recv_type("status").await.unwrap();
+    let gateway = format!(
+        "http://127.0.0.1:{}/g/{}/static/a.bin",
+        status["gateway_port"].as_u64().unwrap(),
+        server.url
+    );
+    let token = status["token"].as_str().unwrap().to_string();
+    let peer_id: iroh::EndpointId = status["peer_id"].as_str().unwrap().parse().unwrap();
+    let port = status["peer_addr"]
+        .as_str()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    let target = peercache_net::dialer::endpoint_addr(
+        peer_id,
+        &peercache_core::peer::DialInfo {
+            relay: None,
+            direct: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+        },
+    );
+    let pid = session.child.id().unwrap();
+    let http = reqwest::Client::new();
+    let through_gateway = |http: reqwest::Client, gateway: String, token: String| async move {
+        let t = Instant::now();
+        // Answering means within 15 s, body included.
+        let r = http
+            .get(&gateway)
+            .header("x-peercache-token", &token)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        let ok = match r {
+            Ok(r) if r.status() == 200 => r.bytes().await.is_ok_and(|b| b.len() == 200_000),
+            _ => false,
+        };
+        (ok, t.elapsed())
+    };
+    assert!(
+        through_gateway(http.clone(), gateway.clone(), token.clone())
+            .await
+            .0
+    );
+    let (hwm_before, fds_before) = proc_usage(pid);
+
+    // The flood, at most 64 handshakes in flight; every connection that is
+    // served (its ping answered) is held until the end.
+    let mut dialers = Vec::new();
+    for a in 0..ADDRESSES {
+        for _ in 0..KEYS_PER_ADDRESS {
+            dialers.push(peer_dialer_at([127, 0, 1, a + 1]).await.unwrap());
+        }
+    }
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in &dialers {
+        for _ in 0..CONNECTIONS_PER_KEY {
+            let (ep, target, in_flight) = (d.endpoint().clone(), target.clone(), in_flight.clone());
+            tasks.spawn(async move {
+                let _permit = in_flight.acquire_owned().await.ok()?;
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    ep.connect(target, peercache_core::peer::ALPN),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                let (mut send, mut recv) = conn.open_bi().await.ok()?;
+                peercache_net::wire::write_frame(&mut send, &PeerRequest::Ping)
+                    .await
+                    .ok()?;
+                send.finish().ok()?;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    peercache_net::wire::read_frame::<peercache_core::peer::PeerResponse>(
+                        &mut recv,
+                    ),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                (r.status == PeerStatus::Ok).then_some(conn)
+            });
+        }
+    }
+    // The gateway, asked every 200 ms while the flood runs.
+    let mut gateway_ok = 0;
+    let mut gateway_asked = 0;
+    let mut latencies = Vec::new();
+    let mut held = Vec::new();
+    let tried = dialers.len() * CONNECTIONS_PER_KEY;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok(Some(conn))) => held.push(conn),
+                Some(_) => {}
+                None => break,
+            },
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                let (ok, took) = through_gateway(http.clone(), gateway.clone(), token.clone()).await;
+                gateway_asked += 1;
+                gateway_ok += usize::from(ok);
+                latencies.push(took);
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // And ten more while all of them are held.
+    for _ in 0..10 {
+        let (ok, took) = through_gateway(http.clone(), gateway.clone(), token.clone()).await;
+        gateway_asked += 1;
+        gateway_ok += usize::from(ok);
+        latencies.push(took);
+    }
+    let (hwm, fds) = proc_usage(pid);
+    let p99_gateway = p99(latencies);
+    println!(
+        "flood of {tried} connections from {ADDRESSES} addresses in {secs:.1} s ({:.0}/s): {} served and held; \
+         host VmHWM {hwm_before} -> {hwm} KiB, fds {fds_before} -> {fds}; \
+         gateway {gateway_ok}/{gateway_asked} answered, p99 {p99_gateway:?}",
+        tried as f64 / secs,
+        held.len()
+    );
+    assert_eq!(tried, 1120);
+    assert!(
+        held.len() <= TOTAL_CAP,
+        "at most {TOTAL_CAP} connections served: {}",
+        held.len()
+    );
+    assert!(
+        held.len() >= 100,
+        "the flood really held connections (else it proves nothing): {}",
+        held.len()
+    );
+    assert_eq!(gateway_ok, gateway_asked, "the gateway kept answering");
+    assert!(gateway_asked >= 10);
+    assert!(
+        fds <= fds_before + 32,
+        "connections cost no descriptors: {fds_before} -> {fds}"
+    );
+    assert!(
+        hwm < hwm_before + 512 * 1024,
+        "memory stays bounded: {hwm_before} -> {hwm} KiB"
+    );
+    drop(held);
 }

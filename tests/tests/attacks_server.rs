@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use peercache_core::ObjectHash;
 use peercache_tests::{
     Server, TempDir, TestKey, announce, make_site, metrics, register_and_fetch, signed_post,
-    signed_post_with, spawn_endless_holder, spawn_server, test_bytes,
+    signed_post_with, spawn_endless_holder, spawn_relaying_prover, spawn_server, test_bytes,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -488,6 +488,9 @@ async fn a_slow_reader_does_not_make_others_wait() {
             "120s",
             "--ping-interval",
             "0s",
+            // Deferral's own bound (with referrals to receivers the reader
+            // would be listed, and clients fall back to the server).
+            "--no-refer-to-receivers",
         ],
     )
     .await
@@ -563,4 +566,61 @@ async fn a_slow_reader_does_not_make_others_wait() {
         "served within the bounded deferral: {after:?}"
     );
     trickle.abort();
+}
+
+/// Point 5, a relayed proof: a peer that holds nothing announces an object and
+/// answers the server's possession proof by fetching the asked range from the
+/// server meanwhile, through a third machine (another address). While the
+/// proof runs the server sends the object to nobody, so the relay gets its
+/// bytes only after the proof failed, and the peer is not listed; the object
+/// then cools down (no new proof for 15 s), and honest requests are served.
+#[tokio::test]
+async fn a_proof_relayed_through_a_third_machine_does_not_list() {
+    let dir = TempDir::new("atk-relay-proof");
+    let data = test_bytes(MIB, 51);
+    let root = make_site(&dir, &[("a.bin", &data)]);
+    let server = spawn_server(&root, &["--ping-interval", "0s"])
+        .await
+        .unwrap();
+    let hash = ObjectHash::of(&data).to_hex();
+    let key = TestKey::new(61);
+    let url = format!("{}/static/a.bin", server.url);
+    let (prover, relay) = spawn_relaying_prover(key.clone(), &url, [127, 0, 0, 5])
+        .await
+        .unwrap();
+    let r = signed_post(
+        &server.url,
+        "/v1/peers",
+        &key,
+        &serde_json::json!({"peer_id": key.id, "port": prover.port,
+            "dial": {"relay": null, "direct": [format!("127.0.0.1:{}", prover.port)]}}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+
+    let t = Instant::now();
+    let accepted = announce(&server.url, &key, std::slice::from_ref(&hash), None)
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    let asked = relay.asked.load(std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "relayed proof: asked {asked}, relayed in time {}, announce took {took:?}, accepted {accepted:?}",
+        relay.fetched.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert_eq!(asked, 1, "the server asked the prover for a proof");
+    assert!(accepted.is_empty(), "a relayed proof lists nobody");
+
+    // Cooling down: a second announce gets no proof at all.
+    let again = announce(&server.url, &key, std::slice::from_ref(&hash), None)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(relay.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Honest requests from anywhere are served.
+    let r = other_address().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), MIB);
 }

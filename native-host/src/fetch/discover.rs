@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use peercache_core::explain::Discovery;
-use peercache_core::peer::DialInfo;
+use peercache_core::peer::{DialInfo, PeerRequest};
 use peercache_core::protocol::{LocateResponse, Proxy, Referral};
 use peercache_core::record::SignedRecord;
 
@@ -116,19 +116,32 @@ impl Discover for KnownPeers {
 
     fn find<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Found> {
         Box::pin(async move {
+            let Ok(parsed) = reqwest::Url::parse(url) else {
+                return Found::default();
+            };
+            let query = PeerRequest::locate(url, &origin(&parsed), self.ttl, &self.qid);
             let answers = futures_util::future::join_all(
                 self.ask
                     .iter()
                     .take(MAX_ASKED)
-                    .map(|p| locate(&self.dialer, p, url, self.ttl, &self.qid)),
+                    .map(|p| locate(&self.dialer, p, &query)),
             )
             .await;
             let mut found = Found::default();
             for a in answers {
+                // Records come back without their URL (the query had only its
+                // digest): the URL asked is put back before the signature is
+                // checked against it.
+                let records = a.record.into_iter().map(|mut r| {
+                    if r.record.url.is_empty() {
+                        r.record.url = url.to_string();
+                    }
+                    r
+                });
                 found.merge(
                     Found {
                         holders: a.holders,
-                        records: a.record.into_iter().collect(),
+                        records: records.collect(),
                     },
                     "",
                 );
@@ -170,21 +183,20 @@ impl Discover for Lan {
     }
 }
 
-/// Asks `peer` where the object at `url` is (a cascade query, M11), over its
-/// QUIC connection. Holders it names without an address are the peer itself;
+/// Asks `peer` where an object is (a cascade query, M11: a
+/// `PeerRequest::Locate`, which names the object by digest), over its QUIC
+/// connection. Holders it names without an address are the peer itself;
 /// holders whose dial info does not parse are left out.
 pub async fn locate(
     dialer: &peercache_net::PeerDialer,
     peer: &Proxy,
-    url: &str,
-    ttl: u8,
-    qid: &str,
+    query: &PeerRequest,
 ) -> LocateResponse {
-    let Ok(dial) = DialInfo::parse(&peer.addr) else {
+    let (Ok(dial), PeerRequest::Locate { ttl, .. }) = (DialInfo::parse(&peer.addr), query) else {
         return LocateResponse::default();
     };
-    let deadline = Duration::from_millis(1000 * (u64::from(ttl) + 1));
-    let asked = tokio::time::timeout(deadline, dialer.locate(&peer.id, &dial, url, ttl, qid)).await;
+    let deadline = Duration::from_millis(1000 * (u64::from(*ttl) + 1));
+    let asked = tokio::time::timeout(deadline, dialer.locate(&peer.id, &dial, query)).await;
     let mut found = match asked {
         Ok(Ok(found)) => found,
         _ => return LocateResponse::default(),
@@ -197,6 +209,13 @@ pub async fn locate(
     }
     found.holders.retain(|h| DialInfo::parse(&h.addr).is_ok());
     found
+}
+
+/// The origin (`scheme://host[:port]`) of a URL, by the one rule in
+/// `peercache_core::extension::origin_of`.
+pub fn origin(url: &reqwest::Url) -> String {
+    peercache_core::extension::origin_of(url.as_str())
+        .unwrap_or_else(|| url.origin().ascii_serialization())
 }
 
 #[cfg(test)]

@@ -156,6 +156,9 @@ pub struct Download {
     pub not_shareable: Option<NotShareable>,
     /// Verified chunks; an `Err` item means the download failed there.
     pub body: BodyReceiver,
+    /// The site's own response headers when the server sent the bytes
+    /// (`Content-Encoding`, `Cache-Control`, `ETag`, …); empty otherwise.
+    pub site_headers: reqwest::header::HeaderMap,
     done: Option<oneshot::Receiver<Result<Source, FetchError>>>,
     events: Arc<Events>,
 }
@@ -183,12 +186,7 @@ struct Object {
     content_type: String,
 }
 
-/// The origin (`scheme://host[:port]`) of a URL, by the one rule in
-/// `peercache_core::extension::origin_of`.
-pub fn origin(url: &reqwest::Url) -> String {
-    peercache_core::extension::origin_of(url.as_str())
-        .unwrap_or_else(|| url.origin().ascii_serialization())
-}
+pub use discover::origin;
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -299,12 +297,23 @@ impl Fetcher {
             hash: heads.hash,
             known_source: Some(Source::Server),
             not_shareable: heads.not_shareable,
+            site_headers: resp.headers().clone(),
             body: rx,
             done: Some(done_rx),
             events,
         };
         tokio::spawn(async move {
-            let result = match from_server::pump(resp, &heads, &me.parts.cache, &ev, &tx).await {
+            let cvs = me.cvs_from(&origin);
+            let result = match from_server::pump(
+                resp,
+                &heads,
+                &me.parts.cache,
+                Some(&cvs),
+                &ev,
+                &tx,
+            )
+            .await
+            {
                 Ok(pumped) => {
                     me.parts
                         .memory
@@ -477,6 +486,7 @@ impl Fetcher {
             hash: Some(object.hash),
             known_source: Some(Source::Cache),
             not_shareable: None,
+            site_headers: reqwest::header::HeaderMap::new(),
             body,
             done: None,
             events,
@@ -569,6 +579,7 @@ impl Fetcher {
             hash: Some(object.hash),
             known_source: None,
             not_shareable: None,
+            site_headers: reqwest::header::HeaderMap::new(),
             body: rx,
             done: Some(done_rx),
             events,
@@ -598,7 +609,7 @@ impl Fetcher {
             transfer::run(
                 transport,
                 plan,
-                p.cache.temp_path(),
+                &p.cache,
                 events.clone(),
                 tx.clone(),
                 failed_tx,
@@ -638,6 +649,7 @@ impl Fetcher {
             file: transferred.file,
             path: transferred.path,
             outboard: Some(transferred.proof.outboard()),
+            partial: transferred.partial,
         };
         self.keep_then_announce(&origin, to_keep, events).await;
         // 7. Announce and report.
@@ -679,7 +691,9 @@ impl Fetcher {
         }
         let heads = from_server::heads(&resp, Some(hash));
         let shareable = heads.not_shareable.is_none();
-        let pumped = from_server::pump(resp, &heads, &self.parts.cache, events, tx).await?;
+        let cvs = self.cvs_from(origin);
+        let pumped =
+            from_server::pump(resp, &heads, &self.parts.cache, Some(&cvs), events, tx).await?;
         self.keep_and_announce(origin, pumped, shareable, events)
             .await;
         Ok(Source::Server)
@@ -720,6 +734,17 @@ impl Fetcher {
                 tracing::warn!(%hash, error = %e, "not sharing the object");
                 events.emit(DownloadEvent::NotKept { why: e.to_string() });
             }
+        }
+    }
+
+    /// The server at `origin` as the source of an object's CVs.
+    fn cvs_from(&self, origin: &str) -> from_server::CvsFrom {
+        from_server::CvsFrom {
+            transport: Transport {
+                http: self.parts.link.http().clone(),
+                dialer: self.parts.dialer.clone(),
+            },
+            server: origin.to_string(),
         }
     }
 

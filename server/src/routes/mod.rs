@@ -32,7 +32,7 @@ use tower_http::trace::TraceLayer;
 use crate::state::AppState;
 
 /// Largest JSON body the API accepts.
-pub const MAX_API_BODY: usize = 64 * 1024;
+pub const MAX_API_BODY: usize = peercache_core::protocol::MAX_API_BODY;
 
 /// Builds the public router: the API sub-routers (rate-limited per client
 /// address), and the site for every other path. No operator page here.

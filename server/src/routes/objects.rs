@@ -60,15 +60,14 @@ async fn object_by_hash(
     State(state): State<Arc<AppState>>,
     method: Method,
     req_headers: HeaderMap,
-    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
-    if let Some(axum::Extension(axum::extract::ConnectInfo(addr))) = connect
-        && state.proving.is_proving(addr.ip(), &hash)
-    {
+    // Nobody gets the object's bytes while a proof of it runs (a proof must
+    // not be answerable through the server).
+    if !state.proving.wait_clear(&hash).await {
         return Err(ApiError::Conflict(
-            "a possession proof of this object is under way from this address".into(),
+            "a possession proof of this object is under way".into(),
         ));
     }
     let st = state.clone();

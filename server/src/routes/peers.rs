@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -189,7 +188,7 @@ async fn proves_possession(state: &AppState, id: &str, addr: &str, obj: &SiteObj
         }
         Some(got)
     };
-    match tokio::time::timeout(Duration::from_secs(5), theirs).await {
+    match tokio::time::timeout(crate::state::PROOF_TIMEOUT, theirs).await {
         Ok(Some(got)) => got == mine,
         _ => false,
     }
@@ -197,7 +196,6 @@ async fn proves_possession(state: &AppState, id: &str, addr: &str, obj: &SiteObj
 
 async fn announce(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
     req_headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<AnnounceResponse>, ApiError> {
@@ -232,23 +230,19 @@ async fn announce(
                 .await
                 .ok()
                 .flatten();
-            // While the proof runs, the server sends this object to neither
-            // the announcing address nor the peer's dial addresses, so the
-            // answer cannot be fetched from the server on the fly.
-            let mut ips = vec![from.ip()];
-            if let Ok(dial) = peercache_core::peer::DialInfo::parse(addr) {
-                ips.extend(dial.direct.iter().map(SocketAddr::ip));
-            }
-            ips.sort();
-            ips.dedup();
-            let _proving: Vec<_> = ips
-                .into_iter()
-                .map(|ip| state.proving.start(ip, *hash))
-                .collect();
-            match obj {
-                Some(obj) if proves_possession(&state, &a.peer_id, addr, &obj).await => {
-                    state.store.record_fetch(&a.peer_id, hash).await?;
-                    true
+            // While the proof runs, the server sends this object to nobody
+            // (`Proving`), so the answer cannot be fetched from the server on
+            // the fly, from any address.
+            match (obj, state.proving.try_start(*hash)) {
+                (Some(obj), Some(mut proof)) => {
+                    if proves_possession(&state, &a.peer_id, addr, &obj).await {
+                        drop(proof);
+                        state.store.record_fetch(&a.peer_id, hash).await?;
+                        true
+                    } else {
+                        proof.failed();
+                        false
+                    }
                 }
                 _ => false,
             }

@@ -53,21 +53,26 @@ pub struct Asked<'a> {
     pub from: Option<std::net::IpAddr>,
 }
 
-/// The handler: resolve → decide → answer.
+/// The handler: resolve → (not modified?) → decide → answer.
 pub async fn site(
     State(state): State<Arc<AppState>>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    if method != Method::GET && method != Method::HEAD {
+    let safe = method == Method::GET || method == Method::HEAD;
+    if !safe && state.upstream.is_none() {
         return Err(ApiError::MethodNotAllowed);
     }
-    let obj = match resolve(&state, &method, &uri, &headers).await? {
-        Resolved::Object(obj) => obj,
+    let (obj, representation) = match resolve(&state, &method, &uri, &headers, body).await? {
+        Resolved::Object(obj, representation) => (obj, representation),
         Resolved::PassThrough(resp) => return Ok(resp),
     };
+    if let Some(resp) = not_modified(&state, &headers, &representation) {
+        return Ok(resp);
+    }
     let asked = Asked {
         method: &method,
         uri: &uri,
@@ -81,13 +86,16 @@ pub async fn site(
         (Some(client), true) => Some(decide(&state, uri.path(), client, &obj).await),
         _ => None,
     };
-    answer(&state, &asked, &obj, decided).await
+    answer(&state, &asked, &obj, &representation, decided).await
 }
 
 /// What a site path resolves to.
 pub enum Resolved {
-    /// An object the server can serve and peers can share.
-    Object(SiteObject),
+    /// An object the server can serve and peers can share, with the headers
+    /// it goes out with (its representation: the origin's end-to-end headers
+    /// plus `Age` in upstream mode; `ETag`, `Last-Modified` and `Cache-Control`
+    /// for a file of the site).
+    Object(SiteObject, HeaderMap),
     /// The origin's own response, passed through untouched (upstream mode).
     PassThrough(Response),
 }
@@ -98,11 +106,14 @@ pub async fn resolve(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    body: Body,
 ) -> Result<Resolved, ApiError> {
     if let Some(up) = &state.upstream {
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        return match up.fetch(method, pq, headers).await {
-            Ok(crate::upstream::Fetched::Object(obj)) => Ok(Resolved::Object(obj)),
+        return match up.fetch(method, pq, headers, body).await {
+            Ok(crate::upstream::Fetched::Object { object, headers }) => {
+                Ok(Resolved::Object(object, headers))
+            }
             Ok(crate::upstream::Fetched::PassThrough(mut resp)) => {
                 add_advertisement(state, resp.headers_mut());
                 counter!("peercache_requests_passed_through_total").increment(1);
@@ -124,7 +135,75 @@ pub async fn resolve(
             SiteError::InvalidPath => ApiError::BadRequest("invalid path".into()),
             SiteError::Io(e) => ApiError::internal(e),
         })?;
-    Ok(Resolved::Object(obj))
+    let representation = file_representation(state, uri.path(), &obj);
+    Ok(Resolved::Object(obj, representation))
+}
+
+/// The headers a file of the site goes out with: its hash as `ETag`, its
+/// modification time as `Last-Modified`, and the `Cache-Control` the operator
+/// set for its path (`no-cache` unless told otherwise).
+fn file_representation(state: &AppState, path: &str, obj: &SiteObject) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&etag(obj)) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(t) = obj.modified
+        && let Ok(v) = HeaderValue::from_str(&peercache_core::conditional::format_date(t))
+    {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    let cc = state
+        .config
+        .cache_control_for(path)
+        .and_then(|v| HeaderValue::from_str(v).ok())
+        .unwrap_or(HeaderValue::from_static("no-cache"));
+    h.insert(header::CACHE_CONTROL, cc);
+    h
+}
+
+/// A `304 Not Modified` when the client's conditional `GET`/`HEAD` names the
+/// version at hand (`peercache_core::conditional`).
+fn not_modified(state: &AppState, req: &HeaderMap, rep: &HeaderMap) -> Option<Response> {
+    let text = |h: &HeaderMap, name: header::HeaderName| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (inm, ims) = (
+        text(req, header::IF_NONE_MATCH),
+        text(req, header::IF_MODIFIED_SINCE),
+    );
+    if inm.is_none() && ims.is_none() {
+        return None;
+    }
+    let (tag, lm) = (text(rep, header::ETAG), text(rep, header::LAST_MODIFIED));
+    let current = peercache_core::conditional::not_modified(
+        peercache_core::conditional::Conditions {
+            if_none_match: inm.as_deref(),
+            if_modified_since: ims.as_deref(),
+        },
+        peercache_core::conditional::Validators {
+            etag: tag.as_deref(),
+            last_modified: lm.as_deref(),
+        },
+    );
+    if !current {
+        return None;
+    }
+    counter!("peercache_requests_not_modified_total").increment(1);
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    for (k, v) in rep {
+        if !matches!(
+            k.as_str(),
+            "content-length" | "content-range" | "transfer-encoding"
+        ) {
+            h.append(k.clone(), v.clone());
+        }
+    }
+    add_advertisement(state, h);
+    Some(resp)
 }
 
 /// A decision and, for a referral, the holders it names.
@@ -151,7 +230,7 @@ pub async fn decide(
         client.bandwidth,
         base_target_ms,
     ) {
-        state
+        let mut holders = state
             .store
             .holders(
                 &obj.hash,
@@ -164,7 +243,23 @@ pub async fn decide(
                 // No table, no referral: the client is served (or deferred).
                 state.store_failed(&e);
                 Vec::new()
-            })
+            });
+        // Then peers receiving it now (partial holders, issue 12 point 1).
+        if state.config.refer_to_receivers {
+            let max = state.config.max_proxies;
+            for r in state
+                .receivers
+                .list(&obj.hash, client.peer_id.as_deref(), max)
+            {
+                if holders.len() >= max {
+                    break;
+                }
+                if !holders.iter().any(|h| h.id == r.id) {
+                    holders.push(r);
+                }
+            }
+        }
+        holders
     } else {
         Vec::new()
     };
@@ -207,6 +302,7 @@ pub async fn answer(
     state: &Arc<AppState>,
     asked: &Asked<'_>,
     obj: &SiteObject,
+    representation: &HeaderMap,
     decided: Option<Decided>,
 ) -> Result<Response, ApiError> {
     let peer_id = asked.client.as_ref().and_then(|c| c.peer_id.as_deref());
@@ -227,28 +323,36 @@ pub async fn answer(
                     {
                         state.store_failed(&e);
                     }
+                    // A serving client fetching from peers holds part of the
+                    // object soon, and serves it: the next ones may use it.
+                    if state.config.refer_to_receivers
+                        && let Ok(Some(addr)) = state.store.peer_addr(id, now_ms()).await
+                    {
+                        state.receivers.add(obj.hash, id, &addr);
+                    }
                 }
                 return Ok(referral(state, asked, obj, decided));
             }
             Verdict::Serve => {
                 // Listed later only if every byte goes out (send.rs).
                 if let Some(id) = peer_id {
-                    let serving = match state.store.peer_addr(id, now_ms()).await {
-                        Ok(addr) => addr.is_some(),
+                    let addr = match state.store.peer_addr(id, now_ms()).await {
+                        Ok(addr) => addr,
                         Err(e) => {
                             state.store_failed(&e);
-                            false
+                            None
                         }
                     };
                     to = Some(Recipient {
                         peer_id: id.to_string(),
-                        serving,
+                        serving: addr.is_some(),
+                        addr,
                     });
                 }
             }
         }
     }
-    serve(state, asked, obj, to.as_ref()).await
+    serve(state, asked, obj, representation, to.as_ref()).await
 }
 
 /// `503` with `Retry-After`: the object is on its way to another client.
@@ -317,13 +421,14 @@ async fn serve(
     state: &Arc<AppState>,
     asked: &Asked<'_>,
     obj: &SiteObject,
+    representation: &HeaderMap,
     to: Option<&Recipient>,
 ) -> Result<Response, ApiError> {
-    if let Some(ip) = asked.from
-        && state.proving.is_proving(ip, &obj.hash)
-    {
+    // Nobody gets the object's bytes while a proof of it runs (a proof must
+    // not be answerable through the server).
+    if !state.proving.wait_clear(&obj.hash).await {
         return Err(ApiError::Conflict(
-            "a possession proof of this object is under way from this address".into(),
+            "a possession proof of this object is under way".into(),
         ));
     }
     let headers = asked.headers;
@@ -342,6 +447,7 @@ async fn serve(
     let mut resp = if headers_only {
         counter!("peercache_requests_headers_only_total").increment(1);
         let mut r = send_object(state, obj, true, None, None).await?;
+        apply_representation(&mut r, representation);
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         // Tells the extension this body is empty on purpose: it fills it in. Never
@@ -356,14 +462,16 @@ async fn serve(
         // it finishes a body the gateway could not (with `If-Range`, so it never
         // splices two versions).
         let range = if *asked.method == Method::GET {
-            site_range(headers, obj)?
+            site_range(headers, obj, representation)?
         } else {
             None
         };
         if range.is_some() {
             counter!("peercache_range_requests_total").increment(1);
         }
-        send_object(state, obj, *asked.method == Method::HEAD, range, to).await?
+        let mut r = send_object(state, obj, *asked.method == Method::HEAD, range, to).await?;
+        apply_representation(&mut r, representation);
+        r
     };
     if asked.shareable
         && let Ok(v) = HeaderValue::from_str(&headers::encode_record(&state.sign(&url, obj)))
@@ -373,12 +481,46 @@ async fn serve(
     Ok(resp)
 }
 
-/// The byte range a GET of a site file gets, by `peercache_core::range`.
-fn site_range(req: &HeaderMap, obj: &SiteObject) -> Result<Option<(u64, u64)>, ApiError> {
+/// The object's representation headers on a `200`/`206` (the origin's, in
+/// upstream mode), over the defaults `send_object` put; `Accept-Ranges` added.
+fn apply_representation(resp: &mut Response, representation: &HeaderMap) {
+    let h = resp.headers_mut();
+    h.remove(header::CACHE_CONTROL);
+    h.remove(header::ETAG);
+    // A 206's own Content-Range wins; a stored 200 keeps the origin's.
+    let ranged = h.contains_key(header::CONTENT_RANGE);
+    let kept = |k: &header::HeaderName| {
+        let framing = matches!(
+            k.as_str(),
+            "content-length" | "transfer-encoding" | "accept-ranges"
+        );
+        let own_range = ranged && k == header::CONTENT_RANGE;
+        !framing && !own_range
+    };
+    for k in representation.keys().filter(|k| kept(k)) {
+        h.remove(k);
+    }
+    for (k, v) in representation.iter().filter(|(k, _)| kept(k)) {
+        h.append(k.clone(), v.clone());
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+}
+
+/// The byte range a GET of a site file gets, by `peercache_core::range`,
+/// `If-Range` compared with the representation's `ETag`.
+fn site_range(
+    req: &HeaderMap,
+    obj: &SiteObject,
+    representation: &HeaderMap,
+) -> Result<Option<(u64, u64)>, ApiError> {
+    let tag = representation
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let choice = choose_range(
         req.get(header::RANGE).and_then(|v| v.to_str().ok()),
         req.get(header::IF_RANGE).map(HeaderValue::as_bytes),
-        &etag(obj),
+        tag,
         obj.size,
     );
     match choice {

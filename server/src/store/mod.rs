@@ -237,6 +237,15 @@ impl Store {
         dispatch!(self, "report", s => s.report(report))
     }
 
+    /// The record-signing secret every replica sharing this table uses: the
+    /// stored one, or `candidate` when none is stored yet (then stored).
+    pub async fn shared_signing_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        match self {
+            Store::Memory(_) => Ok(candidate),
+            Store::Redis(s) => s.shared_signing_secret(candidate).await,
+        }
+    }
+
     /// Notes that `peer` fetched `hash` through this server (or was referred for it).
     pub async fn record_fetch(&self, peer: &str, hash: &ObjectHash) -> Result<(), StoreError> {
         dispatch!(self, "record_fetch", s => s.record_fetch(peer, hash))

@@ -7,7 +7,7 @@
 //! whole table lives in one hash slot: each read-modify-write is one Lua script
 //! over keys of that slot (atomic, one round trip, legal on a Cluster). Keys:
 //! - `peer:ID` hash: `ip addr seen active limit pending rtt fails strikes
-//!   pending_at direct` (expires at twice the TTL, refreshed by registrations
+//!   pending_at direct recent` (expires at twice the TTL, refreshed by registrations
 //!   and announces);
 //! - `held:ID` set of hashes it holds (expires with the peer); `fetched:ID` set
 //!   of hashes it fetched through a server (expires after a day);
@@ -24,7 +24,9 @@
 //! - `lease`: which replica does the pinging and expiry (`SET NX PX`, renewed by
 //!   its holder; another takes over when it lapses);
 //! - `figures` hash and `history` list (capped): the counters `/admin` shows,
-//!   summed over replicas.
+//!   summed over replicas;
+//! - `signing-key`: the record-signing secret (hex) all replicas use, set by
+//!   the first to start.
 //!
 //! A referral decision is one script call (holders and their figures); booking
 //! the referral against the first holder's load is sent on the same connection
@@ -150,12 +152,14 @@ struct PeerFields {
     load: Option<Load>,
     pending: u32,
     pending_at: u64,
+    /// Referrals booked within the window, reported or not.
+    recent: u32,
     rtt: Option<u32>,
     strikes: u32,
     direct: Option<bool>,
 }
 
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "ip",
     "addr",
     "seen",
@@ -167,6 +171,7 @@ const FIELDS: [&str; 11] = [
     "strikes",
     "pending_at",
     "direct",
+    "recent",
 ];
 
 fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
@@ -195,6 +200,7 @@ fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
             .map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
         strikes: count(8),
         direct: num(10).map(|d| d == 1),
+        recent: count(11),
     }
 }
 
@@ -233,8 +239,9 @@ return out
 const BOOK: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local at = tonumber(redis.call('HGET', KEYS[1], 'pending_at') or '0') or 0
-if at < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'pending', 0) end
+if at < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'pending', 0, 'recent', 0) end
 redis.call('HINCRBY', KEYS[1], 'pending', 1)
+redis.call('HINCRBY', KEYS[1], 'recent', 1)
 redis.call('HSET', KEYS[1], 'pending_at', ARGV[1])
 return 1
 ";
@@ -668,6 +675,7 @@ impl RedisStore {
                     direct: f.direct,
                     load: f.load,
                     pending: pending_now(f.pending, f.pending_at, now),
+                    recent: pending_now(f.recent, f.pending_at, now),
                     uses: if uses.is_finite() && uses > 0.0 {
                         uses as u64
                     } else {
@@ -980,6 +988,25 @@ impl RedisStore {
                 holdings,
             })
             .collect())
+    }
+
+    /// The stored record-signing secret, or `candidate` stored as it (the
+    /// first replica to start sets it; a constant-size key that never expires).
+    pub async fn shared_signing_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.set_key("signing-key");
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(hex::encode(candidate))
+            .arg("NX")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let stored: Option<String> = c.get(&key).await.map_err(unavailable)?;
+        stored
+            .and_then(|h| hex::decode(h.trim()).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| StoreError::Unavailable(format!("{key} is not a 32-byte hex key")))
     }
 
     /// Takes or renews the lease for pinging and expiry; true while this

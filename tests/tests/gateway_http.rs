@@ -1,0 +1,221 @@
+//! The gateway of a real host as a faithful proxy, in front of a real
+//! `peercache-server --upstream` and the scriptable origin: the site's headers
+//! reach the browser, `Range` gets a `206` of verified bytes, `HEAD` fetches no
+//! body, a redirect keeps its `Location`.
+
+use axum::http::Method;
+use peercache_tests::origin::{Origin, Reply};
+use peercache_tests::{NativeSession, TempDir, test_bytes};
+use serde_json::json;
+
+#[tokio::test]
+async fn the_gateway_passes_headers_ranges_heads_and_redirects_faithfully() {
+    let dir = TempDir::new("gw-http");
+    let origin = Origin::start().await.unwrap();
+    let body = test_bytes(300_000, 12);
+    origin.set(
+        "/static/app.js.gz",
+        Reply::ok(
+            &[
+                ("cache-control", "public, max-age=600"),
+                ("content-type", "text/javascript"),
+                ("content-encoding", "gzip"),
+                ("etag", "\"app-1\""),
+                ("x-frame-options", "DENY"),
+                ("content-disposition", "inline"),
+            ],
+            body.clone(),
+        ),
+    );
+    origin.set(
+        "/static/old",
+        Reply::ok(&[("location", "/static/new")], "moved").status(301),
+    );
+    origin.set(
+        "/static/head.bin",
+        Reply::ok(&[("cache-control", "public, max-age=600")], body.clone()),
+    );
+    let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
+    cmd.args(["--listen", "127.0.0.1:0", "--upstream", &origin.url])
+        .arg("--upstream-cache")
+        .arg(dir.join("up"))
+        .args(["--no-relay", "--ping-interval", "0s"]);
+    let server = peercache_tests::spawn_server_cmd(cmd).await.unwrap();
+
+    let cache = dir.join("host");
+    let mut nm = NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
+        .await
+        .unwrap();
+    nm.send(&json!({"type": "hello", "version": "t"}))
+        .await
+        .unwrap();
+    let status = nm.recv_type("status").await.unwrap();
+    nm.send(&json!({"type": "config", "enabled": true, "sites": [{"origin": server.url, "scope": "/static/"}]}))
+        .await
+        .unwrap();
+    nm.recv_type("status").await.unwrap();
+    let gw = |path: &str| {
+        format!(
+            "http://127.0.0.1:{}/g/{}{path}",
+            status["gateway_port"], server.url
+        )
+    };
+    let token = status["token"].as_str().unwrap().to_string();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = http.get(gw(path)).header("x-peercache-token", &token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+
+    // The site's end-to-end headers, Content-Encoding included, and its caching
+    // headers instead of no-store.
+    let r = get("/static/app.js.gz", &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(h["cache-control"], "public, max-age=600");
+    assert_eq!(h["etag"], "\"app-1\"");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["content-disposition"], "inline");
+    assert_eq!(h["accept-ranges"], "bytes");
+    // reqwest has no gzip feature here: these are the raw bytes.
+    assert_eq!(r.bytes().await.unwrap(), body, "the body untouched");
+
+    // Range: a 206 of the verified bytes; If-Range with another version: all.
+    let r = get("/static/app.js.gz", &[("range", "bytes=100000-100099")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 100000-100099/300000");
+    assert_eq!(r.bytes().await.unwrap(), body[100_000..100_100]);
+    let r = get(
+        "/static/app.js.gz",
+        &[("range", "bytes=0-9"), ("if-range", "\"app-1\"")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), body[..10]);
+    let r = get(
+        "/static/app.js.gz",
+        &[("range", "bytes=0-9"), ("if-range", "\"app-0\"")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), body.len());
+    let r = get("/static/app.js.gz", &[("range", "bytes=400000-")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */300000");
+
+    // A redirect with its Location (absolute, on the site).
+    let r = get("/static/old", &[]).await.unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(
+        r.headers()["location"],
+        format!("{}/static/new", server.url).as_str()
+    );
+
+    // HEAD: the headers, and the origin was asked with a HEAD, not a GET.
+    let r = http
+        .head(gw("/static/head.bin"))
+        .header("x-peercache-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "300000");
+    assert_eq!(r.headers()["cache-control"], "public, max-age=600");
+    let seen = origin.seen("/static/head.bin");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].method,
+        Method::HEAD,
+        "no body fetched behind a HEAD"
+    );
+}
+
+/// The cache directory deleted while the host runs: it is made again and the
+/// next download, referred to a peer, is still delivered whole.
+#[tokio::test]
+async fn a_deleted_cache_directory_is_recreated_and_the_download_delivered() {
+    let dir = TempDir::new("gw-rmcache");
+    let a = test_bytes(200_000, 31);
+    let b = test_bytes(200_000, 32);
+    let root = peercache_tests::make_site(&dir, &[("a.bin", &a), ("b.bin", &b)]);
+    // Over every client's target: a holder gets the client referred to it.
+    let server = peercache_tests::spawn_server(
+        &root,
+        &[
+            "--no-relay",
+            "--egress-limit",
+            "1MiB",
+            "--target-period",
+            "0s",
+            "--ping-interval",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+    let _holder = peercache_tests::seed_peer(
+        &server.url,
+        "/static/b.bin",
+        &dir.join("seed-out"),
+        &dir.join("seed-cache"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let cache = dir.join("host");
+    let mut nm = NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
+        .await
+        .unwrap();
+    nm.send(&json!({"type": "hello", "version": "t"}))
+        .await
+        .unwrap();
+    let status = nm.recv_type("status").await.unwrap();
+    nm.send(&json!({"type": "config", "enabled": true, "sites": [{"origin": server.url, "scope": "/static/"}]}))
+        .await
+        .unwrap();
+    nm.recv_type("status").await.unwrap();
+    let token = status["token"].as_str().unwrap().to_string();
+    let get = |path: &str| {
+        reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{}/g/{}{path}",
+                status["gateway_port"], server.url
+            ))
+            .header("x-peercache-token", &token)
+            .send()
+    };
+    assert_eq!(
+        get("/static/a.bin").await.unwrap().bytes().await.unwrap(),
+        a
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+    let r = get("/static/b.bin").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["peercache-source"]
+            .to_str()
+            .unwrap()
+            .starts_with("peer"),
+        "referred to the holder: {:?}",
+        r.headers()["peercache-source"]
+    );
+    assert_eq!(r.bytes().await.unwrap(), b, "delivered whole");
+    let a_again = get("/static/a.bin").await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        a_again, a,
+        "an object whose file went with the directory too"
+    );
+}
