@@ -59,7 +59,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 /// `GET /healthz`: `200 ok` while the look-up table answers, `503` otherwise
-/// (for load balancers and orchestrators; on both listeners).
+/// (for load balancers and orchestrators).
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.stats(crate::store::now_ms()).await {
         Ok(_) => (axum::http::StatusCode::OK, "ok\n").into_response(),
@@ -118,7 +118,6 @@ async fn client_address(
 /// `/v1/objects/{hash}/peers`.
 pub fn admin_app(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", axum::routing::get(healthz))
         .merge(metrics::router())
         .merge(admin::router())
         .merge(objects::admin_router())
