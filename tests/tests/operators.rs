@@ -12,7 +12,9 @@ async fn healthz_answers_on_the_public_listener() {
     let server = spawn_server(&root, &["--ping-interval", "0s"])
         .await
         .unwrap();
-    let r = reqwest::get(format!("{}/healthz", server.url)).await.unwrap();
+    let r = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok\n");
 }

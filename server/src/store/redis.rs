@@ -48,7 +48,7 @@ use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use super::rules::{is_delisted, is_live, pending_now, ping_failures_drop, smooth_rtt};
 use super::{
     MAX_HOLDINGS_PER_PEER, MAX_PEERS, OFFER_TTL_MS, PENDING_WINDOW_MS, PeerRow, StoreError,
-    StoreLimits, TableStats,
+    StoreLimits, TableStats, now_ms,
 };
 
 /// Most holders read for one referral.
@@ -722,7 +722,7 @@ impl RedisStore {
             .arg(outcome)
             .arg(self.limits.max_strikes)
             .arg(report.hash.to_hex())
-            .arg(super::now_ms())
+            .arg(now_ms())
             .arg(self.ttl2())
             .arg(MAX_PEERS)
             .invoke_async::<()>(&mut c)
