@@ -91,7 +91,7 @@ impl Knowledge {
 
     /// Keeps how `origin` last saw this host ([`ServerLink::reach`](crate::server_link::ServerLink::reach)),
     /// with the time, in the data directory's `reach.json` (at most
-    /// [`MAX_SERVERS`] servers), for `doctor` to read while the host runs.
+    /// `MAX_SERVERS` servers), for `doctor` to read while the host runs.
     pub fn note_reach(&self, origin: &str, answer: Result<ReachResponse, String>) {
         let path = self.data_dir.join("reach.json");
         let mut all: BTreeMap<String, ReachNote> = load(&path);
