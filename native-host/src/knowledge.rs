@@ -81,6 +81,39 @@ impl Knowledge {
         }
     }
 
+    /// Pins `key` for `origin` as [`Knowledge::pin`] does, or in place of the
+    /// pinned key when `rotations` (from the server's `/v1/key`) lead from the
+    /// pinned key to `key` by statements each signed by the key before
+    /// (issue 14). Returns false, keeping the pinned key, otherwise.
+    pub fn accept_key(
+        &self,
+        origin: &str,
+        key: &str,
+        rotations: &[peercache_core::record::KeyRotation],
+    ) -> bool {
+        let pinned = self.pinned_key(origin);
+        match pinned {
+            None => self.pin(origin, key),
+            Some(p) if p.eq_ignore_ascii_case(key) => true,
+            Some(p) => match peercache_core::record::follow_rotations(&p, key, rotations) {
+                Ok(()) => {
+                    let mut keys = lock(&self.keys);
+                    keys.insert(origin.to_string(), key.to_ascii_lowercase());
+                    let _ = write_atomically(
+                        &self.dir.join("servers.json"),
+                        &serde_json::to_vec(&*keys).unwrap_or_default(),
+                    );
+                    tracing::info!(%origin, old = %p, new = %key, "the server rotated its key; pinned the new one");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%origin, error = %e, "the server presents a different key than the one pinned; keeping the pinned one");
+                    false
+                }
+            },
+        }
+    }
+
     /// Remembers the peers of a referral (most recent first, bounded).
     pub fn learn_peers(&self, origin: &str, peers: &[Proxy]) {
         let peers: Vec<&Proxy> = peers
@@ -306,6 +339,19 @@ mod tests {
         assert!(k.pin("https://s", "aa"));
         assert!(k.pin("https://s", "aa"));
         assert!(!k.pin("https://s", "bb"), "a different key is refused");
+        let (old, new) = (
+            peercache_core::record::RecordSigner::from_secret([1; 32]),
+            peercache_core::record::RecordSigner::from_secret([2; 32]),
+        );
+        assert!(k.pin("https://r", &old.public_hex()));
+        assert!(
+            !k.accept_key("https://r", &new.public_hex(), &[]),
+            "no statement"
+        );
+        let forged = new.rotate_to(&new);
+        assert!(!k.accept_key("https://r", &new.public_hex(), &[forged]));
+        assert!(k.accept_key("https://r", &new.public_hex(), &[old.rotate_to(&new)]));
+        assert_eq!(k.pinned_key("https://r"), Some(new.public_hex()));
         let p = |id: &str| Proxy {
             direct: None,
             id: id.into(),

@@ -260,7 +260,7 @@ impl Fetcher {
         };
         let answer = ask::ask(&self.parts.link, &url, &origin, options, &events).await?;
         if let Some(rec) = &answer.record {
-            self.keep_record_if_valid(&origin, url.as_str(), rec);
+            self.keep_record_if_valid(&origin, url.as_str(), rec).await;
         }
         match answer.asked {
             ask::Asked::Bytes(resp) => Ok(self.from_server(origin, resp, events)),
@@ -352,7 +352,7 @@ impl Fetcher {
         if let Some(rec) = &referral.record
             && rec.record.hash == object.hash
         {
-            self.keep_record_if_valid(&origin, url.as_str(), rec);
+            self.keep_record_if_valid(&origin, url.as_str(), rec).await;
         }
         let (found, _) = discover::discover_all(
             &[&discover::Referred(&referral)],
@@ -724,12 +724,21 @@ impl Fetcher {
         }
     }
 
-    /// Keeps a signed record if it verifies against the pinned key.
-    fn keep_record_if_valid(&self, origin: &str, url: &str, rec: &SignedRecord) {
-        let Some(key) = self.parts.knowledge.pinned_key(origin) else {
-            return;
+    /// Keeps a signed record if it verifies against the pinned key. A record
+    /// signed by another key first has the server's key asked again: the
+    /// server may have rotated it (issue 14).
+    async fn keep_record_if_valid(&self, origin: &str, url: &str, rec: &SignedRecord) {
+        let verified = |knowledge: &Knowledge| {
+            knowledge
+                .pinned_key(origin)
+                .map(|key| rec.verify(&key, url, now_secs()))
         };
-        if rec.verify(&key, url, now_secs()).is_ok() {
+        let mut checked = verified(&self.parts.knowledge);
+        if checked == Some(Err(peercache_core::record::RecordError::BadSignature)) {
+            self.parts.link.pin_server_key(origin).await;
+            checked = verified(&self.parts.knowledge);
+        }
+        if matches!(checked, Some(Ok(_))) {
             self.parts.knowledge.keep_record(rec);
         }
     }
