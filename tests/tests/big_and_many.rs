@@ -81,3 +81,146 @@ async fn a_host_with_more_than_a_thousand_objects_announces_them_all() {
         "batches: {m:?}"
     );
 }
+
+/// The size of the big object: 1.5 GiB by default (CI); set
+/// `PEERCACHE_BIG_MIB=5120` for the 5 GiB run.
+fn big_size() -> u64 {
+    std::env::var("PEERCACHE_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1536)
+        << 20
+}
+
+/// The hash of `len` zero bytes, streamed.
+fn zeros_hash(len: u64) -> ObjectHash {
+    let chunk = vec![0u8; 1 << 20];
+    let mut h = peercache_core::hash::StreamHasher::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        h.update(&chunk[..n]);
+        left -= n as u64;
+    }
+    h.finish()
+}
+
+/// The hash and length of a file, streamed.
+fn file_hash(path: &std::path::Path) -> (ObjectHash, u64) {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut h = peercache_core::hash::StreamHasher::new();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    (h.finish(), h.len())
+}
+
+/// Peak resident memory allowed to a host moving the big object.
+const SMALL_RSS_KIB: u64 = 256 * 1024;
+
+#[tokio::test]
+async fn an_object_over_a_gibibyte_goes_whole_through_fetch_and_the_gateway() {
+    let size = big_size();
+    let dir = TempDir::new("big-object");
+    let root = make_site(&dir, &[]);
+    // Sparse: no disk for the site's copy.
+    std::fs::File::create(root.join("static/big.bin"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let want = zeros_hash(size);
+    let started = std::time::Instant::now();
+    let server = spawn_server(
+        &root,
+        &["--ping-interval", "0s", "--no-relay"],
+    )
+    .await
+    .unwrap();
+    // The server hashes the site before it answers: the first answer marks
+    // the end of that.
+    let answered = reqwest::Client::new()
+        .get(format!("{}/v1/key", server.url))
+        .timeout(std::time::Duration::from_secs(300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    eprintln!(
+        "server up (site hashed) in {:?} for {} MiB",
+        started.elapsed(),
+        size >> 20
+    );
+
+    // Through `peercache-host fetch`.
+    let out = dir.join("big.out");
+    let started = std::time::Instant::now();
+    let (ok, err, peak_kib) = peercache_tests::fetch_cli_watched(
+        &server.url,
+        "/static/big.bin",
+        &out,
+        &dir.join("fetcher"),
+        &[],
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "fetch: {:?}, peak RSS {} MiB",
+        started.elapsed(),
+        peak_kib >> 10
+    );
+    assert!(ok, "{err}");
+    assert_eq!(file_hash(&out), (want, size), "fetch wrote the object whole");
+    assert!(peak_kib < SMALL_RSS_KIB, "fetch peak RSS {peak_kib} KiB");
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_dir_all(dir.join("fetcher")).unwrap();
+
+    // Through the gateway.
+    let cache = dir.join("gw");
+    let mut nm = peercache_tests::NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
+        .await
+        .unwrap();
+    nm.send(&serde_json::json!({"type": "hello", "version": "t"}))
+        .await
+        .unwrap();
+    let status = nm.recv_type("status").await.unwrap();
+    nm.send(&serde_json::json!({"type": "config", "enabled": true, "sites": [{"origin": server.url, "scope": "/static/"}]}))
+        .await
+        .unwrap();
+    nm.recv_type("status").await.unwrap();
+    let pid = nm.child.id().unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/g/{}/static/big.bin",
+        status["gateway_port"], server.url
+    );
+    let started = std::time::Instant::now();
+    let mut r = reqwest::Client::new()
+        .get(url)
+        .header("x-peercache-token", status["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(size));
+    let mut h = peercache_core::hash::StreamHasher::new();
+    let mut peak_kib = 0;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        h.update(&chunk);
+        if h.len() % (64 << 20) < chunk.len() as u64 {
+            peak_kib = peak_kib.max(peercache_tests::proc_status_kib(pid, "VmHWM:"));
+        }
+    }
+    peak_kib = peak_kib.max(peercache_tests::proc_status_kib(pid, "VmHWM:"));
+    eprintln!(
+        "gateway: {:?}, peak RSS {} MiB",
+        started.elapsed(),
+        peak_kib >> 10
+    );
+    assert_eq!((h.finish(), h.len()), (want, size), "the gateway sent it whole");
+    assert!(peak_kib < SMALL_RSS_KIB, "gateway peak RSS {peak_kib} KiB");
+}
