@@ -285,6 +285,47 @@ impl Knowledge {
     }
 }
 
+/// The version of a URL this host holds (issue 14): which object, its
+/// validator and until when the site's caching headers let it be used without
+/// asking.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptVersion {
+    /// The object's hash.
+    pub hash: peercache_core::ObjectHash,
+    /// Its size.
+    pub size: u64,
+    /// Its media type.
+    pub content_type: String,
+    /// The site's `ETag`, to revalidate with.
+    pub etag: Option<String>,
+    /// Unix seconds until which it is fresh (0: always ask).
+    pub fresh_until: u64,
+}
+
+impl Knowledge {
+    fn version_path(&self, url: &str) -> PathBuf {
+        self.dir
+            .join("versions")
+            .join(peercache_core::peer::lan_digest(url))
+    }
+
+    /// Remembers the version of `url` held.
+    pub fn keep_version(&self, url: &str, version: &KeptVersion) {
+        let path = self.version_path(url);
+        if let Some(parent) = path.parent()
+            && std::fs::create_dir_all(parent).is_ok()
+        {
+            let _ = write_atomically(&path, &serde_json::to_vec(version).unwrap_or_default());
+        }
+    }
+
+    /// The version of `url` held, if remembered.
+    pub fn version_for(&self, url: &str) -> Option<KeptVersion> {
+        let bytes = std::fs::read(self.version_path(url)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
 /// Recently seen cascade queries, for loop protection.
 #[derive(Debug, Default)]
 pub struct SeenQueries {

@@ -13,7 +13,12 @@ async fn a_host_with_more_than_a_thousand_objects_announces_them_all() {
     const N: usize = 1_200;
     let dir = TempDir::new("many-objects");
     let files: Vec<(String, Vec<u8>)> = (0..N)
-        .map(|i| (format!("o{i}.txt"), format!("object number {i}\n").into_bytes()))
+        .map(|i| {
+            (
+                format!("o{i}.txt"),
+                format!("object number {i}\n").into_bytes(),
+            )
+        })
         .collect();
     let named: Vec<(&str, &[u8])> = files
         .iter()
@@ -136,12 +141,9 @@ async fn an_object_over_a_gibibyte_goes_whole_through_fetch_and_the_gateway() {
         .unwrap();
     let want = zeros_hash(size);
     let started = std::time::Instant::now();
-    let server = spawn_server(
-        &root,
-        &["--ping-interval", "0s", "--no-relay"],
-    )
-    .await
-    .unwrap();
+    let server = spawn_server(&root, &["--ping-interval", "0s", "--no-relay"])
+        .await
+        .unwrap();
     // The server hashes the site before it answers: the first answer marks
     // the end of that.
     let answered = reqwest::Client::new()
@@ -175,7 +177,11 @@ async fn an_object_over_a_gibibyte_goes_whole_through_fetch_and_the_gateway() {
         peak_kib >> 10
     );
     assert!(ok, "{err}");
-    assert_eq!(file_hash(&out), (want, size), "fetch wrote the object whole");
+    assert_eq!(
+        file_hash(&out),
+        (want, size),
+        "fetch wrote the object whole"
+    );
     assert!(peak_kib < SMALL_RSS_KIB, "fetch peak RSS {peak_kib} KiB");
     std::fs::remove_file(&out).unwrap();
     std::fs::remove_dir_all(dir.join("fetcher")).unwrap();
@@ -221,6 +227,10 @@ async fn an_object_over_a_gibibyte_goes_whole_through_fetch_and_the_gateway() {
         started.elapsed(),
         peak_kib >> 10
     );
-    assert_eq!((h.finish(), h.len()), (want, size), "the gateway sent it whole");
+    assert_eq!(
+        (h.finish(), h.len()),
+        (want, size),
+        "the gateway sent it whole"
+    );
     assert!(peak_kib < SMALL_RSS_KIB, "gateway peak RSS {peak_kib} KiB");
 }

@@ -33,7 +33,7 @@ pub mod transfer;
 pub mod verify;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use metrics::counter;
@@ -186,6 +186,16 @@ struct Object {
     content_type: String,
 }
 
+impl crate::knowledge::KeptVersion {
+    fn object(&self) -> Object {
+        Object {
+            hash: self.hash,
+            size: self.size,
+            content_type: self.content_type.clone(),
+        }
+    }
+}
+
 pub use discover::origin;
 
 fn now_secs() -> u64 {
@@ -253,23 +263,60 @@ impl Fetcher {
         origin: String,
         events: Arc<Events>,
     ) -> Result<Download, FetchError> {
+        // 0. A version of this URL held: while fresh (by the site's caching
+        // headers) it is used without asking; stale, it is asked for with its
+        // ETag and a 304 costs no bytes (issue 14).
+        let mut kept = self
+            .parts
+            .knowledge
+            .version_for(url.as_str())
+            .filter(|v| self.parts.cache.contains(&v.hash));
+        if let Some(v) = &kept
+            && v.fresh_until > now_secs()
+            && let Some(dl) = self.own_copy(&v.object(), events.clone()).await
+        {
+            counter!("peercache_fresh_from_cache_total").increment(1);
+            return Ok(dl);
+        }
         // 1. Ask the server.
-        let options = ask::AskOptions {
-            max_deferral: self.options.max_deferral,
-            link_speed: self.parts.memory.link_speed(),
+        let answer = loop {
+            let options = ask::AskOptions {
+                max_deferral: self.options.max_deferral,
+                link_speed: self.parts.memory.link_speed(),
+                if_none_match: kept.as_ref().and_then(|v| v.etag.as_deref()),
+            };
+            let answer = ask::ask(&self.parts.link, &url, &origin, options, &events).await?;
+            let ask::Asked::NotModified(headers) = &answer.asked else {
+                break answer;
+            };
+            if let Some(mut v) = kept.take() {
+                v.fresh_until = own_cache::fresh_until(&url, 200, headers, SystemTime::now());
+                if let Some(dl) = self.own_copy(&v.object(), events.clone()).await {
+                    counter!("peercache_revalidated_total").increment(1);
+                    self.parts.knowledge.keep_version(url.as_str(), &v);
+                    return Ok(dl);
+                }
+            }
+            // The copy is gone (or was corrupt): asked again, unconditionally.
         };
-        let answer = ask::ask(&self.parts.link, &url, &origin, options, &events).await?;
         if let Some(rec) = &answer.record {
             self.keep_record_if_valid(&origin, url.as_str(), rec).await;
         }
         match answer.asked {
-            ask::Asked::Bytes(resp) => Ok(self.from_server(origin, resp, events)),
+            ask::Asked::Bytes(resp) => {
+                if let Some(rec) = &answer.record {
+                    self.note_version(&url, &rec.record, resp.headers());
+                }
+                Ok(self.from_server(origin, resp, events))
+            }
             ask::Asked::Referred(referral) => self.referred(origin, url, *referral, events).await,
             ask::Asked::Silent => {
                 counter!("peercache_server_silent_total").increment(1);
                 events.emit(DownloadEvent::ServerSilent);
                 self.without_server(origin, url, events).await
             }
+            // Only asked for with a version held, answered above.
+            ask::Asked::NotModified(_) => Err(FetchError::SiteStatus(304)),
         }
     }
 
@@ -722,6 +769,27 @@ impl Fetcher {
                 events.emit(DownloadEvent::NotKept { why: e.to_string() });
             }
         }
+    }
+
+    /// Remembers which object `url` is and how long the site lets it be used
+    /// without asking (own_cache step 0).
+    fn note_version(
+        &self,
+        url: &reqwest::Url,
+        record: &peercache_core::record::ObjectRecord,
+        headers: &reqwest::header::HeaderMap,
+    ) {
+        let version = crate::knowledge::KeptVersion {
+            hash: record.hash,
+            size: record.size,
+            content_type: record.content_type.clone(),
+            etag: headers
+                .get(reqwest::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            fresh_until: own_cache::fresh_until(url, 200, headers, SystemTime::now()),
+        };
+        self.parts.knowledge.keep_version(url.as_str(), &version);
     }
 
     /// Keeps a signed record if it verifies against the pinned key. A record
