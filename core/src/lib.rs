@@ -18,6 +18,8 @@
 //! - [`shareable`]: which requests and responses may ever be shared with peers (B2).
 //! - [`extension`]: the extension's settings and the interception rules they produce.
 //! - [`verified`]: BLAKE3 verified streaming in 16 KiB groups (B1).
+//! - [`pieces`]: have-maps of partial holders, rarest-first piece choice, end game.
+//! - [`uplink`]: the server's uplink estimated from its own transfers.
 //! - [`units`]: `10MiB` sizes and `500ms` durations for flags and config files.
 //!
 //! Who applies which rule, along the data path (drawn in full, with files and
@@ -28,7 +30,8 @@
 //!   (serve, refer or defer, with the figures and the reason), holders ordered
 //!   by [`select::order_holders`], ranges by [`range::choose_range`];
 //! - the host's download: [`select::choose_explained`] (the order and a verdict
-//!   per candidate), [`verified`] (every 16 KiB group), [`explain`] (the story);
+//!   per candidate), [`pieces::pick`] (which piece from which source),
+//!   [`verified`] (every 16 KiB group), [`explain`] (the story);
 //! - both sides of the peer plane: [`peer`], [`auth`], [`record`], [`range::span`].
 //!
 //! Modules import downwards: [`protocol`] (the messages) builds on the others;
@@ -46,6 +49,7 @@ pub mod extension;
 pub mod hash;
 pub mod headers;
 pub mod peer;
+pub mod pieces;
 pub mod protocol;
 pub mod proxy;
 pub mod range;
@@ -53,6 +57,7 @@ pub mod record;
 pub mod select;
 pub mod shareable;
 pub mod units;
+pub mod uplink;
 pub mod verified;
 
 pub use hash::ObjectHash;

@@ -152,6 +152,13 @@ pub enum PeerRequest {
         #[serde(default)]
         range: Option<(u64, u64)>,
     },
+    /// Which groups of an object this peer holds verified: the body is a
+    /// `pieces::HaveMap` (all ones for a whole object), `size` the object's.
+    /// Asked again as a partial holder grows, one cheap stream per source.
+    Have {
+        /// The object.
+        hash: ObjectHash,
+    },
     /// The server-silent cascade query (M10, M11). It names the object and
     /// its site by digest ([`lan_digest`] of the URL and of the origin): a
     /// peer answers only about what it already knows, and learns no URL.

@@ -19,8 +19,21 @@ pub struct Probed {
     pub direct: Option<bool>,
 }
 
-/// Granularity at which RTTs are compared.
+/// Granularity at which RTTs are compared: below it every RTT is equal, above
+/// it RTTs are compared in doubling steps ([`rtt_class`]).
 pub const RTT_STEP_MS: u32 = 10;
+
+/// The class in which an RTT is compared: 0 below [`RTT_STEP_MS`], then one
+/// class per doubling (10–19 ms, 20–39 ms, 40–79 ms, …). A ping measured on a
+/// busy host easily varies by 10 ms or by half; a finer comparison would let
+/// that noise, not the server's load-spread order, pick the peer, and a crowd
+/// measuring at once would all pick the same one.
+pub fn rtt_class(rtt_ms: u32) -> u32 {
+    match rtt_ms / RTT_STEP_MS {
+        0 => 0,
+        steps => 1 + steps.ilog2(),
+    }
+}
 
 /// How the client picks among measured candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +76,8 @@ pub enum Dropped {
 pub enum Placed {
     /// First in the server's order whose remembered throughput meets the target.
     MeetsTarget,
-    /// By measured round trip (10 ms steps; ties keep the server's order).
+    /// By measured round trip (in doubling classes, [`rtt_class`]; ties keep
+    /// the server's order).
     ByRoundTrip,
     /// The server itself, always last.
     ServerLast,
@@ -131,9 +145,9 @@ pub fn choose_explained(candidates: Vec<Probed>, policy: Policy) -> Choice {
     {
         ordered.push((peers.remove(i), Placed::MeetsTarget));
     }
-    // RTTs within the same 10 ms step count as equal: the (stable) sort then keeps
+    // RTTs within the same class count as equal: the (stable) sort then keeps
     // the server's order, which spreads a crowd by load; noise must not undo that.
-    peers.sort_by_key(|c| c.rtt_ms.map_or(u32::MAX, |r| r / RTT_STEP_MS));
+    peers.sort_by_key(|c| c.rtt_ms.map_or(u32::MAX, rtt_class));
     ordered.extend(peers.into_iter().map(|c| (c, Placed::ByRoundTrip)));
     ordered.extend(servers.into_iter().map(|c| (c, Placed::ServerLast)));
     for (rank, (c, why)) in ordered.iter().enumerate() {
@@ -231,6 +245,11 @@ pub struct HolderStats {
     pub load: Option<crate::proxy::Load>,
     /// Referrals to it handed out since its last load report.
     pub pending: u32,
+    /// Referrals to it handed out lately (within the server's booking window),
+    /// whether or not they were reported since: among equally loaded peers the
+    /// one referred to least lately goes first, so a crowd that arrives one
+    /// client at a time (each done before the next asks) still spreads.
+    pub recent: u32,
     /// Clients' served reports for this object (M9).
     pub uses: u64,
 }
@@ -262,8 +281,11 @@ pub fn is_slow(rtt_ms: Option<u32>, median_ms: Option<u32>, threshold_ms: u32) -
 
 /// Ranks holders for a referral: full peers dropped; slow peers after the rest;
 /// peers reached only through a relay after those reached directly (B10: a relayed
-/// byte crosses the site anyway); then the least loaded (counting referrals handed out since the last report, so
-/// a crowd spreads over peers); then the most used (M9); then the lowest RTT.
+/// byte crosses the site anyway); then the least loaded (counting referrals
+/// handed out since the last report, so a crowd spreads over peers); then the
+/// least referred to lately (so clients arriving one by one spread too, rather
+/// than each finding the last one's peer idle again and most used); then the
+/// most used (M9); then the lowest RTT.
 pub fn rank_holders(holders: Vec<HolderStats>, slow_threshold_ms: u32, max: usize) -> Vec<Proxy> {
     let mut measured: Vec<u32> = holders.iter().filter_map(|h| h.rtt_ms).collect();
     measured.sort_unstable();
@@ -277,6 +299,7 @@ pub fn rank_holders(holders: Vec<HolderStats>, slow_threshold_ms: u32, max: usiz
             is_slow(h.rtt_ms, median, slow_threshold_ms),
             h.direct == Some(false),
             load_permille,
+            h.recent,
             std::cmp::Reverse(h.uses),
             h.rtt_ms.unwrap_or(u32::MAX),
             h.id.clone(),
@@ -338,6 +361,47 @@ mod relay_tests {
 }
 
 #[cfg(test)]
+mod rtt_tests {
+    use super::*;
+
+    fn probed(id: &str, rtt: u32) -> Probed {
+        Probed {
+            proxy: Proxy {
+                id: id.into(),
+                addr: String::new(),
+                direct: None,
+                rtt_ms: None,
+                load: None,
+            },
+            rtt_ms: Some(rtt),
+            throughput: None,
+            direct: Some(true),
+        }
+    }
+
+    #[test]
+    fn rtt_classes_double() {
+        let classes: Vec<u32> = [0, 9, 10, 19, 20, 39, 40, 79, 80, 5000]
+            .into_iter()
+            .map(rtt_class)
+            .collect();
+        assert_eq!(classes, [0, 0, 1, 1, 2, 2, 3, 3, 4, 9]);
+    }
+
+    #[test]
+    fn ping_noise_keeps_the_servers_spread_order() {
+        let ids = |v: Vec<Proxy>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        // The server put `b` first (`a` just got a client); `a` answered the
+        // ping a few ms faster on a busy host: `b` stays first.
+        let list = vec![probed("b", 27), probed("a", 21)];
+        assert_eq!(ids(choose(list, Policy::Fastest)), ["b", "a"]);
+        // A real difference still counts.
+        let list = vec![probed("b", 90), probed("a", 21)];
+        assert_eq!(ids(choose(list, Policy::Fastest)), ["a", "b"]);
+    }
+}
+
+#[cfg(test)]
 mod rank_tests {
     use super::*;
     use crate::proxy::Load;
@@ -351,6 +415,7 @@ mod rank_tests {
             direct: None,
             load: Some(Load { active, limit: 4 }),
             pending,
+            recent: pending,
             uses,
         }
     }
@@ -376,6 +441,24 @@ mod rank_tests {
             8,
         );
         assert_eq!(ids(ranked), ["new", "used"]);
+    }
+
+    #[test]
+    fn clients_arriving_one_by_one_alternate_between_idle_peers() {
+        let ids = |v: Vec<Proxy>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        // `a` served the last client, who reported (nothing pending, one more
+        // use): both are idle, but `a` was referred to lately, `b` not.
+        let mut a = h("a", Some(5), 0, 0, 1);
+        a.recent = 1;
+        let b = h("b", Some(5), 0, 0, 0);
+        assert_eq!(
+            ids(rank_holders(vec![a.clone(), b.clone()], 500, 8)),
+            ["b", "a"]
+        );
+        // Referred to as often lately: the most used goes first again (M9).
+        let mut b = b;
+        b.recent = 1;
+        assert_eq!(ids(rank_holders(vec![b, a], 500, 8)), ["a", "b"]);
     }
 
     #[test]

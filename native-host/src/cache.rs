@@ -59,6 +59,30 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Partial downloads (`crate::partial`) untouched for this long are left over
+/// from a crash.
+pub const PARTIAL_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the files of partial downloads left over from a crash (untouched
+/// for [`PARTIAL_STALE_AFTER`]; a download in progress writes its have-map
+/// as it goes).
+fn clear_stale_partials(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir.join("partial")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= PARTIAL_STALE_AFTER);
+        if stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 impl Cache {
     /// Opens (creating) the cache at `dir`, clears temp files left by a crash and
     /// indexes what is there (oldest modification first for LRU).
@@ -79,6 +103,7 @@ impl Cache {
             }
         }
         found.sort_by_key(|(m, _, _)| *m);
+        clear_stale_partials(&dir);
         let mut index = Index::default();
         for (_, hash, len) in found {
             index.tick += 1;

@@ -300,6 +300,66 @@ pub struct KeptVersion {
     pub etag: Option<String>,
     /// Unix seconds until which it is fresh (0: always ask).
     pub fresh_until: u64,
+    /// The site's end-to-end headers it came with (bounded), so a copy used
+    /// without asking goes to the browser as the site sent it.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Most headers kept with a version, and their total size.
+const MAX_KEPT_HEADERS: usize = 64;
+const MAX_KEPT_HEADER_BYTES: usize = 16 * 1024;
+
+impl KeptVersion {
+    /// The end-to-end headers of `headers` worth keeping with a version: not
+    /// framing, hop-by-hop or of the moment (`Date`, `Age`); bounded.
+    pub fn keepable_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (k, v) in headers {
+            let name = k.as_str();
+            if matches!(
+                name,
+                "connection"
+                    | "keep-alive"
+                    | "transfer-encoding"
+                    | "te"
+                    | "trailer"
+                    | "upgrade"
+                    | "proxy-authenticate"
+                    | "content-length"
+                    | "content-range"
+                    | "date"
+                    | "age"
+                    | "set-cookie"
+            ) || name.starts_with("x-peercache")
+                || name.starts_with("peercache")
+            {
+                continue;
+            }
+            let Ok(v) = v.to_str() else { continue };
+            bytes += name.len() + v.len();
+            if out.len() >= MAX_KEPT_HEADERS || bytes > MAX_KEPT_HEADER_BYTES {
+                break;
+            }
+            out.push((name.to_string(), v.to_string()));
+        }
+        out
+    }
+
+    /// The kept headers as a header map.
+    pub fn header_map(&self) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        for (k, v) in &self.headers {
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(v),
+            ) {
+                h.append(k, v);
+            }
+        }
+        h
+    }
 }
 
 impl Knowledge {

@@ -4,6 +4,8 @@
 //! - [`identity`], [`cache`], [`knowledge`], [`workload`], [`counters`],
 //!   [`peer_memory`]: state: the key, the on-disk cache, pinned server keys and
 //!   records, upload slots, byte counters, remembered speeds.
+//! - [`partial`]: a download in progress (its file, have-map and CVs), as
+//!   the peer server serves it.
 //! - [`server_link`]: the server's `/v1/` API, every request signed
 //!   (register, announce, report, heartbeat).
 //! - [`fetch`]: the download pipeline, one stage per module (below).
@@ -36,7 +38,8 @@
 //! Goals: no unverified byte ever reaches the browser or the cache; every failure
 //! ends in the bytes from the server, or an error naming its real cause.
 //!
-//! Non-goals: serving partial objects (a peer serves only what it holds whole).
+//! A download in progress is served too: [`partial`] keeps its verified
+//! groups and have-map where the peer server finds them (issue 12 point 2).
 
 pub mod cache;
 pub mod counters;
@@ -48,6 +51,7 @@ pub mod knowledge;
 pub mod lan;
 pub mod native;
 pub mod node;
+pub mod partial;
 pub mod peer_memory;
 pub mod peer_server;
 pub mod server_link;

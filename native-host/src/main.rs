@@ -190,6 +190,8 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         "peercache_uploads_total",
         "peercache_bytes_uploaded_total",
         "peercache_uploads_refused_total",
+        "peercache_partial_uploads_total",
+        "peercache_bytes_uploaded_partial_total",
         "peercache_bytes_from_peers_total",
         "peercache_bytes_from_server_total",
         "peercache_bytes_from_cache_total",

@@ -4,17 +4,21 @@
 //!
 //! - `ping` → the load (slots in use against the limit);
 //! - `outboard {hash}` → the group CVs for verified streaming (B1);
+//! - `have {hash}` → which groups it holds (a have-map: all of a cached
+//!   object, the verified ones of a download in progress);
 //! - `object {hash, range}` → the bytes; `busy` with a retry-after when every
 //!   upload slot is taken (M12), `rate_limited` for a requester asking too often;
 //! - `locate {object, site, ttl, qid}` → the server-silent cascade query (M10,
 //!   M11), by the digests of the URL and its origin: a peer answers only about
 //!   what it knows already and learns no URL.
 //!
-//! Only what is in the cache is ever served, and the path is built from a parsed
-//! hash alone. No plain-TCP port is opened; `/metrics` is on the operator-only
+//! Only verified bytes are ever served: what is in the cache, and the verified
+//! groups of a download in progress (`crate::partial`, a range of whole
+//! groups all marked in its have-map). Paths are built from a parsed hash alone. No plain-TCP port is opened; `/metrics` is on the operator-only
 //! listener (see `node`).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,7 +28,9 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use metrics::counter;
 use peercache_core::hash::ObjectHash;
 use peercache_core::peer::{PeerRequest, PeerResponse, PeerStatus};
+use peercache_core::pieces::HaveMap;
 use peercache_core::protocol::{LocateResponse, Proxy};
+use peercache_core::verified::group_count;
 use peercache_net::wire::{read_frame, write_frame};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -275,17 +281,55 @@ async fn serve_stream(
         }
         PeerRequest::Outboard { hash } => {
             let cache = state.cache.clone();
-            let ob = if cache.contains(&hash) {
-                tokio::task::spawn_blocking(move || cache.outboard(&hash).ok())
-                    .await
-                    .ok()
-                    .flatten()
-            } else {
-                None
-            };
+            // A download in progress has its CVs beside its partial file.
+            let ob = tokio::task::spawn_blocking(move || {
+                if cache.contains(&hash) {
+                    cache.outboard(&hash).ok()
+                } else {
+                    crate::partial::outboard(&cache, &hash)
+                }
+            })
+            .await
+            .ok()
+            .flatten();
             match ob {
                 Some(ob) => {
                     answer(&mut send, &PeerResponse::body(ob.len() as u64, load), &ob).await
+                }
+                None => {
+                    answer(
+                        &mut send,
+                        &PeerResponse::status(PeerStatus::NotHeld, load),
+                        &[],
+                    )
+                    .await
+                }
+            }
+        }
+        PeerRequest::Have { hash } => {
+            counter!("peercache_peer_have_requests_total").increment(1);
+            if !state.slots.allow_requester(requester) {
+                counter!("peercache_requests_rate_limited_total").increment(1);
+                let r = PeerResponse::status(
+                    PeerStatus::RateLimited {
+                        retry_after_ms: 1000,
+                    },
+                    load,
+                );
+                return answer(&mut send, &r, &[]).await;
+            }
+            let cache = state.cache.clone();
+            let have = tokio::task::spawn_blocking(move || have_map(&cache, &hash))
+                .await
+                .ok()
+                .flatten();
+            match have {
+                Some((size, map)) => {
+                    let header = PeerResponse {
+                        size: Some(size),
+                        ..PeerResponse::body(map.as_bytes().len() as u64, load)
+                    };
+                    answer(&mut send, &header, map.as_bytes()).await
                 }
                 None => {
                     answer(
@@ -322,6 +366,34 @@ async fn serve_stream(
             upload(state, requester, &mut send, hash, range).await
         }
     }
+}
+
+/// Which groups of `hash` this host holds: all of a cached object, the
+/// verified ones of a download in progress. Blocking.
+fn have_map(cache: &Cache, hash: &ObjectHash) -> Option<(u64, HaveMap)> {
+    if cache.contains(hash) {
+        let size = std::fs::metadata(cache.path_of(hash)).ok()?.len();
+        return Some((size, HaveMap::full(group_count(size))));
+    }
+    crate::partial::held(cache, hash)
+}
+
+/// Where an upload reads from: the cached object, or for a range made of
+/// verified groups only, the partial file of a download in progress (then
+/// `true`).
+fn upload_path(
+    cache: &Cache,
+    hash: &ObjectHash,
+    range: Option<(u64, u64)>,
+) -> Option<(PathBuf, bool)> {
+    if cache.contains(hash) {
+        return Some((cache.path_of(hash), false));
+    }
+    let (size, have) = crate::partial::held(cache, hash)?;
+    let whole = (0, size.checked_sub(1)?);
+    let (first, end) = peercache_core::pieces::range_groups(size, range.unwrap_or(whole))?;
+    have.has_all(first, end)
+        .then(|| (crate::partial::data_file(cache, hash), true))
 }
 
 /// A cascade query (M11): does this host, or a peer it knows, hold the object
@@ -426,9 +498,14 @@ async fn upload(
         });
         return answer(send, &r, &[]).await;
     }
-    if !state.cache.contains(&hash) {
+    let cache = state.cache.clone();
+    let path = tokio::task::spawn_blocking(move || upload_path(&cache, &hash, range))
+        .await
+        .ok()
+        .flatten();
+    let Some((path, partial)) = path else {
         return answer(send, &refuse(PeerStatus::NotHeld), &[]).await;
-    }
+    };
     // The slot before the file: a file is open only while its upload holds a
     // slot, so requests cannot use up the descriptors.
     let Some(_slot) = Slot::try_take(&state.slots) else {
@@ -438,7 +515,7 @@ async fn upload(
         });
         return answer(send, &r, &[]).await;
     };
-    let file = tokio::fs::File::open(state.cache.path_of(&hash)).await;
+    let file = tokio::fs::File::open(&path).await;
     let size = match &file {
         Ok(f) => f.metadata().await.map(|m| m.len()).ok(),
         Err(_) => None,
@@ -460,6 +537,11 @@ async fn upload(
     };
     write_frame(send, &header).await?;
     counter!("peercache_uploads_total").increment(1);
+    if partial {
+        // Served while this host was still downloading it.
+        counter!("peercache_partial_uploads_total").increment(1);
+        counter!("peercache_bytes_uploaded_partial_total").increment(len);
+    }
     state.cache.touch(&hash);
     let mut left = len;
     let mut buf = vec![0u8; UPLOAD_CHUNK];

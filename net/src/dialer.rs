@@ -289,6 +289,20 @@ impl PeerDialer {
             .map(|(_, b)| b)
     }
 
+    /// Which groups of `hash` the peer holds verified (a have-map of at most
+    /// `max` bytes) and the object's size as it states it.
+    pub async fn have(
+        &self,
+        id: &str,
+        dial: &DialInfo,
+        hash: ObjectHash,
+        max: u64,
+    ) -> Result<(Option<u64>, Vec<u8>), PeerError> {
+        self.request_body(id, dial, &PeerRequest::Have { hash }, max)
+            .await
+            .map(|(h, b)| (h.size, b))
+    }
+
     /// The bytes `first..=last` of `hash` (or all of it), as a stream whose
     /// length is checked against what was asked.
     pub async fn object(

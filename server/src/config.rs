@@ -77,6 +77,9 @@ pub struct Config {
     pub max_defer: Duration,
     /// Most bytes kept on disk from the upstream (oldest evicted first).
     pub upstream_cache_max: u64,
+    /// Refer clients to serving peers that are receiving the object right now
+    /// (partial holders, issue 12 point 1) rather than defer them.
+    pub refer_to_receivers: bool,
     /// `Cache-Control` of the site's files by path prefix (root mode; the
     /// longest matching prefix wins; `no-cache` where none matches).
     pub cache_control: Vec<(String, String)>,
@@ -127,6 +130,7 @@ impl Config {
             max_peers_per_ip: 64,
             max_defer: Duration::from_secs(10),
             upstream_cache_max: 2 << 30,
+            refer_to_receivers: true,
             cache_control: Vec::new(),
             state_dir: default_state_dir(),
         }
@@ -280,6 +284,9 @@ pub struct FileConfig {
     pub max_defer: Option<String>,
     /// e.g. `2GiB`.
     pub upstream_cache_max: Option<String>,
+    /// `false`: defer clients while an object is on its way, never refer to
+    /// partial holders.
+    pub refer_to_receivers: Option<bool>,
     /// `PREFIX=VALUE` rules: `Cache-Control` by path prefix (root mode).
     pub cache_control: Option<Vec<String>>,
     /// State directory (the signing key).

@@ -105,6 +105,10 @@ struct Args {
     /// Most bytes kept on disk from the upstream, e.g. `2GiB` [default: 2GiB].
     #[arg(long, env = "PEERCACHE_UPSTREAM_CACHE_MAX")]
     upstream_cache_max: Option<String>,
+    /// Never refer clients to peers still receiving an object (partial
+    /// holders); defer them while it is on its way instead.
+    #[arg(long, env = "PEERCACHE_NO_REFER_TO_RECEIVERS")]
+    no_refer_to_receivers: bool,
     /// `Cache-Control` for the site's files under a path prefix, as
     /// `PREFIX=VALUE` (repeatable; longest prefix wins) [default: no-cache],
     /// e.g. `/static/v1/=public, max-age=31536000, immutable`.
@@ -238,6 +242,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(s) = args.max_defer.or(file.max_defer) {
         config.max_defer = parse_duration(&s)?;
+    }
+    if args.no_refer_to_receivers || file.refer_to_receivers == Some(false) {
+        config.refer_to_receivers = false;
     }
     if let Some(s) = args.upstream_cache_max.or(file.upstream_cache_max) {
         config.upstream_cache_max = parse_size(&s)?;

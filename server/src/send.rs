@@ -54,6 +54,8 @@ pub struct Recipient {
     pub peer_id: String,
     /// Registered with dial info: others can be referred to it.
     pub serving: bool,
+    /// Its dial info, when serving.
+    pub addr: Option<String>,
 }
 
 /// Pays off whatever of a transfer was not sent when its body is dropped (a
@@ -66,12 +68,17 @@ struct Owed {
     /// Who gets it, when this is the whole object: it may be listed as a
     /// holder once every byte went out.
     whole_to: Option<String>,
+    /// The serving peer listed as receiving it while this transfer lasts.
+    receiver: Option<String>,
 }
 
 impl Drop for Owed {
     fn drop(&mut self) {
         self.state.egress.sent(self.remaining);
         self.state.sending.end(self.transfer);
+        if let Some(id) = &self.receiver {
+            self.state.receivers.remove(&self.hash, id);
+        }
     }
 }
 
@@ -121,6 +128,18 @@ pub async fn send_object(
     state.figures.add(Tally::Served, 1);
     state.egress.owe(len);
     let transfer = state.sending.start(obj.hash, to.is_some_and(|r| r.serving));
+    // A serving peer getting the whole object serves what it verified as it
+    // arrives: the next clients may be referred to it at once.
+    let mut receiver = None;
+    if let Some(r) = to
+        && let Some(addr) = &r.addr
+        && first == 0
+        && len == obj.size
+        && state.config.refer_to_receivers
+    {
+        state.receivers.add(obj.hash, &r.peer_id, addr);
+        receiver = Some(r.peer_id.clone());
+    }
     let owed = Owed {
         state: state.clone(),
         remaining: len,
@@ -129,6 +148,7 @@ pub async fn send_object(
         whole_to: to
             .filter(|_| first == 0 && len == obj.size)
             .map(|r| r.peer_id.clone()),
+        receiver,
     };
     use tokio::io::AsyncReadExt;
     let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);
@@ -138,6 +158,7 @@ pub async fn send_object(
                 Some(Ok(chunk)) => {
                     let n = chunk.len() as u64;
                     owed.state.egress.throttle(n).await;
+                    owed.state.egress.delivered(n);
                     owed.state.egress.sent(n);
                     owed.state.sending.progress(owed.transfer);
                     owed.remaining = owed.remaining.saturating_sub(n);

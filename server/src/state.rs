@@ -283,6 +283,101 @@ impl Sending {
     }
 }
 
+/// How long a serving peer counts as receiving an object after it started.
+pub const RECEIVER_TTL: Duration = Duration::from_secs(60);
+/// Receivers kept per object (the latest).
+const MAX_RECEIVERS: usize = 32;
+/// Objects with receivers kept.
+const MAX_RECEIVING_OBJECTS: usize = 10_000;
+
+/// Serving peers receiving an object right now (issue 12 point 1): those the
+/// server sends it to (until that transfer ends), and those it referred for it. They hold part of it and
+/// serve what they verified (a peer's have-map tells which part), so the next
+/// clients are referred to them straight away instead of waiting for someone
+/// to hold it whole. Bounded per object and in objects; an entry lapses after
+/// [`RECEIVER_TTL`].
+#[derive(Debug, Default)]
+pub struct Receivers {
+    inner: Mutex<ReceiverMap>,
+}
+
+/// Per object: (peer id, dial string, since when), oldest first.
+type ReceiverMap = HashMap<ObjectHash, VecDeque<(String, String, Instant)>>;
+
+impl Receivers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReceiverMap> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Peer `id`, dialed at `addr`, started receiving `hash`.
+    pub fn add(&self, hash: ObjectHash, id: &str, addr: &str) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= MAX_RECEIVING_OBJECTS && !map.contains_key(&hash) {
+            map.retain(|_, r| {
+                r.back()
+                    .is_some_and(|e| now.duration_since(e.2) < RECEIVER_TTL)
+            });
+            if map.len() >= MAX_RECEIVING_OBJECTS {
+                return;
+            }
+        }
+        let list = map.entry(hash).or_default();
+        list.retain(|(i, _, at)| i != id && now.duration_since(*at) < RECEIVER_TTL);
+        if list.len() >= MAX_RECEIVERS {
+            list.pop_front();
+        }
+        list.push_back((id.to_string(), addr.to_string(), now));
+    }
+
+    /// Peer `id` no longer receives `hash` from this server (its transfer
+    /// ended: it holds it whole and announces it, or it broke off).
+    pub fn remove(&self, hash: &ObjectHash, id: &str) {
+        let mut map = self.lock();
+        if let Some(list) = map.get_mut(hash) {
+            list.retain(|(i, _, _)| i != id);
+            if list.is_empty() {
+                map.remove(hash);
+            }
+        }
+    }
+
+    /// Up to `max` receivers of `hash` other than `exclude`, from a random
+    /// place in the list on (so a crowd's requests spread over them).
+    pub fn list(
+        &self,
+        hash: &ObjectHash,
+        exclude: Option<&str>,
+        max: usize,
+    ) -> Vec<peercache_core::protocol::Proxy> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let Some(list) = map.get_mut(hash) else {
+            return Vec::new();
+        };
+        list.retain(|(_, _, at)| now.duration_since(*at) < RECEIVER_TTL);
+        let start = if list.is_empty() {
+            0
+        } else {
+            rand::random_range(0..list.len())
+        };
+        list.iter()
+            .cycle()
+            .skip(start)
+            .take(list.len())
+            .filter(|(id, _, _)| Some(id.as_str()) != exclude)
+            .take(max)
+            .map(|(id, addr, _)| peercache_core::protocol::Proxy {
+                id: id.clone(),
+                addr: addr.clone(),
+                direct: None,
+                rtt_ms: None,
+                load: None,
+            })
+            .collect()
+    }
+}
+
 /// Live peer ids registered per client address (`--max-peers-per-ip`), so one
 /// source cannot fill the look-up table.
 #[derive(Debug, Default)]
@@ -477,6 +572,8 @@ pub struct AppState {
     pub key_rotations: Vec<peercache_core::record::KeyRotation>,
     /// Transfers in flight per object.
     pub sending: Sending,
+    /// Serving peers receiving an object now (partial holders).
+    pub receivers: Receivers,
     /// Announce, register and report rate limits per peer (B6).
     pub announce_limiter: RateLimiter,
     /// API rate limits per client address (`--source-rate`).
@@ -537,6 +634,7 @@ impl AppState {
             signer: peercache_core::record::RecordSigner::from_secret(rand::random()),
             key_rotations: Vec::new(),
             sending: Sending::default(),
+            receivers: Receivers::default(),
             signed: Mutex::new(HashMap::new()),
             announce_limiter: RateLimiter::default(),
             source_limiter: RateLimiter::default(),

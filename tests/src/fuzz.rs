@@ -508,6 +508,7 @@ fn peer_requests() -> Vec<PeerRequest> {
     vec![
         PeerRequest::Ping,
         PeerRequest::Outboard { hash: hash() },
+        PeerRequest::Have { hash: hash() },
         PeerRequest::Object {
             hash: hash(),
             range: Some((1, 2)),

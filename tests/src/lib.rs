@@ -879,6 +879,19 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                         let ob = held(&hash).map(|o| o.2.clone()).unwrap_or_default();
                         (PeerResponse::body(ob.len() as u64, load), ob, None)
                     }
+                    // It holds the whole object, like a real holder says.
+                    PeerRequest::Have { hash } if held(&hash).is_some() => {
+                        let Some(o) = held(&hash) else { return };
+                        let size = o.1.len() as u64;
+                        let map = peercache_core::pieces::HaveMap::full(
+                            peercache_core::verified::group_count(size),
+                        );
+                        let header = PeerResponse {
+                            size: Some(size),
+                            ..PeerResponse::body(map.as_bytes().len() as u64, load)
+                        };
+                        (header, map.as_bytes().to_vec(), None)
+                    }
                     PeerRequest::Object { hash, range } if held(&hash).is_some() => {
                         let Some(o) = held(&hash) else { return };
                         let (a, b) = range.unwrap_or((0, o.1.len() as u64 - 1));

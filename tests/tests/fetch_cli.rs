@@ -290,10 +290,17 @@ async fn a_client_deferred_too_long_gets_the_bytes_from_the_server() {
     let data = test_bytes(1 << 20, 43);
     let root = make_site(&dir, &[("d.bin", &data)]);
     // 1 MiB at 256 KiB/s takes 4 s > the 1 s period: while it is on its way to
-    // the first client, a second referral-capable client is deferred.
+    // the first client, a second referral-capable client is deferred (with
+    // referrals to peers still receiving turned off: deferral's own bound).
     let server = spawn_server(
         &root,
-        &["--egress-limit", "256KiB", "--target-period", "1s"],
+        &[
+            "--egress-limit",
+            "256KiB",
+            "--target-period",
+            "1s",
+            "--no-refer-to-receivers",
+        ],
     )
     .await
     .unwrap();

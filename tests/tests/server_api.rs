@@ -116,23 +116,21 @@ async fn refers_clients_that_accept_referrals_and_serves_everyone_else() {
         .unwrap();
     assert_eq!(first.status(), 200);
     // While that transfer is under way on the slow pipe, another referral-capable
-    // client is asked to come back (by then the first can serve it)…
+    // client is referred straight away to the peer receiving it (it serves what
+    // it verified as it arrives, issue 12 point 1)…
     let r = http
         .get(&url)
         .header("Peercache-Client", "id=other")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 503);
-    assert!(
-        r.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
+    assert_eq!(r.status(), 300);
+    let referral: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(referral["proxies"][0]["id"], me.id.as_str(), "{referral}");
+    assert_eq!(
+        referral["proxies"][1]["id"], "server",
+        "the server last: {referral}"
     );
-    assert!(r.text().await.unwrap().contains("on its way"));
     // …while a browser without the extension always gets the bytes.
     let plain = http.get(&url).send().await.unwrap();
     assert_eq!(plain.status(), 200);

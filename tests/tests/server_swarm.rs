@@ -388,8 +388,12 @@ async fn liars_are_delisted_and_announce_floods_are_refused() {
         .await
         .unwrap();
     let mut refused = 0;
+    // One connection, as a flooding peer would use (a new client per request
+    // is slow enough on a loaded machine to stay under the rate).
+    let http = reqwest::Client::new();
     for _ in 0..60 {
-        let r = signed_post(
+        let r = peercache_tests::signed_post_with(
+            &http,
             &server.url,
             "/v1/announce",
             &chatty,

@@ -37,22 +37,30 @@ pub struct ToKeep {
     pub path: PathBuf,
     /// Its group CVs if the transfer had them; computed from the file otherwise.
     pub outboard: Option<Vec<u8>>,
+    /// The partial download the file is (`crate::partial`): renamed into the
+    /// cache like a temp file, its have-map and CVs removed after.
+    pub partial: Option<std::sync::Arc<crate::partial::Partial>>,
 }
 
 /// Keeps `it` in `cache` (see the module docs). On failure the temp file is gone.
 pub async fn keep(cache: &Cache, it: ToKeep) -> Result<Kept, KeepError> {
     let cache = cache.clone();
     let path = it.path.clone();
+    let partial = it.partial.clone();
     let kept = tokio::task::spawn_blocking(move || -> std::io::Result<Kept> {
         it.file.sync_all()?;
         drop(it.file);
+        // The CVs first, so the object is served with them the moment it is in.
+        if let Some(ob) = &it.outboard {
+            cache.store_outboard(&it.hash, ob);
+        }
         let dropped = cache.adopt(&it.hash, &it.path, it.size)?;
-        match it.outboard {
-            Some(ob) => cache.store_outboard(&it.hash, &ob),
+        if it.outboard.is_none() {
             // Computed once now, not per request of a peer.
-            None => {
-                cache.outboard(&it.hash)?;
-            }
+            cache.outboard(&it.hash)?;
+        }
+        if let Some(p) = &it.partial {
+            p.finish();
         }
         Ok(Kept { dropped })
     })
@@ -61,6 +69,9 @@ pub async fn keep(cache: &Cache, it: ToKeep) -> Result<Kept, KeepError> {
     .and_then(|r| r);
     if kept.is_err() {
         let _ = tokio::fs::remove_file(&path).await;
+        if let Some(p) = partial {
+            let _ = tokio::task::spawn_blocking(move || p.abandon()).await;
+        }
     }
     Ok(kept?)
 }

@@ -273,7 +273,9 @@ impl Fetcher {
             .filter(|v| self.parts.cache.contains(&v.hash));
         if let Some(v) = &kept
             && v.fresh_until > now_secs()
-            && let Some(dl) = self.own_copy(&v.object(), events.clone()).await
+            && let Some(dl) = self
+                .own_copy(&v.object(), v.header_map(), events.clone())
+                .await
         {
             counter!("peercache_fresh_from_cache_total").increment(1);
             return Ok(dl);
@@ -291,7 +293,17 @@ impl Fetcher {
             };
             if let Some(mut v) = kept.take() {
                 v.fresh_until = own_cache::fresh_until(&url, 200, headers, SystemTime::now());
-                if let Some(dl) = self.own_copy(&v.object(), events.clone()).await {
+                let mut site_headers = v.header_map();
+                // A 304's headers update the stored ones (RFC 9111 4.3.4).
+                for (k, val) in headers {
+                    site_headers.insert(k.clone(), val.clone());
+                }
+                v.headers = crate::knowledge::KeptVersion::keepable_headers(&site_headers);
+                let site_headers = v.header_map();
+                if let Some(dl) = self
+                    .own_copy(&v.object(), site_headers, events.clone())
+                    .await
+                {
                     counter!("peercache_revalidated_total").increment(1);
                     self.parts.knowledge.keep_version(url.as_str(), &v);
                     return Ok(dl);
@@ -350,7 +362,17 @@ impl Fetcher {
             events,
         };
         tokio::spawn(async move {
-            let result = match from_server::pump(resp, &heads, &me.parts.cache, &ev, &tx).await {
+            let cvs = me.cvs_from(&origin);
+            let result = match from_server::pump(
+                resp,
+                &heads,
+                &me.parts.cache,
+                Some(&cvs),
+                &ev,
+                &tx,
+            )
+            .await
+            {
                 Ok(pumped) => {
                     me.parts
                         .memory
@@ -407,7 +429,10 @@ impl Fetcher {
             self.parts.link.peer_id(),
         )
         .await;
-        if let Some(dl) = self.own_copy(&object, events.clone()).await {
+        if let Some(dl) = self
+            .own_copy(&object, reqwest::header::HeaderMap::new(), events.clone())
+            .await
+        {
             counter!("peercache_cache_hits_total").increment(1);
             // Fetched through this site now too.
             self.parts.knowledge.note_fetched(&origin, &object.hash);
@@ -487,7 +512,10 @@ impl Fetcher {
             size: record.record.size,
             content_type: record.record.content_type.clone(),
         };
-        if let Some(dl) = self.own_copy(&object, events.clone()).await {
+        if let Some(dl) = self
+            .own_copy(&object, reqwest::header::HeaderMap::new(), events.clone())
+            .await
+        {
             return Ok(dl);
         }
         if found.holders.is_empty() {
@@ -514,7 +542,12 @@ impl Fetcher {
     }
 
     /// 3. An intact copy in the own cache.
-    async fn own_copy(&self, object: &Object, events: Arc<Events>) -> Option<Download> {
+    async fn own_copy(
+        &self,
+        object: &Object,
+        site_headers: reqwest::header::HeaderMap,
+        events: Arc<Events>,
+    ) -> Option<Download> {
         let body =
             own_cache::open(&self.parts.cache, &object.hash, object.size, events.clone()).await?;
         Some(Download {
@@ -523,7 +556,7 @@ impl Fetcher {
             hash: Some(object.hash),
             known_source: Some(Source::Cache),
             not_shareable: None,
-            site_headers: reqwest::header::HeaderMap::new(),
+            site_headers,
             body,
             done: None,
             events,
@@ -646,7 +679,7 @@ impl Fetcher {
             transfer::run(
                 transport,
                 plan,
-                p.cache.temp_path(),
+                &p.cache,
                 events.clone(),
                 tx.clone(),
                 failed_tx,
@@ -686,6 +719,7 @@ impl Fetcher {
             file: transferred.file,
             path: transferred.path,
             outboard: Some(transferred.proof.outboard()),
+            partial: transferred.partial,
         };
         self.keep_then_announce(&origin, to_keep, events).await;
         // 7. Announce and report.
@@ -727,7 +761,9 @@ impl Fetcher {
         }
         let heads = from_server::heads(&resp, Some(hash));
         let shareable = heads.not_shareable.is_none();
-        let pumped = from_server::pump(resp, &heads, &self.parts.cache, events, tx).await?;
+        let cvs = self.cvs_from(origin);
+        let pumped =
+            from_server::pump(resp, &heads, &self.parts.cache, Some(&cvs), events, tx).await?;
         self.keep_and_announce(origin, pumped, shareable, events)
             .await;
         Ok(Source::Server)
@@ -771,6 +807,17 @@ impl Fetcher {
         }
     }
 
+    /// The server at `origin` as the source of an object's CVs.
+    fn cvs_from(&self, origin: &str) -> from_server::CvsFrom {
+        from_server::CvsFrom {
+            transport: Transport {
+                http: self.parts.link.http().clone(),
+                dialer: self.parts.dialer.clone(),
+            },
+            server: origin.to_string(),
+        }
+    }
+
     /// Remembers which object `url` is and how long the site lets it be used
     /// without asking (own_cache step 0).
     fn note_version(
@@ -788,6 +835,7 @@ impl Fetcher {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             fresh_until: own_cache::fresh_until(url, 200, headers, SystemTime::now()),
+            headers: crate::knowledge::KeptVersion::keepable_headers(headers),
         };
         self.parts.knowledge.keep_version(url.as_str(), &version);
     }

@@ -39,7 +39,7 @@ pub async fn report_failures(
         }
         let outcome = match f.error {
             SourceError::Mismatch => Outcome::Mismatch,
-            SourceError::Failed(_) | SourceError::Busy(_) => Outcome::Failed,
+            SourceError::Failed(_) | SourceError::Busy(_) | SourceError::NotHeld => Outcome::Failed,
         };
         link.report(origin, SourceReport::nothing(hash, &f.id, outcome, f.after))
             .await;

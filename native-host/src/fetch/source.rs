@@ -9,7 +9,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use peercache_core::hash::ObjectHash;
 use peercache_core::peer::DialInfo;
+use peercache_core::pieces::HaveMap;
 use peercache_core::protocol::{Proxy, SERVER_PROXY_ID};
+use peercache_core::verified::group_count;
 
 /// How a failed source failed; every failure is tied to its source.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,10 @@ pub enum SourceError {
     /// It could not be reached, broke off, stalled or was too slow.
     #[error("{0}")]
     Failed(String),
+    /// It does not hold what was asked (yet: a peer still downloading may
+    /// later).
+    #[error("does not hold it")]
+    NotHeld,
     /// It is busy (every upload slot taken, or a `503` with `Retry-After`): not
     /// a failure; ask again after this long.
     #[error("busy; ask again in {} ms", .0.as_millis())]
@@ -42,6 +48,7 @@ fn peer_failure(e: peercache_net::PeerError) -> SourceError {
         peercache_net::PeerError::Refused(
             PeerStatus::Busy { retry_after_ms } | PeerStatus::RateLimited { retry_after_ms },
         ) => SourceError::Busy(busy_wait(retry_after_ms)),
+        peercache_net::PeerError::Refused(PeerStatus::NotHeld) => SourceError::NotHeld,
         other => SourceError::Failed(other.to_string()),
     }
 }
@@ -157,8 +164,44 @@ impl SourceRef {
                 .map_err(|e| match e {
                     // Longer than the object's CVs can be: a liar.
                     peercache_net::PeerError::TooLong(_) => SourceError::Mismatch,
-                    other => SourceError::Failed(other.to_string()),
+                    other => peer_failure(other),
                 }),
+        }
+    }
+
+    /// Which groups of the object the source holds: `None` for all of it (the
+    /// server; a peer that does not know the question, which is then asked for
+    /// ranges as a holder); an empty map from a peer that holds none yet (a
+    /// download that has not begun). A map of the wrong size, or a size other
+    /// than the object's, is a lie.
+    pub async fn have(
+        &self,
+        transport: &Transport,
+        hash: ObjectHash,
+        size: u64,
+    ) -> Result<Option<HaveMap>, SourceError> {
+        let SourceKind::Peer(dial) = &self.kind else {
+            return Ok(None);
+        };
+        let groups = group_count(size);
+        let max = HaveMap::byte_len(groups) as u64;
+        match transport.dialer.have(&self.id, dial, hash, max).await {
+            Ok((stated, bytes)) => {
+                if stated.is_some_and(|s| s != size) {
+                    return Err(SourceError::Mismatch);
+                }
+                HaveMap::from_bytes(groups, &bytes)
+                    .map(Some)
+                    .map_err(|_| SourceError::Mismatch)
+            }
+            Err(peercache_net::PeerError::TooLong(_)) => Err(SourceError::Mismatch),
+            Err(peercache_net::PeerError::Refused(peercache_core::peer::PeerStatus::NotHeld)) => {
+                Ok(Some(HaveMap::empty(groups)))
+            }
+            Err(peercache_net::PeerError::Refused(
+                peercache_core::peer::PeerStatus::BadRequest { .. },
+            )) => Ok(None),
+            Err(e) => Err(peer_failure(e)),
         }
     }
 

@@ -4,13 +4,19 @@
 //! 1. The [`Proof`] (group CVs) comes from the first source whose list adds up
 //!    to the hash; a source whose list does not is a liar and is not used. The
 //!    server, asked by hash, is the last to be asked.
-//! 2. The object is cut into 1 MiB segments. Workers, one per source, take
-//!    segments from a shared queue and fetch them with `Range`; each 16 KiB group
-//!    is checked before it is written (at its offset) into the temp file. Large
-//!    objects use up to four peers at once.
-//! 3. A source that fails, stalls, lies or stays below the floor puts the rest
-//!    of its segment back (nothing verified is fetched twice) and the next
-//!    source takes over; the server is the last one.
+//! 2. The object is cut into 256 KiB pieces (`peercache_core::pieces`).
+//!    Workers, one per source, first ask the source which groups it holds (a
+//!    peer still downloading holds some: its have-map), then take pieces by
+//!    `pieces::pick` (rarest among the sources first, the end game asks a
+//!    second source for the last pieces in flight) and fetch them with `Range`;
+//!    each 16 KiB group is checked before it is written (at its offset) into
+//!    the object's partial file, whose have-map grows with it so this host's
+//!    peer server serves those groups at once (`crate::partial`). A source
+//!    that holds nothing needed now is asked again as it grows. Large objects
+//!    use up to four sources at once.
+//! 3. A source that fails, stalls, lies, stays below the floor or stops
+//!    growing gives its pieces back (nothing verified is fetched twice) and the
+//!    next source takes over; the server is the last one.
 //! 4. The caller receives the verified bytes in order as soon as they are
 //!    contiguous, so a large object streams with bounded memory.
 //!
@@ -26,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use metrics::counter;
 use peercache_core::explain::DownloadEvent;
 use peercache_core::hash::ObjectHash;
+use peercache_core::pieces::{self, HaveMap, PIECE_GROUPS, Pick, PieceState};
 use peercache_core::protocol::{Proxy, SERVER_PROXY_ID};
 use peercache_core::verified::{GROUP, group_count, group_len};
 use tokio::sync::{Notify, mpsc};
@@ -34,14 +41,22 @@ use super::error::BodySender;
 use super::events::Events;
 use super::source::{SourceError, SourceRef, Transport};
 use super::verify::Proof;
+use crate::cache::Cache;
+use crate::partial::Partial;
 
-/// Groups per segment (1 MiB).
+/// Groups per segment (1 MiB): the most verified bytes written at once, and
+/// the longest run of pieces asked of one source when several share the work.
 const SEGMENT_GROUPS: u64 = 64;
+/// Ranges a partial holder may refuse though its have-map named them.
+const MAX_REFUSALS: u32 = 4;
+/// How often a source that holds nothing needed now is asked what it holds.
+const HAVE_REFRESH: Duration = Duration::from_millis(200);
 /// Most sources downloading at once.
 const MAX_PARALLEL: usize = 4;
 /// Objects from this size up are fetched from several peers at once.
 const PARALLEL_FROM: u64 = 4 << 20;
-/// A source that sends nothing for this long is dropped.
+/// A source that sends nothing, or holds nothing more that is needed and does
+/// not grow, for this long is dropped.
 const STALL: Duration = Duration::from_secs(10);
 /// How long a peer's delivery is measured against the floor.
 pub const FLOOR_WINDOW: Duration = Duration::from_secs(3);
@@ -93,6 +108,8 @@ pub struct Transferred {
     pub by_source: HashMap<String, u64>,
     /// Whether each peer's connection went direct.
     pub paths: HashMap<String, bool>,
+    /// The partial download others were served from, if the file is one.
+    pub partial: Option<Arc<Partial>>,
 }
 
 /// A source that failed, and when.
@@ -128,10 +145,20 @@ pub enum TransferError {
 
 #[derive(Debug, Default)]
 struct Shared {
-    queue: VecDeque<(u64, u64)>,
+    /// Per group: verified and written.
     done: Vec<bool>,
+    /// Per piece: done, fetched by how many sources, held by how many.
+    pieces: Vec<PieceState>,
+    /// Sources working now (whose pieces count in `holders`).
+    sources: u32,
     by_source: HashMap<String, u64>,
     paths: HashMap<String, bool>,
+}
+
+impl Shared {
+    fn all_done(&self) -> bool {
+        self.done.iter().all(|d| *d)
+    }
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -155,18 +182,24 @@ struct Job {
     plan: Plan,
     proof: Proof,
     file: Arc<std::fs::File>,
+    partial: Option<Arc<Partial>>,
     shared: Mutex<Shared>,
     progress: Notify,
     events: Arc<Events>,
+    /// Pieces asked of one source at most in one request.
+    max_run: u64,
+    /// Breaks ties between equally rare pieces (per download).
+    seed: u64,
 }
 
-/// Runs the transfer into a new temp file at `path`; verified bytes go to `tx`
-/// in order, and every source that fails goes to `failures` at once (so a liar
-/// is reported while the transfer goes on).
+/// Runs the transfer into the object's partial file in `cache` (or a temp
+/// file when another download owns it); verified bytes go to `tx` in order,
+/// and every source that fails goes to `failures` at once (so a liar is
+/// reported while the transfer goes on).
 pub async fn run(
     transport: Transport,
     plan: Plan,
-    path: PathBuf,
+    cache: &Cache,
     events: Arc<Events>,
     tx: BodySender,
     failures: mpsc::Sender<FailedSource>,
@@ -176,11 +209,41 @@ pub async fn run(
         to: failures,
         started: Instant::now(),
     };
-    let result = run_inner(transport, plan, &path, events, tx, &failed).await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&path);
+    let mut made = None;
+    let result = run_inner(transport, plan, cache, &mut made, events, tx, &failed).await;
+    if result.is_err()
+        && let Some((path, partial)) = made
+    {
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(&path);
+            if let Some(p) = partial {
+                p.abandon();
+            }
+        });
     }
     result
+}
+
+/// The file a transfer writes to: the object's partial file (served to others
+/// as it grows) when this download may own it, else a private temp file.
+fn create_file(
+    cache: &Cache,
+    hash: ObjectHash,
+    size: u64,
+) -> std::io::Result<(std::fs::File, PathBuf, Option<Arc<Partial>>)> {
+    if size > GROUP
+        && let Some((partial, file, path)) = Partial::claim(cache, hash, size)?
+    {
+        return Ok((file, path, Some(Arc::new(partial))));
+    }
+    let path = cache.temp_path();
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(size).map(|()| f))?;
+    Ok((file, path, None))
 }
 
 /// Where failed sources go: an event, and the reporter.
@@ -211,7 +274,8 @@ impl Failures {
 async fn run_inner(
     transport: Transport,
     plan: Plan,
-    path: &std::path::Path,
+    cache: &Cache,
+    made: &mut Option<(PathBuf, Option<Arc<Partial>>)>,
     events: Arc<Events>,
     tx: BodySender,
     failed: &Failures,
@@ -224,7 +288,10 @@ async fn run_inner(
         .collect();
     let server = plan.server.as_deref().map(SourceRef::server);
 
-    // 1. The proof, from a source whose list adds up to the hash.
+    // 1. The proof, from a source whose list adds up to the hash. A source
+    // that has none yet (a download that has not begun) may still send bytes
+    // later; one whose list is wrong is a liar and is not used.
+    let mut later = VecDeque::new();
     let proof = if plan.size > GROUP {
         let mut found = None;
         while let Some(src) = candidates.pop_front() {
@@ -238,6 +305,7 @@ async fn run_inner(
                     candidates.push_front(src);
                     break;
                 }
+                Err(SourceError::NotHeld | SourceError::Busy(_)) => later.push_back(src),
                 Err(e) => failed.add(&src.id, e).await,
             }
         }
@@ -257,47 +325,53 @@ async fn run_inner(
     } else {
         Proof::single_group(plan.hash, plan.size)
     };
+    candidates.extend(later);
 
-    // 2. Segments, workers, in-order emission.
+    // 2. Pieces, workers, in-order emission.
     let groups = group_count(plan.size);
     let parallel = if plan.size >= PARALLEL_FROM && candidates.len() >= 2 {
         MAX_PARALLEL
     } else {
         1
     };
-    // One source: one request for everything (the rest is re-queued on failure).
-    // Several: 1 MiB segments shared out.
-    let segment = if parallel == 1 {
-        groups
+    // One source: one request for all it holds (the rest is asked again on
+    // failure). Several: runs of at most a segment, so they share the work.
+    let max_run = if parallel == 1 {
+        u64::MAX
     } else {
-        SEGMENT_GROUPS
+        SEGMENT_GROUPS / PIECE_GROUPS
     };
-    let mut queue = VecDeque::new();
-    let mut s = 0;
-    while s < groups {
-        queue.push_back((s, (s + segment).min(groups)));
-        s += segment;
+    let (cache2, hash, size) = (cache.clone(), plan.hash, plan.size);
+    let (file, path, partial) =
+        tokio::task::spawn_blocking(move || create_file(&cache2, hash, size))
+            .await
+            .map_err(|e| TransferError::Disk(std::io::Error::other(e)))?
+            .map_err(TransferError::Disk)?;
+    *made = Some((path.clone(), partial.clone()));
+    if let Some(p) = partial.clone() {
+        let ob = proof.outboard();
+        // Only now may others be served from it: the CVs are beside it.
+        tokio::task::spawn_blocking(move || p.set_outboard(&ob))
+            .await
+            .map_err(|e| TransferError::Disk(std::io::Error::other(e)))?
+            .map_err(TransferError::Disk)?;
     }
-    let file = std::fs::OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_len(plan.size).map(|()| f))
-        .map_err(TransferError::Disk)?;
     let file = Arc::new(file);
     let job = Arc::new(Job {
         transport,
         plan,
         proof,
         file: file.clone(),
+        partial: partial.clone(),
         shared: Mutex::new(Shared {
-            queue,
             done: vec![false; groups as usize],
+            pieces: vec![PieceState::default(); pieces::piece_count(groups) as usize],
             ..Shared::default()
         }),
         progress: Notify::new(),
         events: events.clone(),
+        max_run,
+        seed: rand::random(),
     });
     let mut workers = tokio::task::JoinSet::new();
     while workers.len() < parallel {
@@ -376,7 +450,7 @@ async fn run_inner(
                         WorkerError::Source(e) => failed.add(&src.id, e).await,
                     }
                 }
-                let pending = !lock(&job.shared).queue.is_empty();
+                let pending = !lock(&job.shared).all_done();
                 if pending {
                     if let Some(src) = candidates.pop_front() {
                         workers.spawn(worker(job.clone(), src));
@@ -387,15 +461,8 @@ async fn run_inner(
                 }
             }
         }
-        let (queued, all_done) = {
-            let sh = lock(&job.shared);
-            (!sh.queue.is_empty(), sh.done.iter().all(|d| *d))
-        };
-        if workers.is_empty() && !queued && !all_done {
-            // Nothing queued, nobody working, not done: cannot happen, but never hang.
-            return Err(TransferError::PeersFailed);
-        }
-        if workers.is_empty() && queued {
+        let all_done = lock(&job.shared).all_done();
+        if workers.is_empty() && !all_done {
             match &server {
                 Some(server) if !server_started => {
                     server_started = true;
@@ -418,10 +485,11 @@ async fn run_inner(
     let proof = job.proof.clone();
     Ok(Transferred {
         file,
-        path: path.to_path_buf(),
+        path,
         proof,
         by_source,
         paths,
+        partial,
     })
 }
 
@@ -430,33 +498,144 @@ async fn worker(job: Arc<Job>, source: SourceRef) -> (SourceRef, Result<(), Work
         source: source.id.clone(),
         what: "bytes".into(),
     });
-    let result = take_segments(&job, &source).await;
+    let result = take_pieces(&job, &source).await;
     (source, result)
 }
 
-/// Takes segments from the queue until it is empty or this source fails.
-/// A source that answers "busy" is not failed: its segment goes back to the
-/// queue (another source may take it), and it asks again after the wait it
-/// named, for at most [`BUSY_BUDGET`] in all.
-async fn take_segments(job: &Job, source: &SourceRef) -> Result<(), WorkerError> {
+/// What `source` holds: `None` for all of it (the server; a peer with the
+/// whole object, or one that does not say).
+/// A busy source is asked again later: until then it holds what it held
+/// (`before`).
+async fn have_of(
+    job: &Job,
+    source: &SourceRef,
+    before: Option<HaveMap>,
+) -> Result<Option<HaveMap>, SourceError> {
+    match source
+        .have(&job.transport, job.plan.hash, job.plan.size)
+        .await
+    {
+        Ok(have) => Ok(have.filter(|h| !h.is_complete())),
+        Err(SourceError::Busy(_)) => Ok(before),
+        Err(e) => Err(e),
+    }
+}
+
+/// Counts (`add`) or uncounts the pieces `have` holds (all for `None`).
+fn count_holders(sh: &mut Shared, have: Option<&HaveMap>, add: bool) {
+    sh.sources = if add {
+        sh.sources.saturating_add(1)
+    } else {
+        sh.sources.saturating_sub(1)
+    };
+    for (i, p) in sh.pieces.iter_mut().enumerate() {
+        if have.is_none_or(|h| h.has_piece(i as u64)) {
+            p.holders = if add {
+                p.holders.saturating_add(1)
+            } else {
+                p.holders.saturating_sub(1)
+            };
+        }
+    }
+}
+
+/// Takes pieces from `source` until every piece is done or it fails (see the
+/// module docs); its pieces count as held while it works.
+async fn take_pieces(job: &Job, source: &SourceRef) -> Result<(), WorkerError> {
+    let groups = group_count(job.plan.size);
+    let mut have = have_of(job, source, Some(HaveMap::empty(groups))).await?;
+    count_holders(&mut lock(&job.shared), have.as_ref(), true);
+    let result = take_from(job, source, &mut have).await;
+    count_holders(&mut lock(&job.shared), have.as_ref(), false);
+    result
+}
+
+async fn take_from(
+    job: &Job,
+    source: &SourceRef,
+    have: &mut Option<HaveMap>,
+) -> Result<(), WorkerError> {
+    let groups = group_count(job.plan.size);
     let mut busy_for = Duration::ZERO;
     let budget = if job.plan.server.is_some() {
         BUSY_BUDGET_WITH_SERVER
     } else {
         BUSY_BUDGET
     };
+    let mut idle = Duration::ZERO;
+    let mut refused = 0u32;
     loop {
-        let Some((g0, g1)) = lock(&job.shared).queue.pop_front() else {
-            return Ok(());
-        };
-        let mut g = g0;
-        let outcome = segment(job, source, g1, &mut g).await;
-        if let Err(e) = outcome {
-            // Give back what this source did not deliver.
-            if g < g1 {
-                lock(&job.shared).queue.push_front((g, g1));
+        let picked = {
+            let view: &Option<HaveMap> = have;
+            let holds = |p: u64| view.as_ref().is_none_or(|h| h.has_piece(p));
+            let mut sh = lock(&job.shared);
+            let pick = pieces::pick(&sh.pieces, holds, job.seed, sh.sources);
+            let run = match pick {
+                Pick::Fresh(p) => Some((p, pieces::extend_run(&sh.pieces, holds, p, job.max_run))),
+                Pick::Duplicate(p) => Some((p, p + 1)),
+                Pick::Wait | Pick::Finished => None,
+            };
+            match run {
+                Some((p0, p1)) => {
+                    for p in p0..p1 {
+                        sh.pieces[p as usize].in_flight += 1;
+                    }
+                    // From the first group not verified yet.
+                    let (g_start, _) = pieces::piece_groups(groups, p0);
+                    let (_, g_end) = pieces::piece_groups(groups, p1 - 1);
+                    let g0 = (g_start..g_end)
+                        .find(|g| !sh.done[*g as usize])
+                        .unwrap_or(g_end);
+                    Ok((p0, p1, g0, g_end))
+                }
+                None => Err(pick),
             }
-            job.progress.notify_one();
+        };
+        let (p0, p1, g0, g1) = match picked {
+            Ok(run) => run,
+            Err(Pick::Finished) => return Ok(()),
+            Err(_) => {
+                // Nothing it holds is needed now: wait for it to grow (or the
+                // end game), asking again what it holds.
+                if have.is_some() && idle >= STALL {
+                    return Err(SourceError::Failed(format!(
+                        "held nothing more that was needed for {} s",
+                        STALL.as_secs()
+                    ))
+                    .into());
+                }
+                let _ = tokio::time::timeout(HAVE_REFRESH, job.progress.notified()).await;
+                idle += HAVE_REFRESH;
+                if have.is_some() {
+                    let before = have.as_ref().map_or(0, HaveMap::count);
+                    let fresh = have_of(job, source, have.clone()).await?;
+                    let mut sh = lock(&job.shared);
+                    count_holders(&mut sh, have.as_ref(), false);
+                    count_holders(&mut sh, fresh.as_ref(), true);
+                    *have = fresh;
+                    if have.as_ref().is_none_or(|h| h.count() > before) {
+                        idle = Duration::ZERO;
+                    }
+                }
+                continue;
+            }
+        };
+        idle = Duration::ZERO;
+        let mut g = g0;
+        let outcome = if g < g1 {
+            segment(job, source, g1, &mut g).await
+        } else {
+            Ok(())
+        };
+        {
+            let mut sh = lock(&job.shared);
+            for p in p0..p1 {
+                let piece = &mut sh.pieces[p as usize];
+                piece.in_flight = piece.in_flight.saturating_sub(1);
+            }
+        }
+        job.progress.notify_waiters();
+        if let Err(e) = outcome {
             match e {
                 WorkerError::Source(SourceError::Busy(wait)) if busy_for < budget => {
                     counter!("peercache_busy_retries_total").increment(1);
@@ -471,6 +650,18 @@ async fn take_segments(job: &Job, source: &SourceRef) -> Result<(), WorkerError>
                         budget.as_secs()
                     ))
                     .into());
+                }
+                // A partial holder whose map was older than its file (it
+                // restarted its download): ask what it holds, a few times.
+                WorkerError::Source(SourceError::NotHeld)
+                    if have.is_some() && refused < MAX_REFUSALS =>
+                {
+                    refused += 1;
+                    let fresh = have_of(job, source, have.clone()).await?;
+                    let mut sh = lock(&job.shared);
+                    count_holders(&mut sh, have.as_ref(), false);
+                    count_holders(&mut sh, fresh.as_ref(), true);
+                    *have = fresh;
                 }
                 // Stop using it.
                 other => return Err(other),
@@ -504,6 +695,16 @@ async fn segment(job: &Job, source: &SourceRef, g1: u64, g: &mut u64) -> Result<
     let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
     let mut idle = Duration::ZERO;
     while *g < g1 {
+        // In the end game another source may have finished the rest.
+        let finished = {
+            let sh = lock(&job.shared);
+            (*g..g1).all(|x| sh.done[x as usize])
+        };
+        if finished {
+            flush(job, source, &mut batch, batch_start, *g).await?;
+            *g = g1;
+            return Ok(());
+        }
         let need = group_len(size, *g) as usize;
         while buf.len() < need {
             let next = tokio::time::timeout(TICK, stream.next()).await;
@@ -568,23 +769,50 @@ async fn flush(
     let n = data.len() as u64;
     if n > 0 {
         let file = job.file.clone();
-        tokio::task::spawn_blocking(move || file.write_all_at(&data, first * GROUP))
-            .await
-            .map_err(|e| WorkerError::Disk(std::io::Error::other(e)))?
-            .map_err(WorkerError::Disk)?;
+        let partial = job.partial.clone();
+        tokio::task::spawn_blocking(move || {
+            file.write_all_at(&data, first * GROUP)?;
+            // Written, then named in the have-map: others may ask for it now.
+            match partial {
+                Some(p) => p.mark(first, end),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| WorkerError::Disk(std::io::Error::other(e)))?
+        .map_err(WorkerError::Disk)?;
     }
     {
         let mut sh = lock(&job.shared);
+        // Credit only groups no other source verified first (the end game
+        // asks twice for the last pieces; a byte counts once).
+        let fresh: u64 = (first..end)
+            .filter(|g| !sh.done[*g as usize])
+            .map(|g| group_len(job.plan.size, g))
+            .sum();
         for g in first..end {
             sh.done[g as usize] = true;
         }
-        *sh.by_source.entry(source.id.clone()).or_default() += n;
+        let groups = sh.done.len() as u64;
+        let (p0, p1) = (first / PIECE_GROUPS, end.div_ceil(PIECE_GROUPS));
+        for p in p0..p1 {
+            let (a, b) = pieces::piece_groups(groups, p);
+            if (a..b).all(|g| sh.done[g as usize])
+                && let Some(piece) = sh.pieces.get_mut(p as usize)
+            {
+                piece.done = true;
+            }
+        }
+        if fresh > 0 {
+            *sh.by_source.entry(source.id.clone()).or_default() += fresh;
+        }
     }
     job.events.emit(DownloadEvent::RangeDone {
         source: source.id.clone(),
         first: first * GROUP,
         end: first * GROUP + n,
     });
+    job.progress.notify_waiters();
     job.progress.notify_one();
     Ok(())
 }

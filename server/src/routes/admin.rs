@@ -72,6 +72,8 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         "offload": if served + from_peers > 0 { from_peers as f64 / (served + from_peers) as f64 } else { 0.0 },
         "mismatch_reports": f.get(Tally::Mismatches),
         "bytes_in_flight": state.egress.snapshot().bytes_in_flight,
+        "egress_limit": state.config.egress_limit,
+        "egress_estimate": state.egress.estimate(),
         "relay_bytes_out": relayed_out,
         "relay_bytes_in": relayed_in,
         "relays": state.relays.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),
@@ -124,6 +126,7 @@ svg{border:1px solid #dde1e7;border-radius:8px;margin-top:12px}
  <div class="card">objects listed<b id="objects">0</b></div>
  <div class="card">mismatches<b id="mismatches">0</b></div>
  <div class="card">relayed (site egress, not offload)<b id="relayed">0</b></div>
+ <div class="card">uplink (limit / measured)<b id="uplink">–</b></div>
 </div>
 <p id="store"></p>
 <svg id="chart" width="940" height="160" viewBox="0 0 940 160"></svg>
@@ -162,6 +165,8 @@ async function refresh() {
     set('peers', s.peers_live); set('serving', s.peers_serving); set('objects', s.objects_listed);
     set('mismatches', s.mismatch_reports);
     set('relayed', fmt(s.relay_bytes_out));
+    set('uplink', (s.egress_limit == null ? 'no limit' : fmt(s.egress_limit) + '/s') + ' / '
+      + (s.egress_estimate == null ? 'not yet' : fmt(s.egress_estimate) + '/s'));
     const st = document.getElementById('store');
     st.className = s.store_ok ? '' : 'bad';
     st.textContent = s.store_ok ? '' : 'look-up table unavailable: serving every request directly';

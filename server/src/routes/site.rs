@@ -231,7 +231,7 @@ pub async fn decide(
         client.bandwidth,
         base_target_ms,
     ) {
-        state
+        let mut holders = state
             .store
             .holders(
                 &obj.hash,
@@ -244,7 +244,23 @@ pub async fn decide(
                 // No table, no referral: the client is served (or deferred).
                 state.store_failed(&e);
                 Vec::new()
-            })
+            });
+        // Then peers receiving it now (partial holders, issue 12 point 1).
+        if state.config.refer_to_receivers {
+            let max = state.config.max_proxies;
+            for r in state
+                .receivers
+                .list(&obj.hash, client.peer_id.as_deref(), max)
+            {
+                if holders.len() >= max {
+                    break;
+                }
+                if !holders.iter().any(|h| h.id == r.id) {
+                    holders.push(r);
+                }
+            }
+        }
+        holders
     } else {
         Vec::new()
     };
@@ -308,22 +324,30 @@ pub async fn answer(
                     {
                         state.store_failed(&e);
                     }
+                    // A serving client fetching from peers holds part of the
+                    // object soon, and serves it: the next ones may use it.
+                    if state.config.refer_to_receivers
+                        && let Ok(Some(addr)) = state.store.peer_addr(id, now_ms()).await
+                    {
+                        state.receivers.add(obj.hash, id, &addr);
+                    }
                 }
                 return Ok(referral(state, asked, obj, decided));
             }
             Verdict::Serve => {
                 // Listed later only if every byte goes out (send.rs).
                 if let Some(id) = peer_id {
-                    let serving = match state.store.peer_addr(id, now_ms()).await {
-                        Ok(addr) => addr.is_some(),
+                    let addr = match state.store.peer_addr(id, now_ms()).await {
+                        Ok(addr) => addr,
                         Err(e) => {
                             state.store_failed(&e);
-                            false
+                            None
                         }
                     };
                     to = Some(Recipient {
                         peer_id: id.to_string(),
-                        serving,
+                        serving: addr.is_some(),
+                        addr,
                     });
                 }
             }

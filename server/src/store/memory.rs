@@ -24,6 +24,8 @@ struct PeerRecord {
     last_seen: u64,
     load: Option<Load>,
     pending: u32,
+    /// Referrals booked within the window, reported or not.
+    recent: u32,
     pending_at: u64,
     rtt_ms: Option<u32>,
     ping_failures: u32,
@@ -105,6 +107,7 @@ impl MemoryStore {
                 last_seen: now,
                 load,
                 pending: 0,
+                recent: 0,
                 pending_at: 0,
                 rtt_ms: None,
                 ping_failures: 0,
@@ -252,6 +255,7 @@ impl MemoryStore {
                     direct: r.direct,
                     load: r.load,
                     pending: pending_now(r.pending, r.pending_at, now),
+                    recent: pending_now(r.recent, r.pending_at, now),
                     uses: *uses,
                 })
             })
@@ -261,6 +265,7 @@ impl MemoryStore {
     pub(super) fn book_referral(&self, id: &str, now: u64) -> Result<(), StoreError> {
         if let Some(r) = lock(&self.inner).peers.get_mut(id) {
             r.pending = pending_after_booking(r.pending, r.pending_at, now);
+            r.recent = pending_after_booking(r.recent, r.pending_at, now);
             r.pending_at = now;
         }
         Ok(())

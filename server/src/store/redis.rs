@@ -2,7 +2,7 @@
 //!
 //! Keys (prefix `pc:` by default):
 //! - `peer:{id}` hash: `ip addr seen active limit pending rtt fails strikes
-//!   pending_at direct`
+//!   pending_at direct recent`
 //!   (expires at twice the TTL, refreshed by registrations and announces);
 //! - `held:{id}` set of hashes it holds; `fetched:{id}` set of hashes it fetched
 //!   through a server (expires after a day);
@@ -66,12 +66,13 @@ struct PeerFields {
     load: Option<Load>,
     pending: u32,
     pending_at: u64,
+    recent: u32,
     rtt: Option<u32>,
     strikes: u32,
     direct: Option<bool>,
 }
 
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "ip",
     "addr",
     "seen",
@@ -83,6 +84,7 @@ const FIELDS: [&str; 11] = [
     "strikes",
     "pending_at",
     "direct",
+    "recent",
 ];
 
 fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
@@ -108,6 +110,7 @@ fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
         rtt: num(6).filter(|r| *r >= 0).map(|r| r as u32),
         strikes: num(8).unwrap_or(0).max(0) as u32,
         direct: num(10).map(|d| d == 1),
+        recent: num(11).unwrap_or(0).max(0) as u32,
     }
 }
 
@@ -346,6 +349,7 @@ impl RedisStore {
                 direct: f.direct,
                 load: f.load,
                 pending: pending_now(f.pending, f.pending_at, now),
+                recent: pending_now(f.recent, f.pending_at, now),
                 uses: uses.max(0.0) as u64,
             });
         }
@@ -363,8 +367,10 @@ impl RedisStore {
         // (replicas book concurrently).
         if bookings_faded(f.pending_at, now) {
             pipe.hset(&key, "pending", 0).ignore();
+            pipe.hset(&key, "recent", 0).ignore();
         }
         pipe.hincr(&key, "pending", 1).ignore();
+        pipe.hincr(&key, "recent", 1).ignore();
         pipe.hset(&key, "pending_at", now).ignore();
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)

@@ -1,0 +1,346 @@
+//! Swarm download decisions (issue 12 point 2): what a host that is still
+//! downloading an object can serve ([`HaveMap`], one bit per verified 16 KiB
+//! group), and which piece a downloader asks each of its sources for next
+//! ([`pick`]): the rarest among its sources first, so the swarm spreads the
+//! pieces instead of everyone asking the same holder for the same bytes, and
+//! an end game that asks a second source for the last pieces in flight, so a
+//! slow source cannot make the tail.
+//!
+//! A piece is [`PIECE_GROUPS`] groups; the bits stay per group so a host that
+//! verified part of a piece still says so exactly. Pure: the transfer
+//! (`native-host/src/fetch/transfer.rs`) keeps the state and does the I/O.
+
+use crate::verified::GROUP;
+
+/// Groups per piece (256 KiB): the unit a downloader asks one source for.
+pub const PIECE_GROUPS: u64 = 16;
+
+/// Most sources fetching the same piece at once in the end game.
+pub const MAX_DUPLICATES: u32 = 2;
+
+/// Pieces of an object of `groups` groups.
+pub fn piece_count(groups: u64) -> u64 {
+    groups.div_ceil(PIECE_GROUPS)
+}
+
+/// The groups `[first, end)` of piece `piece`.
+pub fn piece_groups(groups: u64, piece: u64) -> (u64, u64) {
+    let first = piece.saturating_mul(PIECE_GROUPS).min(groups);
+    (first, first.saturating_add(PIECE_GROUPS).min(groups))
+}
+
+/// The groups `[first, end)` that the inclusive byte range `first..=last`
+/// covers exactly, or `None` when it does not start and end on group edges of
+/// an object of `size` bytes (a partial holder serves whole verified groups).
+pub fn range_groups(size: u64, (first, last): (u64, u64)) -> Option<(u64, u64)> {
+    if first > last || last >= size || first % GROUP != 0 {
+        return None;
+    }
+    let end = last + 1;
+    if end != size && end % GROUP != 0 {
+        return None;
+    }
+    Some((first / GROUP, end.div_ceil(GROUP)))
+}
+
+/// Why a have-map from a peer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HaveMapError {
+    /// Its length is not the one the object's group count gives.
+    #[error("have-map of {got} bytes for {groups} groups (expected {expected})")]
+    WrongLength {
+        /// Bytes received.
+        got: usize,
+        /// Bytes expected.
+        expected: usize,
+        /// The object's groups.
+        groups: u64,
+    },
+    /// A bit past the last group is set.
+    #[error("have-map names groups past the end of the object")]
+    PastTheEnd,
+}
+
+/// Which groups of an object a host holds verified: bit `g % 8` of byte
+/// `g / 8` (least significant first) for group `g`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaveMap {
+    groups: u64,
+    bits: Vec<u8>,
+}
+
+impl HaveMap {
+    /// Bytes of the map of an object of `groups` groups.
+    pub fn byte_len(groups: u64) -> usize {
+        usize::try_from(groups.div_ceil(8)).unwrap_or(usize::MAX)
+    }
+
+    /// Nothing held.
+    pub fn empty(groups: u64) -> Self {
+        Self {
+            groups,
+            bits: vec![0; Self::byte_len(groups)],
+        }
+    }
+
+    /// Everything held.
+    pub fn full(groups: u64) -> Self {
+        let mut m = Self::empty(groups);
+        for g in 0..groups {
+            m.set(g);
+        }
+        m
+    }
+
+    /// Parses a map received for an object of `groups` groups: exactly
+    /// [`HaveMap::byte_len`] bytes, no bit past the end.
+    pub fn from_bytes(groups: u64, bytes: &[u8]) -> Result<Self, HaveMapError> {
+        let expected = Self::byte_len(groups);
+        if bytes.len() != expected {
+            return Err(HaveMapError::WrongLength {
+                got: bytes.len(),
+                expected,
+                groups,
+            });
+        }
+        let m = Self {
+            groups,
+            bits: bytes.to_vec(),
+        };
+        let tail = groups % 8;
+        if tail != 0 && bytes.last().is_some_and(|b| b >> tail != 0) {
+            return Err(HaveMapError::PastTheEnd);
+        }
+        Ok(m)
+    }
+
+    /// The bytes, as sent.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    /// The object's group count.
+    pub fn groups(&self) -> u64 {
+        self.groups
+    }
+
+    /// Whether group `g` is held.
+    pub fn has(&self, g: u64) -> bool {
+        g < self.groups
+            && usize::try_from(g / 8)
+                .ok()
+                .and_then(|i| self.bits.get(i))
+                .is_some_and(|b| b & (1 << (g % 8)) != 0)
+    }
+
+    /// Marks group `g` held (ignored past the end).
+    pub fn set(&mut self, g: u64) {
+        if g < self.groups
+            && let Some(b) = usize::try_from(g / 8)
+                .ok()
+                .and_then(|i| self.bits.get_mut(i))
+        {
+            *b |= 1 << (g % 8);
+        }
+    }
+
+    /// Whether every group of `[first, end)` is held (an empty span is not).
+    pub fn has_all(&self, first: u64, end: u64) -> bool {
+        first < end && (first..end).all(|g| self.has(g))
+    }
+
+    /// Whether piece `piece` is held whole.
+    pub fn has_piece(&self, piece: u64) -> bool {
+        let (a, b) = piece_groups(self.groups, piece);
+        self.has_all(a, b)
+    }
+
+    /// Groups held.
+    pub fn count(&self) -> u64 {
+        self.bits.iter().map(|b| u64::from(b.count_ones())).sum()
+    }
+
+    /// Whether every group is held.
+    pub fn is_complete(&self) -> bool {
+        self.count() == self.groups
+    }
+}
+
+/// What the downloader knows of one piece.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PieceState {
+    /// Every group verified and written.
+    pub done: bool,
+    /// Sources fetching it now.
+    pub in_flight: u32,
+    /// Sources known to hold it (from their have-maps).
+    pub holders: u32,
+}
+
+/// What to ask a source for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// A piece nobody is fetching yet.
+    Fresh(u64),
+    /// End game: a piece another source is fetching, asked again here.
+    Duplicate(u64),
+    /// Nothing this source holds is needed now; it may hold more later.
+    Wait,
+    /// Every piece is done.
+    Finished,
+}
+
+/// The next piece to ask a source holding `has(piece)` for: of the pieces
+/// nobody fetches yet, the one the fewest sources hold (rarest first). Ties
+/// among pieces every one of the `sources` holds go in order (the bytes
+/// stream to the reader in order); among pieces some source lacks they are
+/// broken by `seed` (a per-download rotation, so downloaders starting at once
+/// from the same partial holders do not all ask for the same piece, and have
+/// different pieces to trade). When every missing piece is already being
+/// fetched (the end game) a piece fetched by fewer than [`MAX_DUPLICATES`]
+/// sources is asked again, the least duplicated first.
+pub fn pick(pieces: &[PieceState], has: impl Fn(u64) -> bool, seed: u64, sources: u32) -> Pick {
+    let n = pieces.len() as u64;
+    if pieces.iter().all(|p| p.done) {
+        return Pick::Finished;
+    }
+    let rotated = |i: u64| {
+        let held_by_all = pieces
+            .get(usize::try_from(i).unwrap_or(usize::MAX))
+            .is_some_and(|p| p.holders >= sources);
+        if held_by_all {
+            i
+        } else {
+            (i + n - seed % n.max(1)) % n.max(1)
+        }
+    };
+    let candidates = || {
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, p))
+            .filter(|(i, p)| !p.done && has(*i))
+    };
+    if let Some((i, _)) = candidates()
+        .filter(|(_, p)| p.in_flight == 0)
+        .min_by_key(|(i, p)| (p.holders, rotated(*i)))
+    {
+        return Pick::Fresh(i);
+    }
+    let end_game = pieces.iter().all(|p| p.done || p.in_flight > 0);
+    if end_game
+        && let Some((i, _)) = candidates()
+            .filter(|(_, p)| p.in_flight < MAX_DUPLICATES)
+            .min_by_key(|(i, p)| (p.in_flight, p.holders, rotated(*i)))
+    {
+        return Pick::Duplicate(i);
+    }
+    Pick::Wait
+}
+
+/// A fresh pick `first` grown into a run of following pieces that are fresh
+/// too (not done, nobody fetching, held by the source), up to `max` pieces in
+/// all: one request instead of one per piece from a source with a long run.
+/// Returns the end (exclusive) of the run.
+pub fn extend_run(pieces: &[PieceState], has: impl Fn(u64) -> bool, first: u64, max: u64) -> u64 {
+    let mut end = first + 1;
+    while end - first < max
+        && pieces
+            .get(usize::try_from(end).unwrap_or(usize::MAX))
+            .is_some_and(|p| !p.done && p.in_flight == 0 && has(end))
+    {
+        end += 1;
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(done: bool, in_flight: u32, holders: u32) -> PieceState {
+        PieceState {
+            done,
+            in_flight,
+            holders,
+        }
+    }
+
+    #[test]
+    fn rarest_first_ties_rotated_by_the_seed() {
+        let p = [state(false, 0, 3), state(false, 0, 1), state(false, 0, 1)];
+        assert_eq!(pick(&p, |_| true, 0, 3), Pick::Fresh(1));
+        assert_eq!(pick(&p, |_| true, 2, 3), Pick::Fresh(2));
+        // Only what the source holds.
+        assert_eq!(pick(&p, |i| i == 0, 0, 3), Pick::Fresh(0));
+        // Held by every source: in order, whatever the seed.
+        let p = [state(false, 0, 2), state(false, 0, 2), state(false, 0, 2)];
+        assert_eq!(pick(&p, |_| true, 2, 2), Pick::Fresh(0));
+    }
+
+    #[test]
+    fn end_game_duplicates_only_when_everything_left_is_in_flight() {
+        // One piece nobody fetches yet, held elsewhere: this source waits
+        // rather than duplicate.
+        let p = [state(true, 0, 2), state(false, 1, 2), state(false, 0, 1)];
+        assert_eq!(pick(&p, |i| i != 2, 0, 2), Pick::Wait);
+        // Everything left is in flight: duplicate, least duplicated first.
+        let p = [state(false, 2, 2), state(false, 1, 2), state(true, 0, 2)];
+        assert_eq!(pick(&p, |_| true, 0, 2), Pick::Duplicate(1));
+        // At most MAX_DUPLICATES sources per piece.
+        let p = [state(false, MAX_DUPLICATES, 2), state(true, 0, 1)];
+        assert_eq!(pick(&p, |_| true, 0, 2), Pick::Wait);
+        let p = [state(true, 0, 2)];
+        assert_eq!(pick(&p, |_| true, 0, 2), Pick::Finished);
+    }
+
+    #[test]
+    fn a_run_grows_over_fresh_held_pieces_only() {
+        let p = [
+            state(false, 0, 1),
+            state(false, 0, 1),
+            state(false, 1, 1),
+            state(false, 0, 1),
+        ];
+        assert_eq!(extend_run(&p, |_| true, 0, 8), 2);
+        assert_eq!(extend_run(&p, |_| true, 0, 1), 1);
+        assert_eq!(extend_run(&p, |i| i != 1, 0, 8), 1);
+        assert_eq!(extend_run(&p, |_| true, 3, 8), 4);
+    }
+
+    #[test]
+    fn have_maps_are_exact_and_bounded() {
+        let mut m = HaveMap::empty(10);
+        assert_eq!(m.as_bytes().len(), 2);
+        m.set(0);
+        m.set(9);
+        m.set(10); // past the end: ignored
+        assert!(m.has(0) && m.has(9) && !m.has(10) && !m.has(5));
+        assert_eq!(m.count(), 2);
+        assert_eq!(HaveMap::from_bytes(10, m.as_bytes()).unwrap(), m);
+        assert!(matches!(
+            HaveMap::from_bytes(10, &[0xff]),
+            Err(HaveMapError::WrongLength { .. })
+        ));
+        assert_eq!(
+            HaveMap::from_bytes(10, &[0, 0b100]),
+            Err(HaveMapError::PastTheEnd)
+        );
+        assert!(HaveMap::full(17).is_complete());
+        let full = HaveMap::full(40);
+        assert!(full.has_piece(0) && full.has_piece(2));
+        assert!(!HaveMap::empty(40).has_piece(0));
+        assert_eq!(piece_count(40), 3);
+        assert_eq!(piece_groups(40, 2), (32, 40));
+    }
+
+    #[test]
+    fn ranges_a_partial_holder_serves_are_whole_groups() {
+        let size = 3 * GROUP + 100;
+        assert_eq!(range_groups(size, (0, GROUP - 1)), Some((0, 1)));
+        assert_eq!(range_groups(size, (GROUP, size - 1)), Some((1, 4)));
+        assert_eq!(range_groups(size, (1, GROUP - 1)), None);
+        assert_eq!(range_groups(size, (0, GROUP)), None);
+        assert_eq!(range_groups(size, (0, size)), None);
+    }
+}
