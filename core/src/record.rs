@@ -289,18 +289,21 @@ mod tests {
         let (ab, bc) = (a.rotate_to(&b), b.rotate_to(&c));
         let (pa, pb, pc) = (a.public_hex(), b.public_hex(), c.public_hex());
         assert_eq!(follow_rotations(&pa, &pa, &[]), Ok(()));
-        assert_eq!(follow_rotations(&pa, &pb, &[ab.clone()]), Ok(()));
+        assert_eq!(
+            follow_rotations(&pa, &pb, std::slice::from_ref(&ab)),
+            Ok(())
+        );
         assert_eq!(
             follow_rotations(&pa, &pc, &[bc.clone(), ab.clone()]),
             Ok(()),
             "two rotations, listed in any order"
         );
         assert_eq!(
-            follow_rotations(&pa, &pc, &[bc.clone()]),
+            follow_rotations(&pa, &pc, std::slice::from_ref(&bc)),
             Err(RotationError::NoChain)
         );
         assert_eq!(
-            follow_rotations(&pb, &pa, &[ab.clone()]),
+            follow_rotations(&pb, &pa, std::slice::from_ref(&ab)),
             Err(RotationError::NoChain),
             "no way back"
         );
