@@ -220,3 +220,43 @@ async fn a_new_key_without_a_statement_is_not_pinned() {
         "the pinned key stays: {servers}"
     );
 }
+
+/// A replica whose key was rotated from the shared one replaces it in the
+/// table, with its statements: replicas started later sign with the new key
+/// and publish the rotation.
+#[tokio::test]
+async fn a_rotation_reaches_replicas_through_the_table() {
+    let dir = TempDir::new("keys-rotate-replicas");
+    let redis = spawn_redis().await.unwrap();
+    let root = make_site(&dir, &[("a.bin", &test_bytes(1000, 4))]);
+    let url = redis.url();
+    let a = server(&root, &dir.join("state-a"), &["--store", &url]).await;
+    let old = key(&a).await;
+    drop(a);
+    // The operator rotates replica a's key (its own state directory).
+    let out = std::process::Command::new(peercache_tests::bin("peercache-server"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--rotate-key")
+        .env("PEERCACHE_STATE_DIR", dir.join("state-a"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = server(&root, &dir.join("state-a"), &["--store", &url]).await;
+    let new = key(&a).await;
+    assert_ne!(new, old, "a signs with its rotated key");
+    let b = server(&root, &dir.join("state-b"), &["--store", &url]).await;
+    assert_eq!(key(&b).await, new, "a replica started later gets it too");
+    let published: serde_json::Value = reqwest::get(format!("{}/v1/key", b.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(published["rotations"][0]["old_key"], old.as_str());
+    assert_eq!(published["rotations"][0]["new_key"], new.as_str());
+}
