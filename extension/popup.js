@@ -83,6 +83,30 @@ function renderWhy(view, site) {
   }
 }
 
+// The host's doctor verdicts (the same words `peercache-host doctor` prints):
+// problems in full with what to do, what is fine in one short line each.
+function renderDoctor(verdicts) {
+  const list = document.getElementById('doctor');
+  list.replaceChildren();
+  for (const v of verdicts) {
+    const li = document.createElement('li');
+    li.className = `verdict ${v.level}`;
+    li.dataset.level = v.level;
+    const head = document.createElement('span');
+    head.className = 'verdict-head';
+    head.textContent = v.level === 'ok' ? `✓ ${v.topic}` : `${v.level === 'fail' ? '✗' : '!'} ${v.topic}: ${v.finding}`;
+    if (v.level === 'ok') li.title = v.finding;
+    li.append(head);
+    if (v.fix) {
+      const fix = document.createElement('span');
+      fix.className = 'verdict-fix';
+      fix.textContent = `What to do: ${v.fix}`;
+      li.append(fix);
+    }
+    list.append(li);
+  }
+}
+
 async function render(view) {
   if (!view || view.error) return;
   const managed = view.managed ?? {};
@@ -125,6 +149,7 @@ async function render(view) {
       }
     }
   }
+  renderDoctor(view.doctor ?? []);
   const list = document.getElementById('sites');
   list.replaceChildren();
   if (view.sites.length === 0) {
@@ -165,9 +190,9 @@ async function render(view) {
       const lna = document.createElement('span');
       lna.className = 'lna';
       lna.dataset.origin = site.origin;
-      lna.textContent = 'Downloads from this site go through peers. Its images and scripts load straight from the site '
-        + 'until you let it "access other apps and services on this device" (the browser asks on the site; or: '
-        + 'site settings → Local network access → Allow). Your administrator can allow it for you by policy.';
+      lna.textContent = 'Images and scripts load from the site until you let it '
+        + '"access other apps and services on this device" (site settings → Local network access).';
+      lna.title = 'Downloads already go through peers. The browser asks on the site; your administrator can also allow it by policy.';
       li.append(lna);
     }
     list.append(li);

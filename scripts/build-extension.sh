@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Builds the extension packages dist/chromium/ and dist/firefox/ from the root
-# manifest.json, extension/ and the wasm brain (wasm/).
+# Builds the extension from the root manifest.json, extension/ and the wasm
+# brain (wasm/):
+#   dist/chromium/, dist/firefox/   to load unpacked (Chromium's keeps the `key`,
+#                                   so its id is the development id the host allows)
+#   dist/peercache-chromium.zip     for the Chrome Web Store (no `key`)
+#   dist/peercache-firefox.zip/.xpi for addons.mozilla.org (signing happens there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +23,20 @@ for browser in chromium firefox; do
   rm -rf "$out"
   mkdir -p "$out/wasm"
   cp extension/*.js extension/*.html extension/*.css "$out/"
+  cp -r extension/icons "$out/"
   if [ "$browser" = chromium ]; then cp extension/managed_schema.json "$out/"; fi
   wasm-bindgen --target web --no-typescript --out-dir "$out/wasm" "$wasm"
   node scripts/package-manifest.mjs "$browser" manifest.json > "$out/manifest.json"
-  (cd "$out" && rm -f "../peercache-$browser.zip" && python3 -m zipfile -c "../peercache-$browser.zip" ./* >/dev/null)
+  if [ "$browser" = chromium ]; then
+    # The store package: the same files, the manifest without `key`.
+    store=dist/chromium-store
+    rm -rf "$store" && cp -r "$out" "$store"
+    node scripts/package-manifest.mjs chromium-store manifest.json > "$store/manifest.json"
+    (cd "$store" && rm -f ../peercache-chromium.zip && python3 -m zipfile -c ../peercache-chromium.zip ./* >/dev/null)
+    rm -rf "$store"
+  else
+    (cd "$out" && rm -f "../peercache-$browser.zip" && python3 -m zipfile -c "../peercache-$browser.zip" ./* >/dev/null)
+  fi
 done
 # Firefox installs an .xpi directly (about:addons → Install Add-on From File); AMO takes either.
 cp dist/peercache-firefox.zip dist/peercache-firefox.xpi

@@ -2,12 +2,13 @@
 # The demo: a coordination server with the embedded (in-memory) look-up table,
 # capped at 8 MiB/s, serves a 32 MiB file; five clients fetch it one after the
 # other and each then serves it to the next. Prints where every client's bytes
-# came from and the server's offload.
+# came from and the server's offload, then keeps the server and the peers up
+# (admin page included) until Ctrl-C when run from a terminal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --demo
-echo "building (release)…"
-cargo build -q --release --bins
+echo "building (release; the first build takes several minutes, later ones seconds)…"
+cargo build --release --bins
 bin=target/release
 
 work=$(mktemp -d /tmp/peercache-demo.XXXXXX)
@@ -49,3 +50,11 @@ echo "bytes sent by the server:    ${served:-0}"
 echo "bytes clients got from peers: ${from_peers:-0}"
 echo "referrals: $(value peercache_requests_referred_total), served directly: $(value peercache_requests_served_total)"
 awk -v s="${served:-0}" -v p="${from_peers:-0}" 'BEGIN { if (s + p > 0) printf "offload: %.0f%% of the bytes came from peers\n", 100 * p / (s + p) }'
+
+echo
+if [ -t 0 ] && [ -z "${PEERCACHE_DEMO_EXIT:-}" ]; then
+  echo "the server and the five peers keep running: open $admin/admin"
+  echo "press Ctrl-C to stop"
+  trap 'echo; echo stopping; exit 0' INT
+  while :; do sleep 3600 & wait $!; done
+fi

@@ -1,14 +1,19 @@
 // Writes the per-browser manifest from the one root manifest.json.
-// Chromium: no gecko settings, a service worker only. Firefox: no `key`, a
-// background script (Firefox MV3 does not run extension service workers).
-// Firefox also gets the blocking webRequest permissions its subresource path uses.
+//   node package-manifest.mjs chromium|chromium-store|firefox manifest.json
+// Chromium: no gecko settings, a service worker only; `chromium` keeps the
+// `key` (fixes the development id an unpacked load gets), `chromium-store` has
+// none (the Chrome Web Store refuses it and assigns the id itself).
+// Firefox: no `key`, a background script (Firefox MV3 does not run extension
+// service workers), the blocking webRequest permissions its subresource path
+// uses, and the data collection declaration new add-ons must make.
 import { readFileSync } from 'node:fs';
 
 const [browser, path] = process.argv.slice(2);
 const m = JSON.parse(readFileSync(path, 'utf8'));
-if (browser === 'chromium') {
+if (browser === 'chromium' || browser === 'chromium-store') {
   delete m.browser_specific_settings;
   delete m.background.scripts;
+  if (browser === 'chromium-store') delete m.key;
 } else if (browser === 'firefox') {
   delete m.key;
   delete m.background.service_worker;
@@ -16,6 +21,10 @@ if (browser === 'chromium') {
   delete m.storage;
   // Subresources go through filterResponseData on the original request.
   m.permissions.push('webRequestBlocking', 'webRequestFilterResponse');
+  // What leaves the browser: for the files of sites the user switched on, the
+  // peers that serve or are served learn the file's hash and the IP address
+  // (shown in the popup's privacy note), i.e. browsing activity on those sites.
+  m.browser_specific_settings.gecko.data_collection_permissions = { required: ['browsingActivity'] };
   // Lets tests (and users) open the popup as a page.
   m.web_accessible_resources = [{ resources: ['popup.html'], matches: ['<all_urls>'] }];
 } else {

@@ -19,6 +19,9 @@ if ! $demo_only; then
   [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)
   command -v firefox-esr >/dev/null || need_apt+=(firefox-esr)
   command -v node >/dev/null || need_apt+=(nodejs npm)
+  # The Windows cross-check compiles C in ring's and aws-lc-sys's build scripts.
+  command -v x86_64-w64-mingw32-gcc >/dev/null || need_apt+=(gcc-mingw-w64-x86-64-posix)
+  command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
@@ -32,7 +35,9 @@ if $demo_only; then
   exit 0
 fi
 
-rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+for t in wasm32-unknown-unknown x86_64-pc-windows-gnu; do
+  rustup target list --installed | grep -qx "$t" || rustup target add "$t"
+done
 
 want=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
 have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
@@ -41,6 +46,12 @@ if [ "$have" != "$want" ]; then
   cargo install -q wasm-bindgen-cli --version "$want"
 fi
 
-if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+# The .deb (scripts/package.sh); about 1.5 minutes of CPU to build.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup: cargo install cargo-deb (about 2 minutes)"
+  cargo install -q --locked cargo-deb --version 3.8.0
+fi
+
+if [ ! -d tests/e2e/node_modules/playwright-core ] || [ ! -x tests/e2e/node_modules/.bin/web-ext ]; then
   (cd tests/e2e && npm ci --silent --no-audit --no-fund)
 fi

@@ -23,6 +23,9 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 step "cargo doc (broken links and HTML are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 
+step "the host builds for Windows (cargo check, x86_64-pc-windows-gnu)"
+cargo check -q -p peercache-host --target x86_64-pc-windows-gnu
+
 step "build binaries"
 cargo build -q --bins
 
@@ -35,6 +38,13 @@ cargo test -p peercache-wasm --target wasm32-unknown-unknown --test brain
 step "build the extension"
 scripts/build-extension.sh
 
+step "web-ext lint of the Firefox package (no errors)"
+(cd tests/e2e && node_modules/.bin/web-ext lint --source-dir ../../dist/firefox --output=text)
+
+step "release packages: .deb and tar.gz, built and checked in a throw-away root"
+scripts/package.sh
+scripts/check-packages.sh
+
 step "extension modules under Node (node --test, against the built wasm brain)"
 node --test extension/test/*.test.mjs
 
@@ -43,6 +53,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "the end-to-end tests create network namespaces and must run as root" >&2
   exit 1
 fi
-(cd tests/e2e && node --test --test-concurrency=1 --test-timeout=600000 ./*.test.mjs)
+# PEERCACHE_SCREENSHOTS: the tests also write the screenshots in docs/ (README).
+(cd tests/e2e && PEERCACHE_SCREENSHOTS=1 node --test --test-concurrency=1 --test-timeout=600000 ./*.test.mjs)
 
 step "all passed"

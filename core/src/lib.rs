@@ -44,6 +44,7 @@
 pub mod auth;
 pub mod conditional;
 pub mod decide;
+pub mod doctor;
 pub mod explain;
 pub mod extension;
 pub mod hash;

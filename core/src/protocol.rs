@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::doctor::{ReachRequest, ReachResponse};
 use crate::hash::ObjectHash;
 pub use crate::peer::LocateResponse;
 pub use crate::proxy::{Load, Proxy, SERVER_PROXY_ID};
@@ -298,6 +299,10 @@ pub enum FromHost {
         /// Recent downloads and why they went as they did, newest first.
         #[serde(default)]
         recent: Vec<crate::explain::Explanation>,
+        /// `peercache-host doctor`'s verdicts: each browser's registration and
+        /// how each server this host uses sees it (`crate::doctor`).
+        #[serde(default)]
+        doctor: Vec<crate::doctor::Verdict>,
     },
     /// The server answered `url` with a response that may never be shared
     /// (`Set-Cookie`, `private`, `no-store`, …). The extension stops sending that

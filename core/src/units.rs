@@ -60,6 +60,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     Ok(Duration::from_millis(ms))
 }
 
+/// A span of seconds in words for people: `45 s`, `1 min`, `3 h`, `2 days`
+/// (rounded down to the largest unit).
+pub fn format_secs(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 86_400 => format!("{} h", s / 3600),
+        s if s < 2 * 86_400 => "1 day".to_string(),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -545,7 +545,7 @@ fn failure_response(e: &FetchError) -> (StatusCode, &'static str) {
             "the site's bytes do not match its own hash",
         ),
         FetchError::TooLarge(_) => (StatusCode::BAD_GATEWAY, "the object is too large"),
-        FetchError::Unreachable(_) | FetchError::ServerDown(_) => (
+        FetchError::Unreachable(_) | FetchError::ServerDown { .. } => (
             StatusCode::BAD_GATEWAY,
             "the site is unreachable and no peer could stand in",
         ),

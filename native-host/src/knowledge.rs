@@ -1,5 +1,9 @@
-//! What a host remembers between runs, beside its cache (DESIGN M10, B8):
-//! - the key of each server it has talked to, pinned on first contact;
+//! What a host remembers between runs (DESIGN M10, B8):
+//! - the key of each server it has talked to, pinned on first contact: in the
+//!   host's *data* directory (`servers.json`), since a cache cleaner must not
+//!   undo a pin; a `servers.json` left in the cache by earlier versions is moved;
+//!
+//! and beside its cache (lost with it at no harm):
 //! - the server's signed record of each object it keeps, to pass on to others;
 //! - an auxiliary proxy list per server: peers met in earlier referrals, tried
 //!   when the server is silent;
@@ -15,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use peercache_core::protocol::{Proxy, RelayInfo};
+use peercache_core::protocol::{Proxy, ReachResponse, RelayInfo};
 use peercache_core::record::SignedRecord;
 
 use crate::cache::write_atomically;
@@ -25,10 +29,20 @@ pub const MAX_AUX: usize = 64;
 /// Servers remembered.
 const MAX_SERVERS: usize = 256;
 
+/// How a server saw this host, and when (seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReachNote {
+    /// When it was asked.
+    pub at: u64,
+    /// Its answer, or why it could not be asked.
+    pub answer: Result<ReachResponse, String>,
+}
+
 /// The remembered state of one host.
 #[derive(Debug)]
 pub struct Knowledge {
     dir: PathBuf,
+    data_dir: PathBuf,
     keys: Mutex<BTreeMap<String, String>>,
     aux: Mutex<BTreeMap<String, Vec<Proxy>>>,
     relays: Mutex<BTreeMap<String, Vec<RelayInfo>>>,
@@ -46,14 +60,60 @@ fn load<T: serde::de::DeserializeOwned + Default>(path: &std::path::Path) -> T {
 }
 
 impl Knowledge {
-    /// Loads what was remembered under `cache_dir`.
-    pub fn open(cache_dir: &std::path::Path) -> Self {
+    /// Loads what was remembered: pinned keys under `data_dir`, the rest under
+    /// `cache_dir`.
+    pub fn open(cache_dir: &std::path::Path, data_dir: &std::path::Path) -> Self {
+        let pins = data_dir.join("servers.json");
+        let old_pins = cache_dir.join("servers.json");
+        if pins != old_pins && !pins.exists() && old_pins.exists() {
+            let moved = std::fs::create_dir_all(data_dir)
+                .and_then(|()| std::fs::read(&old_pins))
+                .and_then(|bytes| write_atomically(&pins, &bytes))
+                .and_then(|()| std::fs::remove_file(&old_pins));
+            if let Err(e) = moved {
+                tracing::warn!(from = %old_pins.display(), error = %e, "could not move the pinned server keys");
+            }
+        }
+        let keys_from = if pins.exists() { &pins } else { &old_pins };
         Self {
             dir: cache_dir.to_path_buf(),
-            keys: Mutex::new(load(&cache_dir.join("servers.json"))),
+            data_dir: data_dir.to_path_buf(),
+            keys: Mutex::new(load(keys_from)),
             aux: Mutex::new(load(&cache_dir.join("aux.json"))),
             relays: Mutex::new(load(&cache_dir.join("relays.json"))),
         }
+    }
+
+    /// The servers with a pinned key (those this host has talked to).
+    pub fn pinned_servers(&self) -> Vec<String> {
+        lock(&self.keys).keys().cloned().collect()
+    }
+
+    /// Keeps how `origin` last saw this host ([`ServerLink::reach`](crate::server_link::ServerLink::reach)),
+    /// with the time, in the data directory's `reach.json` (at most
+    /// [`MAX_SERVERS`] servers), for `doctor` to read while the host runs.
+    pub fn note_reach(&self, origin: &str, answer: Result<ReachResponse, String>) {
+        let path = self.data_dir.join("reach.json");
+        let mut all: BTreeMap<String, ReachNote> = load(&path);
+        if all.len() >= MAX_SERVERS && !all.contains_key(origin) {
+            return;
+        }
+        all.insert(
+            origin.to_string(),
+            ReachNote {
+                at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                answer,
+            },
+        );
+        let _ = std::fs::create_dir_all(&self.data_dir);
+        let _ = write_atomically(&path, &serde_json::to_vec(&all).unwrap_or_default());
+    }
+
+    /// What servers last said of this host's reachability.
+    pub fn reach_notes(&self) -> BTreeMap<String, ReachNote> {
+        load(&self.data_dir.join("reach.json"))
     }
 
     /// The pinned key of `origin`, if any.
@@ -72,8 +132,9 @@ impl Knowledge {
                     return true;
                 }
                 keys.insert(origin.to_string(), key.to_string());
+                let _ = std::fs::create_dir_all(&self.data_dir);
                 let _ = write_atomically(
-                    &self.dir.join("servers.json"),
+                    &self.data_dir.join("servers.json"),
                     &serde_json::to_vec(&*keys).unwrap_or_default(),
                 );
                 true
@@ -412,7 +473,7 @@ mod tests {
     #[test]
     fn each_server_hears_only_of_what_came_through_it() {
         let dir = std::env::temp_dir().join(format!("peercache-fetched-{}", std::process::id()));
-        let k = Knowledge::open(&dir);
+        let k = Knowledge::open(&dir, &dir);
         let (a, b, c) = (
             peercache_core::ObjectHash::of(b"a"),
             peercache_core::ObjectHash::of(b"b"),
@@ -436,7 +497,12 @@ mod tests {
     fn pins_once_and_remembers_peers_across_opens() {
         let dir = std::env::temp_dir().join(format!("pc-know-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
-        let k = Knowledge::open(&dir);
+        let data = dir.join("data");
+        // Pins left in the cache by an earlier version move to the data directory.
+        std::fs::write(dir.join("servers.json"), r#"{"https://old":"cc"}"#).unwrap();
+        let k = Knowledge::open(&dir, &data);
+        assert!(!dir.join("servers.json").exists());
+        assert_eq!(k.pinned_key("https://old").as_deref(), Some("cc"));
         assert!(k.pin("https://s", "aa"));
         assert!(k.pin("https://s", "aa"));
         assert!(!k.pin("https://s", "bb"), "a different key is refused");
@@ -462,8 +528,18 @@ mod tests {
         };
         k.learn_peers("https://s", &[p("a"), p("b")]);
         k.learn_peers("https://s", &[p("c"), p("a")]);
-        let again = Knowledge::open(&dir);
+        // A cache cleaner wipes the cache; the pins stay.
+        std::fs::remove_file(dir.join("aux.json")).unwrap();
+        let again = Knowledge::open(&dir, &data);
         assert_eq!(again.pinned_key("https://s").as_deref(), Some("aa"));
+        let ids: Vec<String> = again
+            .aux_peers("https://s")
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert!(ids.is_empty(), "the peers were in the wiped cache");
+        k.learn_peers("https://s", &[p("c"), p("a")]);
+        let again = Knowledge::open(&dir, &data);
         let ids: Vec<String> = again
             .aux_peers("https://s")
             .into_iter()

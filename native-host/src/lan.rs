@@ -82,34 +82,19 @@ pub fn who_has(url: &str, qid: &str) -> Vec<u8> {
     serde_json::to_vec(&msg).unwrap_or_default()
 }
 
-/// The IPv4 subnets of this host's interfaces (address, prefix length).
+/// The IPv4 subnets of this host's interfaces (address, prefix length), at most 256.
 fn local_subnets() -> Vec<(Ipv4Addr, u32)> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list freed below by freeifaddrs;
-    // every node and address is read only while the list is alive.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() && out.len() < 256 {
-            let ifa = &*cur;
-            if !ifa.ifa_addr.is_null()
-                && !ifa.ifa_netmask.is_null()
-                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
-            {
-                let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-                let prefix = u32::from_be(mask.sin_addr.s_addr).count_ones();
-                out.push((ip, prefix));
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out
+    let Ok(interfaces) = if_addrs::get_if_addrs() else {
+        return Vec::new();
+    };
+    interfaces
+        .into_iter()
+        .filter_map(|i| match i.addr {
+            if_addrs::IfAddr::V4(v4) => Some((v4.ip, u32::from(v4.prefixlen))),
+            if_addrs::IfAddr::V6(_) => None,
+        })
+        .take(256)
+        .collect()
 }
 
 /// Whether `ip` is on one of `subnets`.
@@ -188,7 +173,10 @@ pub fn spawn_responder(
     peer_port: u16,
 ) -> std::io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    // Several hosts on one machine share the group port (on Windows
+    // SO_REUSEADDR alone allows that; SO_REUSEPORT does not exist there).
     socket.set_reuse_address(true)?;
+    #[cfg(unix)]
     socket.set_reuse_port(true)?;
     socket.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT)).into())?;
     socket.join_multicast_v4(&GROUP, &iface())?;

@@ -15,7 +15,9 @@
 //! - [`gateway`]: the local gateway on 127.0.0.1 the extension redirects
 //!   enrolled requests to (token and Host checked, enrolled origins only).
 //! - [`native`]: native messaging with the extension on stdin/stdout.
-//! - [`install`]: the browsers' host manifests.
+//! - [`install`]: the browsers' host manifests (every supported browser, on
+//!   Linux, macOS and Windows), and the browsers found on this machine.
+//! - [`doctor`]: the facts `peercache-host doctor` and the popup judge.
 //! - [`node`]: wires the above into one running peer (`serve`, native mode).
 //!
 //! One request followed top to bottom (a page's `GET /static/app.js`):
@@ -43,6 +45,7 @@
 
 pub mod cache;
 pub mod counters;
+pub mod doctor;
 pub mod fetch;
 pub mod gateway;
 pub mod identity;

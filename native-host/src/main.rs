@@ -30,7 +30,7 @@ enum Command {
     Serve {
         /// The coordination server, e.g. https://198.51.100.2
         #[arg(long, env = "PEERCACHE_SERVER")]
-        server: Option<String>,
+        server: String,
         /// The UDP address the peer endpoint (QUIC) listens on [default: 0.0.0.0:0].
         /// Nothing needs opening: peers behind routers are reached by hole punching
         /// or the site's relay.
@@ -39,7 +39,8 @@ enum Command {
         /// Cache directory.
         #[arg(long, env = "PEERCACHE_CACHE_DIR")]
         cache: Option<PathBuf>,
-        /// State directory: the peer key [default: ~/.local/state/peercache].
+        /// Data directory: the peer key and pinned server keys [default: the OS's
+        /// data directory, e.g. ~/.local/share/peercache].
         #[arg(long, env = "PEERCACHE_STATE_DIR")]
         state: Option<PathBuf>,
         /// Operator-only `/metrics` listener [default: 127.0.0.1:0].
@@ -66,7 +67,8 @@ enum Command {
         /// How long the server may stay silent before known peers are asked, e.g. `3s`.
         #[arg(long, env = "PEERCACHE_SERVER_TIMEOUT")]
         server_timeout: Option<String>,
-        /// TOML config file (keys as the long flags, with `_`); flags override it.
+        /// TOML config file (keys as the long flags, with `_`, except `server`);
+        /// flags override it.
         #[arg(long, env = "PEERCACHE_CONFIG")]
         config: Option<PathBuf>,
         /// Extra trusted root certificate (PEM).
@@ -86,7 +88,8 @@ enum Command {
         /// Cache directory.
         #[arg(long, env = "PEERCACHE_CACHE_DIR")]
         cache: Option<PathBuf>,
-        /// State directory: the peer key [default: ~/.local/state/peercache].
+        /// Data directory: the peer key and pinned server keys [default: the OS's
+        /// data directory, e.g. ~/.local/share/peercache].
         #[arg(long, env = "PEERCACHE_STATE_DIR")]
         state: Option<PathBuf>,
         /// Extra trusted root certificate (PEM).
@@ -103,27 +106,56 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
-    /// Register this binary as the native-messaging host of a browser.
+    /// Register this binary as the native-messaging host of the browsers:
+    /// without --browser, of every supported browser found on this machine
+    /// (Chrome, Chromium, Edge, Brave, Vivaldi, Firefox, LibreWolf).
     Install {
-        /// Browser to register with.
+        /// Browser to register with (repeatable) [default: every one installed].
         #[arg(long, value_enum)]
-        browser: Browser,
-        /// A custom Chrome/Chromium profile directory.
+        browser: Vec<Browser>,
+        /// A custom Chromium-family profile directory.
         #[arg(long, conflicts_with = "system")]
         user_data_dir: Option<PathBuf>,
-        /// Register system-wide (needs root).
+        /// Register system-wide (needs root or an administrator); without
+        /// --browser, for every browser that has a system-wide location.
         #[arg(long)]
         system: bool,
-        /// Extension id to allow (defaults to peercache's own ids).
+        /// Another extension id to allow (repeatable; Firefox: replaces peercache's).
         #[arg(long)]
-        extension_id: Option<String>,
+        extension_id: Vec<String>,
+        /// For packagers: write the system-wide manifests under this root
+        /// instead of `/` (implies --system).
+        #[arg(long, hide = true)]
+        stage_root: Option<PathBuf>,
+        /// For packagers: the program path the manifests name [default: this binary].
+        #[arg(long, hide = true)]
+        host_path: Option<PathBuf>,
+    },
+    /// Check this machine: the host registered for each installed browser, the
+    /// extension connected, other peers able to reach this one (as each server
+    /// sees it); says what to do about each failure. Exits 1 if one failed.
+    Doctor {
+        /// A coordination server to check reachability with (repeatable)
+        /// [default: every server this host has talked to].
+        #[arg(long, env = "PEERCACHE_SERVER")]
+        server: Vec<String>,
+        /// Cache directory.
+        #[arg(long, env = "PEERCACHE_CACHE_DIR")]
+        cache: Option<PathBuf>,
+        /// Data directory: the peer key and pinned server keys [default: the
+        /// OS's data directory].
+        #[arg(long, env = "PEERCACHE_STATE_DIR")]
+        state: Option<PathBuf>,
+        /// Extra trusted root certificate (PEM).
+        #[arg(long, env = "PEERCACHE_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
     /// Remove the registration.
     Uninstall {
-        /// Browser to unregister from.
+        /// Browser to unregister from (repeatable) [default: every supported one].
         #[arg(long, value_enum)]
-        browser: Browser,
-        /// A custom Chrome/Chromium profile directory.
+        browser: Vec<Browser>,
+        /// A custom Chromium-family profile directory.
         #[arg(long, conflicts_with = "system")]
         user_data_dir: Option<PathBuf>,
         /// Remove the system-wide registration.
@@ -136,7 +168,6 @@ enum Command {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServeConfig {
-    server: Option<String>,
     listen: Option<SocketAddr>,
     cache: Option<PathBuf>,
     state: Option<PathBuf>,
@@ -239,15 +270,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => ServeConfig::default(),
             };
-            let Some(server) = server.or(file.server) else {
-                bail!("--server URL is required (the coordination server to serve for)");
-            };
-            let mut options = NodeOptions::new(
-                cache.or(file.cache).unwrap_or_else(node::default_cache_dir),
-                state
-                    .or(file.state)
-                    .unwrap_or_else(peercache_host::identity::default_state_dir),
-            );
+            let cache = cache.or(file.cache).unwrap_or_else(node::default_cache_dir);
+            let (data, legacy) =
+                peercache_host::identity::resolve_data_dir(state.or(file.state), &cache);
+            let mut options = NodeOptions::new(cache, data);
+            options.legacy_state_dirs = legacy;
             options.metrics_listen = Some(
                 metrics_listen
                     .or(file.metrics_listen)
@@ -320,10 +347,10 @@ async fn main() -> anyhow::Result<()> {
             if !path.starts_with('/') {
                 bail!("PATH must start with '/': {path:?}");
             }
-            let mut options = NodeOptions::new(
-                cache.unwrap_or_else(node::default_cache_dir),
-                state.unwrap_or_else(peercache_host::identity::default_state_dir),
-            );
+            let cache = cache.unwrap_or_else(node::default_cache_dir);
+            let (data, legacy) = peercache_host::identity::resolve_data_dir(state, &cache);
+            let mut options = NodeOptions::new(cache, data);
+            options.legacy_state_dirs = legacy;
             options.ca_cert = ca_cert;
             if let Some(s) = max_deferral {
                 options.max_deferral = Some(peercache_core::units::parse_duration(&s)?);
@@ -350,10 +377,12 @@ async fn main() -> anyhow::Result<()> {
                 Source::Cache => "the local cache".to_string(),
                 Source::Peer(id) => format!("peer {id}"),
             };
-            eprintln!(
-                "fetched {bytes} bytes from {from} into {}",
-                output.display()
-            );
+            let size = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                format!("{}", indicatif::HumanBytes(bytes))
+            } else {
+                format!("{bytes} bytes")
+            };
+            eprintln!("fetched {size} from {from} into {}", output.display());
             Ok(())
         }
         Command::Install {
@@ -361,33 +390,119 @@ async fn main() -> anyhow::Result<()> {
             user_data_dir,
             system,
             extension_id,
+            stage_root,
+            host_path,
         } => {
-            let exe = std::env::current_exe().context("locating this binary")?;
-            let path = install::install(
-                browser,
-                &scope(user_data_dir, system),
-                &exe,
-                extension_id.as_deref(),
-            )?;
+            let exe = match host_path {
+                Some(p) => p,
+                None => std::env::current_exe().context("locating this binary")?,
+            };
+            if let Some(root) = stage_root {
+                for path in install::stage_system(&root, &exe)? {
+                    println!("{}", path.display());
+                }
+                return Ok(());
+            }
+            let scope = scope(user_data_dir, system);
+            let found = install::detect();
+            let browsers: Vec<Browser> = if !browser.is_empty() {
+                browser
+            } else if matches!(scope, Scope::User) {
+                found.iter().map(|f| f.browser).collect()
+            } else {
+                Browser::ALL
+                    .into_iter()
+                    .filter(|b| install::manifest_paths(*b, &scope).is_ok())
+                    .collect()
+            };
+            if browsers.is_empty() {
+                bail!(
+                    "found none of the supported browsers (Chrome, Chromium, Edge, Brave, Vivaldi, \
+                     Firefox, LibreWolf); name one with --browser"
+                );
+            }
+            let mut failed = 0;
+            for b in browsers {
+                match install::install(b, &scope, &exe, &extension_id) {
+                    Ok(path) => println!("registered for {}: {}", b.label(), path.display()),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("not registered for {}: {e}", b.label());
+                    }
+                }
+                if let Some(advice) = found
+                    .iter()
+                    .find(|f| f.browser == b)
+                    .and_then(install::sandbox_advice)
+                {
+                    eprintln!("  note: {advice}");
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} registration(s) failed");
+            }
             println!(
-                "registered {} for {browser:?} in {}",
-                install::HOST_NAME,
-                path.display()
+                "next: add the peercache extension to the browser, then run `peercache-host doctor`"
             );
             Ok(())
         }
+        Command::Doctor {
+            server,
+            cache,
+            state,
+            ca_cert,
+        } => doctor(server, cache, state, ca_cert).await,
         Command::Uninstall {
             browser,
             user_data_dir,
             system,
         } => {
-            match install::uninstall(browser, &scope(user_data_dir, system))? {
-                Some(path) => println!("removed {}", path.display()),
-                None => println!("nothing was registered"),
+            let scope = scope(user_data_dir, system);
+            let every = browser.is_empty();
+            let browsers = if every {
+                Browser::ALL.to_vec()
+            } else {
+                browser
+            };
+            let mut any = false;
+            for b in browsers {
+                // Of every browser, one with no location of this scope here has nothing to remove.
+                if every && install::manifest_paths(b, &scope).is_err() {
+                    continue;
+                }
+                if let Some(path) = install::uninstall(b, &scope)? {
+                    any = true;
+                    println!("removed {}", path.display());
+                }
+            }
+            if !any {
+                println!("nothing was registered");
             }
             Ok(())
         }
     }
+}
+
+/// A progress bar on stderr with human sizes, rate and time left; hidden when
+/// stderr is not a terminal (a log or a pipe gets the plain summary only).
+fn progress_bar(size: Option<u64>) -> indicatif::ProgressBar {
+    let target = indicatif::ProgressDrawTarget::stderr();
+    let bar = match size {
+        Some(n) => indicatif::ProgressBar::with_draw_target(Some(n), target).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec}, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::with_draw_target(None, target).with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        ),
+    };
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
 }
 
 /// Streams a download into `output` through a temp file beside it: the output
@@ -407,12 +522,15 @@ async fn download_to_file(
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .with_context(|| format!("creating {}", tmp.display()))?;
+        let bar = progress_bar(dl.size);
         let mut total = 0u64;
         while let Some(chunk) = dl.body.recv().await {
             let chunk = chunk?;
             file.write_all(&chunk).await?;
             total += chunk.len() as u64;
+            bar.set_position(total);
         }
+        bar.finish_and_clear();
         let source = dl.finish().await?;
         file.sync_all().await?;
         drop(file);
@@ -428,11 +546,100 @@ async fn download_to_file(
     result
 }
 
+/// `peercache-host doctor`: see the command's help.
+async fn doctor(
+    servers: Vec<String>,
+    cache: Option<PathBuf>,
+    state: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use peercache_core::doctor::{self, Level};
+    use peercache_host::doctor as facts;
+    let cache = cache.unwrap_or_else(node::default_cache_dir);
+    let (data, legacy) = peercache_host::identity::resolve_data_dir(state, &cache);
+    let mut verdicts = facts::browser_verdicts();
+    let session = facts::last_session(&data);
+    let running = match &session {
+        Some(s) => facts::gateway_answers(s.gateway_port).await,
+        None => false,
+    };
+    let now = facts::now_secs();
+    verdicts.push(doctor::extension(
+        session.as_ref().map(|s| now.saturating_sub(s.started)),
+        running,
+    ));
+    let knowledge = peercache_host::knowledge::Knowledge::open(&cache, &data);
+    let servers: Vec<String> = if servers.is_empty() {
+        knowledge.pinned_servers()
+    } else {
+        servers
+            .iter()
+            .map(|s| s.trim_end_matches('/').to_string())
+            .collect()
+    };
+    if servers.is_empty() {
+        verdicts.push(peercache_core::doctor::Verdict {
+            topic: "reachable by peers".into(),
+            level: Level::Warn,
+            finding: "this host has not talked to any site's server yet".into(),
+            fix: "visit a site that uses peercache with the extension on, or name its server \
+                  with --server URL"
+                .into(),
+        });
+    } else if running {
+        // The browser's host checks for itself (one identity, one endpoint).
+        let notes = knowledge.reach_notes();
+        for s in &servers {
+            match notes.get(s) {
+                Some(n) if now.saturating_sub(n.at) <= 3 * facts::REACH_MAX_AGE.as_secs() => {
+                    verdicts.push(doctor::reach(s, &n.answer));
+                }
+                _ => verdicts.push(peercache_core::doctor::Verdict {
+                    topic: format!("reachable by peers of {s}"),
+                    level: Level::Warn,
+                    finding: "the running host has not checked this server lately".into(),
+                    fix: "open a page of the site in the browser, wait a few seconds, and run \
+                          doctor again"
+                        .into(),
+                }),
+            }
+        }
+    } else {
+        // No host running: start one with this identity, serving, and ask.
+        let mut options = NodeOptions::new(cache, data);
+        options.legacy_state_dirs = legacy;
+        options.ca_cert = ca_cert;
+        options.peer_listen = Some(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let node = node::start(options).await?;
+        let link = node.fetcher.parts().link.clone();
+        for s in &servers {
+            let answer = match link.register(s).await {
+                Ok(()) => link.reach(s).await.map_err(|e| e.cause()),
+                Err(e) => Err(e.cause()),
+            };
+            verdicts.push(doctor::reach(s, &answer));
+        }
+        node.fetcher.parts().dialer.endpoint().close().await;
+    }
+    for v in &verdicts {
+        print!("{}", v.render());
+    }
+    let failed = verdicts.iter().filter(|v| v.level == Level::Fail).count();
+    if failed > 0 {
+        bail!("{failed} check(s) failed; see the fixes above");
+    }
+    Ok(())
+}
+
 async fn native_mode(caller: &str) -> anyhow::Result<()> {
-    let mut options = NodeOptions::new(
-        node::default_cache_dir(),
-        peercache_host::identity::default_state_dir(),
+    peercache_host::native::note_caller(caller);
+    let cache = node::default_cache_dir();
+    let (data, legacy) = peercache_host::identity::resolve_data_dir(
+        std::env::var_os("PEERCACHE_STATE_DIR").map(PathBuf::from),
+        &cache,
     );
+    let mut options = NodeOptions::new(cache, data);
+    options.legacy_state_dirs = legacy;
     options.gateway = true;
     let metrics =
         std::env::var("PEERCACHE_METRICS_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
@@ -452,7 +659,14 @@ async fn native_mode(caller: &str) -> anyhow::Result<()> {
     if caller.starts_with("chrome-extension://") {
         options.extension_origins = vec![caller.trim_end_matches('/').to_string()];
     }
+    let data = options.state_dir.clone();
     let node = Arc::new(node::start(options).await?);
+    if let Some((port, _)) = &node.gateway
+        && let Err(e) = peercache_host::doctor::note_session(&data, *port)
+    {
+        tracing::warn!(error = %e, "could not note the session for `doctor`");
+    }
+    peercache_host::native::spawn_reach_checks(&node);
     peercache_host::native::run_session(node, std::io::stdin(), std::io::stdout()).await;
     Ok(())
 }

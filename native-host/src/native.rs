@@ -78,7 +78,81 @@ fn status(node: &Node) -> FromHost {
         },
         peers: node.fetcher.parts().memory.recent_peers(),
         recent: node.fetcher.parts().recent.explanations(),
+        doctor: verdicts(node),
     }
+}
+
+/// Which family of browser started this process: `Some(true)` Firefox,
+/// `Some(false)` Chromium; set once by native mode.
+static CALLER_IS_FIREFOX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Notes who started this host: `caller` is the first argument a browser passes
+/// (a `chrome-extension://…/` origin, or Firefox's manifest path).
+pub fn note_caller(caller: &str) {
+    let _ = CALLER_IS_FIREFOX.set(!caller.starts_with("chrome-extension://"));
+}
+
+/// The doctor's verdicts for the popup: the browsers' registrations (looked at
+/// once per session) and the servers' recent answers on reachability. A browser
+/// of the family that started this session evidently found the host (from a
+/// profile or place `doctor` cannot see), so its family's registration
+/// failures are left out.
+fn verdicts(node: &Node) -> Vec<peercache_core::doctor::Verdict> {
+    static BROWSERS: std::sync::OnceLock<Vec<peercache_core::doctor::Verdict>> =
+        std::sync::OnceLock::new();
+    let caller_firefox = CALLER_IS_FIREFOX.get().copied();
+    let mut all: Vec<peercache_core::doctor::Verdict> = BROWSERS
+        .get_or_init(crate::doctor::browser_verdicts)
+        .iter()
+        .filter(|v| {
+            let family = crate::install::Browser::ALL
+                .iter()
+                .find(|b| b.label() == v.topic)
+                .map(|b| b.is_firefox_family());
+            v.level == peercache_core::doctor::Level::Ok
+                || caller_firefox.is_none()
+                || family.is_some_and(|f| Some(f) != caller_firefox)
+        })
+        .cloned()
+        .collect();
+    let knowledge = &node.fetcher.parts().knowledge;
+    let now = crate::doctor::now_secs();
+    let fresh: Vec<String> = knowledge
+        .reach_notes()
+        .into_iter()
+        .filter(|(_, n)| now.saturating_sub(n.at) <= 3 * crate::doctor::REACH_MAX_AGE.as_secs())
+        .map(|(s, _)| s)
+        .take(8)
+        .collect();
+    all.extend(crate::doctor::reach_verdicts(knowledge, &fresh));
+    all
+}
+
+/// Asks each server this host registered with how it sees the host, soon after
+/// registering and then every [`crate::doctor::REACH_MAX_AGE`], while `node` lives.
+pub fn spawn_reach_checks(node: &Arc<Node>) {
+    let weak = Arc::downgrade(node);
+    tokio::spawn(async move {
+        let mut checked: std::collections::HashMap<String, tokio::time::Instant> =
+            std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Some(node) = weak.upgrade() else { break };
+            let link = node.fetcher.parts().link.clone();
+            for origin in link.registered_origins().await.into_iter().take(16) {
+                let due = checked
+                    .get(&origin)
+                    .is_none_or(|t| t.elapsed() >= crate::doctor::REACH_MAX_AGE);
+                if due {
+                    checked.insert(origin.clone(), tokio::time::Instant::now());
+                    if let Err(e) = link.reach(&origin).await {
+                        tracing::info!(%origin, error = %e, "asking the server how it sees this host failed");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Handles one message; returns the replies.

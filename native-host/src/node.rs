@@ -26,8 +26,11 @@ use peercache_net::{EndpointOptions, PeerDialer};
 pub struct NodeOptions {
     /// Cache directory.
     pub cache_dir: PathBuf,
-    /// State directory (the peer key).
+    /// Data directory: the peer key and the pinned server keys.
     pub state_dir: PathBuf,
+    /// Where earlier versions kept the peer key; a key found there is moved
+    /// into `state_dir` (set only when `state_dir` is the default one).
+    pub legacy_state_dirs: Vec<PathBuf>,
     /// The UDP address the peer endpoint accepts peers on; `None` = do not
     /// serve (the endpoint still dials, from an ephemeral port).
     pub peer_listen: Option<SocketAddr>,
@@ -67,6 +70,7 @@ impl NodeOptions {
         Self {
             cache_dir,
             state_dir,
+            legacy_state_dirs: Vec::new(),
             peer_listen: None,
             metrics_listen: None,
             gateway: false,
@@ -113,10 +117,17 @@ pub struct Node {
     pub acks: Arc<crate::gateway::DirectAcks>,
 }
 
+/// Windows has no soft limit on open handles to raise: nothing to do.
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> u64 {
+    u64::MAX
+}
+
 /// Raises this process's soft limit on open files to the hard limit, so a
 /// flood of peers cannot leave the gateway without descriptors (peer
 /// connections share one UDP socket; the peer server opens a cache file only
 /// while an upload holds a slot). Returns the soft limit now in force.
+#[cfg(unix)]
 pub fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -144,17 +155,18 @@ pub fn raise_fd_limit() -> u64 {
 /// Most messages waiting for the extension before new ones are dropped.
 pub const NOTICE_QUEUE: usize = 64;
 
-/// The default cache directory: `$PEERCACHE_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/peercache`, else `~/.cache/peercache`.
+/// The default cache directory: `$PEERCACHE_CACHE_DIR`, else the OS's cache
+/// directory for peercache (`$XDG_CACHE_HOME/peercache` or `~/.cache/peercache`
+/// on Linux, `~/Library/Caches/org.peercache.peercache` on macOS,
+/// `%LOCALAPPDATA%\peercache\peercache\cache` on Windows).
 pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PEERCACHE_CACHE_DIR") {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("peercache");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("peercache")
+    directories::ProjectDirs::from("org", "peercache", "peercache").map_or_else(
+        || PathBuf::from("peercache-cache"),
+        |dirs| dirs.cache_dir().to_path_buf(),
+    )
 }
 
 fn random_token() -> String {
@@ -202,8 +214,9 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         .with_context(|| format!("opening cache {}", options.cache_dir.display()))?;
     // Evictions at start-up need no announce: the start-up announce lists what is left.
     let _ = cache.set_max_bytes(options.cache_max);
-    let identity = crate::identity::load_or_create(&options.state_dir)
-        .with_context(|| format!("loading the peer key from {}", options.state_dir.display()))?;
+    let identity =
+        crate::identity::load_or_create_migrating(&options.state_dir, &options.legacy_state_dirs)
+            .with_context(|| format!("loading the peer key from {}", options.state_dir.display()))?;
     let counters = Arc::new(HostCounters::default());
     let mut workload = Workload::new(options.max_uploads, options.upload_limit);
     if let Some(rate) = options.requester_rate {
@@ -227,7 +240,10 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         None
     };
     let dialer = Arc::new(PeerDialer::new(endpoint.clone()));
-    let knowledge = Arc::new(crate::knowledge::Knowledge::open(cache.dir()));
+    let knowledge = Arc::new(crate::knowledge::Knowledge::open(
+        cache.dir(),
+        &options.state_dir,
+    ));
     let link = Arc::new(crate::server_link::ServerLink::new(
         crate::server_link::http_client(options.ca_cert.as_deref())?,
         identity,

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use metrics::counter;
@@ -32,7 +34,6 @@ use peercache_core::pieces::HaveMap;
 use peercache_core::protocol::{LocateResponse, Proxy};
 use peercache_core::verified::group_count;
 use peercache_net::wire::{read_frame, write_frame};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::cache::Cache;
 use crate::counters::{Counted, HostCounters};
@@ -51,8 +52,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest one piece of an upload may wait for the reader: a reader that stops
 /// reading loses its slot.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Size of the pieces an upload is read and sent in.
-const UPLOAD_CHUNK: usize = 64 * 1024;
+/// Size of the pieces an upload is read and sent in: one read each, handed to
+/// the transport without a copy. At most two are held per upload slot (the one
+/// being sent and the one read ahead).
+const UPLOAD_CHUNK: usize = 256 * 1024;
 
 /// State of the peer server.
 #[derive(Debug, Clone)]
@@ -483,6 +486,80 @@ impl Drop for Slot {
     }
 }
 
+/// An object opened for an upload: the file positioned after its first piece,
+/// its size, the length asked for, and the first piece itself (for a small object
+/// all of it), read in one trip to the blocking pool.
+struct Opened {
+    file: std::fs::File,
+    size: u64,
+    len: u64,
+    piece: Bytes,
+}
+
+/// Why an object could not be opened for an upload.
+enum OpenError {
+    NotHeld,
+    Range,
+    Io(std::io::Error),
+}
+
+/// Reads up to `want` bytes from the file's position into a fresh buffer (that
+/// buffer is handed to the transport as it is: no second copy). Short only at
+/// the end of the file.
+fn read_piece(file: &mut std::fs::File, want: usize) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut buf = BytesMut::zeroed(want);
+    let mut filled = 0;
+    while filled < want {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf.freeze())
+}
+
+fn piece_len(left: u64) -> usize {
+    usize::try_from(left)
+        .unwrap_or(UPLOAD_CHUNK)
+        .min(UPLOAD_CHUNK)
+}
+
+/// Opens the cached object, checks the range against its size and reads the
+/// first piece (blocking: run on the blocking pool).
+fn open_object(path: std::path::PathBuf, range: Option<(u64, u64)>) -> Result<Opened, OpenError> {
+    use std::io::Seek;
+    let mut file = std::fs::File::open(path).map_err(|_| OpenError::NotHeld)?;
+    let size = file.metadata().map_err(|_| OpenError::NotHeld)?.len();
+    let (first, len) = peercache_core::range::span(range, size).ok_or(OpenError::Range)?;
+    if first > 0 {
+        file.seek(std::io::SeekFrom::Start(first))
+            .map_err(OpenError::Io)?;
+    }
+    let piece = read_piece(&mut file, piece_len(len)).map_err(OpenError::Io)?;
+    Ok(Opened {
+        file,
+        size,
+        len,
+        piece,
+    })
+}
+
+/// The next piece, read on the blocking pool while the current one is sent.
+fn read_ahead(
+    mut file: std::fs::File,
+    want: usize,
+) -> tokio::task::JoinHandle<std::io::Result<(std::fs::File, Bytes)>> {
+    tokio::task::spawn_blocking(move || read_piece(&mut file, want).map(|b| (file, b)))
+}
+
+fn stream_error(e: impl std::fmt::Display) -> peercache_net::PeerError {
+    peercache_net::PeerError::Stream(e.to_string())
+}
+
 async fn upload(
     state: &PeerState,
     requester: IpAddr,
@@ -515,22 +592,25 @@ async fn upload(
         });
         return answer(send, &r, &[]).await;
     };
-    let file = tokio::fs::File::open(&path).await;
-    let size = match &file {
-        Ok(f) => f.metadata().await.map(|m| m.len()).ok(),
-        Err(_) => None,
+    let opened = tokio::task::spawn_blocking(move || open_object(path, range))
+        .await
+        .map_err(stream_error)?;
+    let opened = match opened {
+        Ok(o) => o,
+        Err(OpenError::NotHeld) => {
+            return answer(send, &refuse(PeerStatus::NotHeld), &[]).await;
+        }
+        Err(OpenError::Range) => {
+            return answer(send, &refuse(PeerStatus::RangeNotSatisfiable), &[]).await;
+        }
+        Err(OpenError::Io(e)) => return Err(stream_error(e)),
     };
-    let (Ok(mut file), Some(size)) = (file, size) else {
-        return answer(send, &refuse(PeerStatus::NotHeld), &[]).await;
-    };
-    let Some((first, len)) = peercache_core::range::span(range, size) else {
-        return answer(send, &refuse(PeerStatus::RangeNotSatisfiable), &[]).await;
-    };
-    if first > 0 {
-        file.seek(std::io::SeekFrom::Start(first))
-            .await
-            .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
-    }
+    let Opened {
+        file,
+        size,
+        len,
+        mut piece,
+    } = opened;
     let header = PeerResponse {
         size: Some(size),
         ..PeerResponse::body(len, Some(state.slots.load()))
@@ -544,28 +624,32 @@ async fn upload(
     }
     state.cache.touch(&hash);
     let mut left = len;
-    let mut buf = vec![0u8; UPLOAD_CHUNK];
+    let mut file = Some(file);
     while left > 0 {
-        let want = usize::try_from(left)
-            .unwrap_or(UPLOAD_CHUNK)
-            .min(UPLOAD_CHUNK);
-        let n = file
-            .read(&mut buf[..want])
-            .await
-            .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
-        if n == 0 {
+        if piece.is_empty() {
             // The file shrank under us: break the stream so the reader sees it.
             let _ = send.reset(2u32.into());
             return Err(peercache_net::PeerError::Truncated);
         }
-        state.slots.throttle(n as u64).await;
-        tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&buf[..n]))
+        let n = piece.len() as u64;
+        left -= n.min(left);
+        // Read the next piece while this one is sent.
+        let next = match file.take() {
+            Some(f) if left > 0 => Some(read_ahead(f, piece_len(left))),
+            _ => None,
+        };
+        state.slots.throttle(n).await;
+        tokio::time::timeout(WRITE_TIMEOUT, send.write_chunk(piece))
             .await
             .map_err(|_| peercache_net::PeerError::Timeout)?
-            .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))?;
-        left -= n as u64;
-        state.counters.add(Counted::Served, n as u64);
+            .map_err(stream_error)?;
+        state.counters.add(Counted::Served, n);
+        let Some(next) = next else {
+            break;
+        };
+        let (f, p) = next.await.map_err(stream_error)?.map_err(stream_error)?;
+        file = Some(f);
+        piece = p;
     }
-    send.finish()
-        .map_err(|e| peercache_net::PeerError::Stream(e.to_string()))
+    send.finish().map_err(stream_error)
 }

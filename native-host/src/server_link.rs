@@ -14,7 +14,8 @@ use peercache_core::hash::ObjectHash;
 use peercache_core::headers;
 use peercache_core::peer::DialInfo;
 use peercache_core::protocol::{
-    Announce, AnnounceResponse, Outcome, RegisterRequest, RegisterResponse, Report,
+    Announce, AnnounceResponse, Outcome, ReachRequest, ReachResponse, RegisterRequest,
+    RegisterResponse, Report,
 };
 use tokio::sync::Mutex;
 
@@ -39,7 +40,7 @@ pub const ANNOUNCE_BATCH: usize = 400;
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The server could not be reached or broke off.
-    #[error("server unreachable: {0}")]
+    #[error("server unreachable: {}", cause_chain(.0))]
     Unreachable(#[from] reqwest::Error),
     /// The server refused the request.
     #[error("server answered {0}")]
@@ -60,10 +61,37 @@ impl LinkError {
         }
     }
 
+    /// Why, in words, with the underlying cause ("connection refused", TLS…).
+    pub fn cause(&self) -> String {
+        match self {
+            LinkError::Unreachable(e) => cause_chain(e),
+            other => other.to_string(),
+        }
+    }
+
     /// The server did not answer in time or refused the connection.
     pub fn is_silence(&self) -> bool {
         matches!(self, LinkError::Unreachable(e) if e.is_timeout() || e.is_connect())
     }
+}
+
+/// An error with its causes, innermost last, each said once: reqwest's "error
+/// sending request for url (…)" alone hides "connection refused" or the TLS
+/// failure behind it.
+pub fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+        if parts.len() >= 8 {
+            break;
+        }
+    }
+    parts.join(": ")
 }
 
 /// What a client tells the server about one source of a referred download.
@@ -219,6 +247,33 @@ impl ServerLink {
             .insert(origin.to_string(), sent);
         self.pin_server_key(origin).await;
         Ok(())
+    }
+
+    /// The servers this host registered with in this run.
+    pub async fn registered_origins(&self) -> Vec<String> {
+        self.registered.lock().await.keys().cloned().collect()
+    }
+
+    /// Asks the server at `origin` how it sees this host (`POST /v1/reach`): the
+    /// address it lists and whether its ping got through, directly. The answer
+    /// (or why there is none) is kept in the data directory for `doctor`.
+    pub async fn reach(&self, origin: &str) -> Result<ReachResponse, LinkError> {
+        let req = ReachRequest {
+            peer_id: self.peer_id().to_string(),
+        };
+        let answer = async {
+            let resp = self.signed_post(origin, "/v1/reach", &req).await?;
+            if !resp.status().is_success() {
+                return Err(LinkError::Refused(resp.status().as_u16()));
+            }
+            Ok(resp.json::<ReachResponse>().await?)
+        }
+        .await;
+        self.knowledge.note_reach(
+            origin,
+            answer.as_ref().map(Clone::clone).map_err(LinkError::cause),
+        );
+        answer
     }
 
     /// Pins the server's record-signing key on first contact (B8), or the

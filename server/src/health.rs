@@ -21,6 +21,24 @@ const PING_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a relayed connection is given to find a direct path.
 const DIRECT_WAIT: Duration = Duration::from_millis(500);
 
+/// Pings the peer `id` at `dial` once, as the pinger does: its answer and
+/// whether the path went (or soon turned) direct; `None` when it did not answer
+/// within the deadline.
+pub async fn probe(
+    dialer: &peercache_net::PeerDialer,
+    id: &str,
+    dial: &DialInfo,
+) -> Option<(peercache_net::Pinged, bool)> {
+    tokio::time::timeout(PING_DEADLINE, async {
+        let p = dialer.ping(id, dial).await.ok()?;
+        let direct = p.direct || dialer.wait_direct(id, dial, DIRECT_WAIT).await;
+        Some((p, direct))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Pings every serving peer once.
 pub async fn ping_all(state: &Arc<AppState>) {
     let Some(dialer) = state.peers.clone() else {
@@ -39,14 +57,7 @@ pub async fn ping_all(state: &Arc<AppState>) {
             let dialer = dialer.clone();
             async move {
                 let pinged = match DialInfo::parse(&addr) {
-                    Ok(dial) => tokio::time::timeout(PING_DEADLINE, async {
-                        let p = dialer.ping(&id, &dial).await.ok()?;
-                        let direct = p.direct || dialer.wait_direct(&id, &dial, DIRECT_WAIT).await;
-                        Some((p, direct))
-                    })
-                    .await
-                    .ok()
-                    .flatten(),
+                    Ok(dial) => probe(&dialer, &id, &dial).await,
                     Err(_) => None,
                 };
                 if pinged.is_none() {

@@ -152,7 +152,15 @@ async fn main() -> anyhow::Result<()> {
     let upstream = args.upstream.or(file.upstream);
     let root = args.root.or(file.root);
     let mut config = match (root, &upstream) {
-        (Some(root), None) => Config::new(root),
+        (Some(root), None) => {
+            // Before anything is bound or printed: a wrong --root is a start-up error.
+            match std::fs::metadata(&root) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => bail!("--root {} is not a directory", root.display()),
+                Err(e) => bail!("--root {}: {e}", root.display()),
+            }
+            Config::new(root)
+        }
         (None, Some(url)) => {
             if !url.starts_with("http://") && !url.starts_with("https://") {
                 bail!("--upstream must be an http(s) URL: {url:?}");

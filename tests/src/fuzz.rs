@@ -434,6 +434,10 @@ fn from_host_examples() -> Vec<FromHost> {
                 idle_secs: 1,
             }],
             recent: vec![recent],
+            doctor: vec![peercache_core::doctor::reach(
+                "https://example.org",
+                &Err("connection refused".into()),
+            )],
         },
         FromHost::NotShareable {
             url: "https://example.org/x".into(),

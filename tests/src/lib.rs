@@ -493,6 +493,51 @@ pub async fn fetch_cli_watched(
     Ok((status.success(), reader.await?, peak))
 }
 
+/// A TCP gate in front of a server: it holds every connection until `crowd`
+/// connections have arrived (or 30 s passed), then lets them all through at
+/// once. Processes that start at different speeds on a loaded machine so
+/// reach the server together, as a real flash crowd does.
+#[derive(Debug)]
+pub struct Gate {
+    /// `http://127.0.0.1:PORT`, to use in place of the server's URL.
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a [`Gate`] in front of `server` (`http://host:port`).
+pub async fn spawn_gate(server: &str, crowd: usize) -> anyhow::Result<Gate> {
+    let upstream = server
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut arrived = 0;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            arrived += 1;
+            if arrived >= crowd {
+                let _ = open_tx.send(true);
+            }
+            let (mut open, upstream) = (open_rx.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), open.wait_for(|o| *o)).await;
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    Ok(Gate { url, task })
+}
+
 /// Prometheus text → sums per metric name.
 pub async fn metrics(base: &str) -> anyhow::Result<HashMap<String, f64>> {
     let text = reqwest::get(format!("{base}/metrics"))

@@ -75,6 +75,9 @@ pub struct View {
     pub why: Vec<WhyView>,
     /// What the administrator fixed, so the popup can lock those controls.
     pub managed: ManagedView,
+    /// The host's doctor verdicts (browsers registered, reachable by peers),
+    /// as `peercache-host doctor` prints them.
+    pub doctor: Vec<peercache_core::doctor::Verdict>,
 }
 
 /// Which controls an administrator's policy holds.
@@ -152,6 +155,7 @@ pub struct Brain {
     loopback: BTreeMap<String, String>,
     peers: Vec<RecentPeer>,
     recent: Vec<peercache_core::explain::Explanation>,
+    doctor: Vec<peercache_core::doctor::Verdict>,
 }
 
 fn to_js<T: Serialize>(value: &T) -> JsValue {
@@ -181,6 +185,7 @@ impl Brain {
             loopback: BTreeMap::new(),
             peers: Vec::new(),
             recent: Vec::new(),
+            doctor: Vec::new(),
         }
     }
 
@@ -238,9 +243,11 @@ impl Brain {
                 limits,
                 peers,
                 recent,
+                doctor,
                 ..
             } => {
                 self.recent = recent;
+                self.doctor = doctor;
                 self.host = HostState::Connected;
                 self.counters = counters;
                 self.limits = limits;
@@ -293,7 +300,7 @@ impl Brain {
                 .rules(self.gateway.as_ref(), &self.granted())
                 .len(),
             user_limits: self.settings.limits_now(),
-            install_command: "peercache-host install --browser chromium   # or chrome, firefox",
+            install_command: "peercache-host install --browser chrome   # or chromium, edge, brave, vivaldi, firefox, librewolf",
             peers: self.peers.clone(),
             recent: self.recent.clone(),
             recent_text: self.recent.iter().map(|e| e.render()).collect(),
@@ -303,6 +310,7 @@ impl Brain {
                 auto_enable: self.settings.managed.auto_enable.is_some(),
                 limits: self.settings.managed.limits.is_some(),
             },
+            doctor: self.doctor.clone(),
         }
     }
 
@@ -530,6 +538,7 @@ mod tests {
             limits: HostLimits::default(),
             peers: Vec::new(),
             recent: Vec::new(),
+            doctor: Vec::new(),
         };
         assert!(b.apply_host_message(status.clone()));
         assert!(!b.apply_host_message(status));

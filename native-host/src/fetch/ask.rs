@@ -34,8 +34,8 @@ pub enum Asked {
     Bytes(reqwest::Response),
     /// It refers to holders.
     Referred(Box<Referral>),
-    /// It is silent or down.
-    Silent,
+    /// It is silent or down (why, in words: "connection refused", a TLS error…).
+    Silent(String),
     /// The version named by `If-None-Match` is current (`304`), with the
     /// site's headers.
     NotModified(reqwest::header::HeaderMap),
@@ -69,15 +69,15 @@ pub async fn ask(
     options: AskOptions<'_>,
     events: &Events,
 ) -> Result<Answer, FetchError> {
-    let silent = || Answer {
-        asked: Asked::Silent,
+    let silent = |why: String| Answer {
+        asked: Asked::Silent(why),
         record: None,
     };
     // Failure to register only costs sharing, never the download.
     if !link.is_registered(origin).await {
         match link.register(origin).await {
             Ok(()) => {}
-            Err(e) if e.is_silence() => return Ok(silent()),
+            Err(e) if e.is_silence() => return Ok(silent(e.cause())),
             Err(e) => tracing::debug!(error = %e, "registration failed; fetching anyway"),
         }
     }
@@ -99,7 +99,13 @@ pub async fn ask(
         let r = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) if !(e.is_connect() || e.is_timeout()) => return Err(e.into()),
-            _ => return Ok(silent()),
+            Ok(Err(e)) => return Ok(silent(crate::server_link::cause_chain(&e))),
+            Err(_) => {
+                return Ok(silent(format!(
+                    "no answer within {} s",
+                    link.timeout().as_secs_f32()
+                )));
+            }
         };
         let status = r.status().as_u16();
         if status == 503 && as_client {
@@ -110,7 +116,7 @@ pub async fn ask(
                 .and_then(|v| v.parse::<u64>().ok());
             match retry_after {
                 // A 503 without Retry-After: the server is in trouble.
-                None => return Ok(silent()),
+                None => return Ok(silent("it answered 503".into())),
                 Some(secs) if waited < options.max_deferral => {
                     // On its way to another client: wait as told, then ask again
                     // to be referred to that client.
@@ -134,7 +140,7 @@ pub async fn ask(
             continue;
         }
         if matches!(status, 502..=504) {
-            return Ok(silent());
+            return Ok(silent(format!("it answered {status}")));
         }
         break r;
     };

@@ -16,7 +16,7 @@ pub enum FetchError {
     #[error("not an http(s) URL: {0}")]
     BadUrl(String),
     /// The server could not be reached or broke off.
-    #[error("server unreachable: {0}")]
+    #[error("server unreachable: {}", crate::server_link::cause_chain(.0))]
     Unreachable(#[from] reqwest::Error),
     /// The site answered with this status (passed on to the browser as is).
     #[error("the site answered {0}")]
@@ -34,8 +34,13 @@ pub enum FetchError {
     #[error("cancelled")]
     Cancelled,
     /// The server is silent and peers could not stand in.
-    #[error("server unreachable, and {0}")]
-    ServerDown(&'static str),
+    #[error("server unreachable ({cause}), and {then}")]
+    ServerDown {
+        /// Why the server is silent: "connection refused", a TLS error, …
+        cause: String,
+        /// Why peers could not stand in.
+        then: &'static str,
+    },
     /// Every source failed, the server included.
     #[error("every source failed: {0}")]
     Sources(String),
@@ -49,7 +54,9 @@ impl FetchError {
     /// (its look-up table may be down for a moment). Bad input is not.
     pub fn is_transient(&self) -> bool {
         match self {
-            FetchError::Unreachable(_) | FetchError::ServerDown(_) | FetchError::Sources(_) => true,
+            FetchError::Unreachable(_) | FetchError::ServerDown { .. } | FetchError::Sources(_) => {
+                true
+            }
             FetchError::SiteStatus(s) => *s >= 500 || *s == 429,
             _ => false,
         }

@@ -322,10 +322,10 @@ impl Fetcher {
                 Ok(self.from_server(origin, resp, events))
             }
             ask::Asked::Referred(referral) => self.referred(origin, url, *referral, events).await,
-            ask::Asked::Silent => {
+            ask::Asked::Silent(why) => {
                 counter!("peercache_server_silent_total").increment(1);
                 events.emit(DownloadEvent::ServerSilent);
-                self.without_server(origin, url, events).await
+                self.without_server(origin, url, why, events).await
             }
             // Only asked for with a version held, answered above.
             ask::Asked::NotModified(_) => Err(FetchError::SiteStatus(304)),
@@ -470,13 +470,17 @@ impl Fetcher {
         self: &Arc<Self>,
         origin: String,
         url: reqwest::Url,
+        why: String,
         events: Arc<Events>,
     ) -> Result<Download, FetchError> {
         let p = &self.parts;
         let key = p
             .knowledge
             .pinned_key(&origin)
-            .ok_or(FetchError::ServerDown("no key pinned for this server yet"))?;
+            .ok_or_else(|| FetchError::ServerDown {
+                cause: why.clone(),
+                then: "no key pinned for this server yet (peers stand in only for a server met before)",
+            })?;
         // Peers behind routers are reached through the relays the server
         // offered before (it may be down, its relay need not be).
         peercache_net::endpoint::add_relays(
@@ -504,9 +508,10 @@ impl Fetcher {
             .into_iter()
             .chain(found.records)
             .find(|r| r.verify(&key, url.as_str(), now).is_ok())
-            .ok_or(FetchError::ServerDown(
-                "no peer has a record signed by the pinned key",
-            ))?;
+            .ok_or_else(|| FetchError::ServerDown {
+                cause: why.clone(),
+                then: "no peer has a record signed by the pinned key",
+            })?;
         let object = Object {
             hash: record.record.hash,
             size: record.record.size,
@@ -519,7 +524,10 @@ impl Fetcher {
             return Ok(dl);
         }
         if found.holders.is_empty() {
-            return Err(FetchError::ServerDown("no peer holds the object"));
+            return Err(FetchError::ServerDown {
+                cause: why,
+                then: "no peer holds the object",
+            });
         }
         p.knowledge.keep_record(&record);
         // Check speed before downloading: first to meet the target, else fastest.
@@ -699,12 +707,14 @@ impl Fetcher {
                     (TransferError::NoProof, Some(url)) => {
                         self.server_whole(&origin, url, hash, events, tx).await
                     }
-                    (TransferError::NoProof, None) => {
-                        Err(FetchError::ServerDown("no peer could prove the object"))
-                    }
-                    (TransferError::PeersFailed, _) if server_down => {
-                        Err(FetchError::ServerDown("every peer failed"))
-                    }
+                    (TransferError::NoProof, None) => Err(FetchError::ServerDown {
+                        cause: "silent".into(),
+                        then: "no peer could prove the object",
+                    }),
+                    (TransferError::PeersFailed, _) if server_down => Err(FetchError::ServerDown {
+                        cause: "silent".into(),
+                        then: "every peer failed",
+                    }),
                     (TransferError::Disk(e), _) => Err(FetchError::Disk(e)),
                     (TransferError::Cancelled, _) => Err(FetchError::Cancelled),
                     (other, _) => Err(FetchError::Sources(other.to_string())),

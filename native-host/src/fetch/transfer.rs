@@ -23,7 +23,6 @@
 //! Every source tried, failed and every verified range is an event.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -410,7 +409,7 @@ async fn run_inner(
             let f = file.clone();
             let bytes = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; len];
-                f.read_exact_at(&mut buf, offset).map(|()| buf)
+                read_exact_at(&f, &mut buf, offset).map(|()| buf)
             })
             .await
             .map_err(std::io::Error::other)
@@ -771,7 +770,7 @@ async fn flush(
         let file = job.file.clone();
         let partial = job.partial.clone();
         tokio::task::spawn_blocking(move || {
-            file.write_all_at(&data, first * GROUP)?;
+            write_all_at(&file, &data, first * GROUP)?;
             // Written, then named in the have-map: others may ask for it now.
             match partial {
                 Some(p) => p.mark(first, end),
@@ -814,6 +813,54 @@ async fn flush(
     });
     job.progress.notify_waiters();
     job.progress.notify_one();
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes at `offset` without moving a shared cursor.
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// Writes all of `data` at `offset` without moving a shared cursor.
+#[cfg(unix)]
+fn write_all_at(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+}
+
+/// Reads `buf.len()` bytes at `offset` (Windows: positioned reads, looped).
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `data` at `offset` (Windows: positioned writes, looped).
+#[cfg(windows)]
+fn write_all_at(file: &std::fs::File, mut data: &[u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !data.is_empty() {
+        match file.seek_write(data, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 

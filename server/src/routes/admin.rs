@@ -122,14 +122,16 @@ svg{border:1px solid #dde1e7;border-radius:8px;margin-top:12px}
  <div class="card">served / referred<b><span id="served">0</span> / <span id="referred">0</span></b></div>
  <div class="card">bytes from server<b id="bytes-served">0</b></div>
  <div class="card">bytes from peers<b id="bytes-peers">0</b></div>
- <div class="card">peers live / serving<b><span id="peers">0</span> / <span id="serving">0</span></b></div>
+ <div class="card">peers serving<b id="serving">0</b></div>
+ <div class="card">clients (download only)<b id="clients">0</b></div>
  <div class="card">objects listed<b id="objects">0</b></div>
  <div class="card">mismatches<b id="mismatches">0</b></div>
  <div class="card">relayed (site egress, not offload)<b id="relayed">0</b></div>
  <div class="card">uplink (limit / measured)<b id="uplink">–</b></div>
 </div>
 <p id="store"></p>
-<svg id="chart" width="940" height="160" viewBox="0 0 940 160"></svg>
+<h2>bytes per second, by source <span id="chart-window" style="font-weight:normal;color:#5a6270"></span></h2>
+<svg id="chart" width="940" height="200" viewBox="0 0 940 200"></svg>
 <h2>recent decisions</h2>
 <table><thead><tr><th>time</th><th>path</th><th>client</th><th>size</th><th>estimate</th><th>target</th><th>egress limit</th><th>in flight</th><th>client bandwidth</th><th>holders</th><th>verdict</th><th>reason</th></tr></thead><tbody id="decision-rows"></tbody></table>
 <h2>peers</h2>
@@ -137,23 +139,47 @@ svg{border:1px solid #dde1e7;border-radius:8px;margin-top:12px}
 <script>
 const fmt = (n) => { const u = ['B','KiB','MiB','GiB','TiB']; let i = 0; while (n >= 1024 && i < 4) { n /= 1024; i++; } return (i ? n.toFixed(1) : n) + ' ' + u[i]; };
 const set = (id, v) => { document.getElementById(id).textContent = v; };
+// Stacked bars of bytes/s from the server and from peers between samples, with
+// a y axis in bytes/s and an x axis in time before now.
 function chart(history) {
   const svg = document.getElementById('chart');
-  if (history.length < 2) { svg.innerHTML = '<text x="12" y="24" fill="#5a6270">offload over time appears here</text>'; return; }
+  const L = 80, R = 930, T = 24, B = 170;
+  if (history.length < 2) {
+    svg.innerHTML = '<text x="12" y="24" fill="#5a6270">bytes per second from the server and from peers appear here after a few seconds</text>';
+    set('chart-window', '');
+    return;
+  }
   const rates = [];
   for (let i = 1; i < history.length; i++) {
     const dt = Math.max(1, history[i][0] - history[i-1][0]);
     rates.push([(history[i][1] - history[i-1][1]) / dt, (history[i][2] - history[i-1][2]) / dt]);
   }
+  const span = Math.max(1, history[history.length - 1][0] - history[0][0]);
+  const spanText = span >= 120 ? Math.round(span / 60) + ' min' : span + ' s';
+  set('chart-window', `(last ${spanText}, updated every second)`);
   const max = Math.max(1, ...rates.map(r => r[0] + r[1]));
-  const w = 940 / rates.length;
+  const h = B - T, w = (R - L) / rates.length;
   let out = '';
+  for (const f of [0, 0.5, 1]) {
+    const y = B - h * f;
+    out += `<line x1="${L}" x2="${R}" y1="${y}" y2="${y}" stroke="#eceef2"/>`;
+    out += `<text x="${L - 6}" y="${y + 4}" text-anchor="end" font-size="11" fill="#5a6270">${fmt(Math.round(max * f))}/s</text>`;
+  }
   rates.forEach((r, i) => {
-    const hs = 140 * r[0] / max, hp = 140 * r[1] / max;
-    out += `<rect x="${i*w}" y="${150-hs-hp}" width="${Math.max(1,w-1)}" height="${hp}" fill="#2a7"/>`;
-    out += `<rect x="${i*w}" y="${150-hs}" width="${Math.max(1,w-1)}" height="${hs}" fill="#8a94a6"/>`;
+    const hs = h * r[0] / max, hp = h * r[1] / max;
+    const x = L + i * w;
+    out += `<rect x="${x}" y="${B-hs-hp}" width="${Math.max(1,w-1)}" height="${hp}" fill="#2a7"/>`;
+    out += `<rect x="${x}" y="${B-hs}" width="${Math.max(1,w-1)}" height="${hs}" fill="#8a94a6"/>`;
   });
-  out += '<text x="10" y="16" fill="#2a7">from peers</text><text x="100" y="16" fill="#8a94a6">from server</text>';
+  out += `<line x1="${L}" x2="${R}" y1="${B}" y2="${B}" stroke="#8a94a6"/><line x1="${L}" x2="${L}" y1="${T}" y2="${B}" stroke="#8a94a6"/>`;
+  const ago = (s) => s === 0 ? 'now' : (span >= 120 ? '−' + Math.round(s / 60) + ' min' : '−' + s + ' s');
+  for (const f of [0, 0.25, 0.5, 0.75, 1]) {
+    const anchor = f === 0 ? 'start' : f === 1 ? 'end' : 'middle';
+    out += `<text x="${L + (R - L) * f}" y="${B + 16}" text-anchor="${anchor}" font-size="11" fill="#5a6270">${ago(Math.round(span * (1 - f)))}</text>`;
+  }
+  out += `<text x="${(L + R) / 2}" y="${B + 30}" text-anchor="middle" font-size="11" fill="#5a6270">time</text>`;
+  out += `<rect x="${L}" y="6" width="10" height="10" fill="#2a7"/><text x="${L + 14}" y="15" font-size="12" fill="#1d2430">from peers</text>`;
+  out += `<rect x="${L + 100}" y="6" width="10" height="10" fill="#8a94a6"/><text x="${L + 114}" y="15" font-size="12" fill="#1d2430">from the server</text>`;
   svg.innerHTML = out;
 }
 async function refresh() {
@@ -162,7 +188,7 @@ async function refresh() {
     set('offload', (100 * s.offload).toFixed(1) + '%');
     set('served', s.requests_served); set('referred', s.requests_referred);
     set('bytes-served', fmt(s.bytes_served)); set('bytes-peers', fmt(s.bytes_from_peers));
-    set('peers', s.peers_live); set('serving', s.peers_serving); set('objects', s.objects_listed);
+    set('serving', s.peers_serving); set('clients', Math.max(0, s.peers_live - s.peers_serving)); set('objects', s.objects_listed);
     set('mismatches', s.mismatch_reports);
     set('relayed', fmt(s.relay_bytes_out));
     set('uplink', (s.egress_limit == null ? 'no limit' : fmt(s.egress_limit) + '/s') + ' / '
@@ -170,10 +196,11 @@ async function refresh() {
     const st = document.getElementById('store');
     st.className = s.store_ok ? '' : 'bad';
     st.textContent = s.store_ok ? '' : 'look-up table unavailable: serving every request directly';
+    // Clients that only download are counted apart from the serving peers.
     const rows = document.getElementById('peer-rows');
     rows.replaceChildren(...s.peers.map(p => {
       const tr = document.createElement('tr');
-      for (const v of [p.id.slice(0, 16) + '…', p.addr ?? '(client only)', p.path, p.rtt_ms == null ? '–' : p.rtt_ms + ' ms', p.load ?? '–', p.strikes, p.objects]) {
+      for (const v of [p.id.slice(0, 16) + '…', p.addr ?? '(client only: downloads, serves nobody)', p.path, p.rtt_ms == null ? '–' : p.rtt_ms + ' ms', p.load ?? '–', p.strikes, p.objects]) {
         const td = document.createElement('td'); td.textContent = v; tr.append(td);
       }
       return tr;

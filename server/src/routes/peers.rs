@@ -14,7 +14,8 @@ use axum::{Json, Router};
 use metrics::counter;
 use peercache_core::headers;
 use peercache_core::protocol::{
-    Announce, AnnounceResponse, Outcome, RegisterRequest, RegisterResponse, Report, SERVER_PROXY_ID,
+    Announce, AnnounceResponse, Outcome, ReachRequest, ReachResponse, RegisterRequest,
+    RegisterResponse, Report, SERVER_PROXY_ID,
 };
 
 use crate::error::ApiError;
@@ -27,10 +28,11 @@ pub const MAX_ANNOUNCE_HASHES: usize = 10_000;
 /// Most possession proofs the server runs for one announce.
 const MAX_PROOFS_PER_ANNOUNCE: usize = 8;
 
-/// `POST /v1/peers`, `/v1/announce`, `/v1/report`.
+/// `POST /v1/peers`, `/v1/announce`, `/v1/report`, `/v1/reach`.
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/peers", post(register))
+        .route("/v1/reach", post(reach))
         .route("/v1/announce", post(announce))
         .route("/v1/report", post(report))
 }
@@ -140,6 +142,43 @@ async fn register(
         ttl_secs: state.store.limits().ttl_ms / 1000,
         relays: state.relays.clone(),
     }))
+}
+
+/// `POST /v1/reach`: how this server sees the signing host: the address it
+/// lists for it, and whether a ping to it (dialed by key now, as the pinger
+/// does) is answered, and directly. Limited like announces (per key).
+async fn reach(
+    State(state): State<Arc<AppState>>,
+    req_headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<ReachResponse>, ApiError> {
+    let (id, _) = authenticated::<ReachRequest>(&req_headers, "/v1/reach", body, |r| &r.peer_id)?;
+    if !state
+        .announce_limiter
+        .allow(&id, state.config.announce_rate)
+    {
+        return Err(ApiError::TooManyRequests);
+    }
+    let addr = state.store.peer_addr(&id, now_ms()).await?;
+    let mut answer = ReachResponse {
+        addr: addr.clone(),
+        answered: false,
+        direct: false,
+        rtt_ms: None,
+    };
+    if let (Some(addr), Some(dialer)) = (addr, state.peers.clone())
+        && let Ok(dial) = peercache_core::peer::DialInfo::parse(&addr)
+        && let Some((pong, direct)) = crate::health::probe(&dialer, &id, &dial).await
+    {
+        answer.answered = true;
+        answer.direct = direct;
+        answer.rtt_ms = Some(
+            u32::try_from(pong.rtt.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1),
+        );
+    }
+    Ok(Json(answer))
 }
 
 /// Checks that the peer `id` at `addr` really holds `obj`: asks it, over its QUIC

@@ -5,9 +5,11 @@
 //! cargo run --release -p peercache-tests --bin peercache-bench -- table-redis
 //! cargo run --release -p peercache-tests --bin peercache-bench -- latency
 //! cargo run --release -p peercache-tests --bin peercache-bench -- nat
+//! cargo run --release -p peercache-tests --bin peercache-bench -- flash-crowd --n 8,16,32
 //! ```
 //! `latency` needs `cargo build --release --bins` first (it starts the real server).
 
+mod crowd;
 mod nat;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -311,8 +313,6 @@ async fn timed_get(url: &str) -> anyhow::Result<(u64, Duration)> {
     Ok((n, t.elapsed()))
 }
 
-/// Peer serving vs nginx (256 MiB object; 16 KiB objects), and a verified
-/// download through the client protocol vs a plain HTTP download.
 /// Downloads `hash` whole from a peer over its QUIC connection (unverified: the
 /// transport alone); returns the bytes and the time.
 async fn timed_peer_get(
@@ -330,7 +330,55 @@ async fn timed_peer_get(
     Ok((n, started.elapsed()))
 }
 
+/// CPU time (user + system) of process `pid` so far, in seconds (`/proc`).
+fn cpu_seconds(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces).
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let utime: f64 = rest.get(11)?.parse().ok()?;
+            let stime: f64 = rest.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds spent by `server` and by this process (the client) during `f`.
+async fn with_cpu<T>(
+    server: u32,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, f64, f64)> {
+    let (s0, c0) = (cpu_seconds(&server.to_string()), cpu_seconds("self"));
+    let out = f.await?;
+    let (s1, c1) = (cpu_seconds(&server.to_string()), cpu_seconds("self"));
+    Ok((out, s1 - s0, c1 - c0))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Peer serving vs nginx (256 MiB object; 16 KiB objects), and a verified
+/// download through the client protocol vs a plain download. Besides the
+/// rates it prints the CPU time each side spent per MiB: on this shared
+/// 2-core machine the rates follow the CPU left over by other work, the CPU
+/// cost per byte does not.
 async fn peer_serving() -> anyhow::Result<()> {
+    println!(
+        "build: {}; load average at start: {}",
+        if cfg!(debug_assertions) {
+            "DEBUG (use --release)"
+        } else {
+            "release"
+        },
+        loadavg()
+    );
     let dir = peercache_tests::TempDir::new("bench-peer");
     let big = peercache_tests::test_bytes(256 << 20, 7);
     let small = peercache_tests::test_bytes(16 * 1024, 8);
@@ -361,73 +409,104 @@ async fn peer_serving() -> anyhow::Result<()> {
         &["--max-uploads", "4096", "--requester-rate", "1000000"],
     )
     .await?;
+    let peer_pid = peer.proc.child.id().unwrap_or(0);
     let (hb, hs) = (ObjectHash::of(&big), ObjectHash::of(&small));
-    let objects = dir.join("seed/objects");
     let dialer = peercache_tests::peer_dialer().await?;
     let dial = peer.dial();
     let nginx = nginx(&dir.join("seed")).await?;
-    // 256 MiB, three runs each, best of three.
+    let nginx_pid = nginx.as_ref().and_then(|(g, _)| g.0.id()).unwrap_or(0);
+    // 256 MiB, three runs each, best of three; CPU per MiB summed over the runs.
     let mut best_peer = f64::MAX;
     let mut best_nginx = f64::MAX;
+    let (mut cpu_peer, mut cpu_nginx) = ((0.0, 0.0), (0.0, 0.0));
     for _ in 0..3 {
-        let (n, d) = timed_peer_get(&dialer, &peer.id, &dial, hb).await?;
+        let ((n, d), s, c) =
+            with_cpu(peer_pid, timed_peer_get(&dialer, &peer.id, &dial, hb)).await?;
         assert_eq!(n, big.len() as u64);
         best_peer = best_peer.min(d.as_secs_f64());
+        cpu_peer = (cpu_peer.0 + s, cpu_peer.1 + c);
         if let Some((_, port)) = &nginx {
-            let (n, d) = timed_get(&format!("http://127.0.0.1:{port}/objects/{hb}")).await?;
+            let ((n, d), s, c) = with_cpu(
+                nginx_pid,
+                timed_get(&format!("http://127.0.0.1:{port}/objects/{hb}")),
+            )
+            .await?;
             assert_eq!(n, big.len() as u64);
             best_nginx = best_nginx.min(d.as_secs_f64());
+            cpu_nginx = (cpu_nginx.0 + s, cpu_nginx.1 + c);
         }
     }
+    let per_mib = |cpu: f64| 1000.0 * cpu / (3.0 * 256.0);
     let peer_rate = 256.0 / best_peer;
-    println!("256 MiB from the peer: {peer_rate:.0} MiB/s (best of 3)");
+    println!(
+        "256 MiB from the peer: {peer_rate:.0} MiB/s (best of 3); CPU per MiB: peer {:.2} ms, client {:.2} ms",
+        per_mib(cpu_peer.0),
+        per_mib(cpu_peer.1)
+    );
     if nginx.is_some() {
         let nginx_rate = 256.0 / best_nginx;
         println!(
-            "256 MiB from nginx:    {nginx_rate:.0} MiB/s (best of 3); ratio peer/nginx = {:.2}",
+            "256 MiB from nginx:    {nginx_rate:.0} MiB/s (best of 3); CPU per MiB: nginx {:.2} ms, client {:.2} ms; ratio peer/nginx = {:.2}",
+            per_mib(cpu_nginx.0),
+            per_mib(cpu_nginx.1),
             peer_rate / nginx_rate
         );
     }
     // 16 KiB objects, 64 concurrent requests on one QUIC connection.
     let dialer = std::sync::Arc::new(dialer);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..64 {
+    let small_wave = {
         let (dialer, id, dial) = (dialer.clone(), peer.id.clone(), dial.clone());
-        tasks.spawn(async move {
-            let mut ok = 0u32;
-            for _ in 0..200 {
-                if timed_peer_get(&dialer, &id, &dial, hs)
-                    .await
-                    .is_ok_and(|(n, _)| n == 16 * 1024)
-                {
-                    ok += 1;
-                }
+        async move {
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..64 {
+                let (dialer, id, dial) = (dialer.clone(), id.clone(), dial.clone());
+                tasks.spawn(async move {
+                    let mut ok = 0u32;
+                    for _ in 0..200 {
+                        if timed_peer_get(&dialer, &id, &dial, hs)
+                            .await
+                            .is_ok_and(|(n, _)| n == 16 * 1024)
+                        {
+                            ok += 1;
+                        }
+                    }
+                    ok
+                });
             }
-            ok
-        });
-    }
-    let mut ok = 0;
-    while let Some(n) = tasks.join_next().await {
-        ok += n?;
-    }
-    let prps = f64::from(ok) / started.elapsed().as_secs_f64();
-    println!("16 KiB objects from the peer: {prps:.0} req/s ({ok}/12800 ok)");
+            let mut ok = 0;
+            while let Some(n) = tasks.join_next().await {
+                ok += n?;
+            }
+            Ok::<_, anyhow::Error>((ok, started.elapsed()))
+        }
+    };
+    let ((ok, took), s, c) = with_cpu(peer_pid, small_wave).await?;
+    let prps = f64::from(ok) / took.as_secs_f64();
+    println!(
+        "16 KiB objects from the peer: {prps:.0} req/s ({ok}/12800 ok); CPU per request: peer {:.0} µs, client {:.0} µs",
+        1e6 * s / f64::from(ok.max(1)),
+        1e6 * c / f64::from(ok.max(1))
+    );
     if let Some((_, port)) = &nginx {
-        let (_, nrps, _) = run_wave(
-            &format!("http://127.0.0.1:{port}/objects/{hs}"),
-            None,
-            64,
-            200,
+        let ((_, nrps, _), s, c) = with_cpu(
+            nginx_pid,
+            run_wave(
+                &format!("http://127.0.0.1:{port}/objects/{hs}"),
+                None,
+                64,
+                200,
+            ),
         )
         .await?;
         println!(
-            "16 KiB objects from nginx:    {nrps:.0} req/s; ratio peer/nginx = {:.2}",
+            "16 KiB objects from nginx:    {nrps:.0} req/s; CPU per request: nginx {:.0} µs, client {:.0} µs; ratio peer/nginx = {:.2}",
+            1e6 * s / 12800.0,
+            1e6 * c / 12800.0,
             prps / nrps
         );
     }
     drop(nginx);
-    let _ = objects;
     // Verified download through the whole client protocol vs a plain download.
     let mut best_plain = f64::MAX;
     let mut best_verified = f64::MAX;
@@ -451,6 +530,7 @@ async fn peer_serving() -> anyhow::Result<()> {
         256.0 / best_plain,
         best_plain / best_verified
     );
+    println!("load average at the end: {}", loadavg());
     Ok(())
 }
 
@@ -597,12 +677,15 @@ async fn main() -> anyhow::Result<()> {
         "table-redis" => table_redis(100_000, 10_000, 3).await,
         "latency" => latency().await,
         "peer-serving" => peer_serving().await,
-        "flash-crowd" => {
+        "flash-crowd" => crowd::bench(std::env::args().skip(2).collect()).await,
+        "flash-crowd-loopback" => {
             flash_crowd(8).await?;
             flash_crowd(16).await
         }
         "nat" => nat::bench().await,
         "nat-probe" => nat::probe(std::env::args().skip(2).collect()).await,
-        _ => bail!("usage: peercache-bench table|table-redis|latency|peer-serving|flash-crowd|nat"),
+        _ => bail!(
+            "usage: peercache-bench table|table-redis|latency|peer-serving|flash-crowd|flash-crowd-loopback|nat"
+        ),
     }
 }
