@@ -160,8 +160,9 @@ impl Knowledge {
                 Ok(()) => {
                     let mut keys = lock(&self.keys);
                     keys.insert(origin.to_string(), key.to_ascii_lowercase());
+                    let _ = std::fs::create_dir_all(&self.data_dir);
                     let _ = write_atomically(
-                        &self.dir.join("servers.json"),
+                        &self.data_dir.join("servers.json"),
                         &serde_json::to_vec(&*keys).unwrap_or_default(),
                     );
                     tracing::info!(%origin, old = %p, new = %key, "the server rotated its key; pinned the new one");

@@ -1,7 +1,7 @@
 //! The server's record-signing key lasts: kept in its state directory across
 //! restarts (one per site), and shared by replicas through the look-up table.
 
-use peercache_tests::{Server, TempDir, fetch_cli, make_site, spawn_redis, test_bytes};
+use peercache_tests::{Server, TempDir, fetch_cli, make_site, spawn_redis, state_for, test_bytes};
 
 async fn server(root: &std::path::Path, state: &std::path::Path, args: &[&str]) -> Server {
     let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
@@ -86,7 +86,8 @@ async fn a_rotated_key_is_pinned_by_clients_and_server_down_fallback_keeps_worki
         cmd
     };
     let pinned = |cache: &str| -> String {
-        let text = std::fs::read_to_string(dir.join(cache).join("servers.json")).unwrap();
+        let text =
+            std::fs::read_to_string(state_for(&dir.join(cache)).join("servers.json")).unwrap();
         let map: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).unwrap();
         map.into_values().next().unwrap()
     };
@@ -159,7 +160,7 @@ async fn a_rotated_key_is_pinned_by_clients_and_server_down_fallback_keeps_worki
         .await
         .unwrap();
     assert!(ok && err.contains(&format!("from peer {}", a.id)), "{err}");
-    assert_eq!(pinned("c"), new_key, "the rotation was followed");
+    assert_eq!(pinned("c"), new_key, "the rotation was followed: {err}");
 
     // The server goes silent: C gets f from A, trusting A's record (signed by
     // the new key) because it pinned the new key.
@@ -214,7 +215,7 @@ async fn a_new_key_without_a_statement_is_not_pinned() {
         .await
         .unwrap();
     assert!(ok, "{err}");
-    let servers = std::fs::read_to_string(dir.join("c/servers.json")).unwrap();
+    let servers = std::fs::read_to_string(state_for(&dir.join("c")).join("servers.json")).unwrap();
     assert!(
         servers.contains(&old_key),
         "the pinned key stays: {servers}"
