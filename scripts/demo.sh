@@ -43,8 +43,8 @@ done
 
 metrics=$(curl -s "$admin/metrics")
 value() { echo "$metrics" | awk -v n="$1" '$1 == n {print $2}'; }
-served=$(value peercache_bytes_served_total)
-from_peers=$(value peercache_bytes_reported_from_peers_total)
+served=$(value peercache_served_bytes_total)
+from_peers=$(value peercache_reported_from_peers_bytes_total)
 echo
 echo "bytes sent by the server:    ${served:-0}"
 echo "bytes clients got from peers: ${from_peers:-0}"

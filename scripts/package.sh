@@ -11,16 +11,30 @@ cd "$(dirname "$0")/.."
 version=$(awk -F'"' '/^version = /{print $2; exit}' Cargo.toml)
 target=$(rustc -vV | awk '/^host:/{print $2}')
 
-echo "package: cargo build --release -p peercache-host"
-cargo build --release -p peercache-host
-bin=target/release/peercache-host
+# PEERCACHE_PACKAGE_PROFILE=dev packages the debug build (what the test command
+# already built) so CI checks the packaging without a second, release build.
+profile=${PEERCACHE_PACKAGE_PROFILE:-release}
+if [ "$profile" = dev ]; then
+  echo "package: cargo build -p peercache-host (dev profile, for the checks)"
+  cargo build -q -p peercache-host
+  bin=target/debug/peercache-host
+else
+  echo "package: cargo build --release -p peercache-host"
+  cargo build --release -p peercache-host
+  bin=target/release/peercache-host
+fi
 
 # The system-wide manifests, from the same browser table `install` uses.
 rm -rf target/pkg && mkdir -p target/pkg/root dist
 "$bin" install --system --stage-root target/pkg/root --host-path /usr/bin/peercache-host >/dev/null
 
 echo "package: cargo deb"
-cargo deb -p peercache-host --no-build --no-strip -o dist/ >/dev/null
+if [ "$profile" = dev ]; then
+  # Stripped: the debug build's symbols would make a 300 MB package.
+  cargo deb -p peercache-host --no-build --profile dev --fast -o dist/ >/dev/null 2>&1
+else
+  cargo deb -p peercache-host --no-build --no-strip -o dist/ >/dev/null
+fi
 
 name=peercache-host-$version-$target
 mkdir -p "target/pkg/$name"

@@ -41,8 +41,8 @@ scripts/build-extension.sh
 step "web-ext lint of the Firefox package (no errors)"
 (cd tests/e2e && node_modules/.bin/web-ext lint --source-dir ../../dist/firefox --output=text)
 
-step "release packages: .deb and tar.gz, built and checked in a throw-away root"
-scripts/package.sh
+step "packages: .deb and tar.gz (of the debug build), checked in a throw-away root"
+PEERCACHE_PACKAGE_PROFILE=dev scripts/package.sh
 scripts/check-packages.sh
 
 step "extension modules under Node (node --test, against the built wasm brain)"

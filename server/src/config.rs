@@ -33,6 +33,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Where the look-up table lives.
     pub store: StoreKind,
+    /// Extra trusted root (PEM) for a `rediss://` store.
+    pub redis_ca_cert: Option<PathBuf>,
     /// How often the server pings serving peers (M8).
     pub ping_interval: Duration,
     /// RTT above which a peer is demoted.
@@ -77,6 +79,8 @@ pub struct Config {
     pub max_defer: Duration,
     /// Most bytes kept on disk from the upstream (oldest evicted first).
     pub upstream_cache_max: u64,
+    /// Proxies whose forwarding headers name the client (empty: none).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Refer clients to serving peers that are receiving the object right now
     /// (partial holders, issue 12 point 1) rather than defer them.
     pub refer_to_receivers: bool,
@@ -111,6 +115,7 @@ impl Config {
             max_proxies: 8,
             public_url: None,
             store: StoreKind::Memory,
+            redis_ca_cert: None,
             ping_interval: Duration::from_secs(5),
             slow_threshold: Duration::from_millis(500),
             announce_rate: 5,
@@ -130,6 +135,7 @@ impl Config {
             max_peers_per_ip: 64,
             max_defer: Duration::from_secs(10),
             upstream_cache_max: 2 << 30,
+            trusted_proxies: Vec::new(),
             refer_to_receivers: true,
             cache_control: Vec::new(),
             state_dir: default_state_dir(),
@@ -212,17 +218,28 @@ impl std::str::FromStr for StoreKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "memory" {
             Ok(StoreKind::Memory)
-        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+        } else if [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .any(|p| s.starts_with(p))
+        {
             Ok(StoreKind::Redis(s.to_string()))
         } else {
             Err(format!(
-                "--store must be `memory` or `redis://HOST:PORT`, not {s:?}"
+                "--store must be `memory`, `redis://HOST:PORT` (`rediss://` for TLS) or \
+                 `redis+cluster://HOST:PORT,HOST:PORT` (`rediss+cluster://`), not {s:?}"
             ))
         }
     }
 }
 
-/// The `[server]` table of a TOML config file; every key optional.
+/// A TOML config file: top-level keys named as the long flags with `_`
+/// (`egress_limit = "10MiB"`), every key optional; unknown keys are refused.
+/// `deploy/server.toml` lists every key with its default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -248,6 +265,8 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     /// `memory` or `redis://…`.
     pub store: Option<String>,
+    /// Extra trusted root (PEM) for `rediss://`.
+    pub redis_ca_cert: Option<PathBuf>,
     /// e.g. `5s`.
     pub ping_interval: Option<String>,
     /// Record-signing key file.
@@ -291,4 +310,86 @@ pub struct FileConfig {
     pub cache_control: Option<Vec<String>>,
     /// State directory (the signing key).
     pub state_dir: Option<PathBuf>,
+    /// CIDRs of trusted proxies.
+    pub trusted_proxy: Option<Vec<String>>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/server.toml");
+
+    /// The example with every commented-out `# key = value` line enabled.
+    fn uncommented() -> String {
+        EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key the parser knows, from its own refusal of an unknown one.
+    fn known_keys() -> Vec<String> {
+        let err = toml::from_str::<FileConfig>("zz_unknown = 1")
+            .expect_err("unknown keys are refused")
+            .to_string();
+        let list = err.split("expected one of").nth(1).expect("a key list");
+        list.split(',')
+            .map(|k| k.trim().trim_matches('`').to_string())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn the_example_config_parses_and_lists_every_key() {
+        let file: FileConfig = toml::from_str(EXAMPLE).expect("deploy/server.toml parses");
+        let all: FileConfig = toml::from_str(&uncommented()).expect("with every key set");
+        assert!(all.root.is_some() && all.upstream.is_some() && all.key_file.is_some());
+        let table: toml::Table = toml::from_str(&uncommented()).unwrap();
+        let keys = known_keys();
+        assert!(keys.len() > 25, "{keys:?}");
+        for k in &keys {
+            assert!(
+                table.contains_key(k),
+                "deploy/server.toml does not list `{k}`"
+            );
+        }
+        // The values shown are the defaults.
+        let d = Config::new("/srv");
+        let dur = |s: &Option<String>| peercache_core::units::parse_duration(s.as_deref().unwrap());
+        let size = |s: &Option<String>| peercache_core::units::parse_size(s.as_deref().unwrap());
+        assert_eq!(dur(&file.target_period).unwrap(), d.target_period);
+        assert_eq!(dur(&file.peer_ttl).unwrap(), d.peer_ttl);
+        assert_eq!(dur(&file.ping_interval).unwrap(), d.ping_interval);
+        assert_eq!(dur(&file.header_timeout).unwrap(), d.header_timeout);
+        assert_eq!(dur(&file.write_timeout).unwrap(), d.write_timeout);
+        assert_eq!(dur(&file.max_defer).unwrap(), d.max_defer);
+        assert_eq!(size(&file.relay_rate).unwrap(), d.relay_rate);
+        assert_eq!(
+            size(&file.upstream_cache_max).unwrap(),
+            d.upstream_cache_max
+        );
+        assert_eq!(file.scope.as_deref(), Some(d.scope.as_str()));
+        assert_eq!(file.max_conns, Some(d.max_conns));
+        assert_eq!(file.max_conns_per_ip, Some(d.max_conns_per_ip));
+        assert_eq!(file.source_rate, Some(d.source_rate));
+        assert_eq!(file.max_peers_per_ip, Some(d.max_peers_per_ip));
+        assert_eq!(file.relay, Some(d.relay));
+        assert_eq!(file.relay_port, Some(DEFAULT_RELAY_PORT));
+        assert_eq!(file.relay_qad_port, Some(DEFAULT_QAD_PORT));
+        assert_eq!(file.store.as_deref().map(str::parse), Some(Ok(d.store)));
+        assert_eq!(file.trusted_proxy, Some(Vec::new()));
+    }
 }

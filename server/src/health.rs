@@ -44,6 +44,15 @@ pub async fn ping_all(state: &Arc<AppState>) {
     let Some(dialer) = state.peers.clone() else {
         return;
     };
+    // Replicas sharing a Redis store take turns: the lease holder pings.
+    match state.store.lead().await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "taking the lease failed");
+            return;
+        }
+    }
     let peers = match state.store.serving_peers(now_ms()).await {
         Ok(p) => p,
         Err(e) => {
@@ -65,10 +74,14 @@ pub async fn ping_all(state: &Arc<AppState>) {
                 }
                 counter!("peercache_pings_total").increment(1);
                 let (rtt, load) = match &pinged {
-                    Some((p, _)) => (
-                        Some(u32::try_from(p.rtt.as_millis()).unwrap_or(u32::MAX).max(1)),
-                        p.load,
-                    ),
+                    Some((p, _)) => {
+                        metrics::histogram!("peercache_ping_duration_seconds")
+                            .record(p.rtt.as_secs_f64());
+                        (
+                            Some(u32::try_from(p.rtt.as_millis()).unwrap_or(u32::MAX).max(1)),
+                            p.load,
+                        )
+                    }
                     None => {
                         counter!("peercache_ping_failures_total").increment(1);
                         tracing::info!(peer = %id, %addr, "ping failed");

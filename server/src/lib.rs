@@ -64,6 +64,7 @@
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod forwarded;
 pub mod health;
 pub mod listen;
 pub mod relay;
@@ -72,6 +73,7 @@ pub mod send;
 pub mod site;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 
 use std::future::Future;
@@ -90,6 +92,9 @@ pub enum StartError {
     /// TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    /// The Redis CA certificate could not be read.
+    #[error("Redis CA certificate {0}: {1}")]
+    RedisCa(String, std::io::Error),
     /// The look-up table could not be reached.
     #[error("look-up table: {0}")]
     Store(#[from] store::StoreError),
@@ -160,7 +165,17 @@ pub async fn run(
     let table = match &config.store {
         config::StoreKind::Memory => store::Store::Memory(store::MemoryStore::new(limits)),
         config::StoreKind::Redis(url) => {
-            store::Store::Redis(store::RedisStore::connect(url, "pc:", limits).await?)
+            let ca_pem = match &config.redis_ca_cert {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .map_err(|e| StartError::RedisCa(path.display().to_string(), e))?,
+                ),
+                None => None,
+            };
+            let options = store::RedisOptions { ca_pem };
+            store::Store::Redis(
+                store::RedisStore::connect_with(url, "pc:", limits, &options).await?,
+            )
         }
     };
     let key_file = config.signing_key_path();

@@ -16,7 +16,7 @@ struct Args {
     /// TOML config file (keys as the long flags, with `_`); flags override it.
     #[arg(long, env = "PEERCACHE_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on; prints `listening on ADDR` once bound.
+    /// Address to listen on; prints `listening on ADDR` once bound [default: 127.0.0.1:8080].
     #[arg(long, env = "PEERCACHE_LISTEN")]
     listen: Option<String>,
     /// Directory to serve as the site.
@@ -25,34 +25,43 @@ struct Args {
     /// Origin to proxy instead of a directory, e.g. `https://origin.internal`.
     #[arg(long, env = "PEERCACHE_UPSTREAM")]
     upstream: Option<String>,
-    /// Where objects kept from the upstream are stored.
+    /// Where objects kept from the upstream are stored [default: a directory in $TMPDIR].
     #[arg(long, env = "PEERCACHE_UPSTREAM_CACHE")]
     upstream_cache: Option<PathBuf>,
     /// Extra trusted root certificate (PEM) for the upstream.
     #[arg(long, env = "PEERCACHE_CA_CERT")]
     ca_cert: Option<PathBuf>,
-    /// Path prefix advertised for delivery through peers.
+    /// Path prefix advertised for delivery through peers [default: /static/].
     #[arg(long, env = "PEERCACHE_SCOPE")]
     scope: Option<String>,
-    /// Server egress capacity, e.g. `10MiB` (per second). Unlimited by default.
+    /// Server egress capacity, e.g. `10MiB` (per second) [default: unlimited].
+    /// Each replica applies it to its own traffic: with N replicas behind a
+    /// balancer, give each its share (total / N).
     #[arg(long, env = "PEERCACHE_EGRESS_LIMIT")]
     egress_limit: Option<String>,
-    /// Base target period, e.g. `2s`, `500ms`.
+    /// Base target period, e.g. `2s`, `500ms` [default: 2s].
     #[arg(long, env = "PEERCACHE_TARGET_PERIOD")]
     target_period: Option<String>,
-    /// How long a peer stays listed without an announce, e.g. `60s`.
+    /// How long a peer stays listed without an announce, e.g. `60s` [default: 60s].
     #[arg(long, env = "PEERCACHE_PEER_TTL")]
     peer_ttl: Option<String>,
-    /// Public base URL of this server (for its own proxy-list entry).
+    /// Public base URL of this server (for its own proxy-list entry) [default:
+    /// from the request's Host, and X-Forwarded-Proto from a trusted proxy].
     #[arg(long, env = "PEERCACHE_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Where the look-up table lives: `memory` (default) or `redis://HOST:PORT`.
+    /// Where the look-up table lives: `memory`, `redis://HOST:PORT`
+    /// (`rediss://` for TLS) or `redis+cluster://HOST:PORT,HOST:PORT` [default: memory].
     #[arg(long, env = "PEERCACHE_STORE")]
     store: Option<String>,
-    /// How often to ping serving peers, e.g. `5s` (`0s` turns pinging off).
+    /// Extra trusted root certificate (PEM) for a `rediss://` store (the
+    /// system's roots otherwise).
+    #[arg(long, env = "PEERCACHE_REDIS_CA_CERT")]
+    redis_ca_cert: Option<PathBuf>,
+    /// How often to ping serving peers, e.g. `5s` (`0s` turns pinging off) [default: 5s].
     #[arg(long, env = "PEERCACHE_PING_INTERVAL")]
     ping_interval: Option<String>,
-    /// Record-signing key file (created on first start). Clients pin this key.
+    /// Record-signing key file (created on first start). Clients pin this key
+    /// [default: a fresh key per start].
     #[arg(long, env = "PEERCACHE_KEY_FILE")]
     key_file: Option<PathBuf>,
     /// TLS certificate chain (PEM); with --tls-key serves https.
@@ -87,10 +96,10 @@ struct Args {
     /// Most connections from one client address [default: 256].
     #[arg(long, env = "PEERCACHE_MAX_CONNS_PER_IP")]
     max_conns_per_ip: Option<usize>,
-    /// Time to send a request's headers, and longest idle keep-alive, e.g. `10s`.
+    /// Time to send a request's headers, and longest idle keep-alive, e.g. `10s` [default: 10s].
     #[arg(long, env = "PEERCACHE_HEADER_TIMEOUT")]
     header_timeout: Option<String>,
-    /// Longest a response waits for a reader that stopped reading, e.g. `20s`.
+    /// Longest a response waits for a reader that stopped reading, e.g. `20s` [default: 20s].
     #[arg(long, env = "PEERCACHE_WRITE_TIMEOUT")]
     write_timeout: Option<String>,
     /// API requests per second one client address may make [default: 50; burst 4×].
@@ -99,12 +108,22 @@ struct Args {
     /// Most live peer ids registered from one client address [default: 64].
     #[arg(long, env = "PEERCACHE_MAX_PEERS_PER_IP")]
     max_peers_per_ip: Option<usize>,
-    /// Longest total time clients are deferred for one object, e.g. `10s`.
+    /// Longest total time clients are deferred for one object, e.g. `10s` [default: 10s].
     #[arg(long, env = "PEERCACHE_MAX_DEFER")]
     max_defer: Option<String>,
     /// Most bytes kept on disk from the upstream, e.g. `2GiB` [default: 2GiB].
     #[arg(long, env = "PEERCACHE_UPSTREAM_CACHE_MAX")]
     upstream_cache_max: Option<String>,
+    /// Proxies (load balancers) whose X-Forwarded-For / Forwarded and
+    /// X-Forwarded-Proto headers are believed, as CIDRs, e.g. `10.0.0.0/8`;
+    /// repeatable or comma-separated [default: none: the connection's address
+    /// is the client's].
+    #[arg(long, env = "PEERCACHE_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Vec<String>,
+    /// Log format on stderr: `text` or `json` (one JSON object per line)
+    /// [default: text].
+    #[arg(long, env = "PEERCACHE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     /// Never refer clients to peers still receiving an object (partial
     /// holders); defer them while it is on its way instead.
     #[arg(long, env = "PEERCACHE_NO_REFER_TO_RECEIVERS")]
@@ -131,15 +150,30 @@ struct Args {
     rotate_key: bool,
 }
 
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=warn".into()),
-        )
-        .init();
     let args = Args::parse();
     let file: FileConfig = match &args.config {
         Some(path) => {
@@ -149,6 +183,13 @@ async fn main() -> anyhow::Result<()> {
         }
         None => FileConfig::default(),
     };
+    let log_format = match (args.log_format, file.log_format.as_deref()) {
+        (Some(f), _) => f,
+        (None, None | Some("text")) => LogFormat::Text,
+        (None, Some("json")) => LogFormat::Json,
+        (None, Some(other)) => bail!("log_format must be `text` or `json`, not {other:?}"),
+    };
+    init_logs(log_format);
     let upstream = args.upstream.or(file.upstream);
     let root = args.root.or(file.root);
     let mut config = match (root, &upstream) {
@@ -209,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(s) = args.store.or(file.store) {
         config.store = s.parse().map_err(anyhow::Error::msg)?;
     }
+    config.redis_ca_cert = args.redis_ca_cert.or(file.redis_ca_cert);
     if let Some(s) = args.ping_interval.or(file.ping_interval) {
         config.ping_interval = parse_duration(&s)?;
     }
@@ -257,6 +299,16 @@ async fn main() -> anyhow::Result<()> {
     if let Some(s) = args.upstream_cache_max.or(file.upstream_cache_max) {
         config.upstream_cache_max = parse_size(&s)?;
     }
+    let proxies = if args.trusted_proxy.is_empty() {
+        file.trusted_proxy.unwrap_or_default()
+    } else {
+        args.trusted_proxy
+    };
+    for p in &proxies {
+        config.trusted_proxies.push(p.parse().with_context(|| {
+            format!("--trusted-proxy must be a CIDR such as 10.0.0.0/8, not {p:?}")
+        })?);
+    }
     if config.tls_cert.is_some() != config.tls_key.is_some() {
         bail!("--tls-cert and --tls-key go together");
     }
@@ -282,8 +334,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+    let handle = peercache_server::telemetry::install_recorder()
         .context("installing the metrics recorder")?;
     let admin_listen = args
         .admin_listen

@@ -62,8 +62,8 @@ impl Tally {
         match self {
             Tally::Served => "peercache_requests_served_total",
             Tally::Referred => "peercache_requests_referred_total",
-            Tally::BytesServed => "peercache_bytes_served_total",
-            Tally::BytesFromPeers => "peercache_bytes_reported_from_peers_total",
+            Tally::BytesServed => "peercache_served_bytes_total",
+            Tally::BytesFromPeers => "peercache_reported_from_peers_bytes_total",
             Tally::Mismatches => "peercache_mismatch_reports_total",
             Tally::StoreErrors => "peercache_store_errors_total",
         }
@@ -82,6 +82,11 @@ pub struct Figures {
     store_errors: AtomicU64,
     /// (unix seconds, bytes served, bytes from peers) samples.
     pub history: Mutex<VecDeque<(u64, u64, u64)>>,
+    /// Totals over all replicas (Redis store), in [`Tally::ALL`] order, as of
+    /// the last housekeeping tick; `None` with the memory store.
+    shared: Mutex<Option<[u64; 6]>>,
+    /// This process's figures as last added to the shared totals.
+    pushed: Mutex<[u64; 6]>,
 }
 
 impl Figures {
@@ -102,9 +107,69 @@ impl Figures {
         counter!(t.metric()).increment(n);
     }
 
-    /// The figure now.
+    /// The figure now, in this process.
     pub fn get(&self, t: Tally) -> u64 {
         self.cell(t).load(Ordering::Relaxed)
+    }
+
+    /// The figure `/admin` shows: the total over all replicas when they share
+    /// a Redis store (as of the last housekeeping tick plus this process's
+    /// events since), else this process's.
+    pub fn shown(&self, t: Tally) -> u64 {
+        let i = Tally::ALL.iter().position(|x| *x == t).unwrap_or(0);
+        let shared = *self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        match shared {
+            Some(totals) => {
+                let pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner())[i];
+                totals[i].saturating_add(self.get(t).saturating_sub(pushed))
+            }
+            None => self.get(t),
+        }
+    }
+
+    /// Adds what this process counted since the last call to the totals the
+    /// replicas share; the lease holder also samples the shared history.
+    async fn share(&self, store: &crate::store::RedisStore, sample_at: Option<u64>) {
+        let now: Vec<u64> = Tally::ALL.iter().map(|t| self.get(*t)).collect();
+        let before = *self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        let deltas: Vec<(&str, u64)> = Tally::ALL
+            .iter()
+            .zip(now.iter().zip(before))
+            .map(|(t, (n, b))| (t.metric(), n.saturating_sub(b)))
+            .collect();
+        match store.share_figures(&deltas, sample_at).await {
+            Ok(shared) => {
+                let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+                for (i, n) in now.iter().enumerate() {
+                    pushed[i] = *n;
+                }
+                let mut totals = [0u64; 6];
+                for (i, v) in shared.totals.iter().take(6).enumerate() {
+                    totals[i] = *v;
+                }
+                *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(totals);
+                let at = |t: Tally| Tally::ALL.iter().position(|x| *x == t).unwrap_or(0);
+                let (s, p) = (at(Tally::BytesServed), at(Tally::BytesFromPeers));
+                let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+                h.clear();
+                h.extend(
+                    shared
+                        .history
+                        .iter()
+                        .rev()
+                        .take(HISTORY)
+                        .rev()
+                        .map(|(t, v)| {
+                            (
+                                *t,
+                                v.get(s).copied().unwrap_or(0),
+                                v.get(p).copied().unwrap_or(0),
+                            )
+                        }),
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "sharing the figures failed"),
+        }
     }
 }
 
@@ -608,7 +673,7 @@ impl AppState {
             "peercache_range_requests_total",
             "peercache_reports_unreferred_total",
             "peercache_auth_failures_total",
-            "peercache_bytes_reported_relayed_total",
+            "peercache_reported_relayed_bytes_total",
         ];
         for name in Tally::ALL.iter().map(|t| t.metric()).chain(others) {
             counter!(name).increment(0);
@@ -656,7 +721,15 @@ impl AppState {
                 tick.tick().await;
                 let Some(state) = weak.upgrade() else { break };
                 let now = now_ms();
-                if let Err(e) = state.store.expire(now).await {
+                // One replica at a time expires (and pings): the lease holder.
+                let lead = match state.store.lead().await {
+                    Ok(lead) => lead,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "taking the lease failed");
+                        false
+                    }
+                };
+                if lead && let Err(e) = state.store.expire(now).await {
                     tracing::warn!(error = %e, "expiring peers failed");
                 }
                 if let Ok(s) = state.store.stats(now).await {
@@ -673,6 +746,10 @@ impl AppState {
                         .absolute(inn);
                 }
                 let f = &state.figures;
+                if let Store::Redis(redis) = &state.store {
+                    f.share(redis, lead.then_some(now / 1000)).await;
+                    continue;
+                }
                 let mut h = f.history.lock().unwrap_or_else(|p| p.into_inner());
                 if h.len() >= HISTORY {
                     h.pop_front();
@@ -695,7 +772,10 @@ impl AppState {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
-        format!("{}://{host}", if self.tls { "https" } else { "http" })
+        // A scheme header survives only from a trusted proxy (`routes::app`).
+        let scheme =
+            crate::forwarded::scheme(headers).unwrap_or(if self.tls { "https" } else { "http" });
+        format!("{scheme}://{host}")
     }
 
     /// Signs the record of `obj` as served at `url` (valid for a day). Signatures

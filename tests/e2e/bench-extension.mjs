@@ -48,7 +48,7 @@ try {
   const m0 = await serverMetrics(swarm);
   const dlPeer = await downloadTime(); // from the peer, verified
   const m1 = await serverMetrics(swarm);
-  console.log(`(first download: ${m1.peercache_requests_referred_total - m0.peercache_requests_referred_total} referral, ${m1.peercache_bytes_served_total - m0.peercache_bytes_served_total} bytes from the server, ${m1.peercache_requests_deferred_total - m0.peercache_requests_deferred_total} deferrals)`);
+  console.log(`(first download: ${m1.peercache_requests_referred_total - m0.peercache_requests_referred_total} referral, ${m1.peercache_served_bytes_total - m0.peercache_served_bytes_total} bytes from the server, ${m1.peercache_requests_deferred_total - m0.peercache_requests_deferred_total} deferrals)`);
   const dlCache = await downloadTime(); // from the host's own cache, re-verified
   await popup.click('#toggle');
   await waitFor('rules off', async () => (await worker.evaluate(async () => (await chrome.declarativeNetRequest.getSessionRules()).length)) === 0);

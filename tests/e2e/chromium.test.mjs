@@ -104,7 +104,7 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     const after = await serverMetrics(swarm);
     const peerAfter = await peerMetrics(swarm.peers.honest);
     assert.equal(after.peercache_requests_referred_total - before.peercache_requests_referred_total, 1, 'the server referred');
-    assert.equal(after.peercache_bytes_served_total - before.peercache_bytes_served_total, swarm.files.index.length,
+    assert.equal(after.peercache_served_bytes_total - before.peercache_served_bytes_total, swarm.files.index.length,
       'the server sent the page, not the file');
     assert.equal(peerAfter.peercache_uploads_total - peerBefore.peercache_uploads_total, 1, 'the peer uploaded');
     assert.equal(peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total, swarm.files.big.length);
@@ -144,7 +144,7 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     const after = await serverMetrics(swarm);
     const peerAfter = await peerMetrics(swarm.peers.honest);
     assert.equal(after.peercache_requests_referred_total, before.peercache_requests_referred_total, 'no referrals');
-    assert.ok(after.peercache_bytes_served_total - before.peercache_bytes_served_total
+    assert.ok(after.peercache_served_bytes_total - before.peercache_served_bytes_total
       >= swarm.files.big.length + swarm.files.pic.length + swarm.files.app.length, 'the server sent the bytes');
     assert.equal(peerAfter.peercache_uploads_total, peerBefore.peercache_uploads_total, 'the peer sent nothing');
     await p.click('#toggle');
@@ -181,7 +181,7 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     const liarAfter = await peerMetrics(swarm.peers.liar);
     assert.equal(liarAfter.peercache_uploads_total - liarBefore.peercache_uploads_total, 1, 'the liar was tried');
     assert.equal(after.peercache_mismatch_reports_total - before.peercache_mismatch_reports_total, 1, 'the mismatch was reported');
-    assert.equal(after.peercache_bytes_served_total - before.peercache_bytes_served_total,
+    assert.equal(after.peercache_served_bytes_total - before.peercache_served_bytes_total,
       swarm.files.index.length + swarm.files.lie.length, 'the server sent the page and the true file');
     await page.close();
   });

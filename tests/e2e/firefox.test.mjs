@@ -159,7 +159,7 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     const after = await serverMetrics(swarm);
     assert.equal(after.peercache_requests_referred_total, before.peercache_requests_referred_total);
     assert.equal(after.peercache_requests_headers_only_total, before.peercache_requests_headers_only_total);
-    assert.ok(after.peercache_bytes_served_total - before.peercache_bytes_served_total >= swarm.files.pic.length + swarm.files.app.length);
+    assert.ok(after.peercache_served_bytes_total - before.peercache_served_bytes_total >= swarm.files.pic.length + swarm.files.app.length);
     await p.click('#toggle');
     await waitFor('rules back', async () => (await ruleCount(p)) === 2);
     if (process.env.PEERCACHE_SCREENSHOTS) {
@@ -271,7 +271,7 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     const after = await serverMetrics(swarm);
     assert.equal(after.peercache_requests_headers_only_total - before.peercache_requests_headers_only_total, 1);
     assert.equal(after.peercache_range_requests_total - before.peercache_range_requests_total, 1, 'the rest by Range');
-    assert.ok(after.peercache_bytes_served_total - before.peercache_bytes_served_total < swarm.files.slow.length,
+    assert.ok(after.peercache_served_bytes_total - before.peercache_served_bytes_total < swarm.files.slow.length,
       'only the rest came from the site');
     assert.ok((await peerMetrics(swarm.peers.slow)).peercache_bytes_uploaded_total > slowBefore.peercache_bytes_uploaded_total,
       'the first part came from the slow peer');
@@ -299,7 +299,7 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
       const mid = await serverMetrics(swarm);
       assert.equal(mid.peercache_requests_headers_only_total - before.peercache_requests_headers_only_total, 2,
         'both were intercepted');
-      assert.ok(mid.peercache_bytes_served_total - before.peercache_bytes_served_total
+      assert.ok(mid.peercache_served_bytes_total - before.peercache_served_bytes_total
         >= swarm.files.pic.length + swarm.files.app.length, 'the site sent the bodies');
       // The watchdog takes the rules down.
       await waitFor('rules removed', async () => (await ruleCount(p)) === 0, 15000);

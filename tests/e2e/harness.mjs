@@ -114,7 +114,7 @@ export async function loadAssets(page, state, peer) {
   return {
     referred: d(after, before, 'peercache_requests_referred_total'),
     headersOnly: d(after, before, 'peercache_requests_headers_only_total'),
-    bytesServed: d(after, before, 'peercache_bytes_served_total'),
+    bytesServed: d(after, before, 'peercache_served_bytes_total'),
     peerUploads: d(peerAfter, peerBefore, 'peercache_uploads_total'),
     peerUploaded: d(peerAfter, peerBefore, 'peercache_bytes_uploaded_total'),
   };

@@ -17,6 +17,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 pub mod fuzz;
 pub mod netns;
 pub mod origin;
+pub mod redis_setups;
 
 /// Where the workspace binaries are.
 pub fn bin_dir() -> PathBuf {

@@ -216,7 +216,7 @@ async fn reports_cannot_forge_the_offload() {
         .unwrap();
     assert_eq!(status, 300);
     let from_peers =
-        |m: &std::collections::HashMap<String, f64>| m["peercache_bytes_reported_from_peers_total"];
+        |m: &std::collections::HashMap<String, f64>| m["peercache_reported_from_peers_bytes_total"];
     let before = from_peers(&metrics(&server.admin_url).await.unwrap());
     // 10 GiB for a 1 MiB object, for a referral that was made.
     let r = signed_post(

@@ -53,7 +53,7 @@ async fn a_second_client_gets_the_file_from_the_first() {
     let s = metrics(&server.admin_url).await.unwrap();
     assert_eq!(s["peercache_requests_referred_total"], 1.0);
     assert_eq!(
-        s["peercache_bytes_reported_from_peers_total"],
+        s["peercache_reported_from_peers_bytes_total"],
         data.len() as f64
     );
     let p = metrics(&peer.url).await.unwrap();

@@ -54,8 +54,8 @@ async fn a_large_object_comes_from_several_peers_at_once_and_no_byte_twice() {
     assert_eq!(std::fs::read(dir.join("out")).unwrap(), data);
     let after = metrics(&server.admin_url).await.unwrap();
     assert_eq!(
-        after["peercache_bytes_reported_from_peers_total"]
-            - before["peercache_bytes_reported_from_peers_total"],
+        after["peercache_reported_from_peers_bytes_total"]
+            - before["peercache_reported_from_peers_bytes_total"],
         data.len() as f64,
         "every verified byte came from peers, none twice"
     );
@@ -118,10 +118,10 @@ async fn when_a_peer_dies_mid_transfer_the_rest_comes_from_the_server_without_re
         "complete and verified"
     );
     let after = metrics(&server.admin_url).await.unwrap();
-    let from_peer = after["peercache_bytes_reported_from_peers_total"]
-        - before["peercache_bytes_reported_from_peers_total"];
+    let from_peer = after["peercache_reported_from_peers_bytes_total"]
+        - before["peercache_reported_from_peers_bytes_total"];
     let from_server =
-        after["peercache_bytes_served_total"] - before["peercache_bytes_served_total"];
+        after["peercache_served_bytes_total"] - before["peercache_served_bytes_total"];
     assert!(
         from_peer > 0.0 && from_server > 0.0,
         "peer {from_peer}, server {from_server}"

@@ -531,3 +531,59 @@ async fn a_peer_is_its_key_and_only_referred_clients_count() {
     assert_eq!(m["peercache_reports_unreferred_total"], 4.0);
     assert!(m["peercache_auth_failures_total"] >= 5.0);
 }
+
+/// `/admin` on any replica shows the figures of all replicas sharing a Redis
+/// store, and its history is the shared one.
+#[tokio::test]
+async fn replicas_sharing_redis_show_the_same_admin_figures() {
+    let dir = TempDir::new("replica-figures");
+    let data = test_bytes(300_000, 17);
+    let root = make_site(&dir, &[("f.bin", &data)]);
+    let redis = spawn_redis().await.unwrap();
+    let store = redis.url();
+    let args = ["--store", store.as_str(), "--ping-interval", "0s"];
+    let one = spawn_server(&root, &args).await.unwrap();
+    let two = spawn_server(&root, &args).await.unwrap();
+    // Two plain downloads through replica one, none through two.
+    for _ in 0..2 {
+        let body = reqwest::get(format!("{}/static/f.bin", one.url))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body.len(), data.len());
+    }
+    let stats = |admin: String| async move {
+        reqwest::get(format!("{admin}/admin/stats.json"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let want = 2 * data.len() as u64;
+    let mut seen = (0, 0, 0);
+    for _ in 0..100 {
+        let (a, b) = (
+            stats(one.admin_url.clone()).await,
+            stats(two.admin_url.clone()).await,
+        );
+        let served = |v: &serde_json::Value| v["bytes_served"].as_u64().unwrap_or(0);
+        let hist = |v: &serde_json::Value| v["history"].as_array().map_or(0, Vec::len);
+        seen = (served(&a), served(&b), hist(&b));
+        if seen.0 >= want && seen.1 >= want && seen.2 >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.0 >= want, "replica one counts its own bytes: {seen:?}");
+    assert!(
+        seen.1 >= want,
+        "replica two shows the bytes replica one served: {seen:?}"
+    );
+    assert!(
+        seen.2 >= 1,
+        "replica two shows the shared history: {seen:?}"
+    );
+}

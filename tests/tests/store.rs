@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use peercache_core::hash::ObjectHash;
 use peercache_core::protocol::{Load, Outcome, Report};
-use peercache_server::store::{MemoryStore, RedisStore, Store, StoreError, StoreLimits};
+use peercache_server::store::{
+    MemoryStore, RedisOptions, RedisStore, Store, StoreError, StoreLimits,
+};
 use peercache_tests::spawn_redis;
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
@@ -358,4 +360,143 @@ async fn redis_backend_reports_an_outage_instead_of_hanging() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(ok, "the store recovers when Redis is back");
+}
+
+#[tokio::test]
+async fn redis_over_tls_passes_the_suite() {
+    let redis = peercache_tests::redis_setups::spawn_redis_tls()
+        .await
+        .expect("redis-server with TLS and openssl (scripts/setup.sh)");
+    // Without the CA the server's certificate is refused: TLS is really on.
+    assert!(
+        RedisStore::connect(&redis.url(), "tls:", limits())
+            .await
+            .is_err(),
+        "an untrusted certificate must fail the connection"
+    );
+    // Plain text to the TLS port does not work either.
+    assert!(
+        RedisStore::connect(
+            &format!("redis://127.0.0.1:{}", redis.port),
+            "tls:",
+            limits()
+        )
+        .await
+        .is_err()
+    );
+    let options = RedisOptions {
+        ca_pem: Some(redis.ca_pem.clone()),
+    };
+    let store = RedisStore::connect_with(&redis.url(), "tls:", limits(), &options)
+        .await
+        .unwrap();
+    suite(Store::Redis(store)).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_passes_the_suite() {
+    let cluster = peercache_tests::redis_setups::spawn_redis_cluster()
+        .await
+        .expect("three cluster-enabled redis-servers");
+    let store = RedisStore::connect(&cluster.url(), "cluster:", limits())
+        .await
+        .unwrap();
+    suite(Store::Redis(store)).await;
+    // A table under another name (another hash tag) does not see this one.
+    let other = Store::Redis(
+        RedisStore::connect(&cluster.url(), "other:", limits())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(other.stats(1_000_000).await.unwrap(), Default::default());
+}
+
+#[tokio::test]
+async fn one_replica_at_a_time_holds_the_lease() {
+    let redis = spawn_redis().await.expect("redis-server");
+    let a = Store::Redis(
+        RedisStore::connect(&redis.url(), "lease:", limits())
+            .await
+            .unwrap(),
+    );
+    let b = Store::Redis(
+        RedisStore::connect(&redis.url(), "lease:", limits())
+            .await
+            .unwrap(),
+    );
+    assert!(a.lead().await.unwrap());
+    assert!(!b.lead().await.unwrap(), "a holds it");
+    assert!(a.lead().await.unwrap(), "its holder renews it");
+    // When the holder stops renewing, another takes over after the lease lapses.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("PEXPIRE")
+        .arg("{lease}:lease")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(b.lead().await.unwrap());
+    assert!(!a.lead().await.unwrap());
+    // The memory table always leads (one process).
+    assert!(
+        Store::Memory(MemoryStore::new(limits()))
+            .lead()
+            .await
+            .unwrap()
+    );
+}
+
+/// Every key the table writes expires, or is one of the capped indexes that
+/// expiry trims.
+#[tokio::test]
+async fn redis_keys_expire_or_shrink() {
+    let redis = spawn_redis().await.expect("redis-server");
+    let store = Store::Redis(
+        RedisStore::connect(&redis.url(), "keys:", limits())
+            .await
+            .unwrap(),
+    );
+    let now = 1_000_000;
+    let h = ObjectHash::of(b"k1");
+    store
+        .register("p", IP, dial(7000), load(0, 4), now)
+        .await
+        .unwrap();
+    store.announce("p", &[h], &[], None, now).await.unwrap();
+    store.record_fetch("p", &h).await.unwrap();
+    store
+        .book_offer("client", &h, &["p".into()], now)
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let indexes = ["{keys}:seen", "{keys}:serving", "{keys}:objects"];
+    for k in &keys {
+        assert!(k.starts_with("{keys}:"), "{k} carries the hash tag");
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
+        assert!(
+            ttl > 0 || indexes.contains(&k.as_str()),
+            "{k} neither expires nor is a trimmed index"
+        );
+    }
+    // Once the peer lapses, expiry empties the indexes and the listings.
+    let later = now + 3 * 60_000;
+    store.expire(later).await.unwrap();
+    assert_eq!(store.stats(later).await.unwrap(), Default::default());
+    let holders = format!("{{keys}}:holders:{}", h.to_hex());
+    for k in indexes.iter().copied().chain([holders.as_str()]) {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{k} is gone");
+    }
 }

@@ -54,9 +54,9 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         (Ok(s), Ok(p)) => (s, p, true),
         _ => (Default::default(), Vec::new(), false),
     };
-    let served = f.get(Tally::BytesServed);
+    let served = f.shown(Tally::BytesServed);
     let (relayed_out, relayed_in) = state.site_relay.as_ref().map_or((0, 0), |r| r.bytes());
-    let from_peers = f.get(Tally::BytesFromPeers);
+    let from_peers = f.shown(Tally::BytesFromPeers);
     let history: Vec<_> = f
         .history
         .lock()
@@ -65,12 +65,12 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         .map(|(t, s, p)| json!([t, s, p]))
         .collect();
     Json(json!({
-        "requests_served": f.get(Tally::Served),
-        "requests_referred": f.get(Tally::Referred),
+        "requests_served": f.shown(Tally::Served),
+        "requests_referred": f.shown(Tally::Referred),
         "bytes_served": served,
         "bytes_from_peers": from_peers,
         "offload": if served + from_peers > 0 { from_peers as f64 / (served + from_peers) as f64 } else { 0.0 },
-        "mismatch_reports": f.get(Tally::Mismatches),
+        "mismatch_reports": f.shown(Tally::Mismatches),
         "bytes_in_flight": state.egress.snapshot().bytes_in_flight,
         "egress_limit": state.config.egress_limit,
         "egress_estimate": state.egress.estimate(),
@@ -78,7 +78,7 @@ pub async fn stats_json(State(state): State<Arc<AppState>>) -> Json<serde_json::
         "relay_bytes_in": relayed_in,
         "relays": state.relays.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),
         "store_ok": store_ok,
-        "store_errors": f.get(Tally::StoreErrors),
+        "store_errors": f.shown(Tally::StoreErrors),
         "peers_live": stats.peers,
         "peers_serving": stats.serving_peers,
         "peers_delisted": stats.delisted,

@@ -46,10 +46,72 @@ pub fn app(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .merge(api)
+        .route("/healthz", axum::routing::get(healthz))
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .fallback(site::site)
+        .layer(axum::middleware::from_fn(timed))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client_address,
+        ))
         .with_state(state)
+}
+
+/// `GET /healthz`: `200 ok` while the look-up table answers, `503` otherwise
+/// (for load balancers and orchestrators).
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.stats(crate::store::now_ms()).await {
+        Ok(_) => (axum::http::StatusCode::OK, "ok\n").into_response(),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("look-up table unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Times each request into `peercache_request_duration_seconds`, labelled by
+/// its route pattern (`site` for the site itself).
+async fn timed(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "site".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    ::metrics::histogram!("peercache_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Behind a trusted proxy (`--trusted-proxy`), takes the client's address from
+/// the forwarding headers (every handler then sees it as the connection's);
+/// from anyone else, drops those headers.
+async fn client_address(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let from = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let trusted = &state.config.trusted_proxies;
+    match from {
+        Some(addr) if crate::forwarded::is_trusted(addr.ip(), trusted) => {
+            if let Some(ip) = crate::forwarded::client_ip(req.headers(), trusted) {
+                req.extensions_mut()
+                    .insert(ConnectInfo(SocketAddr::new(ip, addr.port())));
+            }
+        }
+        _ => {
+            for h in crate::forwarded::HEADERS {
+                req.headers_mut().remove(h);
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// Builds the operator's router: `/admin`, `/admin/stats.json`, `/metrics` and

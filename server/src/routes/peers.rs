@@ -361,7 +361,7 @@ async fn report(
     counter!("peercache_reports_total", "outcome" => outcome).increment(1);
     if r.outcome == Outcome::Served && r.direct == Some(false) {
         // Relayed bytes crossed the site: egress, never offload.
-        counter!("peercache_bytes_reported_relayed_total").increment(r.bytes);
+        counter!("peercache_reported_relayed_bytes_total").increment(r.bytes);
     } else if r.outcome == Outcome::Served && r.source != SERVER_PROXY_ID {
         state.figures.add(Tally::BytesFromPeers, r.bytes);
     }

@@ -25,7 +25,7 @@ use peercache_core::protocol::{Load, Proxy, Report};
 use peercache_core::select::HolderStats;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisOptions, RedisStore, SharedFigures};
 
 /// Most peers remembered at once.
 pub const MAX_PEERS: usize = 100_000;
@@ -116,13 +116,18 @@ pub enum Store {
     Redis(RedisStore),
 }
 
+/// Calls the backend, timing the call into `peercache_store_duration_seconds`.
 macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
+    ($self:ident, $op:literal, $s:ident => $call:expr) => {{
+        let started = std::time::Instant::now();
+        let out = match $self {
             Store::Memory($s) => $call,
             Store::Redis($s) => $call.await,
-        }
-    };
+        };
+        metrics::histogram!("peercache_store_duration_seconds", "op" => $op)
+            .record(started.elapsed().as_secs_f64());
+        out
+    }};
 }
 
 impl Store {
@@ -147,7 +152,7 @@ impl Store {
         load: Option<Load>,
         now: u64,
     ) -> Result<Option<String>, StoreError> {
-        dispatch!(self, s => s.register(id, ip, dial, load, now))
+        dispatch!(self, "register", s => s.register(id, ip, dial, load, now))
     }
 
     /// Remembers that `client` was referred to `peers` for `hash`: only then may
@@ -162,7 +167,7 @@ impl Store {
         if peers.is_empty() {
             return Ok(());
         }
-        dispatch!(self, s => s.book_offer(client, hash, peers, now))
+        dispatch!(self, "book_offer", s => s.book_offer(client, hash, peers, now))
     }
 
     /// True if `client` was referred to `peer` for `hash` recently. With
@@ -177,13 +182,13 @@ impl Store {
         now: u64,
         consume: bool,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.take_offer(client, hash, peer, now, consume))
+        dispatch!(self, "take_offer", s => s.take_offer(client, hash, peer, now, consume))
     }
 
     /// Records whether connections to `peer` go direct (`true`) or only through
     /// a relay, as the server's pings and clients' reports find (B10).
     pub async fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
-        dispatch!(self, s => s.note_path(peer, direct))
+        dispatch!(self, "note_path", s => s.note_path(peer, direct))
     }
 
     /// Applies an announce: `have` are hashes the caller checked the peer may be
@@ -196,7 +201,7 @@ impl Store {
         load: Option<Load>,
         now: u64,
     ) -> Result<Vec<ObjectHash>, StoreError> {
-        dispatch!(self, s => s.announce(id, have, dropped, load, now))
+        dispatch!(self, "announce", s => s.announce(id, have, dropped, load, now))
     }
 
     /// Live, listed holders with an address, ranked; the first gets a pending
@@ -208,11 +213,11 @@ impl Store {
         now: u64,
         max: usize,
     ) -> Result<Vec<Proxy>, StoreError> {
-        let stats = dispatch!(self, s => s.holder_stats(hash, exclude, now))?;
+        let stats = dispatch!(self, "holder_stats", s => s.holder_stats(hash, exclude, now))?;
         let ranked =
             peercache_core::select::rank_holders(stats, self.limits().slow_threshold_ms, max);
         if let Some(first) = ranked.first() {
-            dispatch!(self, s => s.book_referral(&first.id, now))?;
+            dispatch!(self, "book_referral", s => s.book_referral(&first.id, now))?;
         }
         Ok(ranked)
     }
@@ -224,12 +229,12 @@ impl Store {
         exclude: Option<&str>,
         now: u64,
     ) -> Result<Vec<HolderStats>, StoreError> {
-        dispatch!(self, s => s.holder_stats(hash, exclude, now))
+        dispatch!(self, "holder_stats", s => s.holder_stats(hash, exclude, now))
     }
 
     /// Applies a client's report.
     pub async fn report(&self, report: &Report) -> Result<(), StoreError> {
-        dispatch!(self, s => s.report(report))
+        dispatch!(self, "report", s => s.report(report))
     }
 
     /// The record-signing secret every replica sharing this table uses, with
@@ -249,22 +254,22 @@ impl Store {
 
     /// Notes that `peer` fetched `hash` through this server (or was referred for it).
     pub async fn record_fetch(&self, peer: &str, hash: &ObjectHash) -> Result<(), StoreError> {
-        dispatch!(self, s => s.record_fetch(peer, hash))
+        dispatch!(self, "record_fetch", s => s.record_fetch(peer, hash))
     }
 
     /// True if `peer` fetched `hash` through this server.
     pub async fn fetched(&self, peer: &str, hash: &ObjectHash) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.fetched(peer, hash))
+        dispatch!(self, "fetched", s => s.fetched(peer, hash))
     }
 
     /// The serving address of a live peer.
     pub async fn peer_addr(&self, peer: &str, now: u64) -> Result<Option<String>, StoreError> {
-        dispatch!(self, s => s.peer_addr(peer, now))
+        dispatch!(self, "peer_addr", s => s.peer_addr(peer, now))
     }
 
     /// Live peers with an address, for the pinger.
     pub async fn serving_peers(&self, now: u64) -> Result<Vec<(String, String)>, StoreError> {
-        dispatch!(self, s => s.serving_peers(now))
+        dispatch!(self, "serving_peers", s => s.serving_peers(now))
     }
 
     /// Records a ping: `Some(rtt)` answered, `None` failed. Too many failures drop
@@ -275,21 +280,31 @@ impl Store {
         rtt_ms: Option<u32>,
         load: Option<Load>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.record_ping(peer, rtt_ms, load))
+        dispatch!(self, "record_ping", s => s.record_ping(peer, rtt_ms, load))
     }
 
     /// Forgets lapsed peers.
     pub async fn expire(&self, now: u64) -> Result<(), StoreError> {
-        dispatch!(self, s => s.expire(now))
+        dispatch!(self, "expire", s => s.expire(now))
     }
 
     /// Counts.
     pub async fn stats(&self, now: u64) -> Result<TableStats, StoreError> {
-        dispatch!(self, s => s.stats(now))
+        dispatch!(self, "stats", s => s.stats(now))
+    }
+
+    /// Whether this replica does the pinging and expiry now: always with the
+    /// memory table; with Redis, while it holds the lease (taken or renewed by
+    /// this call, so call it at least every [`redis::LEASE_MS`] / 2).
+    pub async fn lead(&self) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(_) => Ok(true),
+            Store::Redis(s) => s.lead().await,
+        }
     }
 
     /// Admin rows.
     pub async fn peer_rows(&self, now: u64) -> Result<Vec<PeerRow>, StoreError> {
-        dispatch!(self, s => s.peer_rows(now))
+        dispatch!(self, "peer_rows", s => s.peer_rows(now))
     }
 }

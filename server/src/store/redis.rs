@@ -1,18 +1,38 @@
 //! The Redis backend of the look-up table (B4): several server replicas share it.
 //!
-//! Keys (prefix `pc:` by default):
-//! - `peer:{id}` hash: `ip addr seen active limit pending rtt fails strikes
-//!   pending_at direct recent`
-//!   (expires at twice the TTL, refreshed by registrations and announces);
-//! - `held:{id}` set of hashes it holds; `fetched:{id}` set of hashes it fetched
-//!   through a server (expires after a day);
-//! - `holders:{hash}` sorted set of peer ids scored by served reports (M9);
-//! - `offer:{client}:{hash}` set of peer ids a client was referred to (expires
-//!   after [`OFFER_TTL_MS`]); a report takes its member out;
-//! - `peers`, `objects`, `delisted`: sets for the pinger, counts and bans;
+//! Works with a single Redis (`redis://`, `rediss://` for TLS) and with Redis
+//! Cluster (`redis+cluster://HOST:PORT,HOST:PORT`, `rediss+cluster://…`).
+//!
+//! Every key carries the hash tag of the prefix (`{pc}:` by default), so the
+//! whole table lives in one hash slot: each read-modify-write is one Lua script
+//! over keys of that slot (atomic, one round trip, legal on a Cluster). Keys:
+//! - `peer:ID` hash: `ip addr seen active limit pending rtt fails strikes
+//!   pending_at direct recent` (expires at twice the TTL, refreshed by registrations
+//!   and announces);
+//! - `held:ID` set of hashes it holds (expires with the peer); `fetched:ID` set
+//!   of hashes it fetched through a server (expires after a day);
+//! - `holders:HASH` sorted set of peer ids scored by served reports (M9;
+//!   expires at twice the TTL after the last announce of it, and loses members
+//!   as peers drop it or go);
+//! - `offer:CLIENT:HASH` set of peer ids a client was referred to (expires after
+//!   [`OFFER_TTL_MS`]); a report takes its member out;
+//! - `seen` and `serving`: sorted sets of peer ids by last heartbeat (all
+//!   registered; those with an address): expiry, the pinger and the counts read
+//!   ranges of them instead of scanning every peer;
+//! - `objects` sorted set of hashes by last announce (trimmed by expiry, and as
+//!   holders go); `delisted` sorted set of banned ids by ban time (capped);
+//! - `lease`: which replica does the pinging and expiry (`SET NX PX`, renewed by
+//!   its holder; another takes over when it lapses);
+//! - `figures` hash and `history` list (capped): the counters `/admin` shows,
+//!   summed over replicas;
 //! - `signing-key`: the record-signing secret (hex) all replicas use, set by
 //!   the first to start (or by one whose key was rotated from it);
 //! - `signing-rotations`: the rotation statements that led to it (JSON).
+//!
+//! A referral decision is one script call (holders and their figures); booking
+//! the referral against the first holder's load is sent on the same connection
+//! without waiting for its reply, so a decision costs one round trip and the
+//! next command on that connection already sees the booking.
 //!
 //! Every call has a short response timeout; a failure is reported as
 //! [`StoreError::Unavailable`] so the server can serve directly instead.
@@ -23,27 +43,94 @@ use std::time::Duration;
 use peercache_core::hash::ObjectHash;
 use peercache_core::protocol::{Load, Outcome, Report};
 use peercache_core::select::HolderStats;
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 
-use super::rules::{
-    bookings_faded, holdings_room, is_delisted, is_expired, is_live, pending_now,
-    ping_failures_drop, smooth_rtt,
+use super::rules::{is_delisted, is_live, pending_now, ping_failures_drop, smooth_rtt};
+use super::{
+    MAX_HOLDINGS_PER_PEER, MAX_PEERS, OFFER_TTL_MS, PENDING_WINDOW_MS, PeerRow, StoreError,
+    StoreLimits, TableStats, now_ms,
 };
-use super::{OFFER_TTL_MS, PeerRow, StoreError, StoreLimits, TableStats};
 
 /// Most holders read for one referral.
-const MAX_HOLDERS_READ: isize = 256;
-/// Most peers scanned by the pinger, expiry and stats.
+const MAX_HOLDERS_READ: usize = 256;
+/// Most peers read by the pinger and the admin page.
 const MAX_PEERS_SCANNED: usize = 100_000;
+/// Lapsed peers dropped per expiry batch, and batches per call.
+const EXPIRE_BATCH: usize = 500;
+const EXPIRE_BATCHES: usize = 20;
 const FETCHED_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How long the pinging-and-expiry lease lasts without renewal.
+pub const LEASE_MS: u64 = 15_000;
+/// Samples of the shared history kept.
+const HISTORY_KEPT: usize = 150;
+
+/// Where the server's Redis lives and how to trust it.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Extra trusted root (PEM) for `rediss://`; the system's roots otherwise.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// One connection kind or the other, behind the same command interface.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The scripts, compiled once.
+struct Scripts {
+    decide: Script,
+    book: String,
+    register: Script,
+    announce: Script,
+    report: Script,
+    drop_peer: Script,
+    if_exists_hset: Script,
+    fail_ping: Script,
+    lease: Script,
+    figures: Script,
+}
 
 /// The Redis table.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// `{tag}:`, the start of every key.
     prefix: String,
     limits: StoreLimits,
+    scripts: std::sync::Arc<Scripts>,
+    /// This replica's lease token.
+    me: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -66,6 +153,7 @@ struct PeerFields {
     load: Option<Load>,
     pending: u32,
     pending_at: u64,
+    /// Referrals booked within the window, reported or not.
     recent: u32,
     rtt: Option<u32>,
     strikes: u32,
@@ -96,41 +184,339 @@ fn parse_fields(v: Vec<Option<String>>) -> PeerFields {
     };
     let load = match (num(3), num(4)) {
         (Some(a), Some(l)) if a >= 0 && l >= 0 => Some(Load {
-            active: a as u32,
-            limit: l as u32,
+            active: u32::try_from(a).unwrap_or(u32::MAX),
+            limit: u32::try_from(l).unwrap_or(u32::MAX),
         }),
         _ => None,
     };
+    let count = |i: usize| u32::try_from(num(i).unwrap_or(0).max(0)).unwrap_or(u32::MAX);
     PeerFields {
         addr: v.get(1).cloned().flatten().filter(|s| !s.is_empty()),
-        seen: num(2).map(|s| s.max(0) as u64),
+        seen: num(2).map(|s| s.max(0).unsigned_abs()),
         load,
-        pending: num(5).unwrap_or(0).max(0) as u32,
-        pending_at: num(9).unwrap_or(0).max(0) as u64,
-        rtt: num(6).filter(|r| *r >= 0).map(|r| r as u32),
-        strikes: num(8).unwrap_or(0).max(0) as u32,
+        pending: count(5),
+        pending_at: num(9).unwrap_or(0).max(0).unsigned_abs(),
+        rtt: num(6)
+            .filter(|r| *r >= 0)
+            .map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
+        strikes: count(8),
         direct: num(10).map(|d| d == 1),
-        recent: num(11).unwrap_or(0).max(0) as u32,
+        recent: count(11),
     }
+}
+
+/// The Lua list of [`FIELDS`], for HMGET inside scripts.
+fn lua_fields() -> String {
+    FIELDS
+        .iter()
+        .map(|f| format!("'{f}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// The scripts. Keys they name beyond KEYS are built from the prefix (ARGV) and
+// share its hash tag, so they live in the same slot.
+
+/// Holders of one object with their figures; drops members whose peer is gone.
+/// KEYS: holders. ARGV: prefix, most to read.
+const DECIDE: &str = r"
+local p = ARGV[1]
+local m = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #m, 2 do
+  local f = redis.call('HMGET', p .. 'peer:' .. m[i], FIELDS)
+  if f[3] == false then
+    redis.call('ZREM', KEYS[1], m[i])
+  else
+    out[#out + 1] = {m[i], m[i + 1], f}
+  end
+end
+return out
+";
+
+/// Books one referral against a peer's load (`rules::pending_after_booking`:
+/// bookings older than the window have faded).
+/// KEYS: peer. ARGV: now, faded-before.
+const BOOK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local at = tonumber(redis.call('HGET', KEYS[1], 'pending_at') or '0') or 0
+if at < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'pending', 0, 'recent', 0) end
+redis.call('HINCRBY', KEYS[1], 'pending', 1)
+redis.call('HINCRBY', KEYS[1], 'recent', 1)
+redis.call('HSET', KEYS[1], 'pending_at', ARGV[1])
+return 1
+";
+
+/// KEYS: peer, held, seen, serving, delisted.
+/// ARGV: id, ip, dial ('' keeps the one in force), now, ttl, active ('' none), limit.
+const REGISTER: &str = r"
+if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return {'banned'} end
+local addr = ARGV[3]
+if addr == '' then addr = redis.call('HGET', KEYS[1], 'addr') or '' end
+redis.call('HSET', KEYS[1], 'ip', ARGV[2], 'addr', addr, 'seen', ARGV[4], 'fails', 0)
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'active', ARGV[6], 'limit', ARGV[7], 'pending', 0)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+if addr ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+else
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
+return {'ok', addr}
+";
+
+/// Heartbeat, load, dropped and new holdings, in one step. Returns how many of
+/// `have` (a prefix) were accepted, or -1 for a peer not live.
+/// KEYS: peer, held, seen, serving, objects.
+/// ARGV: id, prefix, now, fresh-from, ttl, max strikes, max holdings, active
+/// ('' none), limit, dropped count, dropped…, have….
+const ANNOUNCE: &str = r"
+local seen = tonumber(redis.call('HGET', KEYS[1], 'seen') or '')
+local strikes = tonumber(redis.call('HGET', KEYS[1], 'strikes') or '0') or 0
+if seen == nil or seen < tonumber(ARGV[4]) or strikes >= tonumber(ARGV[6]) then return -1 end
+local id, p, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+redis.call('HSET', KEYS[1], 'seen', now)
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[1], 'active', ARGV[8], 'limit', ARGV[9], 'pending', 0)
+end
+local nd = tonumber(ARGV[10])
+local room = tonumber(ARGV[7]) - redis.call('SCARD', KEYS[2])
+for i = 11, 10 + nd do
+  local h = ARGV[i]
+  local hk = p .. 'holders:' .. h
+  redis.call('SREM', KEYS[2], h)
+  redis.call('ZREM', hk, id)
+  if redis.call('EXISTS', hk) == 0 then redis.call('ZREM', KEYS[5], h) end
+end
+local n = 0
+for i = 11 + nd, #ARGV do
+  if n >= room then break end
+  local h = ARGV[i]
+  local hk = p .. 'holders:' .. h
+  redis.call('SADD', KEYS[2], h)
+  redis.call('ZADD', hk, 'NX', 0, id)
+  redis.call('PEXPIRE', hk, ttl)
+  redis.call('ZADD', KEYS[5], now, h)
+  n = n + 1
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('ZADD', KEYS[3], now, id)
+if (redis.call('HGET', KEYS[1], 'addr') or '') ~= '' then redis.call('ZADD', KEYS[4], now, id) end
+return n
+";
+
+/// A client's report: frees the booked referral; `served` counts a use; a
+/// `mismatch` is a strike, unlists the object and may delist the peer.
+/// KEYS: peer, holders, held, delisted, seen, serving, objects.
+/// ARGV: source, outcome, max strikes, hash, now, ttl, most bans kept.
+const REPORT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[1], 'pending', -1) < 0 then
+    redis.call('HSET', KEYS[1], 'pending', 0)
+  end
+end
+if ARGV[2] == 'served' then
+  redis.call('ZADD', KEYS[2], 'XX', 'INCR', 1, ARGV[1])
+elseif ARGV[2] == 'mismatch' then
+  local s = redis.call('HINCRBY', KEYS[1], 'strikes', 1)
+  if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('SREM', KEYS[3], ARGV[4])
+  if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[7], ARGV[4]) end
+  if s >= tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+    redis.call('ZREM', KEYS[5], ARGV[1])
+    redis.call('ZREM', KEYS[6], ARGV[1])
+    local n = redis.call('ZCARD', KEYS[4])
+    local keep = tonumber(ARGV[7])
+    if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, n - keep - 1) end
+  end
+end
+return 1
+";
+
+/// Forgets a peer and its listings (only if not seen since `seen-before`, when
+/// given, so a peer that came back meanwhile stays).
+/// KEYS: peer, held, seen, serving, objects. ARGV: id, prefix, seen-before ('' always).
+const DROP_PEER: &str = r"
+if ARGV[3] ~= '' then
+  local s = redis.call('ZSCORE', KEYS[3], ARGV[1])
+  if s and tonumber(s) >= tonumber(ARGV[3]) then return 0 end
+end
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local hk = ARGV[2] .. 'holders:' .. h
+  redis.call('ZREM', hk, ARGV[1])
+  if redis.call('EXISTS', hk) == 0 then redis.call('ZREM', KEYS[5], h) end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+";
+
+/// Sets fields of a hash only if it exists (never recreates a dropped peer).
+/// KEYS: peer. ARGV: field, value, ….
+const IF_EXISTS_HSET: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+";
+
+/// Counts a failed ping; returns the failures in a row (-1: no such peer).
+const FAIL_PING: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], 'fails', 1)
+";
+
+/// Takes or renews the lease. KEYS: lease. ARGV: token, ms.
+const LEASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+";
+
+/// Adds one replica's counter deltas to the shared totals, appends a history
+/// sample when asked, returns the totals and the history.
+/// KEYS: figures, history. ARGV: n, names…, deltas…, sample time ('' none), kept.
+const FIGURES: &str = r"
+local n = tonumber(ARGV[1])
+local totals = {}
+for i = 1, n do
+  totals[i] = redis.call('HINCRBY', KEYS[1], ARGV[1 + i], ARGV[1 + n + i])
+end
+local at = ARGV[2 + 2 * n]
+if at ~= '' then
+  redis.call('RPUSH', KEYS[2], at .. ',' .. table.concat(totals, ','))
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3 + 2 * n]), -1)
+end
+return {totals, redis.call('LRANGE', KEYS[2], 0, -1)}
+";
+
+/// Shared counters and their history, as [`RedisStore::share_figures`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedFigures {
+    /// Totals over all replicas, in the order asked.
+    pub totals: Vec<u64>,
+    /// Samples: (unix seconds, totals in the order asked).
+    pub history: Vec<(u64, Vec<u64>)>,
+}
+
+/// Splits `redis+cluster://[user:pw@]h1:p1,h2:p2[?q]` into one URL per seed node.
+fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
+        ("redis", r)
+    } else if let Some(r) = url.strip_prefix("rediss+cluster://") {
+        ("rediss", r)
+    } else {
+        return None;
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    let rest = rest.trim_end_matches('/');
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    Some(
+        hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("{scheme}://{auth}{h}{query}"))
+            .collect(),
+    )
+}
+
+/// The key prefix for a name: its hash tag, so every key lands in one slot.
+fn tagged(prefix: &str) -> String {
+    let name = prefix.trim_end_matches(':');
+    format!("{{{name}}}:")
 }
 
 impl RedisStore {
     /// Connects (failing fast if Redis is not there at start-up).
     pub async fn connect(url: &str, prefix: &str, limits: StoreLimits) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config)
+        Self::connect_with(url, prefix, limits, &RedisOptions::default()).await
+    }
+
+    /// Connects with options (an extra trusted root for TLS).
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        limits: StoreLimits,
+        options: &RedisOptions,
+    ) -> Result<Self, StoreError> {
+        // rustls picks the process-wide provider; the server uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: options.ca_pem.clone(),
+        };
+        let conn = if let Some(seeds) = cluster_seeds(url) {
+            if seeds.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "no cluster nodes in {url:?}"
+                )));
+            }
+            let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+                .connection_timeout(Duration::from_millis(500))
+                .response_timeout(Duration::from_millis(500))
+                .retries(1);
+            if options.ca_pem.is_some() {
+                builder = builder.certs(certs());
+            }
+            let client = builder.build().map_err(unavailable)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+        } else {
+            let client = match &options.ca_pem {
+                Some(_) => redis::Client::build_with_tls(url, certs()),
+                None => redis::Client::open(url),
+            }
+            .map_err(unavailable)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(500)))
+                .set_response_timeout(Some(Duration::from_millis(500)))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(unavailable)?,
+            )
+        };
+        let fields = lua_fields();
+        let scripts = Scripts {
+            decide: Script::new(&DECIDE.replace("FIELDS", &fields)),
+            book: BOOK.to_string(),
+            register: Script::new(REGISTER),
+            announce: Script::new(ANNOUNCE),
+            report: Script::new(REPORT),
+            drop_peer: Script::new(DROP_PEER),
+            if_exists_hset: Script::new(IF_EXISTS_HSET),
+            fail_ping: Script::new(FAIL_PING),
+            lease: Script::new(LEASE),
+            figures: Script::new(FIGURES),
+        };
+        let store = Self {
+            conn,
+            prefix: tagged(prefix),
+            limits,
+            scripts: std::sync::Arc::new(scripts),
+            me: format!("{:016x}", rand::random::<u64>()),
+        };
+        // Fail at start-up, not at the first request.
+        let mut c = store.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
             .await
             .map_err(unavailable)?;
-        Ok(Self {
-            conn,
-            prefix: prefix.to_string(),
-            limits,
-        })
+        Ok(store)
     }
 
     pub(super) fn limits(&self) -> StoreLimits {
@@ -196,6 +582,15 @@ impl RedisStore {
         is_live(f.seen, f.strikes, now, &self.limits)
     }
 
+    /// Registrations heard from at or after this are fresh (`rules::is_fresh`).
+    fn fresh_from(&self, now: u64) -> u64 {
+        now.saturating_sub(self.limits.ttl_ms)
+    }
+
+    fn ttl2(&self) -> u64 {
+        self.limits.ttl_ms.saturating_mul(2).max(1)
+    }
+
     async fn fields(&self, id: &str) -> Result<PeerFields, StoreError> {
         let mut c = self.conn.clone();
         let v: Vec<Option<String>> = redis::cmd("HMGET")
@@ -220,15 +615,8 @@ impl RedisStore {
         Ok(rows.into_iter().map(parse_fields).collect())
     }
 
-    fn load_args(load: Option<Load>) -> Vec<(&'static str, i64)> {
-        match load {
-            Some(l) => vec![
-                ("active", i64::from(l.active)),
-                ("limit", i64::from(l.limit)),
-                ("pending", 0),
-            ],
-            None => Vec::new(),
-        }
+    fn peer_keys(&self, id: &str) -> [String; 2] {
+        [self.k("peer", id), self.k("held", id)]
     }
 
     pub(super) async fn register(
@@ -239,38 +627,28 @@ impl RedisStore {
         load: Option<Load>,
         now: u64,
     ) -> Result<Option<String>, StoreError> {
-        let mut c = self.conn.clone();
-        let banned: bool = c
-            .sismember(self.set_key("delisted"), id)
-            .await
-            .map_err(unavailable)?;
-        if banned {
-            return Err(StoreError::UnknownPeer);
-        }
-        let old = self.fields(id).await?;
-        let addr = dial.or(old.addr);
-        let key = self.k("peer", id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&key)
-            .arg("ip")
+        let [peer, held] = self.peer_keys(id);
+        let mut inv = self.scripts.register.prepare_invoke();
+        inv.key(peer)
+            .key(held)
+            .key(self.set_key("seen"))
+            .key(self.set_key("serving"))
+            .key(self.set_key("delisted"))
+            .arg(id)
             .arg(ip.to_string())
-            .arg("addr")
-            .arg(addr.clone().unwrap_or_default())
-            .arg("seen")
+            .arg(dial.unwrap_or_default())
             .arg(now)
-            .arg("fails")
-            .arg(0)
-            .ignore();
-        for (f, v) in Self::load_args(load) {
-            pipe.hset(&key, f, v).ignore();
+            .arg(self.ttl2());
+        match load {
+            Some(l) => inv.arg(l.active).arg(l.limit),
+            None => inv.arg("").arg(""),
+        };
+        let mut c = self.conn.clone();
+        let out: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        match out.first().map(String::as_str) {
+            Some("ok") => Ok(out.get(1).filter(|a| !a.is_empty()).cloned()),
+            _ => Err(StoreError::UnknownPeer),
         }
-        let ttl = (self.limits.ttl_ms * 2) as i64;
-        pipe.pexpire(&key, ttl).ignore();
-        pipe.pexpire(self.k("held", id), ttl).ignore();
-        pipe.sadd(self.set_key("peers"), id).ignore();
-        pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
-        Ok(addr)
     }
 
     pub(super) async fn announce(
@@ -281,40 +659,38 @@ impl RedisStore {
         load: Option<Load>,
         now: u64,
     ) -> Result<Vec<ObjectHash>, StoreError> {
-        let f = self.fields(id).await?;
-        if !self.live(&f, now) {
-            return Err(StoreError::UnknownPeer);
+        let [peer, held] = self.peer_keys(id);
+        let mut inv = self.scripts.announce.prepare_invoke();
+        inv.key(peer)
+            .key(held)
+            .key(self.set_key("seen"))
+            .key(self.set_key("serving"))
+            .key(self.set_key("objects"))
+            .arg(id)
+            .arg(&self.prefix)
+            .arg(now)
+            .arg(self.fresh_from(now))
+            .arg(self.ttl2())
+            .arg(self.limits.max_strikes)
+            .arg(MAX_HOLDINGS_PER_PEER);
+        match load {
+            Some(l) => inv.arg(l.active).arg(l.limit),
+            None => inv.arg("").arg(""),
+        };
+        inv.arg(dropped.len());
+        for h in dropped {
+            inv.arg(h.to_hex());
+        }
+        for h in have {
+            inv.arg(h.to_hex());
         }
         let mut c = self.conn.clone();
-        let held_key = self.k("held", id);
-        let held: usize = c.scard(&held_key).await.map_err(unavailable)?;
-        let room = holdings_room(held);
-        let accepted: Vec<ObjectHash> = have.iter().take(room).copied().collect();
-        let key = self.k("peer", id);
-        let ttl = (self.limits.ttl_ms * 2) as i64;
-        let mut pipe = redis::pipe();
-        pipe.hset(&key, "seen", now).ignore();
-        for (fld, v) in Self::load_args(load) {
-            pipe.hset(&key, fld, v).ignore();
+        let n: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        if n < 0 {
+            return Err(StoreError::UnknownPeer);
         }
-        for h in dropped {
-            pipe.srem(&held_key, h.to_hex()).ignore();
-            pipe.zrem(self.k("holders", h), id).ignore();
-        }
-        for h in &accepted {
-            pipe.sadd(&held_key, h.to_hex()).ignore();
-            pipe.cmd("ZADD")
-                .arg(self.k("holders", h))
-                .arg("NX")
-                .arg(0)
-                .arg(id)
-                .ignore();
-            pipe.sadd(self.set_key("objects"), h.to_hex()).ignore();
-        }
-        pipe.pexpire(&key, ttl).ignore();
-        pipe.pexpire(&held_key, ttl).ignore();
-        pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
-        Ok(accepted)
+        let n = usize::try_from(n).unwrap_or(0);
+        Ok(have.iter().take(n).copied().collect())
     }
 
     pub(super) async fn holder_stats(
@@ -324,107 +700,82 @@ impl RedisStore {
         now: u64,
     ) -> Result<Vec<HolderStats>, StoreError> {
         let mut c = self.conn.clone();
-        let key = self.k("holders", hash);
-        let members: Vec<(String, f64)> = c
-            .zrevrange_withscores(&key, 0, MAX_HOLDERS_READ - 1)
+        let rows: Vec<(String, f64, Vec<Option<String>>)> = self
+            .scripts
+            .decide
+            .key(self.k("holders", hash))
+            .arg(&self.prefix)
+            .arg(MAX_HOLDERS_READ)
+            .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        let ids: Vec<String> = members.iter().map(|(id, _)| id.clone()).collect();
-        let fields = self.many_fields(&ids).await?;
-        let mut out = Vec::new();
-        let mut stale = Vec::new();
-        for ((id, uses), f) in members.into_iter().zip(fields) {
-            if f.seen.is_none() {
-                stale.push(id);
-                continue;
-            }
-            if Some(id.as_str()) == exclude || !self.live(&f, now) {
-                continue;
-            }
-            let Some(addr) = f.addr.clone() else { continue };
-            out.push(HolderStats {
-                id,
-                addr,
-                rtt_ms: f.rtt,
-                direct: f.direct,
-                load: f.load,
-                pending: pending_now(f.pending, f.pending_at, now),
-                recent: pending_now(f.recent, f.pending_at, now),
-                uses: uses.max(0.0) as u64,
-            });
-        }
-        if !stale.is_empty() {
-            let _: Result<(), _> = c.zrem(&key, stale).await;
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, uses, v)| {
+                let f = parse_fields(v);
+                if Some(id.as_str()) == exclude || !self.live(&f, now) {
+                    return None;
+                }
+                Some(HolderStats {
+                    addr: f.addr?,
+                    id,
+                    rtt_ms: f.rtt,
+                    direct: f.direct,
+                    load: f.load,
+                    pending: pending_now(f.pending, f.pending_at, now),
+                    recent: pending_now(f.recent, f.pending_at, now),
+                    uses: if uses.is_finite() && uses > 0.0 {
+                        uses as u64
+                    } else {
+                        0
+                    },
+                })
+            })
+            .collect())
     }
 
+    /// Books a referral against `id`'s load without waiting for the reply: the
+    /// command is queued on the connection before this returns, so later
+    /// commands on it see the booking. A lost booking only fades sooner.
     pub(super) async fn book_referral(&self, id: &str, now: u64) -> Result<(), StoreError> {
-        let f = self.fields(id).await?;
-        let key = self.k("peer", id);
-        let mut pipe = redis::pipe();
-        // `rules::pending_after_booking`, as a reset and an atomic increment
-        // (replicas book concurrently).
-        if bookings_faded(f.pending_at, now) {
-            pipe.hset(&key, "pending", 0).ignore();
-            pipe.hset(&key, "recent", 0).ignore();
-        }
-        pipe.hincr(&key, "pending", 1).ignore();
-        pipe.hincr(&key, "recent", 1).ignore();
-        pipe.hset(&key, "pending_at", now).ignore();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&self.scripts.book)
+            .arg(1)
+            .arg(self.k("peer", id))
+            .arg(now)
+            .arg(now.saturating_sub(PENDING_WINDOW_MS));
+        cmd.set_no_response(true);
         let mut c = self.conn.clone();
-        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+        cmd.query_async::<()>(&mut c).await.map_err(unavailable)
     }
 
     pub(super) async fn report(&self, report: &Report) -> Result<(), StoreError> {
+        let outcome = match report.outcome {
+            Outcome::Served => "served",
+            Outcome::Mismatch => "mismatch",
+            Outcome::Failed | Outcome::Unused => "other",
+        };
+        let [peer, held] = self.peer_keys(&report.source);
         let mut c = self.conn.clone();
-        let holders = self.k("holders", report.hash);
-        // The referral this report closes no longer counts as load (never below 0).
-        let peer_key = self.k("peer", &report.source);
-        let exists: bool = c.exists(&peer_key).await.map_err(unavailable)?;
-        if exists {
-            let left: i64 = c
-                .hincr(&peer_key, "pending", -1)
-                .await
-                .map_err(unavailable)?;
-            if left < 0 {
-                c.hset::<_, _, _, ()>(&peer_key, "pending", 0)
-                    .await
-                    .map_err(unavailable)?;
-            }
-        }
-        match report.outcome {
-            Outcome::Served => {
-                redis::cmd("ZADD")
-                    .arg(&holders)
-                    .arg("XX")
-                    .arg("INCR")
-                    .arg(1)
-                    .arg(&report.source)
-                    .query_async::<Option<f64>>(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-            }
-            Outcome::Mismatch => {
-                let strikes: i64 = c
-                    .hincr(self.k("peer", &report.source), "strikes", 1)
-                    .await
-                    .map_err(unavailable)?;
-                let mut pipe = redis::pipe();
-                pipe.zrem(&holders, &report.source).ignore();
-                pipe.srem(self.k("held", &report.source), report.hash.to_hex())
-                    .ignore();
-                if is_delisted(
-                    u32::try_from(strikes.max(0)).unwrap_or(u32::MAX),
-                    &self.limits,
-                ) {
-                    pipe.sadd(self.set_key("delisted"), &report.source).ignore();
-                }
-                pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
-            }
-            Outcome::Failed | Outcome::Unused => {}
-        }
-        Ok(())
+        self.scripts
+            .report
+            .key(peer)
+            .key(self.k("holders", report.hash))
+            .key(held)
+            .key(self.set_key("delisted"))
+            .key(self.set_key("seen"))
+            .key(self.set_key("serving"))
+            .key(self.set_key("objects"))
+            .arg(&report.source)
+            .arg(outcome)
+            .arg(self.limits.max_strikes)
+            .arg(report.hash.to_hex())
+            .arg(now_ms())
+            .arg(self.ttl2())
+            .arg(MAX_PEERS)
+            .invoke_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
     }
 
     pub(super) async fn book_offer(
@@ -436,9 +787,9 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let key = self.k("offer", format!("{client}:{hash}"));
         let mut pipe = redis::pipe();
-        for p in peers.iter().take(64) {
-            pipe.sadd(&key, p).ignore();
-        }
+        pipe.atomic();
+        pipe.sadd(&key, peers.iter().take(64).collect::<Vec<_>>())
+            .ignore();
         pipe.pexpire(&key, OFFER_TTL_MS as i64).ignore();
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
@@ -461,16 +812,18 @@ impl RedisStore {
         Ok(removed == 1)
     }
 
-    pub(super) async fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let key = self.k("peer", peer);
-        let exists: bool = c.exists(&key).await.map_err(unavailable)?;
-        if exists {
-            c.hset::<_, _, _, ()>(&key, "direct", i64::from(direct))
-                .await
-                .map_err(unavailable)?;
+    async fn set_if_exists(&self, id: &str, pairs: &[(&str, String)]) -> Result<(), StoreError> {
+        let mut inv = self.scripts.if_exists_hset.key(self.k("peer", id));
+        for (f, v) in pairs {
+            inv.arg(*f).arg(v);
         }
-        Ok(())
+        let mut c = self.conn.clone();
+        inv.invoke_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    pub(super) async fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
+        self.set_if_exists(peer, &[("direct", i64::from(direct).to_string())])
+            .await
     }
 
     pub(super) async fn record_fetch(
@@ -481,6 +834,7 @@ impl RedisStore {
         let mut c = self.conn.clone();
         let key = self.k("fetched", peer);
         let mut pipe = redis::pipe();
+        pipe.atomic();
         pipe.sadd(&key, hash.to_hex()).ignore();
         pipe.pexpire(&key, FETCHED_TTL_MS).ignore();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
@@ -502,21 +856,28 @@ impl RedisStore {
         Ok(if self.live(&f, now) { f.addr } else { None })
     }
 
-    async fn all_peers(&self) -> Result<Vec<String>, StoreError> {
+    /// Ids in a by-time sorted set heard from since `from`, at most `max`.
+    async fn ids_since(&self, set: &str, from: u64, max: usize) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn.clone();
-        let mut ids: Vec<String> = c
-            .smembers(self.set_key("peers"))
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(self.set_key(set))
+            .arg(from)
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max)
+            .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
-        ids.truncate(MAX_PEERS_SCANNED);
-        Ok(ids)
+            .map_err(unavailable)
     }
 
     pub(super) async fn serving_peers(
         &self,
         now: u64,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let ids = self.all_peers().await?;
+        let ids = self
+            .ids_since("serving", self.fresh_from(now), MAX_PEERS_SCANNED)
+            .await?;
         let fields = self.many_fields(&ids).await?;
         Ok(ids
             .into_iter()
@@ -526,17 +887,22 @@ impl RedisStore {
             .collect())
     }
 
-    async fn drop_peer(&self, id: &str) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let held: Vec<String> = c.smembers(self.k("held", id)).await.map_err(unavailable)?;
-        let mut pipe = redis::pipe();
-        for h in held {
-            pipe.zrem(self.k("holders", h), id).ignore();
-        }
-        pipe.del(self.k("peer", id)).ignore();
-        pipe.del(self.k("held", id)).ignore();
-        pipe.srem(self.set_key("peers"), id).ignore();
-        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    fn drop_invocation<'a>(
+        &'a self,
+        id: &str,
+        seen_before: Option<u64>,
+    ) -> redis::ScriptInvocation<'a> {
+        let [peer, held] = self.peer_keys(id);
+        let mut inv = self.scripts.drop_peer.prepare_invoke();
+        inv.key(peer)
+            .key(held)
+            .key(self.set_key("seen"))
+            .key(self.set_key("serving"))
+            .key(self.set_key("objects"))
+            .arg(id)
+            .arg(&self.prefix)
+            .arg(seen_before.map(|s| s.to_string()).unwrap_or_default());
+        inv
     }
 
     pub(super) async fn record_ping(
@@ -545,71 +911,105 @@ impl RedisStore {
         rtt_ms: Option<u32>,
         load: Option<Load>,
     ) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let key = self.k("peer", peer);
         match rtt_ms {
             Some(rtt) => {
+                // Only the replica holding the lease pings, so this read and
+                // the write below do not race another writer of `rtt`.
                 let f = self.fields(peer).await?;
                 if f.seen.is_none() {
                     return Ok(());
                 }
-                let mut pipe = redis::pipe();
-                pipe.hset(&key, "rtt", smooth_rtt(f.rtt, rtt)).ignore();
-                pipe.hset(&key, "fails", 0).ignore();
-                for (fld, v) in Self::load_args(load) {
-                    pipe.hset(&key, fld, v).ignore();
+                let mut pairs = vec![
+                    ("rtt", smooth_rtt(f.rtt, rtt).to_string()),
+                    ("fails", "0".to_string()),
+                ];
+                if let Some(l) = load {
+                    pairs.push(("active", l.active.to_string()));
+                    pairs.push(("limit", l.limit.to_string()));
+                    pairs.push(("pending", "0".to_string()));
                 }
-                pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+                self.set_if_exists(peer, &pairs).await
             }
             None => {
-                let fails: i64 = c.hincr(&key, "fails", 1).await.map_err(unavailable)?;
-                if ping_failures_drop(u32::try_from(fails.max(0)).unwrap_or(u32::MAX)) {
-                    self.drop_peer(peer).await?;
+                let mut c = self.conn.clone();
+                let fails: i64 = self
+                    .scripts
+                    .fail_ping
+                    .key(self.k("peer", peer))
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                if fails > 0 && ping_failures_drop(u32::try_from(fails).unwrap_or(u32::MAX)) {
+                    self.drop_invocation(peer, None)
+                        .invoke_async::<()>(&mut c)
+                        .await
+                        .map_err(unavailable)?;
                 }
                 Ok(())
             }
         }
     }
 
+    /// Drops peers not heard from within the TTL (read from the `seen` set, a
+    /// batch at a time) and objects nobody announced for twice the TTL.
     pub(super) async fn expire(&self, now: u64) -> Result<(), StoreError> {
-        let ids = self.all_peers().await?;
-        let fields = self.many_fields(&ids).await?;
-        for (id, f) in ids.into_iter().zip(fields) {
-            if is_expired(f.seen, f.strikes, now, &self.limits) {
-                self.drop_peer(&id).await?;
+        let fresh_from = self.fresh_from(now);
+        let mut c = self.conn.clone();
+        for _ in 0..EXPIRE_BATCHES {
+            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.set_key("seen"))
+                .arg("-inf")
+                .arg(format!("({fresh_from}"))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(EXPIRE_BATCH)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            for id in &ids {
+                self.drop_invocation(id, Some(fresh_from))
+                    .invoke_async::<()>(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            if ids.len() < EXPIRE_BATCH {
+                break;
             }
         }
-        Ok(())
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(self.set_key("objects"))
+            .arg("-inf")
+            .arg(format!("({}", now.saturating_sub(self.ttl2())))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
     }
 
     pub(super) async fn stats(&self, now: u64) -> Result<TableStats, StoreError> {
-        let ids = self.all_peers().await?;
-        let fields = self.many_fields(&ids).await?;
+        let from = self.fresh_from(now);
+        let mut pipe = redis::pipe();
+        pipe.zcount(self.set_key("seen"), from, "+inf")
+            .zcount(self.set_key("serving"), from, "+inf")
+            .zcard(self.set_key("objects"))
+            .zcard(self.set_key("delisted"));
         let mut c = self.conn.clone();
-        let objects: usize = c
-            .scard(self.set_key("objects"))
-            .await
-            .map_err(unavailable)?;
-        let delisted: usize = c
-            .scard(self.set_key("delisted"))
-            .await
-            .map_err(unavailable)?;
-        let mut s = TableStats {
+        let (peers, serving_peers, objects, delisted): (usize, usize, usize, usize) =
+            pipe.query_async(&mut c).await.map_err(unavailable)?;
+        Ok(TableStats {
+            peers,
+            serving_peers,
             objects,
             delisted,
-            ..TableStats::default()
-        };
-        for f in fields.iter().filter(|f| self.live(f, now)) {
-            s.peers += 1;
-            if f.addr.is_some() {
-                s.serving_peers += 1;
-            }
-        }
-        Ok(s)
+        })
     }
 
     pub(super) async fn peer_rows(&self, now: u64) -> Result<Vec<PeerRow>, StoreError> {
-        let ids = self.all_peers().await?;
+        let mut ids = self
+            .ids_since("seen", self.fresh_from(now), MAX_PEERS_SCANNED)
+            .await?;
+        ids.extend(self.ids_since("delisted", 0, MAX_PEERS_SCANNED).await?);
+        ids.sort();
+        ids.dedup();
         let fields = self.many_fields(&ids).await?;
         let mut pipe = redis::pipe();
         for id in &ids {
@@ -621,7 +1021,7 @@ impl RedisStore {
         } else {
             pipe.query_async(&mut c).await.map_err(unavailable)?
         };
-        let mut rows: Vec<PeerRow> = ids
+        Ok(ids
             .into_iter()
             .zip(fields)
             .zip(held)
@@ -635,8 +1035,84 @@ impl RedisStore {
                 direct: f.direct,
                 holdings,
             })
-            .collect();
-        rows.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(rows)
+            .collect())
+    }
+
+    /// Takes or renews the lease for pinging and expiry; true while this
+    /// replica holds it.
+    pub async fn lead(&self) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let got: i64 = self
+            .scripts
+            .lease
+            .key(self.set_key("lease"))
+            .arg(&self.me)
+            .arg(LEASE_MS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(got == 1)
+    }
+
+    /// Adds this replica's counter `deltas` (name, amount) to the totals all
+    /// replicas share; with `sample_at` (unix seconds) appends a history
+    /// sample of the totals. Returns the totals and the history.
+    pub async fn share_figures(
+        &self,
+        deltas: &[(&str, u64)],
+        sample_at: Option<u64>,
+    ) -> Result<SharedFigures, StoreError> {
+        let mut inv = self.scripts.figures.prepare_invoke();
+        inv.key(self.set_key("figures"))
+            .key(self.set_key("history"))
+            .arg(deltas.len());
+        for (name, _) in deltas {
+            inv.arg(*name);
+        }
+        for (_, d) in deltas {
+            inv.arg(*d);
+        }
+        inv.arg(sample_at.map(|s| s.to_string()).unwrap_or_default())
+            .arg(HISTORY_KEPT);
+        let mut c = self.conn.clone();
+        let (totals, history): (Vec<i64>, Vec<String>) =
+            inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        let as_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(SharedFigures {
+            totals: totals.into_iter().map(as_u64).collect(),
+            history: history
+                .iter()
+                .filter_map(|s| {
+                    let mut it = s.split(',').map(|n| n.parse::<u64>().ok());
+                    let at = it.next().flatten()?;
+                    let vals: Option<Vec<u64>> = it.collect();
+                    Some((at, vals?))
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_split_into_seeds() {
+        assert_eq!(cluster_seeds("redis://a:1"), None);
+        assert_eq!(
+            cluster_seeds("redis+cluster://a:1,b:2").unwrap(),
+            ["redis://a:1", "redis://b:2"]
+        );
+        assert_eq!(
+            cluster_seeds("rediss+cluster://u:p@a:1,b:2/?insecure").unwrap(),
+            ["rediss://u:p@a:1?insecure", "rediss://u:p@b:2?insecure"]
+        );
+    }
+
+    #[test]
+    fn keys_share_the_prefix_tag() {
+        assert_eq!(tagged("pc:"), "{pc}:");
+        assert_eq!(tagged("suite"), "{suite}:");
     }
 }

@@ -81,33 +81,50 @@ async fn fill(store: &Store, peers: u64, objects: u64, holders: u64) -> anyhow::
     Ok(())
 }
 
+/// Referral decisions per second from `tasks` concurrent tasks, each a
+/// look-up of a random object's holders, their ranking, the booking against the
+/// first one's load, and `decide`.
 async fn decisions_per_sec(
-    store: &Store,
+    store: &std::sync::Arc<Store>,
     objects: u64,
     seconds: f64,
+    tasks: usize,
 ) -> anyhow::Result<(f64, usize)> {
     let egress = Egress {
         limit_bytes_per_s: Some(10 << 20),
         bytes_in_flight: 50 << 20,
     };
     let started = Instant::now();
-    let mut n = 0u64;
-    let mut referred = 0usize;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    while started.elapsed().as_secs_f64() < seconds {
-        for _ in 0..1000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let h = hash(x % objects);
-            let list = store.holders(&h, Some("client"), 2, 8).await?;
-            if decide(1 << 20, egress, None, 2000, list.len())
-                == peercache_core::decide::Decision::Refer
-            {
-                referred += 1;
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        set.spawn(async move {
+            let mut n = 0u64;
+            let mut referred = 0usize;
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1).wrapping_mul(0x2545_F491);
+            while started.elapsed().as_secs_f64() < seconds {
+                for _ in 0..1000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let h = hash(x % objects);
+                    let list = store.holders(&h, Some("client"), 2, 8).await?;
+                    if decide(1 << 20, egress, None, 2000, list.len())
+                        == peercache_core::decide::Decision::Refer
+                    {
+                        referred += 1;
+                    }
+                    n += 1;
+                }
             }
-            n += 1;
-        }
+            anyhow::Ok((n, referred))
+        });
+    }
+    let (mut n, mut referred) = (0u64, 0usize);
+    while let Some(r) = set.join_next().await {
+        let (tn, tr) = r??;
+        n += tn;
+        referred += tr;
     }
     Ok((n as f64 / started.elapsed().as_secs_f64(), referred))
 }
@@ -129,7 +146,8 @@ async fn table_memory(objects: u64, peers: u64, holders: u64) -> anyhow::Result<
         (after - before) as f64 / (1 << 20) as f64,
         (after - before) as f64 / entries as f64
     );
-    let (rate, referred) = decisions_per_sec(&store, objects, 5.0).await?;
+    let store = std::sync::Arc::new(store);
+    let (rate, referred) = decisions_per_sec(&store, objects, 5.0, 1).await?;
     println!(
         "memory backend: {rate:.0} referral decisions/s on one core (look-up + ranking + decide; {referred} referrals)"
     );
@@ -144,6 +162,36 @@ async fn redis_info_memory(url: &str) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .context("no used_memory in INFO")
+}
+
+/// The reference for the Redis figure: plain `GET`s (one round trip each) from
+/// `tasks` concurrent tasks through one multiplexed connection, as the store uses.
+async fn plain_gets_per_sec(url: &str, seconds: f64, tasks: usize) -> anyhow::Result<f64> {
+    let client = redis::Client::open(url)?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let mut c = conn.clone();
+        set.spawn(async move {
+            let mut n = 0u64;
+            while started.elapsed().as_secs_f64() < seconds {
+                for _ in 0..1000 {
+                    let _: Option<String> = redis::cmd("GET")
+                        .arg("bench:ref")
+                        .query_async(&mut c)
+                        .await?;
+                    n += 1;
+                }
+            }
+            anyhow::Ok(n)
+        });
+    }
+    let mut n = 0;
+    while let Some(r) = set.join_next().await {
+        n += r??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn table_redis(objects: u64, peers: u64, holders: u64) -> anyhow::Result<()> {
@@ -164,10 +212,16 @@ async fn table_redis(objects: u64, peers: u64, holders: u64) -> anyhow::Result<(
         (after - before) as f64 / (1 << 20) as f64,
         (after - before) as f64 / entries as f64
     );
-    let (rate, _) = decisions_per_sec(&store, objects, 5.0).await?;
-    println!(
-        "redis backend: {rate:.0} referral decisions/s from one task (each a Redis round trip)"
-    );
+    let store = std::sync::Arc::new(store);
+    for tasks in [1, 4] {
+        let (rate, referred) = decisions_per_sec(&store, objects, 5.0, tasks).await?;
+        let gets = plain_gets_per_sec(&redis.url(), 5.0, tasks).await?;
+        println!(
+            "redis backend: {rate:.0} referral decisions/s from {tasks} concurrent task(s) ({referred} referrals); \
+             reference in the same run: {gets:.0} plain GETs/s (one round trip each) from {tasks} task(s); ratio {:.2}",
+            rate / gets
+        );
+    }
     Ok(())
 }
 
@@ -595,7 +649,7 @@ async fn flash_crowd(n: usize) -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let m = peercache_tests::metrics(&server.admin_url).await?;
     let served = m
-        .get("peercache_bytes_served_total")
+        .get("peercache_served_bytes_total")
         .copied()
         .unwrap_or(0.0);
     let total = (F as f64) * n as f64;
