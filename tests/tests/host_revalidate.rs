@@ -30,7 +30,7 @@ async fn fresh_objects_cost_no_request_and_stale_ones_a_304() {
         (
             get("peercache_site_requests_total"),
             get("peercache_requests_not_modified_total"),
-            get("peercache_bytes_served_total"),
+            get("peercache_served_bytes_total"),
         )
     };
     let cache = dir.join("c");
