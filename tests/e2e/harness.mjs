@@ -81,6 +81,11 @@ export async function launchFirefox(home, { uuid, env = {}, prefs = {}, download
       // The extension is installed over WebDriver BiDi as a temporary add-on; keep
       // its storage when it is removed at shutdown, as a normal install would.
       'extensions.webextensions.keepStorageOnUninstall': true,
+      // Each load of the assets page is a first visit: the site now answers a
+      // browser's revalidation with 304 (its own cache, no body anywhere), and
+      // these tests follow the bodies through the host and the peers.
+      'browser.cache.disk.enable': false,
+      'browser.cache.memory.enable': false,
       ...(downloads ? {
         'browser.download.dir': downloads,
         'browser.download.folderList': 2,
