@@ -164,6 +164,10 @@ pub struct Referral {
 pub struct ServerKey {
     /// Ed25519 public key, 64 hex digits.
     pub public_key: String,
+    /// The rotations that led to it, each signed by the key before (issue 14),
+    /// so a client that pinned an older key may pin this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<crate::record::KeyRotation>,
 }
 
 /// A site the user enabled: its origin and advertised scope.

@@ -142,6 +142,40 @@ impl Knowledge {
         }
     }
 
+    /// Pins `key` for `origin` as [`Knowledge::pin`] does, or in place of the
+    /// pinned key when `rotations` (from the server's `/v1/key`) lead from the
+    /// pinned key to `key` by statements each signed by the key before
+    /// (issue 14). Returns false, keeping the pinned key, otherwise.
+    pub fn accept_key(
+        &self,
+        origin: &str,
+        key: &str,
+        rotations: &[peercache_core::record::KeyRotation],
+    ) -> bool {
+        let pinned = self.pinned_key(origin);
+        match pinned {
+            None => self.pin(origin, key),
+            Some(p) if p.eq_ignore_ascii_case(key) => true,
+            Some(p) => match peercache_core::record::follow_rotations(&p, key, rotations) {
+                Ok(()) => {
+                    let mut keys = lock(&self.keys);
+                    keys.insert(origin.to_string(), key.to_ascii_lowercase());
+                    let _ = std::fs::create_dir_all(&self.data_dir);
+                    let _ = write_atomically(
+                        &self.data_dir.join("servers.json"),
+                        &serde_json::to_vec(&*keys).unwrap_or_default(),
+                    );
+                    tracing::info!(%origin, old = %p, new = %key, "the server rotated its key; pinned the new one");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%origin, error = %e, "the server presents a different key than the one pinned; keeping the pinned one");
+                    false
+                }
+            },
+        }
+    }
+
     /// Remembers the peers of a referral (most recent first, bounded).
     pub fn learn_peers(&self, origin: &str, peers: &[Proxy]) {
         let peers: Vec<&Proxy> = peers
@@ -313,6 +347,107 @@ impl Knowledge {
     }
 }
 
+/// The version of a URL this host holds (issue 14): which object, its
+/// validator and until when the site's caching headers let it be used without
+/// asking.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptVersion {
+    /// The object's hash.
+    pub hash: peercache_core::ObjectHash,
+    /// Its size.
+    pub size: u64,
+    /// Its media type.
+    pub content_type: String,
+    /// The site's `ETag`, to revalidate with.
+    pub etag: Option<String>,
+    /// Unix seconds until which it is fresh (0: always ask).
+    pub fresh_until: u64,
+    /// The site's end-to-end headers it came with (bounded), so a copy used
+    /// without asking goes to the browser as the site sent it.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Most headers kept with a version, and their total size.
+const MAX_KEPT_HEADERS: usize = 64;
+const MAX_KEPT_HEADER_BYTES: usize = 16 * 1024;
+
+impl KeptVersion {
+    /// The end-to-end headers of `headers` worth keeping with a version: not
+    /// framing, hop-by-hop or of the moment (`Date`, `Age`); bounded.
+    pub fn keepable_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (k, v) in headers {
+            let name = k.as_str();
+            if matches!(
+                name,
+                "connection"
+                    | "keep-alive"
+                    | "transfer-encoding"
+                    | "te"
+                    | "trailer"
+                    | "upgrade"
+                    | "proxy-authenticate"
+                    | "content-length"
+                    | "content-range"
+                    | "date"
+                    | "age"
+                    | "set-cookie"
+            ) || name.starts_with("x-peercache")
+                || name.starts_with("peercache")
+            {
+                continue;
+            }
+            let Ok(v) = v.to_str() else { continue };
+            bytes += name.len() + v.len();
+            if out.len() >= MAX_KEPT_HEADERS || bytes > MAX_KEPT_HEADER_BYTES {
+                break;
+            }
+            out.push((name.to_string(), v.to_string()));
+        }
+        out
+    }
+
+    /// The kept headers as a header map.
+    pub fn header_map(&self) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        for (k, v) in &self.headers {
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(v),
+            ) {
+                h.append(k, v);
+            }
+        }
+        h
+    }
+}
+
+impl Knowledge {
+    fn version_path(&self, url: &str) -> PathBuf {
+        self.dir
+            .join("versions")
+            .join(peercache_core::peer::lan_digest(url))
+    }
+
+    /// Remembers the version of `url` held.
+    pub fn keep_version(&self, url: &str, version: &KeptVersion) {
+        let path = self.version_path(url);
+        if let Some(parent) = path.parent()
+            && std::fs::create_dir_all(parent).is_ok()
+        {
+            let _ = write_atomically(&path, &serde_json::to_vec(version).unwrap_or_default());
+        }
+    }
+
+    /// The version of `url` held, if remembered.
+    pub fn version_for(&self, url: &str) -> Option<KeptVersion> {
+        let bytes = std::fs::read(self.version_path(url)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
 /// Recently seen cascade queries, for loop protection.
 #[derive(Debug, Default)]
 pub struct SeenQueries {
@@ -372,6 +507,19 @@ mod tests {
         assert!(k.pin("https://s", "aa"));
         assert!(k.pin("https://s", "aa"));
         assert!(!k.pin("https://s", "bb"), "a different key is refused");
+        let (old, new) = (
+            peercache_core::record::RecordSigner::from_secret([1; 32]),
+            peercache_core::record::RecordSigner::from_secret([2; 32]),
+        );
+        assert!(k.pin("https://r", &old.public_hex()));
+        assert!(
+            !k.accept_key("https://r", &new.public_hex(), &[]),
+            "no statement"
+        );
+        let forged = new.rotate_to(&new);
+        assert!(!k.accept_key("https://r", &new.public_hex(), &[forged]));
+        assert!(k.accept_key("https://r", &new.public_hex(), &[old.rotate_to(&new)]));
+        assert_eq!(k.pinned_key("https://r"), Some(new.public_hex()));
         let p = |id: &str| Proxy {
             direct: None,
             id: id.into(),

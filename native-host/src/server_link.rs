@@ -23,6 +23,9 @@ use crate::identity::Identity;
 use crate::knowledge::Knowledge;
 use crate::workload::Workload;
 
+/// Largest `/v1/key` answer read (a key and its rotation statements).
+const MAX_KEY_ANSWER: usize = 64 * 1024;
+
 /// How long the server may stay silent before the client turns to other peers.
 pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a registration waits for the endpoint to reach the server's relay.
@@ -273,11 +276,10 @@ impl ServerLink {
         answer
     }
 
-    /// Pins the server's record-signing key on first contact (B8).
-    async fn pin_server_key(&self, origin: &str) {
-        if self.knowledge.pinned_key(origin).is_some() {
-            return;
-        }
+    /// Pins the server's record-signing key on first contact (B8), or the
+    /// key it rotated to when its statements lead there from the pinned one
+    /// (issue 14). Asked at every registration, so a rotation is noticed.
+    pub async fn pin_server_key(&self, origin: &str) {
         let key = async {
             let r = self
                 .http
@@ -286,13 +288,24 @@ impl ServerLink {
                 .send()
                 .await
                 .ok()?;
-            r.json::<peercache_core::protocol::ServerKey>().await.ok()
+            if !r.status().is_success() {
+                return None;
+            }
+            // A key and at most MAX_ROTATIONS statements: small; bounded.
+            let mut r = r;
+            let mut body = Vec::new();
+            while let Some(chunk) = r.chunk().await.ok()? {
+                if body.len() + chunk.len() > MAX_KEY_ANSWER {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            serde_json::from_slice::<peercache_core::protocol::ServerKey>(&body).ok()
         }
         .await;
-        if let Some(k) = key
-            && !self.knowledge.pin(origin, &k.public_key)
-        {
-            tracing::warn!(%origin, "the server presents a different key than the one pinned; keeping the pinned one");
+        if let Some(k) = key {
+            self.knowledge
+                .accept_key(origin, &k.public_key, &k.rotations);
         }
     }
 

@@ -213,9 +213,15 @@ pub async fn run(
     app_state.site_relay = site_relay;
     app_state.upstream = upstream;
     let own = load_or_create_key(&key_file).map_err(StartError::Key)?;
-    // Replicas sharing a look-up table sign with one key: the first one's.
-    let shared = app_state.store.shared_signing_secret(own.secret()).await?;
+    let rotations = load_rotations(&key_file).map_err(StartError::Key)?;
+    // Replicas sharing a look-up table sign with one key: the first one's
+    // (or a rotated one's).
+    let (shared, rotations) = app_state
+        .store
+        .shared_signing_key(own.secret(), &rotations)
+        .await?;
     app_state.signer = peercache_core::record::RecordSigner::from_secret(shared);
+    app_state.key_rotations = rotations;
     tracing::info!(key = %app_state.signer.public_hex(), "record-signing key");
     let state = Arc::new(app_state);
     if state.upstream.is_none() {
@@ -327,6 +333,76 @@ pub fn load_or_create_key(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => create_key(path),
         other => other,
     }
+}
+
+/// Where the rotation statements of the key at `key_file` are kept.
+fn rotations_path(key_file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = key_file.as_os_str().to_os_string();
+    name.push(".rotations");
+    name.into()
+}
+
+/// The rotation statements that led to the key at `key_file` (none when the
+/// key was never rotated).
+pub fn load_rotations(
+    key_file: &std::path::Path,
+) -> std::io::Result<Vec<peercache_core::record::KeyRotation>> {
+    let path = rotations_path(key_file);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let mut list: Vec<peercache_core::record::KeyRotation> = serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            list.truncate(peercache_core::record::MAX_ROTATIONS);
+            Ok(list)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the key at `key_file` with a new one (issue 14): the old secret is
+/// kept beside it (`…old-<first 16 digits of its public key>`), and a
+/// statement of the rotation signed by the old key is added to
+/// `…rotations`, which `/v1/key` publishes so clients that pinned the old key
+/// pin the new one. Returns the old and the new public key.
+pub fn rotate_key(key_file: &std::path::Path) -> std::io::Result<(String, String)> {
+    use peercache_core::record::{MAX_ROTATIONS, RecordSigner};
+    let old = load_or_create_key(key_file)?;
+    let new = RecordSigner::from_secret(rand::random());
+    let mut rotations = load_rotations(key_file)?;
+    rotations.push(old.rotate_to(&new));
+    let excess = rotations.len().saturating_sub(MAX_ROTATIONS);
+    rotations.drain(..excess);
+    let mut kept = key_file.as_os_str().to_os_string();
+    kept.push(format!(
+        ".old-{}",
+        old.public_hex().get(..16).unwrap_or_default()
+    ));
+    write_secret(std::path::Path::new(&kept), &old.secret())?;
+    // The statement first: a crash before the key is replaced leaves a
+    // statement for a key never used, which harms nobody.
+    let json = serde_json::to_vec_pretty(&rotations).map_err(std::io::Error::other)?;
+    write_secret(&rotations_path(key_file), &json)?;
+    write_secret(key_file, &new.secret())?;
+    Ok((old.public_hex(), new.public_hex()))
+}
+
+/// Writes `bytes` to `path` atomically (a 0600 temporary file renamed over it).
+fn write_secret(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn create_key(path: &std::path::Path) -> std::io::Result<peercache_core::record::RecordSigner> {

@@ -142,6 +142,12 @@ struct Args {
     /// ~/.local/state/peercache-server].
     #[arg(long, env = "PEERCACHE_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Replace the record-signing key with a new one and exit: the old key is
+    /// kept beside it and signs a statement of the rotation, which `/v1/key`
+    /// publishes so clients that pinned the old key pin the new one. Restart
+    /// the server (all replicas) afterwards.
+    #[arg(long)]
+    rotate_key: bool,
 }
 
 /// How logs are written.
@@ -305,6 +311,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if config.tls_cert.is_some() != config.tls_key.is_some() {
         bail!("--tls-cert and --tls-key go together");
+    }
+    if args.rotate_key {
+        let path = config.signing_key_path();
+        let (old, new) = peercache_server::rotate_key(&path)
+            .with_context(|| format!("rotating the key {}", path.display()))?;
+        println!(
+            "rotated the record-signing key {old} to {new} ({})",
+            path.display()
+        );
+        return Ok(());
     }
     let listen = args
         .listen

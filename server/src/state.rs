@@ -633,6 +633,8 @@ pub struct AppState {
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
     /// The record-signing key (B8).
     pub signer: peercache_core::record::RecordSigner,
+    /// The rotations that led to it, published in `/v1/key` (issue 14).
+    pub key_rotations: Vec<peercache_core::record::KeyRotation>,
     /// Transfers in flight per object.
     pub sending: Sending,
     /// Serving peers receiving an object now (partial holders).
@@ -695,6 +697,7 @@ impl AppState {
             site_relay: None,
             upstream: None,
             signer: peercache_core::record::RecordSigner::from_secret(rand::random()),
+            key_rotations: Vec::new(),
             sending: Sending::default(),
             receivers: Receivers::default(),
             signed: Mutex::new(HashMap::new()),

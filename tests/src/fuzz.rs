@@ -721,6 +721,7 @@ fn server_seeds() -> Vec<Vec<u8>> {
         }),
         json(&ServerKey {
             public_key: pinned().to_string(),
+            rotations: vec![],
         }),
         json(&locate_example()),
     ]

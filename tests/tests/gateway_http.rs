@@ -201,7 +201,18 @@ async fn a_deleted_cache_directory_is_recreated_and_the_download_delivered() {
         get("/static/a.bin").await.unwrap().bytes().await.unwrap(),
         a
     );
-    std::fs::remove_dir_all(&cache).unwrap();
+    // The host may still be keeping what it just delivered (files appear
+    // while the directory is removed): remove until it is gone.
+    for attempt in 0.. {
+        match std::fs::remove_dir_all(&cache) {
+            Ok(()) => break,
+            Err(e) if attempt < 20 && e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("removing the cache: {e}"),
+        }
+    }
+    assert!(!cache.exists());
     let r = get("/static/b.bin").await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(

@@ -36,6 +36,9 @@ pub enum Asked {
     Referred(Box<Referral>),
     /// It is silent or down (why, in words: "connection refused", a TLS error…).
     Silent(String),
+    /// The version named by `If-None-Match` is current (`304`), with the
+    /// site's headers.
+    NotModified(reqwest::header::HeaderMap),
 }
 
 /// The answer and the signed record the server attached, if any.
@@ -49,11 +52,13 @@ pub struct Answer {
 
 /// How to ask.
 #[derive(Debug, Clone, Copy)]
-pub struct AskOptions {
+pub struct AskOptions<'a> {
     /// Longest total wait while deferred.
     pub max_deferral: Duration,
     /// This host's measured link speed, sent to the server.
     pub link_speed: Option<u64>,
+    /// The `ETag` of a version held: asked conditionally (issue 14).
+    pub if_none_match: Option<&'a str>,
 }
 
 /// Asks the server for `url` (see the module docs).
@@ -61,7 +66,7 @@ pub async fn ask(
     link: &ServerLink,
     url: &reqwest::Url,
     origin: &str,
-    options: AskOptions,
+    options: AskOptions<'_>,
     events: &Events,
 ) -> Result<Answer, FetchError> {
     let silent = |why: String| Answer {
@@ -86,6 +91,9 @@ pub async fn ask(
         let mut req = link.http().get(url.clone());
         if as_client {
             req = req.header(headers::CLIENT, client_header.to_header_value());
+        }
+        if let Some(tag) = options.if_none_match {
+            req = req.header(reqwest::header::IF_NONE_MATCH, tag);
         }
         let sent = tokio::time::timeout(link.timeout(), req.send()).await;
         let r = match sent {
@@ -143,6 +151,7 @@ pub async fn ask(
         .and_then(headers::decode_record);
     let asked = match resp.status().as_u16() {
         200 => Asked::Bytes(resp),
+        304 if options.if_none_match.is_some() => Asked::NotModified(resp.headers().clone()),
         300 => {
             let body = read_limited(resp, MAX_REFERRAL_BYTES).await?;
             let referral: Referral = serde_json::from_slice(&body)

@@ -33,7 +33,7 @@ pub mod transfer;
 pub mod verify;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use metrics::counter;
@@ -186,6 +186,16 @@ struct Object {
     content_type: String,
 }
 
+impl crate::knowledge::KeptVersion {
+    fn object(&self) -> Object {
+        Object {
+            hash: self.hash,
+            size: self.size,
+            content_type: self.content_type.clone(),
+        }
+    }
+}
+
 pub use discover::origin;
 
 fn now_secs() -> u64 {
@@ -253,23 +263,72 @@ impl Fetcher {
         origin: String,
         events: Arc<Events>,
     ) -> Result<Download, FetchError> {
+        // 0. A version of this URL held: while fresh (by the site's caching
+        // headers) it is used without asking; stale, it is asked for with its
+        // ETag and a 304 costs no bytes (issue 14).
+        let mut kept = self
+            .parts
+            .knowledge
+            .version_for(url.as_str())
+            .filter(|v| self.parts.cache.contains(&v.hash));
+        if let Some(v) = &kept
+            && v.fresh_until > now_secs()
+            && let Some(dl) = self
+                .own_copy(&v.object(), v.header_map(), events.clone())
+                .await
+        {
+            counter!("peercache_fresh_from_cache_total").increment(1);
+            return Ok(dl);
+        }
         // 1. Ask the server.
-        let options = ask::AskOptions {
-            max_deferral: self.options.max_deferral,
-            link_speed: self.parts.memory.link_speed(),
+        let answer = loop {
+            let options = ask::AskOptions {
+                max_deferral: self.options.max_deferral,
+                link_speed: self.parts.memory.link_speed(),
+                if_none_match: kept.as_ref().and_then(|v| v.etag.as_deref()),
+            };
+            let answer = ask::ask(&self.parts.link, &url, &origin, options, &events).await?;
+            let ask::Asked::NotModified(headers) = &answer.asked else {
+                break answer;
+            };
+            if let Some(mut v) = kept.take() {
+                v.fresh_until = own_cache::fresh_until(&url, 200, headers, SystemTime::now());
+                let mut site_headers = v.header_map();
+                // A 304's headers update the stored ones (RFC 9111 4.3.4).
+                for (k, val) in headers {
+                    site_headers.insert(k.clone(), val.clone());
+                }
+                v.headers = crate::knowledge::KeptVersion::keepable_headers(&site_headers);
+                let site_headers = v.header_map();
+                if let Some(dl) = self
+                    .own_copy(&v.object(), site_headers, events.clone())
+                    .await
+                {
+                    counter!("peercache_revalidated_total").increment(1);
+                    self.parts.knowledge.keep_version(url.as_str(), &v);
+                    return Ok(dl);
+                }
+            }
+            // The copy is gone (or was corrupt): asked again, unconditionally.
         };
-        let answer = ask::ask(&self.parts.link, &url, &origin, options, &events).await?;
         if let Some(rec) = &answer.record {
-            self.keep_record_if_valid(&origin, url.as_str(), rec);
+            self.keep_record_if_valid(&origin, url.as_str(), rec).await;
         }
         match answer.asked {
-            ask::Asked::Bytes(resp) => Ok(self.from_server(origin, resp, events)),
+            ask::Asked::Bytes(resp) => {
+                if let Some(rec) = &answer.record {
+                    self.note_version(&url, &rec.record, resp.headers());
+                }
+                Ok(self.from_server(origin, resp, events))
+            }
             ask::Asked::Referred(referral) => self.referred(origin, url, *referral, events).await,
             ask::Asked::Silent(why) => {
                 counter!("peercache_server_silent_total").increment(1);
                 events.emit(DownloadEvent::ServerSilent);
                 self.without_server(origin, url, why, events).await
             }
+            // Only asked for with a version held, answered above.
+            ask::Asked::NotModified(_) => Err(FetchError::SiteStatus(304)),
         }
     }
 
@@ -362,7 +421,7 @@ impl Fetcher {
         if let Some(rec) = &referral.record
             && rec.record.hash == object.hash
         {
-            self.keep_record_if_valid(&origin, url.as_str(), rec);
+            self.keep_record_if_valid(&origin, url.as_str(), rec).await;
         }
         let (found, _) = discover::discover_all(
             &[&discover::Referred(&referral)],
@@ -370,7 +429,10 @@ impl Fetcher {
             self.parts.link.peer_id(),
         )
         .await;
-        if let Some(dl) = self.own_copy(&object, events.clone()).await {
+        if let Some(dl) = self
+            .own_copy(&object, reqwest::header::HeaderMap::new(), events.clone())
+            .await
+        {
             counter!("peercache_cache_hits_total").increment(1);
             // Fetched through this site now too.
             self.parts.knowledge.note_fetched(&origin, &object.hash);
@@ -455,7 +517,10 @@ impl Fetcher {
             size: record.record.size,
             content_type: record.record.content_type.clone(),
         };
-        if let Some(dl) = self.own_copy(&object, events.clone()).await {
+        if let Some(dl) = self
+            .own_copy(&object, reqwest::header::HeaderMap::new(), events.clone())
+            .await
+        {
             return Ok(dl);
         }
         if found.holders.is_empty() {
@@ -485,7 +550,12 @@ impl Fetcher {
     }
 
     /// 3. An intact copy in the own cache.
-    async fn own_copy(&self, object: &Object, events: Arc<Events>) -> Option<Download> {
+    async fn own_copy(
+        &self,
+        object: &Object,
+        site_headers: reqwest::header::HeaderMap,
+        events: Arc<Events>,
+    ) -> Option<Download> {
         let body =
             own_cache::open(&self.parts.cache, &object.hash, object.size, events.clone()).await?;
         Some(Download {
@@ -494,7 +564,7 @@ impl Fetcher {
             hash: Some(object.hash),
             known_source: Some(Source::Cache),
             not_shareable: None,
-            site_headers: reqwest::header::HeaderMap::new(),
+            site_headers,
             body,
             done: None,
             events,
@@ -758,12 +828,43 @@ impl Fetcher {
         }
     }
 
-    /// Keeps a signed record if it verifies against the pinned key.
-    fn keep_record_if_valid(&self, origin: &str, url: &str, rec: &SignedRecord) {
-        let Some(key) = self.parts.knowledge.pinned_key(origin) else {
-            return;
+    /// Remembers which object `url` is and how long the site lets it be used
+    /// without asking (own_cache step 0).
+    fn note_version(
+        &self,
+        url: &reqwest::Url,
+        record: &peercache_core::record::ObjectRecord,
+        headers: &reqwest::header::HeaderMap,
+    ) {
+        let version = crate::knowledge::KeptVersion {
+            hash: record.hash,
+            size: record.size,
+            content_type: record.content_type.clone(),
+            etag: headers
+                .get(reqwest::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            fresh_until: own_cache::fresh_until(url, 200, headers, SystemTime::now()),
+            headers: crate::knowledge::KeptVersion::keepable_headers(headers),
         };
-        if rec.verify(&key, url, now_secs()).is_ok() {
+        self.parts.knowledge.keep_version(url.as_str(), &version);
+    }
+
+    /// Keeps a signed record if it verifies against the pinned key. A record
+    /// signed by another key first has the server's key asked again: the
+    /// server may have rotated it (issue 14).
+    async fn keep_record_if_valid(&self, origin: &str, url: &str, rec: &SignedRecord) {
+        let verified = |knowledge: &Knowledge| {
+            knowledge
+                .pinned_key(origin)
+                .map(|key| rec.verify(&key, url, now_secs()))
+        };
+        let mut checked = verified(&self.parts.knowledge);
+        if checked == Some(Err(peercache_core::record::RecordError::BadSignature)) {
+            self.parts.link.pin_server_key(origin).await;
+            checked = verified(&self.parts.knowledge);
+        }
+        if matches!(checked, Some(Ok(_))) {
             self.parts.knowledge.keep_record(rec);
         }
     }

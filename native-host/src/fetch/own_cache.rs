@@ -1,5 +1,7 @@
 //! The object from this host's own cache: re-verified whole first (a disk can
-//! rot; a corrupt copy is removed), then streamed.
+//! rot; a corrupt copy is removed), then streamed. Also how long a copy may be
+//! used without asking the server: the site's caching headers, read by
+//! `http-cache-semantics` as a private cache (issue 14).
 
 use futures_util::StreamExt;
 use peercache_core::explain::DownloadEvent;
@@ -73,4 +75,80 @@ pub async fn open(
         });
     });
     Some(rx)
+}
+
+/// Unix seconds until which a response to `GET url` with `status` and
+/// `headers` may be used without asking (0 when it must be revalidated).
+pub fn fresh_until(
+    url: &reqwest::Url,
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> u64 {
+    use http_cache_semantics::{CacheOptions, CachePolicy};
+    let Ok(req) = axum::http::Request::get(url.as_str()).body(()) else {
+        return 0;
+    };
+    let mut resp = axum::http::Response::new(());
+    *resp.status_mut() = axum::http::StatusCode::from_u16(status).unwrap_or_default();
+    *resp.headers_mut() = headers.clone();
+    let options = CacheOptions {
+        shared: false,
+        ..CacheOptions::default()
+    };
+    let policy = CachePolicy::new_options(&req, &resp, now, options);
+    if !policy.is_storable() {
+        return 0;
+    }
+    let ttl = policy.time_to_live(now);
+    if ttl.is_zero() {
+        return 0;
+    }
+    now.checked_add(ttl)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_follows_the_site_headers() {
+        let url = reqwest::Url::parse("https://s.example/a").unwrap();
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = reqwest::header::HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, reqwest::header::HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert_eq!(
+            fresh_until(&url, 200, &h(&[("cache-control", "max-age=600")]), now),
+            1_000_600
+        );
+        assert_eq!(
+            fresh_until(&url, 200, &h(&[("cache-control", "no-cache")]), now),
+            0
+        );
+        assert_eq!(
+            fresh_until(
+                &url,
+                200,
+                &h(&[("cache-control", "no-store, max-age=600")]),
+                now
+            ),
+            0
+        );
+        assert_eq!(
+            fresh_until(
+                &url,
+                200,
+                &h(&[("cache-control", "max-age=600"), ("age", "100")]),
+                now
+            ),
+            1_000_500
+        );
+    }
 }

@@ -125,5 +125,6 @@ async fn server_key(
 ) -> Json<peercache_core::protocol::ServerKey> {
     Json(peercache_core::protocol::ServerKey {
         public_key: state.signer.public_hex(),
+        rotations: state.key_rotations.clone(),
     })
 }

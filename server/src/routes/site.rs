@@ -62,6 +62,7 @@ pub async fn site(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    counter!("peercache_site_requests_total").increment(1);
     let safe = method == Method::GET || method == Method::HEAD;
     if !safe && state.upstream.is_none() {
         return Err(ApiError::MethodNotAllowed);

@@ -237,12 +237,18 @@ impl Store {
         dispatch!(self, "report", s => s.report(report))
     }
 
-    /// The record-signing secret every replica sharing this table uses: the
-    /// stored one, or `candidate` when none is stored yet (then stored).
-    pub async fn shared_signing_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+    /// The record-signing secret every replica sharing this table uses, with
+    /// the rotations that led to it: the stored one, or `candidate` when none
+    /// is stored yet or when `rotations` show `candidate` replaces the stored
+    /// one (this replica's key was rotated; then stored).
+    pub async fn shared_signing_key(
+        &self,
+        candidate: [u8; 32],
+        rotations: &[peercache_core::record::KeyRotation],
+    ) -> Result<([u8; 32], Vec<peercache_core::record::KeyRotation>), StoreError> {
         match self {
-            Store::Memory(_) => Ok(candidate),
-            Store::Redis(s) => s.shared_signing_secret(candidate).await,
+            Store::Memory(_) => Ok((candidate, rotations.to_vec())),
+            Store::Redis(s) => s.shared_signing_key(candidate, rotations).await,
         }
     }
 

@@ -26,7 +26,8 @@
 //! - `figures` hash and `history` list (capped): the counters `/admin` shows,
 //!   summed over replicas;
 //! - `signing-key`: the record-signing secret (hex) all replicas use, set by
-//!   the first to start.
+//!   the first to start (or by one whose key was rotated from it);
+//! - `signing-rotations`: the rotation statements that led to it (JSON).
 //!
 //! A referral decision is one script call (holders and their figures); booking
 //! the referral against the first holder's load is sent on the same connection
@@ -522,6 +523,53 @@ impl RedisStore {
         self.limits
     }
 
+    /// The stored record-signing secret and its rotations, or `candidate`
+    /// stored as it (when none is stored, or `rotations` lead from the stored
+    /// key to `candidate`).
+    pub async fn shared_signing_key(
+        &self,
+        candidate: [u8; 32],
+        rotations: &[peercache_core::record::KeyRotation],
+    ) -> Result<([u8; 32], Vec<peercache_core::record::KeyRotation>), StoreError> {
+        use peercache_core::record::{RecordSigner, follow_rotations};
+        let mut c = self.conn.clone();
+        let (key, rot_key) = (
+            self.set_key("signing-key"),
+            self.set_key("signing-rotations"),
+        );
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(hex::encode(candidate))
+            .arg("NX")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let stored: Option<String> = c.get(&key).await.map_err(unavailable)?;
+        let stored = stored
+            .and_then(|h| hex::decode(h.trim()).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| StoreError::Unavailable(format!("{key} is not a 32-byte hex key")))?;
+        let ours = RecordSigner::from_secret(candidate).public_hex();
+        let theirs = RecordSigner::from_secret(stored).public_hex();
+        if stored == candidate || follow_rotations(&theirs, &ours, rotations).is_ok() {
+            let json = serde_json::to_string(rotations).unwrap_or_default();
+            let () = c.set(&rot_key, json).await.map_err(unavailable)?;
+            if stored != candidate {
+                let () = c
+                    .set(&key, hex::encode(candidate))
+                    .await
+                    .map_err(unavailable)?;
+            }
+            return Ok((candidate, rotations.to_vec()));
+        }
+        let json: Option<String> = c.get(&rot_key).await.map_err(unavailable)?;
+        let mut theirs_rot: Vec<peercache_core::record::KeyRotation> = json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
+        theirs_rot.truncate(peercache_core::record::MAX_ROTATIONS);
+        Ok((stored, theirs_rot))
+    }
+
     fn k(&self, kind: &str, id: impl std::fmt::Display) -> String {
         format!("{}{kind}:{id}", self.prefix)
     }
@@ -988,25 +1036,6 @@ impl RedisStore {
                 holdings,
             })
             .collect())
-    }
-
-    /// The stored record-signing secret, or `candidate` stored as it (the
-    /// first replica to start sets it; a constant-size key that never expires).
-    pub async fn shared_signing_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
-        let mut c = self.conn.clone();
-        let key = self.set_key("signing-key");
-        let _: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(hex::encode(candidate))
-            .arg("NX")
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        let stored: Option<String> = c.get(&key).await.map_err(unavailable)?;
-        stored
-            .and_then(|h| hex::decode(h.trim()).ok())
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| StoreError::Unavailable(format!("{key} is not a 32-byte hex key")))
     }
 
     /// Takes or renews the lease for pinging and expiry; true while this
