@@ -43,7 +43,7 @@ pub enum Level {
 /// One line of the doctor's report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
-    /// What was checked, e.g. "Chromium" or "reachable from https://example.org".
+    /// What was checked, e.g. "Chromium" or "reachable from `https://example.org`".
     pub topic: String,
     /// How it came out.
     pub level: Level,

@@ -295,7 +295,7 @@ impl Store {
 
     /// Whether this replica does the pinging and expiry now: always with the
     /// memory table; with Redis, while it holds the lease (taken or renewed by
-    /// this call, so call it at least every [`redis::LEASE_MS`] / 2).
+    /// this call, so call it at least every `redis::LEASE_MS` / 2).
     pub async fn lead(&self) -> Result<bool, StoreError> {
         match self {
             Store::Memory(_) => Ok(true),
