@@ -989,21 +989,20 @@ pub async fn spawn_trickling_holder(
     object: &[u8],
     pause: Duration,
 ) -> anyhow::Result<FakePeer> {
+    let held = held_object(object, pause)?;
+    spawn_fake_holder(key, Duration::ZERO, Some(held), None, None).await
+}
+
+/// What a fake holder holds of `object`: its hash, bytes and outboard, and the
+/// pause after each byte it sends.
+fn held_object(object: &[u8], pause: Duration) -> anyhow::Result<std::sync::Arc<HeldObject>> {
     let outboard = peercache_core::verified::outboard_from_reader(object, object.len() as u64)?;
-    let held = (
+    Ok(std::sync::Arc::new((
         peercache_core::ObjectHash::of(object),
         object.to_vec(),
         outboard,
         pause,
-    );
-    spawn_fake_holder(
-        key,
-        Duration::ZERO,
-        Some(std::sync::Arc::new(held)),
-        None,
-        None,
-    )
-    .await
+    )))
 }
 
 /// Starts a [`FakePeer`] that holds `object` and serves its bytes honestly (so
@@ -1013,21 +1012,8 @@ pub async fn spawn_bad_outboard_holder(
     object: &[u8],
     lie: BadOutboard,
 ) -> anyhow::Result<FakePeer> {
-    let outboard = peercache_core::verified::outboard_from_reader(object, object.len() as u64)?;
-    let held = (
-        peercache_core::ObjectHash::of(object),
-        object.to_vec(),
-        outboard,
-        Duration::ZERO,
-    );
-    spawn_fake_holder(
-        key,
-        Duration::ZERO,
-        Some(std::sync::Arc::new(held)),
-        None,
-        Some(lie),
-    )
-    .await
+    let held = held_object(object, Duration::ZERO)?;
+    spawn_fake_holder(key, Duration::ZERO, Some(held), None, Some(lie)).await
 }
 
 /// Starts a [`FakePeer`] that answers any request for `hash` with a body that
