@@ -13,7 +13,7 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// Counters: name, help.
-pub const COUNTERS: [(&str, &str); 23] = [
+pub const COUNTERS: [(&str, &str); 30] = [
     (
         "peercache_requests_served_total",
         "Site requests this server answered with the object.",
@@ -103,6 +103,34 @@ pub const COUNTERS: [(&str, &str); 23] = [
         "peercache_relay_bytes_total",
         "Bytes through the site's own relay, by direction.",
     ),
+    (
+        "peercache_site_requests_total",
+        "Requests for the site's files (root or upstream), whatever the answer.",
+    ),
+    (
+        "peercache_requests_not_modified_total",
+        "Conditional requests answered 304 Not Modified.",
+    ),
+    (
+        "peercache_upstream_hits_total",
+        "Upstream-mode requests answered from a fresh stored response.",
+    ),
+    (
+        "peercache_upstream_misses_total",
+        "Upstream-mode requests that went to the origin for a new response.",
+    ),
+    (
+        "peercache_upstream_revalidations_total",
+        "Stored responses revalidated with the origin (a 304 merged or a new body).",
+    ),
+    (
+        "peercache_upstream_stale_served_total",
+        "Stale responses served while they are refreshed (stale-while-revalidate).",
+    ),
+    (
+        "peercache_upstream_invalidations_total",
+        "Stored responses dropped after an unsafe method on their URL.",
+    ),
 ];
 
 /// Describes every metric (the `# HELP` lines) and sets `peercache_build_info`.
@@ -122,6 +150,10 @@ pub fn describe() {
     describe_gauge!(
         "peercache_objects_listed",
         "Objects with at least one listed holder."
+    );
+    describe_gauge!(
+        "peercache_egress_estimate_bytes_per_second",
+        "The uplink this server measured from its own busy transfers (used without --egress-limit)."
     );
     describe_gauge!(
         "peercache_build_info",

@@ -78,8 +78,11 @@ async fn every_metric_has_help_units_and_the_latencies_are_histograms() {
             "{name} has no # HELP line"
         );
         assert!(name.starts_with("peercache_"), "{name}");
+        // A byte count ends in its unit; a rate gauge in bytes per second.
         assert!(
-            !name.contains("_bytes_") || name.ends_with("_bytes_total"),
+            !name.contains("_bytes_")
+                || name.ends_with("_bytes_total")
+                || name.ends_with("_bytes_per_second"),
             "{name}: the unit goes last"
         );
     }
