@@ -69,7 +69,7 @@ async fn a_crowd_is_served_by_partial_holders_before_they_finish() {
     println!(
         "partial uploads {partial_uploads}, bytes {:.2} × F; server sent {:.2} × F, referred {}",
         partial_bytes / f,
-        s["peercache_bytes_served_total"] / f,
+        s["peercache_served_bytes_total"] / f,
         s["peercache_requests_referred_total"],
     );
     assert!(
@@ -81,8 +81,8 @@ async fn a_crowd_is_served_by_partial_holders_before_they_finish() {
         "the crowd was referred to those receiving it: {s:?}"
     );
     assert!(
-        s["peercache_bytes_served_total"] < (N as f64) * f,
+        s["peercache_served_bytes_total"] < (N as f64) * f,
         "the server sent less than a copy per host: {:.2} × F",
-        s["peercache_bytes_served_total"] / f
+        s["peercache_served_bytes_total"] / f
     );
 }
