@@ -437,21 +437,28 @@ pub async fn fetch_cli_with(
     cache: &Path,
     args: &[&str],
 ) -> anyhow::Result<(bool, String)> {
-    let output = Command::new(bin("peercache-host"))
-        .args(["fetch", "--server", server, path, "-o"])
-        .arg(out)
-        .args(args)
-        .arg("--cache")
-        .arg(cache)
-        .arg("--state")
-        .arg(state_for(cache))
-        .env("RUST_LOG", "warn")
+    let output = fetch_command(server, path, out, cache, args)
         .output()
         .await?;
     Ok((
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
+}
+
+/// `peercache-host fetch` of `path` from `server` into `out`, with its cache
+/// and state directory, as the fetch helpers run it.
+fn fetch_command(server: &str, path: &str, out: &Path, cache: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("peercache-host"));
+    cmd.args(["fetch", "--server", server, path, "-o"])
+        .arg(out)
+        .args(args)
+        .arg("--cache")
+        .arg(cache)
+        .arg("--state")
+        .arg(state_for(cache))
+        .env("RUST_LOG", "warn");
+    cmd
 }
 
 /// [`fetch_cli_with`] that also watches the fetch process's peak resident
@@ -463,15 +470,7 @@ pub async fn fetch_cli_watched(
     cache: &Path,
     args: &[&str],
 ) -> anyhow::Result<(bool, String, u64)> {
-    let mut child = Command::new(bin("peercache-host"))
-        .args(["fetch", "--server", server, path, "-o"])
-        .arg(out)
-        .args(args)
-        .arg("--cache")
-        .arg(cache)
-        .arg("--state")
-        .arg(state_for(cache))
-        .env("RUST_LOG", "warn")
+    let mut child = fetch_command(server, path, out, cache, args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
