@@ -157,6 +157,12 @@ pub struct Referral {
     /// Why the server referred: its figures and the rule's reason.
     #[serde(default)]
     pub why: Option<crate::decide::Explained>,
+    /// The object's representation headers, as a `200` would carry them
+    /// (`Cache-Control`, validators, `Content-Encoding`, the origin's other
+    /// end-to-end headers): what the gateway hands the browser with bytes
+    /// from peers, and what the host's freshness is computed from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
 }
 
 /// `GET /v1/key`: the server's record-signing key.
@@ -373,6 +379,7 @@ mod tests {
             target_speed: 10,
             record: None,
             why: None,
+            headers: Vec::new(),
         };
         let v = serde_json::to_value(&r).unwrap();
         for key in [

@@ -718,6 +718,7 @@ fn server_seeds() -> Vec<Vec<u8>> {
                 usable_holders: 2,
                 ..Inputs::default()
             })),
+            headers: vec![("cache-control".into(), "max-age=60".into())],
         }),
         json(&ServerKey {
             public_key: pinned().to_string(),

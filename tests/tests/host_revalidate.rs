@@ -68,3 +68,65 @@ async fn fresh_objects_cost_no_request_and_stale_ones_a_304() {
     std::fs::write(root.join("static/stale.bin"), &changed).unwrap();
     assert_eq!(fetch("/static/stale.bin", "s3").await, changed);
 }
+
+/// The same for an object that came from a peer: the referral carries the
+/// site's headers for it (as a `200` would), so the host knows it is fresh
+/// and the second fetch asks nobody.
+#[tokio::test]
+async fn a_fresh_object_from_a_peer_costs_no_request_either() {
+    let dir = TempDir::new("host-revalidate-peer");
+    let data = test_bytes(2_500_000, 34);
+    let root = make_site(&dir, &[]);
+    std::fs::create_dir_all(root.join("static/v1")).unwrap();
+    std::fs::write(root.join("static/v1/big.bin"), &data).unwrap();
+    // 2.5 MB at 1 MiB/s cannot go out within 1 s: once a peer holds it, a
+    // client is referred.
+    let server = spawn_server(
+        &root,
+        &[
+            "--ping-interval",
+            "0s",
+            "--no-relay",
+            "--egress-limit",
+            "1MiB",
+            "--target-period",
+            "1s",
+            "--cache-control",
+            "/static/v1/=public, max-age=600",
+        ],
+    )
+    .await
+    .unwrap();
+    let (ok, err) = fetch_cli(
+        &server.url,
+        "/static/v1/big.bin",
+        &dir.join("a.out"),
+        &dir.join("a"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let holder = peercache_tests::spawn_peer(&server.url, &dir.join("a"), &[])
+        .await
+        .unwrap();
+    let requests =
+        || async { metrics(&server.admin_url).await.unwrap()["peercache_site_requests_total"] };
+    let cache = dir.join("c");
+    let (ok, err) = fetch_cli(&server.url, "/static/v1/big.bin", &dir.join("c1"), &cache)
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("from peer {}", holder.id)), "{err}");
+    assert_eq!(std::fs::read(dir.join("c1")).unwrap(), data);
+    let before = requests().await;
+    let (ok, err) = fetch_cli(&server.url, "/static/v1/big.bin", &dir.join("c2"), &cache)
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(dir.join("c2")).unwrap(), data);
+    assert_eq!(
+        requests().await,
+        before,
+        "fresh by the headers the referral carried: no request: {err}"
+    );
+}

@@ -423,6 +423,15 @@ impl Fetcher {
         {
             self.keep_record_if_valid(&origin, url.as_str(), rec).await;
         }
+        // The site's headers for the object, as a 200 would carry them: they
+        // go to the browser with the bytes, and give the kept version its
+        // freshness (so a fresh object is not asked for again).
+        let site_headers = referral_headers(&referral.headers);
+        if let Some(rec) = &referral.record
+            && rec.record.hash == object.hash
+        {
+            self.note_version(&url, &rec.record, &site_headers);
+        }
         let (found, _) = discover::discover_all(
             &[&discover::Referred(&referral)],
             url.as_str(),
@@ -430,7 +439,7 @@ impl Fetcher {
         )
         .await;
         if let Some(dl) = self
-            .own_copy(&object, reqwest::header::HeaderMap::new(), events.clone())
+            .own_copy(&object, site_headers.clone(), events.clone())
             .await
         {
             counter!("peercache_cache_hits_total").increment(1);
@@ -450,7 +459,7 @@ impl Fetcher {
         }
         let floor = transfer::floor_for(referral.target_speed);
         let server = Some((referral.server.clone(), url));
-        Ok(self
+        let mut dl = self
             .from_holders(
                 origin,
                 object,
@@ -460,7 +469,9 @@ impl Fetcher {
                 server,
                 events,
             )
-            .await)
+            .await;
+        dl.site_headers = site_headers;
+        Ok(dl)
     }
 
     /// 2c. The server is silent: holders from peers met before (and their
@@ -868,4 +879,16 @@ impl Fetcher {
             self.parts.knowledge.keep_record(rec);
         }
     }
+}
+/// A referral's representation headers as a header map (names or values
+/// that do not parse are left out; at most 64).
+fn referral_headers(pairs: &[(String, String)]) -> reqwest::header::HeaderMap {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let mut h = reqwest::header::HeaderMap::new();
+    for (k, v) in pairs.iter().take(64) {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            h.append(k, v);
+        }
+    }
+    h
 }

@@ -332,7 +332,7 @@ pub async fn answer(
                         state.receivers.add(obj.hash, id, &addr);
                     }
                 }
-                return Ok(referral(state, asked, obj, decided));
+                return Ok(referral(state, asked, obj, representation, decided));
             }
             Verdict::Serve => {
                 // Listed later only if every byte goes out (send.rs).
@@ -373,7 +373,13 @@ fn deferral(retry_after_s: u64) -> Response {
 }
 
 /// `300`: the holders, the server last, and why.
-fn referral(state: &AppState, asked: &Asked<'_>, obj: &SiteObject, decided: Decided) -> Response {
+fn referral(
+    state: &AppState,
+    asked: &Asked<'_>,
+    obj: &SiteObject,
+    representation: &HeaderMap,
+    decided: Decided,
+) -> Response {
     let own = state.own_url(asked.headers);
     let mut proxies = decided.holders;
     proxies.push(Proxy {
@@ -401,6 +407,16 @@ fn referral(state: &AppState, asked: &Asked<'_>, obj: &SiteObject, decided: Deci
         target_speed: target_speed(obj.size, period.max(1)),
         record: Some(state.sign(&url, obj)),
         why: Some(decided.explained),
+        headers: representation
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "content-length" | "transfer-encoding" | "content-range" | "accept-ranges"
+                )
+            })
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
     };
     state.figures.add(Tally::Referred, 1);
     let json = serde_json::to_vec(&body).unwrap_or_default();
