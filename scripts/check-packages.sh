@@ -3,6 +3,8 @@
 # - the .deb unpacked into a throw-away root (dpkg -x) holds the host and, in
 #   every browser's system-wide directory, a manifest naming /usr/bin/peercache-host
 #   and allowing peercache's extension; the unpacked host runs;
+# - the .rpm likewise, installed by the rpm tool into a throw-away root with its
+#   own package database (Firefox's lib64 directory as well);
 # - the archive's install.sh, run with a throw-away HOME and a browser on PATH,
 #   installs the host and registers it for that browser.
 set -euo pipefail
@@ -10,12 +12,9 @@ cd "$(dirname "$0")/.."
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 
-deb=$(ls -t dist/peercache_*.deb | head -1)
-dpkg -x "$deb" "$root/deb"
-"$root/deb/usr/bin/peercache-host" --version
-for dir in etc/opt/chrome etc/chromium etc/opt/edge etc/brave usr/lib/mozilla; do
-  m="$root/deb/$dir/native-messaging-hosts/org.peercache.host.json"
-  python3 - "$m" <<'PY'
+# A native-messaging manifest naming /usr/bin/peercache-host and peercache's extension.
+check_manifest() {
+  python3 - "$1" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
 assert m["name"] == "org.peercache.host", m
@@ -24,10 +23,32 @@ assert m["type"] == "stdio", m
 ids = m.get("allowed_origins", []) + m.get("allowed_extensions", [])
 assert "chrome-extension://fmfjkafobffmfmdigggcgcdafihpelgn/" in ids or "peercache@peercache.org" in ids, m
 PY
+}
+
+deb=$(ls -t dist/peercache_*.deb | head -1)
+dpkg -x "$deb" "$root/deb"
+"$root/deb/usr/bin/peercache-host" --version
+for dir in etc/opt/chrome etc/chromium etc/opt/edge etc/brave usr/lib/mozilla; do
+  check_manifest "$root/deb/$dir/native-messaging-hosts/org.peercache.host.json"
   echo "deb: $dir/native-messaging-hosts/org.peercache.host.json"
 done
 # The package database agrees: dpkg lists every manifest as the package's.
 dpkg --contents "$deb" | grep -c 'native-messaging-hosts/org.peercache.host.json' | grep -qx 5
+
+# The .rpm, installed by the rpm tool into a throw-away root (its own
+# database; no dependencies or scripts, as the root has no system).
+rpmfile=$(ls -t dist/peercache-*.rpm | head -1)
+rpm -K "$rpmfile" 2>/dev/null | grep -q 'digests OK'
+rpm --root "$root/rpm" --initdb
+rpm --root "$root/rpm" -i --nodeps --noscripts "$rpmfile" 2> "$root/rpm.err" || { cat "$root/rpm.err"; exit 1; }
+rpm --root "$root/rpm" -q peercache 2>/dev/null
+rpm --root "$root/rpm" -ql peercache 2>/dev/null > "$root/rpm.list"
+"$root/rpm/usr/bin/peercache-host" --version
+for dir in etc/opt/chrome etc/chromium etc/opt/edge etc/brave usr/lib/mozilla usr/lib64/mozilla; do
+  grep -qx "/$dir/native-messaging-hosts/org.peercache.host.json" "$root/rpm.list"
+  check_manifest "$root/rpm/$dir/native-messaging-hosts/org.peercache.host.json"
+  echo "rpm: $dir/native-messaging-hosts/org.peercache.host.json"
+done
 
 tarball=$(ls -t dist/peercache-host-*.tar.gz | head -1)
 mkdir -p "$root/tar" "$root/home" "$root/bin"

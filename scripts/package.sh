@@ -2,6 +2,8 @@
 # Builds the native host's release artefacts into dist/:
 #   dist/peercache_VERSION_ARCH.deb           (cargo-deb) the host in /usr/bin and its
 #                                             manifest in every browser's system-wide dir
+#   dist/peercache-VERSION-1.ARCH.rpm          (cargo-generate-rpm) the same files, for
+#                                             Fedora, RHEL, openSUSE
 #   dist/peercache-host-VERSION-TARGET.tar.gz the host, install.sh and the README, for
 #                                             other Linux systems (and macOS, built there)
 # Then checks them: scripts/check-packages.sh.
@@ -28,6 +30,11 @@ fi
 rm -rf target/pkg && mkdir -p target/pkg/root dist
 "$bin" install --system --stage-root target/pkg/root --host-path /usr/bin/peercache-host >/dev/null
 
+# One stripped copy of the host for the .rpm and the archive.
+mkdir -p target/pkg/bin
+cp "$bin" target/pkg/bin/peercache-host
+strip -s target/pkg/bin/peercache-host
+
 echo "package: cargo deb"
 if [ "$profile" = dev ]; then
   # Stripped: the debug build's symbols would make a 300 MB package.
@@ -36,9 +43,13 @@ else
   cargo deb -p peercache-host --no-build --no-strip -o dist/ >/dev/null
 fi
 
+echo "package: cargo generate-rpm"
+rm -f dist/peercache-*.rpm
+cargo generate-rpm -p native-host -o dist/ >/dev/null
+
 name=peercache-host-$version-$target
 mkdir -p "target/pkg/$name"
-cp "$bin" scripts/install-host.sh README.md "target/pkg/$name/"
+cp target/pkg/bin/peercache-host scripts/install-host.sh README.md "target/pkg/$name/"
 mv "target/pkg/$name/install-host.sh" "target/pkg/$name/install.sh"
 tar -C target/pkg -czf "dist/$name.tar.gz" "$name"
-ls -l dist/*.deb "dist/$name.tar.gz"
+ls -l dist/*.deb dist/*.rpm "dist/$name.tar.gz"

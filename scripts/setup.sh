@@ -22,6 +22,8 @@ if ! $demo_only; then
   # The Windows cross-check compiles C in ring's and aws-lc-sys's build scripts.
   command -v x86_64-w64-mingw32-gcc >/dev/null || need_apt+=(gcc-mingw-w64-x86-64-posix)
   command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
+  # The .rpm's check installs it with the rpm tool into a throw-away root.
+  command -v rpm >/dev/null || need_apt+=(rpm)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
@@ -50,6 +52,10 @@ fi
 if ! cargo deb --version >/dev/null 2>&1; then
   echo "setup: cargo install cargo-deb (about 2 minutes)"
   cargo install -q --locked cargo-deb --version 3.8.0
+fi
+if [ "$(cargo generate-rpm --version 2>/dev/null | awk '{print $2}')" != 0.21.1 ]; then
+  echo "setup: cargo install cargo-generate-rpm (about 2 minutes)"
+  cargo install -q --locked cargo-generate-rpm --version 0.21.1
 fi
 
 if [ ! -d tests/e2e/node_modules/playwright-core ] || [ ! -x tests/e2e/node_modules/.bin/web-ext ]; then

@@ -41,7 +41,7 @@ scripts/build-extension.sh
 step "web-ext lint of the Firefox package (no errors)"
 (cd tests/e2e && node_modules/.bin/web-ext lint --source-dir ../../dist/firefox --output=text)
 
-step "packages: .deb and tar.gz (of the debug build), checked in a throw-away root"
+step "packages: .deb, .rpm and tar.gz (of the debug build), checked in a throw-away root"
 PEERCACHE_PACKAGE_PROFILE=dev scripts/package.sh
 scripts/check-packages.sh
 
