@@ -10,6 +10,7 @@
 //! - [`headers`]: the `Peercache-Client`, `Peercache-Object` and `Peercache` headers.
 //! - [`range`]: which bytes a `GET` gets (`Range`, `If-Range`, `416`).
 //! - [`conditional`]: when a conditional `GET` gets `304 Not Modified`.
+//! - [`coding`]: what `Content-Encoding` says about a body (what `fetch` decodes).
 //! - [`hash`]: object hashes (BLAKE3) and their hex form.
 //! - [`record`]: signed object records (B8).
 //! - [`decide`]: serve-or-refer, from an egress model and the target period (M1, M3, M4).
@@ -42,6 +43,7 @@
 //! figures in; this crate never reads them itself.
 
 pub mod auth;
+pub mod coding;
 pub mod conditional;
 pub mod decide;
 pub mod doctor;

@@ -18,6 +18,7 @@
 //! - [`install`]: the browsers' host manifests (every supported browser, on
 //!   Linux, macOS and Windows), and the browsers found on this machine.
 //! - [`doctor`]: the facts `peercache-host doctor` and the popup judge.
+//! - [`decode`]: `fetch -o FILE` writes a gzip or deflate body decoded.
 //! - [`node`]: wires the above into one running peer (`serve`, native mode).
 //!
 //! One request followed top to bottom (a page's `GET /static/app.js`):
@@ -45,6 +46,7 @@
 
 pub mod cache;
 pub mod counters;
+pub mod decode;
 pub mod doctor;
 pub mod fetch;
 pub mod gateway;

@@ -105,6 +105,10 @@ enum Command {
         /// load, the order chosen and why, and which source sent which bytes.
         #[arg(long)]
         explain: bool,
+        /// Write the body as the site sent it: without this, a body with
+        /// `Content-Encoding: gzip` or `deflate` is written decoded.
+        #[arg(long)]
+        raw: bool,
     },
     /// Register this binary as the native-messaging host of the browsers:
     /// without --browser, of every supported browser found on this machine
@@ -343,6 +347,7 @@ async fn main() -> anyhow::Result<()> {
             ca_cert,
             max_deferral,
             explain,
+            raw,
         } => {
             if !path.starts_with('/') {
                 bail!("PATH must start with '/': {path:?}");
@@ -357,7 +362,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let node = node::start(options).await?;
             let url = format!("{}{path}", server.trim_end_matches('/'));
-            let fetched = download_to_file(&node.fetcher, &url, &output).await;
+            let fetched = download_to_file(&node.fetcher, &url, &output, raw).await;
             // Let peers see the connection end cleanly.
             node.fetcher.parts().dialer.endpoint().close().await;
             if explain {
@@ -511,13 +516,25 @@ async fn download_to_file(
     fetcher: &Arc<peercache_host::fetch::Fetcher>,
     url: &str,
     output: &std::path::Path,
+    raw: bool,
 ) -> anyhow::Result<(u64, Source)> {
+    use peercache_core::coding::{Coding, content_coding};
     use tokio::io::AsyncWriteExt;
     let mut dl = fetcher.open(url).await?;
+    let coding = if raw {
+        Coding::Identity
+    } else {
+        content_coding(
+            dl.site_headers
+                .get(reqwest::header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        )
+    };
     let name = output
         .file_name()
         .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
     let tmp = output.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let decoded = output.with_file_name(format!(".{name}.decoded-{}", std::process::id()));
     let result = async {
         let mut file = tokio::fs::File::create(&tmp)
             .await
@@ -534,15 +551,32 @@ async fn download_to_file(
         let source = dl.finish().await?;
         file.sync_all().await?;
         drop(file);
-        tokio::fs::rename(&tmp, output)
+        let written = match &coding {
+            Coding::Identity => &tmp,
+            Coding::Other(name) => {
+                eprintln!(
+                    "note: the site sent the body encoded as {name:?} (Content-Encoding), \
+                     which fetch does not decode: written as sent"
+                );
+                &tmp
+            }
+            Coding::Gzip | Coding::Deflate => {
+                let (c, from, to) = (coding.clone(), tmp.clone(), decoded.clone());
+                tokio::task::spawn_blocking(move || {
+                    peercache_host::decode::decode_file(&c, &from, &to)
+                })
+                .await??;
+                &decoded
+            }
+        };
+        tokio::fs::rename(written, output)
             .await
             .with_context(|| format!("writing {}", output.display()))?;
         Ok::<_, anyhow::Error>((total, source))
     }
     .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let _ = tokio::fs::remove_file(&decoded).await;
     result
 }
 

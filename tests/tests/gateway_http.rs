@@ -230,3 +230,87 @@ async fn a_deleted_cache_directory_is_recreated_and_the_download_delivered() {
         "an object whose file went with the directory too"
     );
 }
+
+/// `fetch -o FILE` of a body the site sends gzip-encoded writes it decoded (as
+/// a browser saving it would; the hash is checked on the bytes as sent),
+/// `--raw` writes it as sent, and a body that is not the gzip it claims fails
+/// with the reason and leaves no file behind.
+#[tokio::test]
+async fn fetch_writes_a_gzip_body_decoded_and_refuses_a_false_one() {
+    use std::io::Write;
+    let dir = TempDir::new("fetch-gzip");
+    let origin = Origin::start().await.unwrap();
+    let plain = test_bytes(400_000, 13);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let encoded = gz.finish().unwrap();
+    let gzip = |body: Vec<u8>| {
+        Reply::ok(
+            &[
+                ("cache-control", "public, max-age=600"),
+                ("content-encoding", "gzip"),
+            ],
+            body,
+        )
+    };
+    origin.set("/static/data.bin", gzip(encoded.clone()));
+    origin.set("/static/false.bin", gzip(test_bytes(50_000, 14)));
+    origin.set(
+        "/static/brotli.bin",
+        Reply::ok(&[("content-encoding", "br")], test_bytes(10_000, 15)),
+    );
+    let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
+    cmd.args(["--listen", "127.0.0.1:0", "--upstream", &origin.url])
+        .arg("--upstream-cache")
+        .arg(dir.join("up"))
+        .args(["--no-relay", "--ping-interval", "0s"]);
+    let server = peercache_tests::spawn_server_cmd(cmd).await.unwrap();
+    let fetch = |path: &'static str, out: &'static str, args: &'static [&'static str]| {
+        let (url, out, cache) = (server.url.clone(), dir.join(out), dir.join("cache"));
+        async move {
+            peercache_tests::fetch_cli_with(&url, path, &out, &cache, args)
+                .await
+                .unwrap()
+        }
+    };
+
+    let (ok, err) = fetch("/static/data.bin", "data", &[]).await;
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(dir.join("data")).unwrap(), plain, "decoded");
+    let (ok, err) = fetch("/static/data.bin", "data.gz", &["--raw"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(dir.join("data.gz")).unwrap(),
+        encoded,
+        "as sent"
+    );
+    // From the host's own cache (fresh for 600 s), the coding is still known.
+    let (ok, err) = fetch("/static/data.bin", "data2", &[]).await;
+    assert!(ok && err.contains("from the local cache"), "{err}");
+    assert_eq!(std::fs::read(dir.join("data2")).unwrap(), plain);
+
+    let (ok, err) = fetch("/static/false.bin", "false", &[]).await;
+    assert!(!ok, "a false gzip body is refused");
+    assert!(err.contains("marked gzip but does not decode"), "{err}");
+    assert!(!dir.join("false").exists(), "no file written");
+
+    let (ok, err) = fetch("/static/brotli.bin", "brotli", &[]).await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("\"br\"") && err.contains("written as sent"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("brotli")).unwrap(),
+        test_bytes(10_000, 15)
+    );
+
+    // Nothing half-written is left beside the outputs.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("."))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-") || n.contains(".decoded-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
