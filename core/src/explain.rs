@@ -116,6 +116,12 @@ pub enum DownloadEvent {
         /// Each candidate's verdict.
         verdicts: Vec<(String, Verdict)>,
     },
+    /// A source that appeared since the referral joined the transfer (the
+    /// server listed it mid-download: a holder or another receiver).
+    SourceFound {
+        /// Its id.
+        source: String,
+    },
     /// A source was asked for verification data or bytes.
     SourceTried {
         /// Its id.
@@ -217,6 +223,9 @@ pub struct Explanation {
     pub verdicts: Vec<(String, Verdict)>,
     /// The order sources were to be tried in.
     pub order: Vec<String>,
+    /// Sources that joined during the transfer (listed by the server since).
+    #[serde(default)]
+    pub joined: Vec<String>,
     /// Failed tries, in order.
     pub failures: Vec<Failure>,
     /// Which source sent which bytes.
@@ -276,6 +285,11 @@ impl Explanation {
                 self.verdicts = verdicts.iter().take(MAX_LISTED).cloned().collect();
             }
             DownloadEvent::SourceTried { .. } => {}
+            DownloadEvent::SourceFound { source } => {
+                if self.joined.len() < MAX_LISTED {
+                    self.joined.push(source.clone());
+                }
+            }
             DownloadEvent::SourceFailed { source, why, .. } => {
                 if self.failures.len() < MAX_LISTED {
                     self.failures.push(Failure {
@@ -415,6 +429,10 @@ impl Explanation {
         if !self.order.is_empty() {
             let order: Vec<String> = self.order.iter().map(|id| short(id)).collect();
             let _ = writeln!(out, "order: {}", order.join(", "));
+        }
+        if !self.joined.is_empty() {
+            let joined: Vec<String> = self.joined.iter().map(|id| short(id)).collect();
+            let _ = writeln!(out, "joined later: {}", joined.join(", "));
         }
         for f in &self.failures {
             let _ = writeln!(out, "failed: {}: {}", short(&f.source), f.why);

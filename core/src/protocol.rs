@@ -59,6 +59,19 @@ pub struct RegisterResponse {
 /// Largest request body the server's API accepts (register, announce, report).
 pub const MAX_API_BODY: usize = 64 * 1024;
 
+/// `POST /v1/sources`: a peer receiving an object asks, mid-download, for the
+/// sources that appeared since its referral (issue 12): the object's holders
+/// and the other peers receiving it now. Signed; answered with a list of
+/// [`Proxy`] (the asker left out), each booked as offered to it so its
+/// report about them counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcesRequest {
+    /// The asking peer (the signing key).
+    pub peer_id: String,
+    /// The object.
+    pub hash: ObjectHash,
+}
+
 /// `POST /v1/announce`: what a peer now holds or dropped, and its load. Doubles as
 /// the heartbeat that keeps the registration alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

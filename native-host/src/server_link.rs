@@ -25,6 +25,10 @@ use crate::workload::Workload;
 
 /// Largest `/v1/key` answer read (a key and its rotation statements).
 const MAX_KEY_ANSWER: usize = 64 * 1024;
+/// Largest `/v1/sources` answer read.
+pub const MAX_SOURCES_ANSWER: usize = 64 * 1024;
+/// Most sources taken from one `/v1/sources` answer.
+pub const MAX_SOURCES: usize = 32;
 
 /// How long the server may stay silent before the client turns to other peers.
 pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,9 +49,12 @@ pub enum LinkError {
     /// The server refused the request.
     #[error("server answered {0}")]
     Refused(u16),
-    /// The request could not be encoded.
-    #[error("encoding the request: {0}")]
+    /// The request could not be encoded, or the answer decoded.
+    #[error("encoding the request or decoding the answer: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The answer was over its size limit.
+    #[error("the server's answer is too large")]
+    TooLarge,
 }
 
 impl LinkError {
@@ -57,7 +64,7 @@ impl LinkError {
         match self {
             LinkError::Unreachable(_) => true,
             LinkError::Refused(s) => *s >= 500 || *s == 429,
-            LinkError::Encode(_) => false,
+            LinkError::Encode(_) | LinkError::TooLarge => false,
         }
     }
 
@@ -252,6 +259,35 @@ impl ServerLink {
     /// The servers this host registered with in this run.
     pub async fn registered_origins(&self) -> Vec<String> {
         self.registered.lock().await.keys().cloned().collect()
+    }
+
+    /// Asks the server at `origin`, mid-download of `hash`, for the sources
+    /// that appeared since the referral (`POST /v1/sources`, issue 12): its
+    /// holders and the other peers receiving it now. The answer is read up to
+    /// [`MAX_SOURCES_ANSWER`] bytes and at most [`MAX_SOURCES`] entries.
+    pub async fn sources(
+        &self,
+        origin: &str,
+        hash: &peercache_core::hash::ObjectHash,
+    ) -> Result<Vec<peercache_core::protocol::Proxy>, LinkError> {
+        let req = peercache_core::protocol::SourcesRequest {
+            peer_id: self.peer_id().to_string(),
+            hash: *hash,
+        };
+        let mut resp = self.signed_post(origin, "/v1/sources", &req).await?;
+        if !resp.status().is_success() {
+            return Err(LinkError::Refused(resp.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            if body.len() + chunk.len() > MAX_SOURCES_ANSWER {
+                return Err(LinkError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut list: Vec<peercache_core::protocol::Proxy> = serde_json::from_slice(&body)?;
+        list.truncate(MAX_SOURCES);
+        Ok(list)
     }
 
     /// Asks the server at `origin` how it sees this host (`POST /v1/reach`): the

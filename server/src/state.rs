@@ -407,6 +407,15 @@ impl Receivers {
         }
     }
 
+    /// Whether peer `id` receives `hash` now.
+    pub fn contains(&self, hash: &ObjectHash, id: &str) -> bool {
+        let now = Instant::now();
+        self.lock().get(hash).is_some_and(|list| {
+            list.iter()
+                .any(|(i, _, at)| i == id && now.duration_since(*at) < RECEIVER_TTL)
+        })
+    }
+
     /// Up to `max` receivers of `hash` other than `exclude`, from a random
     /// place in the list on (so a crowd's requests spread over them).
     pub fn list(

@@ -13,7 +13,7 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// Counters: name, help.
-pub const COUNTERS: [(&str, &str); 30] = [
+pub const COUNTERS: [(&str, &str); 31] = [
     (
         "peercache_requests_served_total",
         "Site requests this server answered with the object.",
@@ -106,6 +106,10 @@ pub const COUNTERS: [(&str, &str); 30] = [
     (
         "peercache_site_requests_total",
         "Requests for the site's files (root or upstream), whatever the answer.",
+    ),
+    (
+        "peercache_source_refreshes_total",
+        "Lists of new sources sent to peers mid-download (POST /v1/sources).",
     ),
     (
         "peercache_requests_not_modified_total",

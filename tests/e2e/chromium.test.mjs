@@ -106,7 +106,9 @@ describe('chromium: peer delivery through the extension', { concurrency: false }
     assert.equal(after.peercache_requests_referred_total - before.peercache_requests_referred_total, 1, 'the server referred');
     assert.equal(after.peercache_served_bytes_total - before.peercache_served_bytes_total, swarm.files.index.length,
       'the server sent the page, not the file');
-    assert.equal(peerAfter.peercache_uploads_total - peerBefore.peercache_uploads_total, 1, 'the peer uploaded');
+    // Counted per request: a large object goes in 1 MiB runs, so that
+    // sources joining mid-download can share the work (issue 12).
+    assert.ok(peerAfter.peercache_uploads_total - peerBefore.peercache_uploads_total >= 1, 'the peer uploaded');
     assert.equal(peerAfter.peercache_bytes_uploaded_total - peerBefore.peercache_bytes_uploaded_total, swarm.files.big.length);
     await page.close();
   });

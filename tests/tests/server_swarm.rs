@@ -590,3 +590,74 @@ async fn replicas_sharing_redis_show_the_same_admin_figures() {
         "replica two shows the shared history: {seen:?}"
     );
 }
+
+/// `POST /v1/sources` (issue 12): a peer receiving an object learns,
+/// mid-download, of the peers referred for it after it (a crowd's first
+/// clients would otherwise know only the holders of their own referral); a
+/// peer not receiving the object, or an unsigned ask, learns nothing.
+#[tokio::test]
+async fn receivers_learn_of_later_receivers_and_strangers_learn_nothing() {
+    let dir = TempDir::new("sources");
+    let data = test_bytes(3_000_000, 21);
+    let hash = ObjectHash::of(&data);
+    let root = make_site(&dir, &[("s.bin", &data)]);
+    let server = referring_server(&root).await;
+    let seed = seed_peer(
+        &server.url,
+        "/static/s.bin",
+        &dir.join("seed.out"),
+        &dir.join("seed"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let keys: Vec<TestKey> = (0..3).map(|i| TestKey::new(900 + i)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let port = 40_000 + u16::try_from(i).unwrap();
+        let status = register_and_fetch(&server.url, k, Some(port), "/static/s.bin")
+            .await
+            .unwrap();
+        assert_eq!(status, 300, "referred to the seed");
+    }
+    let sources = |key: &TestKey| {
+        let body = serde_json::json!({"peer_id": key.id, "hash": hash});
+        let url = server.url.clone();
+        let key = key.clone();
+        async move { signed_post(&url, "/v1/sources", &key, &body).await.unwrap() }
+    };
+
+    // The first one referred learns of the seed and the two referred after it.
+    let r = sources(&keys[0]).await;
+    assert_eq!(r.status(), 200);
+    let list: Vec<serde_json::Value> = r.json().await.unwrap();
+    let ids: Vec<&str> = list.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert!(ids.contains(&seed.id.as_str()), "{ids:?}");
+    for k in &keys[1..] {
+        assert!(ids.contains(&k.id.as_str()), "a later receiver: {ids:?}");
+    }
+    assert!(!ids.contains(&keys[0].id.as_str()), "not itself: {ids:?}");
+
+    // A registered peer that was never referred for it: refused.
+    let stranger = TestKey::new(999);
+    let dial = serde_json::json!({"relay": null, "direct": ["127.0.0.1:40999"]});
+    let r = signed_post(
+        &server.url,
+        "/v1/peers",
+        &stranger,
+        &serde_json::json!({"peer_id": stranger.id, "dial": dial, "port": 40999}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(sources(&stranger).await.status(), 403);
+    // Unsigned: refused before anything is looked up.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/sources", server.url))
+        .json(&serde_json::json!({"peer_id": keys[0].id, "hash": hash}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let m = metrics(&server.admin_url).await.unwrap();
+    assert_eq!(m["peercache_source_refreshes_total"], 1.0);
+}

@@ -67,10 +67,17 @@ async fn a_crowd_is_served_by_partial_holders_before_they_finish() {
         took[N - 1] / 6.0
     );
     println!(
-        "partial uploads {partial_uploads}, bytes {:.2} × F; server sent {:.2} × F, referred {}",
+        "partial uploads {partial_uploads}, bytes {:.2} × F; server sent {:.2} × F, referred {}, \
+         source lists sent mid-download {}",
         partial_bytes / f,
         s["peercache_served_bytes_total"] / f,
         s["peercache_requests_referred_total"],
+        s["peercache_source_refreshes_total"],
+    );
+    // The first ones referred learn of the later receivers mid-download.
+    assert!(
+        s["peercache_source_refreshes_total"] >= 1.0,
+        "receivers asked for the sources that came after their referral: {s:?}"
     );
     assert!(
         partial_uploads >= 1.0 && partial_bytes > 0.0,

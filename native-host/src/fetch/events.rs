@@ -98,6 +98,7 @@ fn name(event: &DownloadEvent) -> &'static str {
         DownloadEvent::FromCache { .. } => "from_cache",
         DownloadEvent::Measured { .. } => "measured",
         DownloadEvent::Chosen { .. } => "chosen",
+        DownloadEvent::SourceFound { .. } => "source_found",
         DownloadEvent::SourceTried { .. } => "source_tried",
         DownloadEvent::SourceFailed { .. } => "source_failed",
         DownloadEvent::RangeDone { .. } => "range_done",
@@ -116,6 +117,9 @@ fn log(event: &DownloadEvent) {
         }
         DownloadEvent::SourceTried { source, what } => {
             tracing::debug!(%source, %what, "source tried")
+        }
+        DownloadEvent::SourceFound { source } => {
+            tracing::info!(%source, "a source listed since the referral joins")
         }
         DownloadEvent::SourceFailed {
             source,

@@ -628,12 +628,22 @@ impl Fetcher {
                 .cloned()
                 .collect();
         }
+        // Sources that appear during the transfer (issue 12): asked of the
+        // server this download was referred by, while it is up.
+        let more_sources = (server.is_some() && !origin.is_empty()).then(|| {
+            let (link, origin, hash) = (p.link.clone(), origin.clone(), object.hash);
+            transfer::MoreSources::new(move || {
+                let (link, origin) = (link.clone(), origin.clone());
+                Box::pin(async move { link.sources(&origin, &hash).await.unwrap_or_default() })
+            })
+        });
         let plan = transfer::Plan {
             hash: object.hash,
             size: object.size,
             peers,
             server: server.as_ref().map(|(base, _)| base.clone()),
             floor,
+            more_sources,
         };
         let (tx, rx) = body_channel();
         let (done_tx, done_rx) = oneshot::channel();

@@ -13,7 +13,9 @@
 //!    the object's partial file, whose have-map grows with it so this host's
 //!    peer server serves those groups at once (`crate::partial`). A source
 //!    that holds nothing needed now is asked again as it grows. Large objects
-//!    use up to four sources at once.
+//!    use up to four sources at once; while fewer work, the server is asked
+//!    every [`REFRESH_SOURCES`] for sources that appeared since the referral
+//!    ([`MoreSources`]: a crowd's first clients learn of the later ones).
 //! 3. A source that fails, stalls, lies, stays below the floor or stops
 //!    growing gives its pieces back (nothing verified is fetched twice) and the
 //!    next source takes over; the server is the last one.
@@ -22,12 +24,13 @@
 //!
 //! Every source tried, failed and every verified range is an event.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use metrics::counter;
 use peercache_core::explain::DownloadEvent;
 use peercache_core::hash::ObjectHash;
@@ -54,6 +57,14 @@ const HAVE_REFRESH: Duration = Duration::from_millis(200);
 const MAX_PARALLEL: usize = 4;
 /// Objects from this size up are fetched from several peers at once.
 const PARALLEL_FROM: u64 = 4 << 20;
+/// How often a large object's transfer with fewer than four
+/// sources working asks for more ([`MoreSources`]).
+pub const REFRESH_SOURCES: Duration = Duration::from_secs(2);
+/// Longest one ask for more sources may take.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most sources one transfer ever knows (its referral's and those added
+/// since): a server listing new ones at every ask cannot grow it further.
+const MAX_KNOWN_SOURCES: usize = 256;
 /// A source that sends nothing, or holds nothing more that is needed and does
 /// not grow, for this long is dropped.
 const STALL: Duration = Duration::from_secs(10);
@@ -92,6 +103,55 @@ pub struct Plan {
     pub server: Option<String>,
     /// Bytes per second below which a peer loses its work; 0 for none.
     pub floor: u64,
+    /// Where sources that appear during the transfer are learned; `None`:
+    /// the referral's list is all there is.
+    pub more_sources: Option<MoreSources>,
+}
+
+/// Asks for the sources of the object that appeared since the referral (the
+/// server's `POST /v1/sources`); an empty list when there are none or the ask
+/// failed.
+#[derive(Clone)]
+pub struct MoreSources(Arc<dyn Fn() -> BoxFuture<'static, Vec<Proxy>> + Send + Sync>);
+
+impl MoreSources {
+    /// Wraps the ask.
+    pub fn new(ask: impl Fn() -> BoxFuture<'static, Vec<Proxy>> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(ask))
+    }
+}
+
+impl std::fmt::Debug for MoreSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MoreSources")
+    }
+}
+
+/// A background task stopped when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Asks `more` every [`REFRESH_SOURCES`] and passes each answer on (one
+/// waiting at most: an answer not yet taken is not replaced by a newer ask).
+fn refresh_sources(more: MoreSources) -> (AbortOnDrop, mpsc::Receiver<Vec<Proxy>>) {
+    let (tx, rx) = mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(REFRESH_SOURCES).await;
+            let found = tokio::time::timeout(REFRESH_TIMEOUT, (more.0)())
+                .await
+                .unwrap_or_default();
+            if tx.send(found).await.is_err() {
+                return;
+            }
+        }
+    });
+    (AbortOnDrop(task), rx)
 }
 
 /// A finished transfer: every byte verified and in the temp file.
@@ -185,8 +245,9 @@ struct Job {
     shared: Mutex<Shared>,
     progress: Notify,
     events: Arc<Events>,
-    /// Pieces asked of one source at most in one request.
-    max_run: u64,
+    /// Pieces asked of one source at most in one request (lowered to a
+    /// segment's when a second source joins).
+    max_run: std::sync::atomic::AtomicU64,
     /// Breaks ties between equally rare pieces (per download).
     seed: u64,
 }
@@ -328,17 +389,33 @@ async fn run_inner(
 
     // 2. Pieces, workers, in-order emission.
     let groups = group_count(plan.size);
-    let parallel = if plan.size >= PARALLEL_FROM && candidates.len() >= 2 {
+    let refreshing = plan.size >= PARALLEL_FROM && plan.more_sources.is_some();
+    let parallel = if plan.size >= PARALLEL_FROM && (candidates.len() >= 2 || refreshing) {
         MAX_PARALLEL
     } else {
         1
     };
+    // Every source of the referral (liars included) and every one added
+    // since, by id: a refresh adds only new ones.
+    let mut known: HashSet<String> = plan.peers.iter().map(|p| p.id.clone()).collect();
+    let (_refresher, mut more_rx) = match (&plan.more_sources, refreshing) {
+        (Some(more), true) => {
+            let (guard, rx) = refresh_sources(more.clone());
+            (Some(guard), Some(rx))
+        }
+        _ => (None, None),
+    };
     // One source: one request for all it holds (the rest is asked again on
     // failure). Several: runs of at most a segment, so they share the work.
+    // One source while others may join: runs of four segments (a round trip
+    // between requests costs little), a segment's once a second one works.
+    let shared_run = SEGMENT_GROUPS / PIECE_GROUPS;
     let max_run = if parallel == 1 {
         u64::MAX
+    } else if candidates.len() >= 2 {
+        shared_run
     } else {
-        SEGMENT_GROUPS / PIECE_GROUPS
+        4 * shared_run
     };
     let (cache2, hash, size) = (cache.clone(), plan.hash, plan.size);
     let (file, path, partial) =
@@ -369,7 +446,7 @@ async fn run_inner(
         }),
         progress: Notify::new(),
         events: events.clone(),
-        max_run,
+        max_run: std::sync::atomic::AtomicU64::new(max_run),
         seed: rand::random(),
     });
     let mut workers = tokio::task::JoinSet::new();
@@ -433,6 +510,26 @@ async fn run_inner(
         }
         tokio::select! {
             _ = job.progress.notified() => {}
+            Some(found) = recv_more(&mut more_rx) => {
+                for proxy in found {
+                    if known.len() >= MAX_KNOWN_SOURCES {
+                        break;
+                    }
+                    if proxy.id == SERVER_PROXY_ID || !known.insert(proxy.id.clone()) {
+                        continue;
+                    }
+                    if let Some(src) = SourceRef::peer(&proxy) {
+                        events.emit(DownloadEvent::SourceFound { source: src.id.clone() });
+                        candidates.push_back(src);
+                    }
+                }
+                while workers.len() < parallel && let Some(src) = candidates.pop_front() {
+                    workers.spawn(worker(job.clone(), src));
+                }
+                if workers.len() >= 2 {
+                    job.max_run.store(shared_run, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             Some(joined) = workers.join_next(), if !workers.is_empty() => {
                 if let Ok((src, Err(e))) = joined {
                     match e {
@@ -490,6 +587,14 @@ async fn run_inner(
         paths,
         partial,
     })
+}
+
+/// The next answer of the source refresher, or never when there is none.
+async fn recv_more(rx: &mut Option<mpsc::Receiver<Vec<Proxy>>>) -> Option<Vec<Proxy>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn worker(job: Arc<Job>, source: SourceRef) -> (SourceRef, Result<(), WorkerError>) {
@@ -570,7 +675,15 @@ async fn take_from(
             let mut sh = lock(&job.shared);
             let pick = pieces::pick(&sh.pieces, holds, job.seed, sh.sources);
             let run = match pick {
-                Pick::Fresh(p) => Some((p, pieces::extend_run(&sh.pieces, holds, p, job.max_run))),
+                Pick::Fresh(p) => Some((
+                    p,
+                    pieces::extend_run(
+                        &sh.pieces,
+                        holds,
+                        p,
+                        job.max_run.load(std::sync::atomic::Ordering::Relaxed),
+                    ),
+                )),
                 Pick::Duplicate(p) => Some((p, p + 1)),
                 Pick::Wait | Pick::Finished => None,
             };

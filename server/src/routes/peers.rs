@@ -2,7 +2,8 @@
 //! B6): `POST /v1/peers` (register), `/v1/announce` (what it holds, checked:
 //! fetched through this server or proven by a possession check) and
 //! `/v1/report` (how a referral went, counted only for sources the client was
-//! referred to).
+//! referred to), `/v1/reach` (how the server sees it) and `/v1/sources`
+//! (sources that appeared since its referral, for a peer receiving an object).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use axum::{Json, Router};
 use metrics::counter;
 use peercache_core::headers;
 use peercache_core::protocol::{
-    Announce, AnnounceResponse, Outcome, ReachRequest, ReachResponse, RegisterRequest,
-    RegisterResponse, Report, SERVER_PROXY_ID,
+    Announce, AnnounceResponse, Outcome, Proxy, ReachRequest, ReachResponse, RegisterRequest,
+    RegisterResponse, Report, SERVER_PROXY_ID, SourcesRequest,
 };
 
 use crate::error::ApiError;
@@ -33,6 +34,7 @@ pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/peers", post(register))
         .route("/v1/reach", post(reach))
+        .route("/v1/sources", post(sources))
         .route("/v1/announce", post(announce))
         .route("/v1/report", post(report))
 }
@@ -179,6 +181,54 @@ async fn reach(
         );
     }
     Ok(Json(answer))
+}
+
+/// `POST /v1/sources`: for a peer receiving an object (it was referred for
+/// it or is being sent it), the holders and the other receivers now, as a
+/// referral would list them (issue 12: a crowd's early clients learn of the
+/// later ones, so the pieces spread among them all). Who holds an object is
+/// told only to peers receiving it; limited like announces (per key).
+async fn sources(
+    State(state): State<Arc<AppState>>,
+    req_headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Vec<Proxy>>, ApiError> {
+    let (id, req) =
+        authenticated::<SourcesRequest>(&req_headers, "/v1/sources", body, |r| &r.peer_id)?;
+    // A bucket of its own: asking for sources never costs an announce.
+    if !state
+        .announce_limiter
+        .allow(&format!("sources:{id}"), state.config.announce_rate)
+    {
+        return Err(ApiError::TooManyRequests);
+    }
+    if !state.receivers.contains(&req.hash, &id) {
+        return Err(ApiError::Forbidden(
+            "not receiving this object from this server".into(),
+        ));
+    }
+    let max = state.config.max_proxies;
+    let mut list = state
+        .store
+        .holders(&req.hash, Some(&id), now_ms(), max)
+        .await?;
+    for r in state.receivers.list(&req.hash, Some(&id), max) {
+        if list.len() >= max {
+            break;
+        }
+        if !list.iter().any(|h| h.id == r.id) {
+            list.push(r);
+        }
+    }
+    let offered: Vec<String> = list.iter().map(|p| p.id.clone()).collect();
+    if !offered.is_empty() {
+        state
+            .store
+            .book_offer(&id, &req.hash, &offered, now_ms())
+            .await?;
+    }
+    counter!("peercache_source_refreshes_total").increment(1);
+    Ok(Json(list))
 }
 
 /// Checks that the peer `id` at `addr` really holds `obj`: asks it, over its QUIC
