@@ -207,11 +207,15 @@ async fn sources(
             "not receiving this object from this server".into(),
         ));
     }
+    // Ranked as a referral ranks them, but no referral is booked against the
+    // first one's load: a list of sources is not a referral.
     let max = state.config.max_proxies;
-    let mut list = state
+    let stats = state
         .store
-        .holders(&req.hash, Some(&id), now_ms(), max)
+        .holder_stats(&req.hash, Some(&id), now_ms())
         .await?;
+    let mut list =
+        peercache_core::select::rank_holders(stats, state.store.limits().slow_threshold_ms, max);
     for r in state.receivers.list(&req.hash, Some(&id), max) {
         if list.len() >= max {
             break;
