@@ -73,10 +73,16 @@ async fn a_flash_crowd_turns_on_referrals_spreads_them_and_they_stop_after() {
         .unwrap();
         assert!(ok && err.contains("from the server"), "{err}");
         seeds.push(
-            // Slots for the whole crowd: a full seed is not referred to.
-            spawn_peer(&server.url, &dir.join(name), &["--max-uploads", "8"])
-                .await
-                .unwrap(),
+            // Two slots each and a capped uplink: each upload lasts a while,
+            // so the crowd overlaps on a seed and the server must spread it
+            // (a full seed is not referred to; pending referrals count as load).
+            spawn_peer(
+                &server.url,
+                &dir.join(name),
+                &["--max-uploads", "2", "--upload-limit", "2MiB"],
+            )
+            .await
+            .unwrap(),
         );
     }
     let before = metrics(&server.admin_url).await.unwrap();
