@@ -8,6 +8,16 @@ use peercache_tests::origin::{Origin, Reply};
 use peercache_tests::{NativeSession, TempDir, test_bytes};
 use serde_json::json;
 
+/// A real `peercache-server --upstream` in front of `origin`.
+async fn upstream_server(origin: &Origin, dir: &TempDir) -> peercache_tests::Server {
+    let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
+    cmd.args(["--listen", "127.0.0.1:0", "--upstream", &origin.url])
+        .arg("--upstream-cache")
+        .arg(dir.join("up"))
+        .args(["--no-relay", "--ping-interval", "0s"]);
+    peercache_tests::spawn_server_cmd(cmd).await.unwrap()
+}
+
 #[tokio::test]
 async fn the_gateway_passes_headers_ranges_heads_and_redirects_faithfully() {
     let dir = TempDir::new("gw-http");
@@ -35,12 +45,7 @@ async fn the_gateway_passes_headers_ranges_heads_and_redirects_faithfully() {
         "/static/head.bin",
         Reply::ok(&[("cache-control", "public, max-age=600")], body.clone()),
     );
-    let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
-    cmd.args(["--listen", "127.0.0.1:0", "--upstream", &origin.url])
-        .arg("--upstream-cache")
-        .arg(dir.join("up"))
-        .args(["--no-relay", "--ping-interval", "0s"]);
-    let server = peercache_tests::spawn_server_cmd(cmd).await.unwrap();
+    let server = upstream_server(&origin, &dir).await;
 
     let cache = dir.join("host");
     let mut nm = NativeSession::start(&[("PEERCACHE_CACHE_DIR", &cache)])
@@ -259,12 +264,7 @@ async fn fetch_writes_a_gzip_body_decoded_and_refuses_a_false_one() {
         "/static/brotli.bin",
         Reply::ok(&[("content-encoding", "br")], test_bytes(10_000, 15)),
     );
-    let mut cmd = tokio::process::Command::new(peercache_tests::bin("peercache-server"));
-    cmd.args(["--listen", "127.0.0.1:0", "--upstream", &origin.url])
-        .arg("--upstream-cache")
-        .arg(dir.join("up"))
-        .args(["--no-relay", "--ping-interval", "0s"]);
-    let server = peercache_tests::spawn_server_cmd(cmd).await.unwrap();
+    let server = upstream_server(&origin, &dir).await;
     let fetch = |path: &'static str, out: &'static str, args: &'static [&'static str]| {
         let (url, out, cache) = (server.url.clone(), dir.join(out), dir.join("cache"));
         async move {
