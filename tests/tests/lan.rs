@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use peercache_tests::{TempDir, bin, make_site, spawn_peer_cmd, spawn_server_cmd, test_bytes};
+use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
 struct Netns(String);
@@ -132,11 +133,27 @@ async fn with_the_server_gone_a_client_finds_a_holder_on_the_lan() {
     let url = server.url.clone();
     drop(server);
     // An eavesdropper on the LAN records every datagram to the group.
-    let sniffer = in_ns_py(&ns.0, SNIFF)
+    // It says when it listens (a loaded machine starts Python slowly); what
+    // it prints is collected until it is stopped after the fetch.
+    let mut sniffer = in_ns_py(&ns.0, SNIFF)
         .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut lines = tokio::io::BufReader::new(sniffer.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("listening"));
+    let collected = tokio::spawn(async move {
+        let mut seen = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
     let (ok, err) = fetch_in(
         &ns.0,
         &url,
@@ -152,8 +169,10 @@ async fn with_the_server_gone_a_client_finds_a_holder_on_the_lan() {
     );
     assert_eq!(std::fs::read(dir.join("f.out")).unwrap(), f);
 
-    let seen = sniffer.wait_with_output().await.unwrap();
-    let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+    // Datagrams still in the socket are read before it stops.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sniffer.kill().await.unwrap();
+    let seen = collected.await.unwrap();
     let f_url = format!("{url}/static/f.bin");
     assert!(seen.contains("who_has"), "the query was seen: {seen}");
     assert!(
@@ -198,7 +217,8 @@ fn in_ns_py(ns: &str, script: &str) -> Command {
     c
 }
 
-/// Prints every datagram sent to the LAN group for 6 s.
+/// Prints "listening" once it has joined the LAN group, then every datagram
+/// sent to the group (for at most 60 s; the test stops it sooner).
 const SNIFF: &str = r#"
 import socket, struct, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -207,7 +227,8 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 s.bind(("0.0.0.0", 47777))
 s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, struct.pack("4s4s", socket.inet_aton("239.255.77.77"), socket.inet_aton("0.0.0.0")))
 s.settimeout(0.5)
-end = time.time() + 6
+print("listening", flush=True)
+end = time.time() + 60
 while time.time() < end:
     try:
         d, a = s.recvfrom(65536)

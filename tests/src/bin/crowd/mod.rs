@@ -217,7 +217,12 @@ fn has(program: &str) -> bool {
 
 /// Runs `cmds` all at once; returns each one's completion time (None: failed
 /// or still running at the deadline; those are killed).
-async fn race(cmds: Vec<Command>, timeout: Duration) -> anyhow::Result<Vec<Option<f64>>> {
+/// With `logs`, each client's whole stderr is written to `client<i>.log` there.
+async fn race(
+    cmds: Vec<Command>,
+    timeout: Duration,
+    logs: Option<PathBuf>,
+) -> anyhow::Result<Vec<Option<f64>>> {
     let started = Instant::now();
     let mut children = Vec::new();
     for mut c in cmds {
@@ -229,6 +234,7 @@ async fn race(cmds: Vec<Command>, timeout: Duration) -> anyhow::Result<Vec<Optio
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (i, child) in children.into_iter().enumerate() {
+        let logs = logs.clone();
         tasks.spawn(async move {
             let r = tokio::time::timeout(
                 timeout.saturating_sub(started.elapsed()),
@@ -236,6 +242,9 @@ async fn race(cmds: Vec<Command>, timeout: Duration) -> anyhow::Result<Vec<Optio
             )
             .await;
             let t = started.elapsed().as_secs_f64();
+            if let (Some(dir), Ok(Ok(out))) = (&logs, &r) {
+                let _ = std::fs::write(dir.join(format!("client{}.log", i + 1)), &out.stderr);
+            }
             match r {
                 Ok(Ok(out)) if out.status.success() => (i, Some(t), String::new()),
                 Ok(Ok(out)) => (
@@ -336,6 +345,12 @@ async fn run_peercache(
         peers.push(spawn_until(cmd, "announced").await?);
     }
     let before = net.origin_tx().await?;
+    // PEERCACHE_BENCH_LOGS=DIR: each client's explanation and debug log
+    // (with timestamps) go to DIR/client<i>.log, to see where the time goes.
+    let logs = std::env::var_os("PEERCACHE_BENCH_LOGS").map(PathBuf::from);
+    if let Some(dir) = &logs {
+        std::fs::create_dir_all(dir)?;
+    }
     let cmds = (1..=n)
         .map(|i| {
             let mut c = in_ns(&net.client(i), &bin("peercache-host"));
@@ -344,12 +359,17 @@ async fn run_peercache(
                 .arg("--cache")
                 .arg(cache(i))
                 .arg("--state")
-                .arg(state_for(&cache(i)))
-                .env("RUST_LOG", "warn");
+                .arg(state_for(&cache(i)));
+            if logs.is_some() {
+                c.arg("--explain")
+                    .env("RUST_LOG", "warn,peercache_host=debug");
+            } else {
+                c.env("RUST_LOG", "warn");
+            }
             c
         })
         .collect();
-    let mut times = race(cmds, timeout).await?;
+    let mut times = race(cmds, timeout, logs).await?;
     let sent = net.origin_tx().await? - before;
     check_outputs(&mut times, |i| dir.join(&format!("pc/out{i}")));
     let metrics = Command::new("ip")
@@ -424,7 +444,7 @@ async fn run_nginx(
             c
         })
         .collect();
-    let mut times = race(cmds, timeout).await?;
+    let mut times = race(cmds, timeout, None).await?;
     let sent = net.origin_tx().await? - before;
     check_outputs(&mut times, out);
     Ok(row(n, "nginx", &times, sent, String::new()))
