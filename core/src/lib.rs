@@ -20,6 +20,7 @@
 //! - [`extension`]: the extension's settings and the interception rules they produce.
 //! - [`verified`]: BLAKE3 verified streaming in 16 KiB groups (B1).
 //! - [`pieces`]: have-maps of partial holders, rarest-first piece choice, end game.
+//! - [`retry`]: when a download asks a source again after a setback.
 //! - [`uplink`]: the server's uplink estimated from its own transfers.
 //! - [`units`]: `10MiB` sizes and `500ms` durations for flags and config files.
 //!
@@ -57,6 +58,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod range;
 pub mod record;
+pub mod retry;
 pub mod select;
 pub mod shareable;
 pub mod units;

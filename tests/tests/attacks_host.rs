@@ -7,7 +7,7 @@ use peercache_core::ObjectHash;
 use peercache_core::peer::{PeerRequest, PeerStatus, lan_digest};
 use peercache_tests::{
     BadOutboard, NativeSession, TempDir, TestKey, announce, fetch_cli, fetch_cli_watched,
-    make_site, peer_dialer, peer_dialer_at, proc_usage, register_and_fetch,
+    fetch_cli_with, make_site, peer_dialer, peer_dialer_at, proc_usage, register_and_fetch,
     spawn_bad_outboard_holder, spawn_peer, spawn_server, test_bytes,
 };
 
@@ -97,6 +97,97 @@ async fn with_the_server_down_a_busy_only_holder_is_asked_again() {
     assert!(
         took >= Duration::from_secs(2),
         "it waited for the slot: {took:?}"
+    );
+}
+
+/// Issue 12: a holder that stays busy past the busy budget is not given up
+/// for good: it rests and is asked again, and the download finishes from it
+/// once its slot is free (before, the download failed after 30 s of "busy"
+/// with the server down).
+#[tokio::test]
+async fn with_the_server_down_a_holder_busy_past_the_budget_is_asked_again_later() {
+    let dir = TempDir::new("atk-busy-long");
+    let h = test_bytes(8_000_000, 303);
+    let g = test_bytes(100_000, 304);
+    let k = test_bytes(50_000, 305);
+    let root = make_site(&dir, &[("h.bin", &h), ("g.bin", &g), ("k.bin", &k)]);
+    let server = spawn_server(
+        &root,
+        &[
+            "--egress-limit",
+            "64MiB",
+            "--target-period",
+            "0s",
+            "--ping-interval",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+    for p in ["/static/h.bin", "/static/g.bin", "/static/k.bin"] {
+        let (ok, err) = fetch_cli(&server.url, p, &dir.join("o"), &dir.join("a"))
+            .await
+            .unwrap();
+        assert!(ok, "{err}");
+    }
+    // One upload slot at 200 KiB/s: a reader of h holds it for about 40 s.
+    let a = spawn_peer(
+        &server.url,
+        &dir.join("a"),
+        &["--max-uploads", "1", "--upload-limit", "200KiB"],
+    )
+    .await
+    .unwrap();
+    // C meets A (k from A) and pins the server's key.
+    let (ok, err) = fetch_cli(&server.url, "/static/k.bin", &dir.join("o"), &dir.join("c"))
+        .await
+        .unwrap();
+    assert!(ok && err.contains(&format!("from peer {}", a.id)), "{err}");
+    let url = server.url.clone();
+    drop(server);
+
+    // Another reader takes A's only slot and reads h to the end.
+    let hog = peer_dialer().await.unwrap();
+    let (header, mut body) = hog
+        .object(&a.id, &a.dial(), ObjectHash::of(&h), None)
+        .await
+        .unwrap();
+    assert_eq!(header.status, PeerStatus::Ok);
+    let reading = tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok(Some(chunk)) = body.next_chunk().await {
+            n += chunk.len();
+        }
+        drop(hog);
+        n
+    });
+
+    let started = Instant::now();
+    let (ok, err) = fetch_cli_with(
+        &url,
+        "/static/g.bin",
+        &dir.join("g.out"),
+        &dir.join("c"),
+        &["--explain"],
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    println!("holder busy past the budget: fetch ok={ok} after {took:?}");
+    assert!(
+        ok,
+        "a holder busy past the budget is asked again later: {err}"
+    );
+    assert!(err.contains(&format!("from peer {}", a.id)), "{err}");
+    assert_eq!(std::fs::read(dir.join("g.out")).unwrap(), g);
+    assert_eq!(
+        reading.await.unwrap(),
+        h.len(),
+        "the other reader got all of h"
+    );
+    assert!(
+        took >= Duration::from_secs(30),
+        "it was busy past the 30 s budget: {took:?}"
     );
 }
 

@@ -18,7 +18,11 @@
 //!    ([`MoreSources`]: a crowd's first clients learn of the later ones).
 //! 3. A source that fails, stalls, lies, stays below the floor or stops
 //!    growing gives its pieces back (nothing verified is fetched twice) and the
-//!    next source takes over; the server is the last one.
+//!    next source takes over; the server is the last one. Only a liar is gone
+//!    for good: the others rest and are asked again (`peercache_core::retry`:
+//!    a busy one after the wait it named, making room for a waiting source
+//!    meanwhile; one that faltered after 1, 2, 4 s), and are reported failed
+//!    only when given up.
 //! 4. The caller receives the verified bytes in order as soon as they are
 //!    contiguous, so a large object streams with bounded memory.
 //!
@@ -36,6 +40,7 @@ use peercache_core::explain::DownloadEvent;
 use peercache_core::hash::ObjectHash;
 use peercache_core::pieces::{self, HaveMap, PIECE_GROUPS, Pick, PieceState};
 use peercache_core::protocol::{Proxy, SERVER_PROXY_ID};
+use peercache_core::retry;
 use peercache_core::verified::{GROUP, group_count, group_len};
 use tokio::sync::{Notify, mpsc};
 
@@ -250,6 +255,9 @@ struct Job {
     max_run: std::sync::atomic::AtomicU64,
     /// Breaks ties between equally rare pieces (per download).
     seed: u64,
+    /// Whether sources wait for a worker: a busy one then makes room for
+    /// them instead of waiting for its slot.
+    others_waiting: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the transfer into the object's partial file in `cache` (or a temp
@@ -340,10 +348,12 @@ async fn run_inner(
     tx: BodySender,
     failed: &Failures,
 ) -> Result<Transferred, TransferError> {
+    // Each peer once, however many ways it was found.
+    let mut listed = HashSet::new();
     let mut candidates: VecDeque<SourceRef> = plan
         .peers
         .iter()
-        .filter(|p| p.id != SERVER_PROXY_ID)
+        .filter(|p| p.id != SERVER_PROXY_ID && listed.insert(p.id.clone()))
         .filter_map(SourceRef::peer)
         .collect();
     let server = plan.server.as_deref().map(SourceRef::server);
@@ -448,7 +458,12 @@ async fn run_inner(
         events: events.clone(),
         max_run: std::sync::atomic::AtomicU64::new(max_run),
         seed: rand::random(),
+        others_waiting: std::sync::atomic::AtomicBool::new(false),
     });
+    // Sources that had a setback rest here until they may be asked again
+    // (`peercache_core::retry`), with how many setbacks each had.
+    let mut resting: Vec<(tokio::time::Instant, SourceRef)> = Vec::new();
+    let mut setbacks: HashMap<String, u32> = HashMap::new();
     let mut workers = tokio::task::JoinSet::new();
     while workers.len() < parallel {
         let Some(src) = candidates.pop_front() else {
@@ -508,6 +523,8 @@ async fn run_inner(
         if next >= groups {
             break;
         }
+        job.others_waiting
+            .store(!candidates.is_empty(), std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             _ = job.progress.notified() => {}
             Some(found) = recv_more(&mut more_rx) => {
@@ -530,6 +547,20 @@ async fn run_inner(
                     job.max_run.store(shared_run, std::sync::atomic::Ordering::Relaxed);
                 }
             }
+            () = tokio::time::sleep_until(next_wake(&resting)), if !resting.is_empty() => {
+                let now = tokio::time::Instant::now();
+                let mut i = 0;
+                while i < resting.len() {
+                    if resting[i].0 <= now {
+                        candidates.push_back(resting.swap_remove(i).1);
+                    } else {
+                        i += 1;
+                    }
+                }
+                while workers.len() < parallel && let Some(src) = candidates.pop_front() {
+                    workers.spawn(worker(job.clone(), src));
+                }
+            }
             Some(joined) = workers.join_next(), if !workers.is_empty() => {
                 if let Ok((src, Err(e))) = joined {
                     match e {
@@ -543,7 +574,20 @@ async fn run_inner(
                             workers.abort_all();
                             return Err(TransferError::ServerFailed(why));
                         }
-                        WorkerError::Source(e) => failed.add(&src.id, e).await,
+                        WorkerError::Source(e) => {
+                            let earlier = setbacks.get(&src.id).copied().unwrap_or(0);
+                            match retry::rest_after(setback_of(&e), earlier) {
+                                Some(rest) if resting.len() < MAX_KNOWN_SOURCES => {
+                                    tracing::debug!(source = %src.id, error = %e, ?rest, "source rests");
+                                    // Making room while busy is no setback.
+                                    if !matches!(e, SourceError::Busy(_)) {
+                                        setbacks.insert(src.id.clone(), earlier + 1);
+                                    }
+                                    resting.push((tokio::time::Instant::now() + rest, src));
+                                }
+                                _ => failed.add(&src.id, e).await,
+                            }
+                        }
                     }
                 }
                 let pending = !lock(&job.shared).all_done();
@@ -564,8 +608,11 @@ async fn run_inner(
                     server_started = true;
                     workers.spawn(worker(job.clone(), server.clone()));
                 }
-                // Every peer failed and there is no server to finish the job.
-                _ => return Err(TransferError::PeersFailed),
+                // Every peer failed (none rests) and there is no server to
+                // finish the job.
+                _ if resting.is_empty() => return Err(TransferError::PeersFailed),
+                // Wait for a resting one.
+                _ => {}
             }
         }
     }
@@ -587,6 +634,24 @@ async fn run_inner(
         paths,
         partial,
     })
+}
+
+/// When the first resting source may be asked again.
+fn next_wake(resting: &[(tokio::time::Instant, SourceRef)]) -> tokio::time::Instant {
+    resting
+        .iter()
+        .map(|(at, _)| *at)
+        .min()
+        .unwrap_or_else(tokio::time::Instant::now)
+}
+
+/// A source's failure as a setback (`peercache_core::retry`).
+fn setback_of(e: &SourceError) -> retry::Setback {
+    match e {
+        SourceError::Mismatch => retry::Setback::Lied,
+        SourceError::Busy(wait) => retry::Setback::Busy(*wait),
+        SourceError::Failed(_) | SourceError::NotHeld => retry::Setback::Faltered,
+    }
 }
 
 /// The next answer of the source refresher, or never when there is none.
@@ -625,6 +690,42 @@ async fn have_of(
     }
 }
 
+/// How long one source may keep this transfer waiting by answering "busy".
+fn busy_budget(job: &Job) -> Duration {
+    if job.plan.server.is_some() {
+        BUSY_BUDGET_WITH_SERVER
+    } else {
+        BUSY_BUDGET
+    }
+}
+
+/// What `source` holds when its worker starts. A busy source is asked again
+/// after the wait it names, within the busy budget; when other sources wait
+/// for a worker it makes room for them instead (and rests).
+async fn first_have(job: &Job, source: &SourceRef) -> Result<Option<HaveMap>, WorkerError> {
+    let budget = busy_budget(job);
+    let mut busy_for = Duration::ZERO;
+    loop {
+        match source
+            .have(&job.transport, job.plan.hash, job.plan.size)
+            .await
+        {
+            Ok(have) => return Ok(have.filter(|h| !h.is_complete())),
+            Err(SourceError::Busy(wait))
+                if busy_for < budget
+                    && !job
+                        .others_waiting
+                        .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                let wait = wait.min(budget - busy_for);
+                busy_for += wait;
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Counts (`add`) or uncounts the pieces `have` holds (all for `None`).
 fn count_holders(sh: &mut Shared, have: Option<&HaveMap>, add: bool) {
     sh.sources = if add {
@@ -646,8 +747,7 @@ fn count_holders(sh: &mut Shared, have: Option<&HaveMap>, add: bool) {
 /// Takes pieces from `source` until every piece is done or it fails (see the
 /// module docs); its pieces count as held while it works.
 async fn take_pieces(job: &Job, source: &SourceRef) -> Result<(), WorkerError> {
-    let groups = group_count(job.plan.size);
-    let mut have = have_of(job, source, Some(HaveMap::empty(groups))).await?;
+    let mut have = first_have(job, source).await?;
     count_holders(&mut lock(&job.shared), have.as_ref(), true);
     let result = take_from(job, source, &mut have).await;
     count_holders(&mut lock(&job.shared), have.as_ref(), false);
@@ -661,11 +761,7 @@ async fn take_from(
 ) -> Result<(), WorkerError> {
     let groups = group_count(job.plan.size);
     let mut busy_for = Duration::ZERO;
-    let budget = if job.plan.server.is_some() {
-        BUSY_BUDGET_WITH_SERVER
-    } else {
-        BUSY_BUDGET
-    };
+    let budget = busy_budget(job);
     let mut idle = Duration::ZERO;
     let mut refused = 0u32;
     loop {
@@ -749,6 +845,15 @@ async fn take_from(
         job.progress.notify_waiters();
         if let Err(e) = outcome {
             match e {
+                // Others wait for a worker: make room for them; this one
+                // rests and is asked again later.
+                WorkerError::Source(SourceError::Busy(wait))
+                    if job
+                        .others_waiting
+                        .load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    return Err(SourceError::Busy(wait).into());
+                }
                 WorkerError::Source(SourceError::Busy(wait)) if busy_for < budget => {
                     counter!("peercache_busy_retries_total").increment(1);
                     tracing::debug!(source = %source.id, ?wait, "source busy; asking again");

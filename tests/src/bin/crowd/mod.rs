@@ -341,6 +341,13 @@ async fn run_peercache(
             .arg(cache(i))
             .arg("--state")
             .arg(state_for(&cache(i)))
+            // PEERCACHE_BENCH_SERVE_ARGS: more `serve` flags (e.g. an upload
+            // limit), split on spaces.
+            .args(
+                std::env::var("PEERCACHE_BENCH_SERVE_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("RUST_LOG", "warn");
         peers.push(spawn_until(cmd, "announced").await?);
     }
