@@ -699,11 +699,9 @@ fn busy_budget(job: &Job) -> Duration {
     }
 }
 
-/// What `source` holds when its worker starts. A busy source is asked again
-/// after the wait it names, within the busy budget; when other sources wait
-/// for a worker it makes room for them instead (and rests).
+/// What `source` holds when its worker starts (a busy answer is handled as
+/// [`on_busy`] says).
 async fn first_have(job: &Job, source: &SourceRef) -> Result<Option<HaveMap>, WorkerError> {
-    let budget = busy_budget(job);
     let mut busy_for = Duration::ZERO;
     loop {
         match source
@@ -711,19 +709,41 @@ async fn first_have(job: &Job, source: &SourceRef) -> Result<Option<HaveMap>, Wo
             .await
         {
             Ok(have) => return Ok(have.filter(|h| !h.is_complete())),
-            Err(SourceError::Busy(wait))
-                if busy_for < budget
-                    && !job
-                        .others_waiting
-                        .load(std::sync::atomic::Ordering::Relaxed) =>
-            {
-                let wait = wait.min(budget - busy_for);
-                busy_for += wait;
-                tokio::time::sleep(wait).await;
-            }
+            Err(SourceError::Busy(wait)) => on_busy(job, source, wait, &mut busy_for).await?,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// A busy answer from `source`, which has kept this worker waiting
+/// `busy_for` so far: when other sources wait for a worker it makes room for
+/// them (the source rests and is asked again later); else the worker waits
+/// the time it named and asks again, within the busy budget; past the budget
+/// the source counts as failed.
+async fn on_busy(
+    job: &Job,
+    source: &SourceRef,
+    wait: Duration,
+    busy_for: &mut Duration,
+) -> Result<(), WorkerError> {
+    if job
+        .others_waiting
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(SourceError::Busy(wait).into());
+    }
+    let budget = busy_budget(job);
+    if *busy_for >= budget {
+        return Err(
+            SourceError::Failed(format!("busy for more than {} s", budget.as_secs())).into(),
+        );
+    }
+    counter!("peercache_busy_retries_total").increment(1);
+    tracing::debug!(source = %source.id, ?wait, "source busy; asking again");
+    let wait = wait.min(budget - *busy_for);
+    *busy_for += wait;
+    tokio::time::sleep(wait).await;
+    Ok(())
 }
 
 /// Counts (`add`) or uncounts the pieces `have` holds (all for `None`).
@@ -761,7 +781,6 @@ async fn take_from(
 ) -> Result<(), WorkerError> {
     let groups = group_count(job.plan.size);
     let mut busy_for = Duration::ZERO;
-    let budget = busy_budget(job);
     let mut idle = Duration::ZERO;
     let mut refused = 0u32;
     loop {
@@ -845,28 +864,8 @@ async fn take_from(
         job.progress.notify_waiters();
         if let Err(e) = outcome {
             match e {
-                // Others wait for a worker: make room for them; this one
-                // rests and is asked again later.
-                WorkerError::Source(SourceError::Busy(wait))
-                    if job
-                        .others_waiting
-                        .load(std::sync::atomic::Ordering::Relaxed) =>
-                {
-                    return Err(SourceError::Busy(wait).into());
-                }
-                WorkerError::Source(SourceError::Busy(wait)) if busy_for < budget => {
-                    counter!("peercache_busy_retries_total").increment(1);
-                    tracing::debug!(source = %source.id, ?wait, "source busy; asking again");
-                    let wait = wait.min(budget - busy_for);
-                    busy_for += wait;
-                    tokio::time::sleep(wait).await;
-                }
-                WorkerError::Source(SourceError::Busy(_)) => {
-                    return Err(SourceError::Failed(format!(
-                        "busy for more than {} s",
-                        budget.as_secs()
-                    ))
-                    .into());
+                WorkerError::Source(SourceError::Busy(wait)) => {
+                    on_busy(job, source, wait, &mut busy_for).await?;
                 }
                 // A partial holder whose map was older than its file (it
                 // restarted its download): ask what it holds, a few times.
