@@ -376,8 +376,46 @@ impl Receivers {
 
     /// Peer `id`, dialed at `addr`, started receiving `hash`.
     pub fn add(&self, hash: ObjectHash, id: &str, addr: &str) {
+        Self::add_locked(&mut self.lock(), hash, id, addr);
+    }
+
+    /// Peer `id` (dialed at `addr`) is about to be sent `hash` whole by the
+    /// server, unless another peer became its receiver since the caller
+    /// looked: then up to `max` of those are returned and `id` is not listed.
+    /// Looking and listing are one step under the lock, so of a crowd's
+    /// simultaneous first askers one is served and the rest are referred to it
+    /// (issue 12), instead of each being sent a whole copy.
+    pub fn claim(
+        &self,
+        hash: ObjectHash,
+        id: &str,
+        addr: &str,
+        max: usize,
+    ) -> Vec<peercache_core::protocol::Proxy> {
         let now = Instant::now();
         let mut map = self.lock();
+        let others: Vec<_> = map
+            .get(&hash)
+            .into_iter()
+            .flatten()
+            .filter(|(i, _, at)| i != id && now.duration_since(*at) < RECEIVER_TTL)
+            .take(max)
+            .map(|(i, a, _)| peercache_core::protocol::Proxy {
+                id: i.clone(),
+                addr: a.clone(),
+                direct: None,
+                rtt_ms: None,
+                load: None,
+            })
+            .collect();
+        if others.is_empty() {
+            Self::add_locked(&mut map, hash, id, addr);
+        }
+        others
+    }
+
+    fn add_locked(map: &mut ReceiverMap, hash: ObjectHash, id: &str, addr: &str) {
+        let now = Instant::now();
         if map.len() >= MAX_RECEIVING_OBJECTS && !map.contains_key(&hash) {
             map.retain(|_, r| {
                 r.back()
@@ -886,6 +924,30 @@ mod tests {
         assert_eq!(kept.len(), RECENT_DECISIONS);
         assert_eq!(kept[0].at_ms, RECENT_DECISIONS as u64 + 9);
         assert_eq!(kept[RECENT_DECISIONS - 1].at_ms, 10);
+    }
+
+    #[test]
+    fn of_simultaneous_first_askers_one_claims_and_the_rest_learn_of_it() {
+        let receivers = Receivers::default();
+        let hash = ObjectHash::of(b"crowd");
+        assert!(receivers.claim(hash, "a", "peer:a", 8).is_empty());
+        assert!(receivers.contains(&hash, "a"));
+        // The second asker looked before `a` claimed: it is told of `a`.
+        let told = receivers.claim(hash, "b", "peer:b", 8);
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].id, "a");
+        assert_eq!(told[0].addr, "peer:a");
+        assert!(!receivers.contains(&hash, "b"), "b is not listed");
+        // Asking again as `a` keeps `a` the receiver (not "someone else").
+        assert!(receivers.claim(hash, "a", "peer:a", 8).is_empty());
+        // Another object is unaffected; once `a` ends, the next one claims.
+        assert!(
+            receivers
+                .claim(ObjectHash::of(b"other"), "b", "peer:b", 8)
+                .is_empty()
+        );
+        receivers.remove(&hash, "a");
+        assert!(receivers.claim(hash, "b", "peer:b", 8).is_empty());
     }
 
     #[test]

@@ -84,7 +84,9 @@ pub async fn site(
         from: connect.map(|c| c.0.0.ip()),
     };
     let decided = match (&asked.client, asked.shareable) {
-        (Some(client), true) => Some(decide(&state, uri.path(), client, &obj).await),
+        (Some(client), true) => {
+            Some(decide(&state, uri.path(), client, &obj, asks_whole(&asked)).await)
+        }
         _ => None,
     };
     answer(&state, &asked, &obj, &representation, decided).await
@@ -214,6 +216,17 @@ pub struct Decided {
     pub explained: Explained,
     /// The holders the look-up table listed (empty unless asked).
     pub holders: Vec<Proxy>,
+    /// A serve that listed its client as the object's receiver
+    /// (`Receivers::claim`), to be undone if the bytes never start.
+    pub claimed: bool,
+}
+
+/// A `GET` of the whole body (no `Range`, not headers only): what a receiver
+/// asks for.
+fn asks_whole(asked: &Asked<'_>) -> bool {
+    *asked.method == Method::GET
+        && !asked.headers.contains_key(header::RANGE)
+        && !asked.headers.contains_key(headers::HEADERS_ONLY)
 }
 
 /// Step 2: serve, refer or defer this client's request for `obj`.
@@ -222,15 +235,17 @@ pub async fn decide(
     path: &str,
     client: &ClientHeader,
     obj: &SiteObject,
+    whole: bool,
 ) -> Decided {
     let base_target_ms = u64::try_from(state.config.target_period.as_millis()).unwrap_or(u64::MAX);
     // Ask the table only when the server would be too slow with any holder at all.
-    let holders = if over_target(
+    let over = over_target(
         obj.size,
         state.egress.snapshot(),
         client.bandwidth,
         base_target_ms,
-    ) {
+    );
+    let mut holders = if over {
         let mut holders = state
             .store
             .holders(
@@ -264,7 +279,7 @@ pub async fn decide(
     } else {
         Vec::new()
     };
-    let explained = explain(&Inputs {
+    let mut inputs = Inputs {
         size: obj.size,
         egress: state.egress.snapshot(),
         client_bandwidth: client.bandwidth,
@@ -272,7 +287,41 @@ pub async fn decide(
         usable_holders: holders.len(),
         // Only transfers to a serving peer that keep moving, for a bounded time.
         sending_this_object: state.sending.deferrable(&obj.hash, state.config.max_defer),
-    });
+    };
+    let mut explained = explain(&inputs);
+    // Too slow for anyone and nobody to refer to: this client is served and
+    // becomes the receiver the next ones are referred to, unless a client
+    // asking at the same moment claimed that first (then it is referred too).
+    let mut claimed = false;
+    if over
+        && whole
+        && state.config.refer_to_receivers
+        && explained.verdict == Verdict::Serve
+        && let Some(id) = client.peer_id.as_deref()
+        && let Some(addr) = state
+            .store
+            .peer_addr(id, now_ms())
+            .await
+            .unwrap_or_else(|e| {
+                state.store_failed(&e);
+                None
+            })
+    {
+        let others = state
+            .receivers
+            .claim(obj.hash, id, &addr, state.config.max_proxies);
+        claimed = others.is_empty();
+        if !claimed {
+            for r in others {
+                if holders.len() < state.config.max_proxies && !holders.iter().any(|h| h.id == r.id)
+                {
+                    holders.push(r);
+                }
+            }
+            inputs.usable_holders = holders.len();
+            explained = explain(&inputs);
+        }
+    }
     if matches!(explained.verdict, Verdict::Defer { .. }) {
         state.sending.deferred(obj.hash);
     }
@@ -294,7 +343,11 @@ pub async fn decide(
         client: client_id.map(str::to_string),
         explained,
     });
-    Decided { explained, holders }
+    Decided {
+        explained,
+        holders,
+        claimed,
+    }
 }
 
 /// Step 3: the response for the verdict (the bytes when there was no decision
@@ -308,7 +361,9 @@ pub async fn answer(
 ) -> Result<Response, ApiError> {
     let peer_id = asked.client.as_ref().and_then(|c| c.peer_id.as_deref());
     let mut to = None;
+    let mut claimed = false;
     if let Some(decided) = decided {
+        claimed = decided.claimed;
         match decided.explained.verdict {
             Verdict::Defer { retry_after_s } => return Ok(deferral(retry_after_s)),
             Verdict::Refer => {
@@ -353,7 +408,15 @@ pub async fn answer(
             }
         }
     }
-    serve(state, asked, obj, representation, to.as_ref()).await
+    let served = serve(state, asked, obj, representation, to.as_ref()).await;
+    if served.is_err()
+        && claimed
+        && let Some(id) = peer_id
+    {
+        // It was listed as the receiver but is sent nothing.
+        state.receivers.remove(&obj.hash, id);
+    }
+    served
 }
 
 /// `503` with `Retry-After`: the object is on its way to another client.
@@ -694,6 +757,41 @@ mod tests {
             .await
             .unwrap();
         assert!(String::from_utf8_lossy(&html).contains("decision-rows"));
+    }
+
+    #[tokio::test]
+    async fn of_a_crowd_asking_at_once_one_is_served_and_the_rest_referred_to_it() {
+        let (state, _) = referring_state("crowd");
+        let now = now_ms();
+        let ids: Vec<String> = (0..6).map(|i| format!("crowd{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let dial = format!("peer:?direct=127.0.0.1:{}", 41000 + i);
+            state
+                .store
+                .register(id, IpAddr::V4(Ipv4Addr::LOCALHOST), Some(dial), None, now)
+                .await
+                .unwrap();
+        }
+        // All six ask before any is sent a byte (each waits at its file open).
+        let asks = ids.iter().map(|id| {
+            let header = format!("id={id}; bw=100000000");
+            let state = state.clone();
+            async move { get(&state, "/static/a.bin", &[("peercache-client", &header)]).await }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let served = answers
+            .iter()
+            .filter(|r| r.status() == StatusCode::OK)
+            .count();
+        assert_eq!(served, 1, "one whole copy, not one per asker");
+        for r in answers
+            .into_iter()
+            .filter(|r| r.status() == StatusCode::MULTIPLE_CHOICES)
+        {
+            let referral = json(r).await;
+            let first = referral["proxies"][0]["id"].as_str().unwrap().to_string();
+            assert!(ids.contains(&first), "referred to a receiver: {referral}");
+        }
     }
 
     #[tokio::test]
