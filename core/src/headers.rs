@@ -266,8 +266,48 @@ pub fn decode_record(value: &str) -> Option<crate::record::SignedRecord> {
     serde_json::from_slice(&bytes?).ok()
 }
 
+/// Parses a `Content-Range: bytes first-last/total` header (a satisfied
+/// range with a known total): `(first, last, total)`, or `None` for anything
+/// else (an unknown total, `*`, `last` past the end, `first` after `last`).
+pub fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let digits = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let (first, last, total) = (digits(first)?, digits(last)?, digits(total)?);
+    (first <= last && last < total).then_some((first, last, total))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn content_range_is_read_strictly() {
+        use super::parse_content_range as p;
+        assert_eq!(p("bytes 0-99/100"), Some((0, 99, 100)));
+        assert_eq!(
+            p("bytes 262144-524287/33554432"),
+            Some((262144, 524287, 33554432))
+        );
+        for bad in [
+            "bytes 0-100/100",
+            "bytes 5-4/100",
+            "bytes */100",
+            "bytes 0-99/*",
+            "bytes -1-99/100",
+            "items 0-99/100",
+            "bytes 0-99",
+            "bytes +0-99/100",
+            "bytes 0-99999999999999999999999/100",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -254,9 +254,63 @@ pub fn extend_run(pieces: &[PieceState], has: impl Fn(u64) -> bool, first: u64, 
     end
 }
 
+/// Most times the server, seeding (issue 12 point 3), sends one piece of an
+/// object during a crowd: once puts every piece in the swarm; more would be
+/// copies the peers can pass on.
+pub const SEED_COPIES: u8 = 1;
+
+/// The piece the server seeds next to a client holding `has` (its have-map,
+/// with the pieces it is fetching counted as held), given how often it has
+/// seeded each piece (`sent`, one count per piece): of the pieces the client
+/// lacks, the one seeded least often, if fewer than [`SEED_COPIES`] times;
+/// the highest-numbered on ties, because the whole copy the server is
+/// sending its first receiver goes front to back, so the two overlap least.
+/// So a crowd asking at once gets different pieces and the server's uplink
+/// goes to what the swarm lacks. `None`: nothing to seed to this client (or
+/// `sent` does not fit `has`).
+pub fn seed_pick(sent: &[u8], has: &HaveMap) -> Option<u64> {
+    let pieces = piece_count(has.groups());
+    if sent.len() as u64 != pieces {
+        return None;
+    }
+    (0..pieces)
+        .filter(|p| sent[*p as usize] < SEED_COPIES && !has.has_piece(*p))
+        .min_by_key(|p| (sent[*p as usize], std::cmp::Reverse(*p)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_seeds_each_piece_once_from_the_back_and_only_what_is_lacking() {
+        let groups = 4 * PIECE_GROUPS;
+        let nothing = HaveMap::empty(groups);
+        // A crowd asking at once: four different pieces, the last first.
+        let mut sent = vec![0u8; 4];
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let p = seed_pick(&sent, &nothing).unwrap();
+            sent[p as usize] += 1;
+            order.push(p);
+        }
+        assert_eq!(order, [3, 2, 1, 0]);
+        // Each seeded once: nothing more, whatever the client lacks.
+        assert_eq!(seed_pick(&sent, &nothing), None);
+        // Only what the client lacks: holding pieces 2 and 3 (their groups)
+        // it gets piece 1.
+        let mut has = HaveMap::empty(groups);
+        for g in 2 * PIECE_GROUPS..groups {
+            has.set(g);
+        }
+        assert_eq!(seed_pick(&[0; 4], &has), Some(1));
+        // Part of a piece held is not the piece held.
+        has.set(PIECE_GROUPS);
+        assert_eq!(seed_pick(&[0; 4], &has), Some(1));
+        // A client holding everything gets nothing; a wrong ledger gets nothing.
+        assert_eq!(seed_pick(&[0; 4], &HaveMap::full(groups)), None);
+        assert_eq!(seed_pick(&[0; 3], &nothing), None);
+    }
 
     fn state(done: bool, in_flight: u32, holders: u32) -> PieceState {
         PieceState {

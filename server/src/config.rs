@@ -84,6 +84,10 @@ pub struct Config {
     /// Refer clients to serving peers that are receiving the object right now
     /// (partial holders, issue 12 point 1) rather than defer them.
     pub refer_to_receivers: bool,
+    /// In a crowd (two or more peers receiving an object), send the clients
+    /// fetching it from peers the pieces the swarm lacks, each once
+    /// (`POST /v1/objects/{hash}/piece`, issue 12 point 3).
+    pub seed_crowds: bool,
     /// `Cache-Control` of the site's files by path prefix (root mode; the
     /// longest matching prefix wins; `no-cache` where none matches).
     pub cache_control: Vec<(String, String)>,
@@ -137,6 +141,7 @@ impl Config {
             upstream_cache_max: 2 << 30,
             trusted_proxies: Vec::new(),
             refer_to_receivers: true,
+            seed_crowds: true,
             cache_control: Vec::new(),
             state_dir: default_state_dir(),
         }
@@ -306,6 +311,8 @@ pub struct FileConfig {
     /// `false`: defer clients while an object is on its way, never refer to
     /// partial holders.
     pub refer_to_receivers: Option<bool>,
+    /// `false`: never seed a crowd's pieces.
+    pub seed_crowds: Option<bool>,
     /// `PREFIX=VALUE` rules: `Cache-Control` by path prefix (root mode).
     pub cache_control: Option<Vec<String>>,
     /// State directory (the signing key).

@@ -128,6 +128,10 @@ struct Args {
     /// holders); defer them while it is on its way instead.
     #[arg(long, env = "PEERCACHE_NO_REFER_TO_RECEIVERS")]
     no_refer_to_receivers: bool,
+    /// Never send a crowd's clients the pieces their swarm lacks (the server
+    /// as a seed); they get every byte from peers, the server last.
+    #[arg(long, env = "PEERCACHE_NO_SEED_CROWDS")]
+    no_seed_crowds: bool,
     /// `Cache-Control` for the site's files under a path prefix, as
     /// `PREFIX=VALUE` (repeatable; longest prefix wins) [default: no-cache],
     /// e.g. `/static/v1/=public, max-age=31536000, immutable`.
@@ -295,6 +299,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.no_refer_to_receivers || file.refer_to_receivers == Some(false) {
         config.refer_to_receivers = false;
+    }
+    if args.no_seed_crowds || file.seed_crowds == Some(false) {
+        config.seed_crowds = false;
     }
     if let Some(s) = args.upstream_cache_max.or(file.upstream_cache_max) {
         config.upstream_cache_max = parse_size(&s)?;

@@ -355,6 +355,48 @@ const MAX_RECEIVERS: usize = 32;
 /// Objects with receivers kept.
 const MAX_RECEIVING_OBJECTS: usize = 10_000;
 
+/// Objects the server seeds at once, at most.
+const MAX_SEEDED_OBJECTS: usize = 256;
+/// A seeded object not asked for this long starts afresh (a later crowd is
+/// seeded again).
+const SEED_IDLE: Duration = Duration::from_secs(60);
+
+/// The server as a seed (issue 12 point 3): per object, how often it has sent
+/// each piece to clients fetching from peers (`POST /v1/objects/{hash}/piece`),
+/// so that it hands out what the swarm lacks (`pieces::seed_pick`). Per
+/// process; bounded in objects, each entry one byte per 256 KiB piece.
+#[derive(Debug, Default)]
+pub struct SeedLedger {
+    inner: Mutex<HashMap<ObjectHash, (Vec<u8>, Instant)>>,
+}
+
+impl SeedLedger {
+    /// Picks the piece to send a client holding `has` of `hash` and counts it
+    /// as sent; `None` when there is nothing to seed it (or no room to track
+    /// another object).
+    pub fn pick(&self, hash: ObjectHash, has: &peercache_core::pieces::HaveMap) -> Option<u64> {
+        let now = Instant::now();
+        let pieces = usize::try_from(peercache_core::pieces::piece_count(has.groups())).ok()?;
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_SEEDED_OBJECTS && !map.contains_key(&hash) {
+            map.retain(|_, (_, at)| now.duration_since(*at) < SEED_IDLE);
+            if map.len() >= MAX_SEEDED_OBJECTS {
+                return None;
+            }
+        }
+        let entry = map.entry(hash).or_insert_with(|| (vec![0; pieces], now));
+        if now.duration_since(entry.1) >= SEED_IDLE || entry.0.len() != pieces {
+            *entry = (vec![0; pieces], now);
+        }
+        entry.1 = now;
+        let piece = peercache_core::pieces::seed_pick(&entry.0, has)?;
+        if let Some(count) = entry.0.get_mut(usize::try_from(piece).ok()?) {
+            *count = count.saturating_add(1);
+        }
+        Some(piece)
+    }
+}
+
 /// Serving peers receiving an object right now (issue 12 point 1): those the
 /// server sends it to (until that transfer ends), and those it referred for it. They hold part of it and
 /// serve what they verified (a peer's have-map tells which part), so the next
@@ -451,6 +493,16 @@ impl Receivers {
         self.lock().get(hash).is_some_and(|list| {
             list.iter()
                 .any(|(i, _, at)| i == id && now.duration_since(*at) < RECEIVER_TTL)
+        })
+    }
+
+    /// How many receive `hash` now.
+    pub fn count(&self, hash: &ObjectHash) -> usize {
+        let now = Instant::now();
+        self.lock().get(hash).map_or(0, |list| {
+            list.iter()
+                .filter(|(_, _, at)| now.duration_since(*at) < RECEIVER_TTL)
+                .count()
         })
     }
 
@@ -686,6 +738,8 @@ pub struct AppState {
     pub sending: Sending,
     /// Serving peers receiving an object now (partial holders).
     pub receivers: Receivers,
+    /// What the server has seeded of each object in a crowd.
+    pub seeds: SeedLedger,
     /// Announce, register and report rate limits per peer (B6).
     pub announce_limiter: RateLimiter,
     /// API rate limits per client address (`--source-rate`).
@@ -747,6 +801,7 @@ impl AppState {
             key_rotations: Vec::new(),
             sending: Sending::default(),
             receivers: Receivers::default(),
+            seeds: SeedLedger::default(),
             signed: Mutex::new(HashMap::new()),
             announce_limiter: RateLimiter::default(),
             source_limiter: RateLimiter::default(),

@@ -13,7 +13,7 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// Counters: name, help.
-pub const COUNTERS: [(&str, &str); 31] = [
+pub const COUNTERS: [(&str, &str); 32] = [
     (
         "peercache_requests_served_total",
         "Site requests this server answered with the object.",
@@ -106,6 +106,10 @@ pub const COUNTERS: [(&str, &str); 31] = [
     (
         "peercache_site_requests_total",
         "Requests for the site's files (root or upstream), whatever the answer.",
+    ),
+    (
+        "peercache_seeded_pieces_total",
+        "Pieces the server sent as a seed to clients fetching from peers (POST /v1/objects/{hash}/piece).",
     ),
     (
         "peercache_source_refreshes_total",

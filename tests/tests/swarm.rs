@@ -1,7 +1,8 @@
 //! A flash crowd as a swarm (issue 12 points 1 and 2): real hosts (`serve`
 //! and a `fetch` into the same cache, one peer each) all ask a real server
 //! with a low egress limit for the same object at once. The server sends it
-//! to one and refers the rest straight away to those receiving it; every host
+//! to one and refers the rest straight away to those receiving it, and seeds
+//! each piece once to the referred ones (the server as a seed); every host
 //! serves the verified pieces it holds while it is still downloading.
 
 use peercache_tests::{
@@ -68,11 +69,19 @@ async fn a_crowd_is_served_by_partial_holders_before_they_finish() {
     );
     println!(
         "partial uploads {partial_uploads}, bytes {:.2} × F; server sent {:.2} × F, referred {}, \
-         source lists sent mid-download {}",
+         source lists sent mid-download {}, pieces seeded {}",
         partial_bytes / f,
         s["peercache_served_bytes_total"] / f,
         s["peercache_requests_referred_total"],
         s["peercache_source_refreshes_total"],
+        s["peercache_seeded_pieces_total"],
+    );
+    // The server seeded the crowd, each piece at most once.
+    let pieces = data.len().div_ceil(256 << 10) as f64;
+    assert!(
+        (1.0..=pieces).contains(&s["peercache_seeded_pieces_total"]),
+        "pieces seeded: {} of {pieces}",
+        s["peercache_seeded_pieces_total"]
     );
     // The first ones referred learn of the later receivers mid-download.
     assert!(

@@ -205,6 +205,47 @@ impl SourceRef {
         }
     }
 
+    /// Asks the server, as a seed, for a piece this download lacks (`has`:
+    /// the groups it holds or is fetching): the piece's inclusive byte range
+    /// and its bytes, or `None` when the server has nothing to seed it. A
+    /// range that is not exactly one piece of the object is a failure; a peer
+    /// has no such request (`None`).
+    pub async fn seed_piece(
+        &self,
+        transport: &Transport,
+        hash: ObjectHash,
+        size: u64,
+        has: &HaveMap,
+    ) -> Result<Option<((u64, u64), Body)>, SourceError> {
+        let SourceKind::Server(base) = &self.kind else {
+            return Ok(None);
+        };
+        let resp = transport
+            .http
+            .post(Self::object_url(base, &hash, "/piece"))
+            .body(has.as_bytes().to_vec())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| SourceError::Failed(e.to_string()))?;
+        match resp.status() {
+            reqwest::StatusCode::NO_CONTENT => return Ok(None),
+            reqwest::StatusCode::PARTIAL_CONTENT => {}
+            other => return Err(SourceError::Failed(format!("seed: status {other}"))),
+        }
+        let range = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(peercache_core::headers::parse_content_range)
+            .filter(|(first, last, total)| *total == size && is_one_piece(size, (*first, *last)))
+            .ok_or_else(|| SourceError::Failed("seed: not one piece of the object".into()))?;
+        Ok(Some((
+            (range.0, range.1),
+            Body::Http(resp.bytes_stream().boxed()),
+        )))
+    }
+
     /// Opens bytes `first..=last` of the object (`whole`: all of it). For a peer,
     /// also says whether the connection went direct.
     pub async fn open_range(
@@ -253,6 +294,18 @@ impl SourceRef {
             }
         }
     }
+}
+
+/// Whether `first..=last` is exactly one piece of an object of `size` bytes.
+fn is_one_piece(size: u64, (first, last): (u64, u64)) -> bool {
+    let groups = group_count(size);
+    peercache_core::pieces::range_groups(size, (first, last)).is_some_and(|(g0, g1)| {
+        g0 % peercache_core::pieces::PIECE_GROUPS == 0
+            && peercache_core::pieces::piece_groups(
+                groups,
+                g0 / peercache_core::pieces::PIECE_GROUPS,
+            ) == (g0, g1)
+    })
 }
 
 /// A body arriving from a source, read piece by piece.

@@ -58,6 +58,9 @@ const SEGMENT_GROUPS: u64 = 64;
 const MAX_REFUSALS: u32 = 4;
 /// How often a source that holds nothing needed now is asked what it holds.
 const HAVE_REFRESH: Duration = Duration::from_millis(200);
+/// How long a partial holder that had nothing needed rests after making room
+/// for a waiting source.
+const NOTHING_NEEDED_REST: Duration = Duration::from_secs(1);
 /// Most sources downloading at once.
 const MAX_PARALLEL: usize = 4;
 /// Objects from this size up are fetched from several peers at once.
@@ -471,6 +474,13 @@ async fn run_inner(
         };
         workers.spawn(worker(job.clone(), src));
     }
+    // Referred in a crowd: the server seeds what the swarm lacks meanwhile.
+    let _seeding = match &server {
+        Some(server) if refreshing && !workers.is_empty() => Some(AbortOnDrop(tokio::spawn(
+            seed_from_server(job.clone(), server.clone()),
+        ))),
+        _ => None,
+    };
     // With no server (it is down), "started" means "never to be started".
     let mut server_started = server.is_none();
     if workers.is_empty()
@@ -654,6 +664,66 @@ fn setback_of(e: &SourceError) -> retry::Setback {
     }
 }
 
+/// The server as a seed (issue 12 point 3): while peers work, asks the
+/// server for a piece this download lacks (sending the groups it holds or
+/// is fetching), checks and writes it like any range, and asks again; stops
+/// when the server has nothing to seed it, or at the first failure (the
+/// server stays the last source either way).
+async fn seed_from_server(job: Arc<Job>, server: SourceRef) {
+    job.events.emit(DownloadEvent::SourceTried {
+        source: server.id.clone(),
+        what: "seed pieces".into(),
+    });
+    let groups = group_count(job.plan.size);
+    loop {
+        let has = {
+            let sh = lock(&job.shared);
+            if sh.all_done() {
+                return;
+            }
+            let mut has = HaveMap::empty(groups);
+            for (p, piece) in sh.pieces.iter().enumerate() {
+                if piece.done || piece.in_flight > 0 {
+                    let (a, b) = pieces::piece_groups(groups, p as u64);
+                    (a..b).for_each(|g| has.set(g));
+                }
+            }
+            for (g, done) in sh.done.iter().enumerate() {
+                if *done {
+                    has.set(g as u64);
+                }
+            }
+            has
+        };
+        let (range, body) = match server
+            .seed_piece(&job.transport, job.plan.hash, job.plan.size, &has)
+            .await
+        {
+            Ok(Some(got)) => got,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "the server stopped seeding");
+                return;
+            }
+        };
+        // `seed_piece` checked it is exactly one piece.
+        let (g0, g1) = (range.0 / GROUP, (range.1 + 1).div_ceil(GROUP));
+        let piece = g0 / PIECE_GROUPS;
+        if let Some(p) = lock(&job.shared).pieces.get_mut(piece as usize) {
+            p.in_flight += 1;
+        }
+        let mut g = g0;
+        let outcome = receive(&job, &server, body, g1, &mut g).await;
+        if let Some(p) = lock(&job.shared).pieces.get_mut(piece as usize) {
+            p.in_flight = p.in_flight.saturating_sub(1);
+        }
+        job.progress.notify_waiters();
+        if outcome.is_err() {
+            return;
+        }
+    }
+}
+
 /// The next answer of the source refresher, or never when there is none.
 async fn recv_more(rx: &mut Option<mpsc::Receiver<Vec<Proxy>>>) -> Option<Vec<Proxy>> {
     match rx {
@@ -822,8 +892,18 @@ async fn take_from(
             Ok(run) => run,
             Err(Pick::Finished) => return Ok(()),
             Err(_) => {
-                // Nothing it holds is needed now: wait for it to grow (or the
-                // end game), asking again what it holds.
+                // Nothing it holds is needed now. When other sources wait for
+                // a worker, one of them may hold what is needed: this one
+                // makes room and is asked again after a short rest (no
+                // setback). Else wait for it to grow (or the end game),
+                // asking again what it holds.
+                if have.is_some()
+                    && job
+                        .others_waiting
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Err(SourceError::Busy(NOTHING_NEEDED_REST).into());
+                }
                 if have.is_some() && idle >= STALL {
                     return Err(SourceError::Failed(format!(
                         "held nothing more that was needed for {} s",
@@ -893,12 +973,26 @@ async fn segment(job: &Job, source: &SourceRef, g1: u64, g: &mut u64) -> Result<
     let first = *g * GROUP;
     let last = (g1 * GROUP).min(size).saturating_sub(1);
     let whole = first == 0 && last + 1 >= size;
-    let (mut stream, direct) = source
+    let (stream, direct) = source
         .open_range(&job.transport, job.plan.hash, size, (first, last), whole)
         .await?;
     if let Some(direct) = direct {
         lock(&job.shared).paths.insert(source.id.clone(), direct);
     }
+    receive(job, source, stream, g1, g).await
+}
+
+/// Reads groups `*g..g1` from `stream`, checking each against the proof and
+/// writing them in batches, advancing `*g` past every group verified and
+/// written; a peer below the floor, a stall or a mismatch ends it.
+async fn receive(
+    job: &Job,
+    source: &SourceRef,
+    mut stream: super::source::Body,
+    g1: u64,
+    g: &mut u64,
+) -> Result<(), WorkerError> {
+    let size = job.plan.size;
     let mut buf = BytesMut::new();
     // Verified groups are written in batches of up to a segment (1 MiB).
     let mut batch = BytesMut::new();

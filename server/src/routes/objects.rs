@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use peercache_core::hash::ObjectHash;
 use peercache_core::headers;
@@ -24,6 +24,7 @@ pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/objects/{hash}", get(object_by_hash))
         .route("/v1/objects/{hash}/outboard", get(object_outboard))
+        .route("/v1/objects/{hash}/piece", post(seed_piece))
         .route("/v1/key", get(server_key))
 }
 
@@ -87,6 +88,54 @@ async fn object_by_hash(
     send_object(&state, &obj, method == Method::HEAD, range, None).await
 }
 
+/// The server as a seed (issue 12 point 3): a client fetching an object
+/// from peers sends its have-map (the groups it holds or is fetching) and
+/// gets a piece it lacks that the server has not seeded yet
+/// (`peercache_core::pieces::seed_pick`), as a `206` with its
+/// `Content-Range` (the client checks it against the object's CVs like any
+/// range), or `204` when there is nothing to seed it (every piece it lacks
+/// seeded already, no crowd, or seeding off: `--no-seed-crowds`). So in a
+/// crowd the server's uplink puts each piece into the swarm once, spread
+/// over the crowd, instead of into one receiver that must pass all of it
+/// on. Anyone may ask (the bytes are the public object's); what a stranger
+/// can spoil is only the ledger, each piece seeded once per crowd.
+async fn seed_piece(
+    State(state): State<Arc<AppState>>,
+    Path(hash): Path<String>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash)?;
+    if !state.proving.wait_clear(&hash).await {
+        return Err(ApiError::Conflict(
+            "a possession proof of this object is under way".into(),
+        ));
+    }
+    let st = state.clone();
+    let obj = tokio::task::spawn_blocking(move || st.object_by_hash(&hash))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    if obj.size == 0 {
+        return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+    }
+    let groups = peercache_core::verified::group_count(obj.size);
+    let has = peercache_core::pieces::HaveMap::from_bytes(groups, &body)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // Only in a crowd (two or more receiving it now): a lone client's peers
+    // hold what it lacks.
+    let crowd = state.config.seed_crowds && state.receivers.count(&hash) >= 2;
+    let Some(piece) = crowd.then(|| state.seeds.pick(hash, &has)).flatten() else {
+        return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+    };
+    let (g0, g1) = peercache_core::pieces::piece_groups(groups, piece);
+    let first = g0 * peercache_core::verified::GROUP;
+    let last = (g1 * peercache_core::verified::GROUP)
+        .min(obj.size)
+        .saturating_sub(1);
+    metrics::counter!("peercache_seeded_pieces_total").increment(1);
+    send_object(&state, &obj, false, Some((first, last)), None).await
+}
+
 /// The object's group CVs (see `peercache_core::verified`), for verified streaming
 /// from the server as a source.
 async fn object_outboard(
@@ -127,4 +176,90 @@ async fn server_key(
         public_key: state.signer.public_hex(),
         rotations: state.key_rotations.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use peercache_core::pieces::{HaveMap, PIECE_GROUPS};
+    use peercache_core::verified::{GROUP, group_count};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::routes::site::tests::{get, referring_state_configured, referring_state_with};
+
+    async fn ask_seed(state: &Arc<AppState>, hash: &ObjectHash, has: &[u8]) -> Response {
+        let req = Request::post(format!("/v1/objects/{}/piece", hash.to_hex()))
+            .body(Body::from(has.to_vec()))
+            .unwrap();
+        crate::routes::app(state.clone())
+            .oneshot(req)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn in_a_crowd_the_server_seeds_each_piece_once_and_only_what_is_lacking() {
+        // Three pieces (256 KiB each), the last one short.
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
+        let (state, hash) = referring_state_with("seed", &data);
+        assert_eq!(
+            get(&state, "/static/a.bin", &[]).await.status(),
+            StatusCode::OK
+        );
+        let groups = group_count(data.len() as u64);
+        let nothing = HaveMap::empty(groups);
+
+        // No crowd yet: nothing seeded.
+        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        state.receivers.add(hash, "a", "peer:a");
+        state.receivers.add(hash, "b", "peer:b");
+
+        // A crowd: different pieces, the last first, each the object's bytes.
+        let piece = PIECE_GROUPS * GROUP;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            let range = r.headers()[header::CONTENT_RANGE]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let (first, last, total) =
+                peercache_core::headers::parse_content_range(&range).unwrap();
+            assert_eq!(total, data.len() as u64);
+            assert_eq!(first % piece, 0, "{range}");
+            let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            assert_eq!(&body[..], &data[first as usize..=last as usize]);
+            seen.push(first / piece);
+        }
+        assert_eq!(seen, [2, 1, 0]);
+        // Every piece seeded once: the rest comes from peers.
+        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+        // A have-map of the wrong length is refused, not guessed at.
+        let r = ask_seed(&state, &hash, &[0u8; 1]).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = ask_seed(&state, &ObjectHash::of(b"unknown"), nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn seeding_off_seeds_nothing() {
+        let data = vec![7u8; 300_000];
+        let (state, hash) =
+            referring_state_configured("seed-off", &data, |c| c.seed_crowds = false);
+        assert_eq!(
+            get(&state, "/static/a.bin", &[]).await.status(),
+            StatusCode::OK
+        );
+        state.receivers.add(hash, "a", "peer:a");
+        state.receivers.add(hash, "b", "peer:b");
+        let has = HaveMap::empty(group_count(data.len() as u64));
+        let r = ask_seed(&state, &hash, has.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
 }

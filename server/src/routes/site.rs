@@ -640,7 +640,7 @@ fn bounded(s: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use axum::http::Request;
@@ -655,24 +655,45 @@ mod tests {
     /// A site with `/static/a.bin` and a server that is over every client's
     /// target (1 MiB/s, a target period of 0 s).
     fn referring_state(tag: &str) -> (Arc<AppState>, peercache_core::ObjectHash) {
+        referring_state_with(tag, &(0..SIZE).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+    }
+
+    /// The same with `data` as `/static/a.bin`.
+    pub(crate) fn referring_state_with(
+        tag: &str,
+        data: &[u8],
+    ) -> (Arc<AppState>, peercache_core::ObjectHash) {
+        referring_state_configured(tag, data, |_| {})
+    }
+
+    /// The same, its configuration changed by `tweak`.
+    pub(crate) fn referring_state_configured(
+        tag: &str,
+        data: &[u8],
+        tweak: impl FnOnce(&mut Config),
+    ) -> (Arc<AppState>, peercache_core::ObjectHash) {
         let root = std::env::temp_dir().join(format!("pc-site-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("static")).unwrap();
-        let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
-        std::fs::write(root.join("static/a.bin"), &data).unwrap();
+        std::fs::write(root.join("static/a.bin"), data).unwrap();
         let mut config = Config::new(&root);
         config.egress_limit = Some(1 << 20);
         config.target_period = std::time::Duration::ZERO;
+        tweak(&mut config);
         let store = Store::Memory(MemoryStore::new(StoreLimits {
             ttl_ms: 60_000,
             max_strikes: 3,
             slow_threshold_ms: 1000,
         }));
         let state = Arc::new(AppState::new(config, store, None, false));
-        (state, peercache_core::ObjectHash::of(&data))
+        (state, peercache_core::ObjectHash::of(data))
     }
 
-    async fn get(state: &Arc<AppState>, path: &str, headers: &[(&str, &str)]) -> Response {
+    pub(crate) async fn get(
+        state: &Arc<AppState>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
         let mut req = Request::get(path);
         for (k, v) in headers {
             req = req.header(*k, *v);
