@@ -278,9 +278,45 @@ pub fn seed_pick(sent: &[u8], has: &HaveMap) -> Option<u64> {
         .min_by_key(|p| (sent[*p as usize], std::cmp::Reverse(*p)))
 }
 
+/// Counts as seeded once (in `sent`, one count per piece) every piece wholly
+/// within the first `carried` bytes: a whole copy on its way carried them
+/// into the swarm already, and seeding them again would only add to the
+/// origin's bytes.
+pub fn count_carried(sent: &mut [u8], carried: u64) {
+    let piece_bytes = PIECE_GROUPS * GROUP;
+    let whole = usize::try_from(carried / piece_bytes).unwrap_or(usize::MAX);
+    for count in sent.iter_mut().take(whole) {
+        *count = (*count).max(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_a_whole_copy_carried_are_not_seeded_again() {
+        let piece = PIECE_GROUPS * GROUP;
+        let groups = 4 * PIECE_GROUPS;
+        let nothing = HaveMap::empty(groups);
+        let mut sent = vec![0u8; 4];
+        // One and a half pieces carried: piece 0 counts, piece 1 not yet.
+        count_carried(&mut sent, piece + piece / 2);
+        assert_eq!(sent, [1, 0, 0, 0]);
+        for want in [3, 2, 1] {
+            let p = seed_pick(&sent, &nothing).unwrap();
+            assert_eq!(p, want);
+            sent[p as usize] += 1;
+        }
+        assert_eq!(seed_pick(&sent, &nothing), None, "piece 0 came in the copy");
+        // Past the end, or nothing carried: no harm.
+        let mut sent = vec![0u8; 2];
+        count_carried(&mut sent, u64::MAX);
+        assert_eq!(sent, [1, 1]);
+        let mut sent = vec![2u8, 0];
+        count_carried(&mut sent, 0);
+        assert_eq!(sent, [2, 0]);
+    }
 
     #[test]
     fn the_server_seeds_each_piece_once_from_the_back_and_only_what_is_lacking() {

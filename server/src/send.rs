@@ -127,7 +127,11 @@ pub async fn send_object(
     }
     state.figures.add(Tally::Served, 1);
     state.egress.owe(len);
-    let transfer = state.sending.start(obj.hash, to.is_some_and(|r| r.serving));
+    let transfer = state.sending.start(
+        obj.hash,
+        to.is_some_and(|r| r.serving),
+        first == 0 && len == obj.size,
+    );
     // A serving peer getting the whole object serves what it verified as it
     // arrives: the next clients may be referred to it at once.
     let mut receiver = None;
@@ -160,7 +164,7 @@ pub async fn send_object(
                     owed.state.egress.throttle(n).await;
                     owed.state.egress.delivered(n);
                     owed.state.egress.sent(n);
-                    owed.state.sending.progress(owed.transfer);
+                    owed.state.sending.progress(owed.transfer, n);
                     owed.remaining = owed.remaining.saturating_sub(n);
                     owed.state.figures.add(Tally::BytesServed, n);
                     // Every byte was taken by the connection: the recipient

@@ -264,6 +264,10 @@ struct SendingInner {
 struct Transfer {
     hash: ObjectHash,
     to_serving_peer: bool,
+    /// The whole object, from its first byte.
+    whole: bool,
+    /// Bytes sent so far.
+    sent: u64,
     last_progress: Instant,
 }
 
@@ -273,8 +277,9 @@ impl Sending {
     }
 
     /// A transfer of `hash` starts; `to_serving_peer` when its client is a
-    /// registered peer others can be referred to. Returns its id.
-    pub fn start(&self, hash: ObjectHash, to_serving_peer: bool) -> u64 {
+    /// registered peer others can be referred to, `whole` when it is the
+    /// whole object. Returns its id.
+    pub fn start(&self, hash: ObjectHash, to_serving_peer: bool, whole: bool) -> u64 {
         let mut s = self.lock();
         s.next_id += 1;
         let id = s.next_id;
@@ -283,17 +288,32 @@ impl Sending {
             Transfer {
                 hash,
                 to_serving_peer,
+                whole,
+                sent: 0,
                 last_progress: Instant::now(),
             },
         );
         id
     }
 
-    /// Transfer `id` moved bytes.
-    pub fn progress(&self, id: u64) {
+    /// Transfer `id` moved `bytes` more.
+    pub fn progress(&self, id: u64, bytes: u64) {
         if let Some(t) = self.lock().transfers.get_mut(&id) {
             t.last_progress = Instant::now();
+            t.sent = t.sent.saturating_add(bytes);
         }
+    }
+
+    /// How far the furthest whole copy of `hash` on its way has got (bytes
+    /// from the start): those bytes are in the swarm already.
+    pub fn carried(&self, hash: &ObjectHash) -> u64 {
+        self.lock()
+            .transfers
+            .values()
+            .filter(|t| t.hash == *hash && t.whole)
+            .map(|t| t.sent)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Transfer `id` ends (sent or dropped).
@@ -373,8 +393,14 @@ pub struct SeedLedger {
 impl SeedLedger {
     /// Picks the piece to send a client holding `has` of `hash` and counts it
     /// as sent; `None` when there is nothing to seed it (or no room to track
-    /// another object).
-    pub fn pick(&self, hash: ObjectHash, has: &peercache_core::pieces::HaveMap) -> Option<u64> {
+    /// another object). The first `carried` bytes went out in a whole copy
+    /// already: their pieces count as sent.
+    pub fn pick(
+        &self,
+        hash: ObjectHash,
+        has: &peercache_core::pieces::HaveMap,
+        carried: u64,
+    ) -> Option<u64> {
         let now = Instant::now();
         let pieces = usize::try_from(peercache_core::pieces::piece_count(has.groups())).ok()?;
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -389,6 +415,7 @@ impl SeedLedger {
             *entry = (vec![0; pieces], now);
         }
         entry.1 = now;
+        peercache_core::pieces::count_carried(&mut entry.0, carried);
         let piece = peercache_core::pieces::seed_pick(&entry.0, has)?;
         if let Some(count) = entry.0.get_mut(usize::try_from(piece).ok()?) {
             *count = count.saturating_add(1);

@@ -124,7 +124,11 @@ async fn seed_piece(
     // Only in a crowd (two or more receiving it now): a lone client's peers
     // hold what it lacks.
     let crowd = state.config.seed_crowds && state.receivers.count(&hash) >= 2;
-    let Some(piece) = crowd.then(|| state.seeds.pick(hash, &has)).flatten() else {
+    let carried = state.sending.carried(&hash);
+    let Some(piece) = crowd
+        .then(|| state.seeds.pick(hash, &has, carried))
+        .flatten()
+    else {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     };
     let (g0, g1) = peercache_core::pieces::piece_groups(groups, piece);
@@ -245,6 +249,43 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         let r = ask_seed(&state, &ObjectHash::of(b"unknown"), nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn pieces_a_whole_copy_already_carried_are_not_seeded() {
+        use futures_util::StreamExt;
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+        let (state, hash) = referring_state_with("seed-carried", &data);
+        // A whole copy on its way, past its first piece.
+        let whole = get(&state, "/static/a.bin", &[]).await;
+        assert_eq!(whole.status(), StatusCode::OK);
+        let mut copy = whole.into_body().into_data_stream();
+        let mut got = 0;
+        while got < 300_000 {
+            got += copy.next().await.unwrap().unwrap().len();
+        }
+        state.receivers.add(hash, "a", "peer:a");
+        state.receivers.add(hash, "b", "peer:b");
+        let nothing = HaveMap::empty(group_count(data.len() as u64));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            let range = r.headers()[header::CONTENT_RANGE]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let (first, _, _) = peercache_core::headers::parse_content_range(&range).unwrap();
+            seen.push(first / (PIECE_GROUPS * GROUP));
+        }
+        assert_eq!(seen, [2, 1]);
+        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::NO_CONTENT,
+            "piece 0 came in the copy"
+        );
+        drop(copy);
     }
 
     #[tokio::test]
