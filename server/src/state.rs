@@ -305,15 +305,15 @@ impl Sending {
     }
 
     /// How far the furthest whole copy of `hash` on its way has got (bytes
-    /// from the start): those bytes are in the swarm already.
-    pub fn carried(&self, hash: &ObjectHash) -> u64 {
+    /// from the start: those bytes are in the swarm already), or `None` when
+    /// no whole copy is on its way.
+    pub fn whole_copy(&self, hash: &ObjectHash) -> Option<u64> {
         self.lock()
             .transfers
             .values()
             .filter(|t| t.hash == *hash && t.whole)
             .map(|t| t.sent)
             .max()
-            .unwrap_or(0)
     }
 
     /// Transfer `id` ends (sent or dropped).

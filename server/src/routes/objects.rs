@@ -94,7 +94,8 @@ async fn object_by_hash(
 /// (`peercache_core::pieces::seed_pick`), as a `206` with its
 /// `Content-Range` (the client checks it against the object's CVs like any
 /// range), or `204` when there is nothing to seed it (every piece it lacks
-/// seeded already, no crowd, or seeding off: `--no-seed-crowds`). So in a
+/// seeded already, no crowd: fewer than two receivers or no whole copy on
+/// its way to the first, or seeding off: `--no-seed-crowds`). So in a
 /// crowd the server's uplink puts each piece into the swarm once, spread
 /// over the crowd, instead of into one receiver that must pass all of it
 /// on. Anyone may ask (the bytes are the public object's); what a stranger
@@ -121,13 +122,14 @@ async fn seed_piece(
     let groups = peercache_core::verified::group_count(obj.size);
     let has = peercache_core::pieces::HaveMap::from_bytes(groups, &body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    // Only in a crowd (two or more receiving it now): a lone client's peers
-    // hold what it lacks.
+    // Only in a crowd for an object nobody held: two or more receiving it
+    // while the server sends its first whole copy. A client referred to
+    // holders of the whole object gets it from them, not from the server.
+    let whole_copy = state.sending.whole_copy(&hash);
     let crowd = state.config.seed_crowds && state.receivers.count(&hash) >= 2;
-    let carried = state.sending.carried(&hash);
-    let Some(piece) = crowd
-        .then(|| state.seeds.pick(hash, &has, carried))
-        .flatten()
+    let Some(piece) = whole_copy
+        .filter(|_| crowd)
+        .and_then(|carried| state.seeds.pick(hash, &has, carried))
     else {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     };
@@ -214,11 +216,20 @@ mod tests {
         );
         let groups = group_count(data.len() as u64);
         let nothing = HaveMap::empty(groups);
+        state.receivers.add(hash, "a", "peer:a");
+        state.receivers.add(hash, "b", "peer:b");
 
-        // No crowd yet: nothing seeded.
+        // Receivers but no whole copy on its way (they were referred to
+        // holders): nothing seeded.
         let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        state.receivers.add(hash, "a", "peer:a");
+        // The first receiver's whole copy on its way (not read yet).
+        let copy = get(&state, "/static/a.bin", &[]).await;
+        assert_eq!(copy.status(), StatusCode::OK);
+        state.receivers.remove(&hash, "b");
+        // One receiver is no crowd.
+        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
         state.receivers.add(hash, "b", "peer:b");
 
         // A crowd: different pieces, the last first, each the object's bytes.
@@ -243,6 +254,7 @@ mod tests {
         // Every piece seeded once: the rest comes from peers.
         let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        drop(copy);
 
         // A have-map of the wrong length is refused, not guessed at.
         let r = ask_seed(&state, &hash, &[0u8; 1]).await;
@@ -293,14 +305,13 @@ mod tests {
         let data = vec![7u8; 300_000];
         let (state, hash) =
             referring_state_configured("seed-off", &data, |c| c.seed_crowds = false);
-        assert_eq!(
-            get(&state, "/static/a.bin", &[]).await.status(),
-            StatusCode::OK
-        );
+        let copy = get(&state, "/static/a.bin", &[]).await;
+        assert_eq!(copy.status(), StatusCode::OK);
         state.receivers.add(hash, "a", "peer:a");
         state.receivers.add(hash, "b", "peer:b");
         let has = HaveMap::empty(group_count(data.len() as u64));
         let r = ask_seed(&state, &hash, has.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        drop(copy);
     }
 }
