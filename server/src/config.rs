@@ -84,8 +84,9 @@ pub struct Config {
     /// Refer clients to serving peers that are receiving the object right now
     /// (partial holders, issue 12 point 1) rather than defer them.
     pub refer_to_receivers: bool,
-    /// In a crowd (two or more peers receiving an object), send the clients
-    /// fetching it from peers the pieces the swarm lacks, each once
+    /// In a crowd (two or more peers receiving an object while the server
+    /// sends the first of them a whole copy), send the clients fetching it
+    /// from peers the pieces the swarm lacks, each once
     /// (`POST /v1/objects/{hash}/piece`, issue 12 point 3).
     pub seed_crowds: bool,
     /// `Cache-Control` of the site's files by path prefix (root mode; the

@@ -304,14 +304,14 @@ impl Sending {
         }
     }
 
-    /// How far the furthest whole copy of `hash` on its way has got (bytes
-    /// from the start: those bytes are in the swarm already), or `None` when
-    /// no whole copy is on its way.
+    /// How far the furthest whole copy of `hash` on its way to a serving
+    /// peer has got (bytes from the start: that peer serves them to the
+    /// swarm already), or `None` when no such copy is on its way.
     pub fn whole_copy(&self, hash: &ObjectHash) -> Option<u64> {
         self.lock()
             .transfers
             .values()
-            .filter(|t| t.hash == *hash && t.whole)
+            .filter(|t| t.hash == *hash && t.whole && t.to_serving_peer)
             .map(|t| t.sent)
             .max()
     }

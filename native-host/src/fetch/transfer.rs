@@ -61,6 +61,10 @@ const HAVE_REFRESH: Duration = Duration::from_millis(200);
 /// How long a partial holder that had nothing needed rests after making room
 /// for a waiting source.
 const NOTHING_NEEDED_REST: Duration = Duration::from_secs(1);
+/// How many times in a row a source with nothing needed makes room; then it
+/// waits like any source with nothing needed (and fails after [`STALL`]), so
+/// partial holders taking turns can never keep the server from being asked.
+const MAX_GIVE_WAYS: u32 = 10;
 /// Most sources downloading at once.
 const MAX_PARALLEL: usize = 4;
 /// Objects from this size up are fetched from several peers at once.
@@ -220,6 +224,9 @@ struct Shared {
     sources: u32,
     by_source: HashMap<String, u64>,
     paths: HashMap<String, bool>,
+    /// Per source: times it made room with nothing needed since it last
+    /// delivered a run (at most one entry per known source).
+    gave_way: HashMap<String, u32>,
 }
 
 impl Shared {
@@ -670,11 +677,16 @@ fn setback_of(e: &SourceError) -> retry::Setback {
 /// when the server has nothing to seed it, or at the first failure (the
 /// server stays the last source either way).
 async fn seed_from_server(job: Arc<Job>, server: SourceRef) {
+    let groups = group_count(job.plan.size);
+    // A have-map the server would refuse as too large (objects past 8 GiB):
+    // no seeding, the peers and then the server as usual.
+    if HaveMap::byte_len(groups) > peercache_core::protocol::MAX_API_BODY {
+        return;
+    }
     job.events.emit(DownloadEvent::SourceTried {
         source: server.id.clone(),
         what: "seed pieces".into(),
     });
-    let groups = group_count(job.plan.size);
     loop {
         let has = {
             let sh = lock(&job.shared);
@@ -902,7 +914,12 @@ async fn take_from(
                         .others_waiting
                         .load(std::sync::atomic::Ordering::Relaxed)
                 {
-                    return Err(SourceError::Busy(NOTHING_NEEDED_REST).into());
+                    let mut sh = lock(&job.shared);
+                    let turns = sh.gave_way.entry(source.id.clone()).or_insert(0);
+                    if *turns < MAX_GIVE_WAYS {
+                        *turns += 1;
+                        return Err(SourceError::Busy(NOTHING_NEEDED_REST).into());
+                    }
                 }
                 if have.is_some() && idle >= STALL {
                     return Err(SourceError::Failed(format!(
@@ -939,6 +956,9 @@ async fn take_from(
             for p in p0..p1 {
                 let piece = &mut sh.pieces[p as usize];
                 piece.in_flight = piece.in_flight.saturating_sub(1);
+            }
+            if outcome.is_ok() {
+                sh.gave_way.remove(&source.id);
             }
         }
         job.progress.notify_waiters();

@@ -186,6 +186,8 @@ async fn server_key(
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use peercache_core::pieces::{HaveMap, PIECE_GROUPS};
@@ -194,6 +196,8 @@ mod tests {
 
     use super::*;
     use crate::routes::site::tests::{get, referring_state_configured, referring_state_with};
+
+    const PIECE: u64 = PIECE_GROUPS * GROUP;
 
     async fn ask_seed(state: &Arc<AppState>, hash: &ObjectHash, has: &[u8]) -> Response {
         let req = Request::post(format!("/v1/objects/{}/piece", hash.to_hex()))
@@ -205,35 +209,62 @@ mod tests {
             .unwrap()
     }
 
+    /// The first piece of a `206` answer.
+    fn piece_of(r: &Response) -> u64 {
+        let range = r.headers()[header::CONTENT_RANGE].to_str().unwrap();
+        let (first, _, _) = peercache_core::headers::parse_content_range(range).unwrap();
+        assert_eq!(first % PIECE, 0, "{range}");
+        first / PIECE
+    }
+
+    /// A whole copy on its way to the registered serving peer `first` (the
+    /// crowd's first asker, claimed as its receiver); its body not read yet.
+    async fn whole_copy_to_a_peer(state: &Arc<AppState>) -> Response {
+        state
+            .store
+            .register(
+                "first",
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                Some("peer:?direct=127.0.0.1:42000".into()),
+                None,
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        let header = ("peercache-client", "id=first; bw=100000000");
+        let r = get(state, "/static/a.bin", &[header]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r
+    }
+
     #[tokio::test]
     async fn in_a_crowd_the_server_seeds_each_piece_once_and_only_what_is_lacking() {
         // Three pieces (256 KiB each), the last one short.
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
         let (state, hash) = referring_state_with("seed", &data);
-        assert_eq!(
-            get(&state, "/static/a.bin", &[]).await.status(),
-            StatusCode::OK
-        );
-        let groups = group_count(data.len() as u64);
-        let nothing = HaveMap::empty(groups);
+        let nothing = HaveMap::empty(group_count(data.len() as u64));
+
+        // Receivers referred to holders, a plain visitor's whole copy on its
+        // way: no crowd for a new object, nothing seeded.
+        let visitor = get(&state, "/static/a.bin", &[]).await;
+        assert_eq!(visitor.status(), StatusCode::OK);
         state.receivers.add(hash, "a", "peer:a");
         state.receivers.add(hash, "b", "peer:b");
-
-        // Receivers but no whole copy on its way (they were referred to
-        // holders): nothing seeded.
         let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        // The first receiver's whole copy on its way (not read yet).
-        let copy = get(&state, "/static/a.bin", &[]).await;
-        assert_eq!(copy.status(), StatusCode::OK);
+        drop(visitor);
+        state.receivers.remove(&hash, "a");
         state.receivers.remove(&hash, "b");
-        // One receiver is no crowd.
+
+        // The first asker is sent a whole copy; alone it is no crowd.
+        let copy = whole_copy_to_a_peer(&state).await;
+        assert!(state.receivers.contains(&hash, "first"));
         let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        state.receivers.add(hash, "b", "peer:b");
 
-        // A crowd: different pieces, the last first, each the object's bytes.
-        let piece = PIECE_GROUPS * GROUP;
+        // A second receiver: a crowd. Different pieces, the last first, each
+        // the object's bytes.
+        state.receivers.add(hash, "a", "peer:a");
         let mut seen = Vec::new();
         for _ in 0..3 {
             let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
@@ -245,22 +276,21 @@ mod tests {
             let (first, last, total) =
                 peercache_core::headers::parse_content_range(&range).unwrap();
             assert_eq!(total, data.len() as u64);
-            assert_eq!(first % piece, 0, "{range}");
+            seen.push(piece_of(&r));
             let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
             assert_eq!(&body[..], &data[first as usize..=last as usize]);
-            seen.push(first / piece);
         }
         assert_eq!(seen, [2, 1, 0]);
         // Every piece seeded once: the rest comes from peers.
         let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        drop(copy);
 
         // A have-map of the wrong length is refused, not guessed at.
         let r = ask_seed(&state, &hash, &[0u8; 1]).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         let r = ask_seed(&state, &ObjectHash::of(b"unknown"), nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        drop(copy);
     }
 
     #[tokio::test]
@@ -268,27 +298,22 @@ mod tests {
         use futures_util::StreamExt;
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
         let (state, hash) = referring_state_with("seed-carried", &data);
-        // A whole copy on its way, past its first piece.
-        let whole = get(&state, "/static/a.bin", &[]).await;
-        assert_eq!(whole.status(), StatusCode::OK);
-        let mut copy = whole.into_body().into_data_stream();
+        // The first receiver's whole copy, past its first piece.
+        let mut copy = whole_copy_to_a_peer(&state)
+            .await
+            .into_body()
+            .into_data_stream();
         let mut got = 0;
         while got < 300_000 {
             got += copy.next().await.unwrap().unwrap().len();
         }
         state.receivers.add(hash, "a", "peer:a");
-        state.receivers.add(hash, "b", "peer:b");
         let nothing = HaveMap::empty(group_count(data.len() as u64));
         let mut seen = Vec::new();
         for _ in 0..2 {
             let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
             assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-            let range = r.headers()[header::CONTENT_RANGE]
-                .to_str()
-                .unwrap()
-                .to_string();
-            let (first, _, _) = peercache_core::headers::parse_content_range(&range).unwrap();
-            seen.push(first / (PIECE_GROUPS * GROUP));
+            seen.push(piece_of(&r));
         }
         assert_eq!(seen, [2, 1]);
         let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
@@ -305,10 +330,8 @@ mod tests {
         let data = vec![7u8; 300_000];
         let (state, hash) =
             referring_state_configured("seed-off", &data, |c| c.seed_crowds = false);
-        let copy = get(&state, "/static/a.bin", &[]).await;
-        assert_eq!(copy.status(), StatusCode::OK);
+        let copy = whole_copy_to_a_peer(&state).await;
         state.receivers.add(hash, "a", "peer:a");
-        state.receivers.add(hash, "b", "peer:b");
         let has = HaveMap::empty(group_count(data.len() as u64));
         let r = ask_seed(&state, &hash, has.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);

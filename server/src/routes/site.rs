@@ -216,9 +216,10 @@ pub struct Decided {
     pub explained: Explained,
     /// The holders the look-up table listed (empty unless asked).
     pub holders: Vec<Proxy>,
-    /// A serve that listed its client as the object's receiver
-    /// (`Receivers::claim`), to be undone if the bytes never start.
-    pub claimed: bool,
+    /// A serve that listed its client, dialed at this address, as the
+    /// object's receiver (`Receivers::claim`), to be undone if the bytes
+    /// never start.
+    pub claimed: Option<String>,
 }
 
 /// A `GET` of the whole body (no `Range`, not headers only): what a receiver
@@ -292,7 +293,7 @@ pub async fn decide(
     // Too slow for anyone and nobody to refer to: this client is served and
     // becomes the receiver the next ones are referred to, unless a client
     // asking at the same moment claimed that first (then it is referred too).
-    let mut claimed = false;
+    let mut claimed = None;
     if over
         && whole
         && state.config.refer_to_receivers
@@ -310,8 +311,9 @@ pub async fn decide(
         let others = state
             .receivers
             .claim(obj.hash, id, &addr, state.config.max_proxies);
-        claimed = others.is_empty();
-        if !claimed {
+        if others.is_empty() {
+            claimed = Some(addr);
+        } else {
             for r in others {
                 if holders.len() < state.config.max_proxies && !holders.iter().any(|h| h.id == r.id)
                 {
@@ -363,7 +365,7 @@ pub async fn answer(
     let mut to = None;
     let mut claimed = false;
     if let Some(decided) = decided {
-        claimed = decided.claimed;
+        claimed = decided.claimed.is_some();
         match decided.explained.verdict {
             Verdict::Defer { retry_after_s } => return Ok(deferral(retry_after_s)),
             Verdict::Refer => {
@@ -390,14 +392,18 @@ pub async fn answer(
                 return Ok(referral(state, asked, obj, representation, decided));
             }
             Verdict::Serve => {
-                // Listed later only if every byte goes out (send.rs).
+                // Listed later only if every byte goes out (send.rs); a
+                // claimed receiver keeps the address it claimed with.
                 if let Some(id) = peer_id {
-                    let addr = match state.store.peer_addr(id, now_ms()).await {
-                        Ok(addr) => addr,
-                        Err(e) => {
-                            state.store_failed(&e);
-                            None
-                        }
+                    let addr = match decided.claimed {
+                        Some(addr) => Some(addr),
+                        None => match state.store.peer_addr(id, now_ms()).await {
+                            Ok(addr) => addr,
+                            Err(e) => {
+                                state.store_failed(&e);
+                                None
+                            }
+                        },
                     };
                     to = Some(Recipient {
                         peer_id: id.to_string(),
