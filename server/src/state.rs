@@ -469,13 +469,7 @@ impl Receivers {
             .flatten()
             .filter(|(i, _, at)| i != id && now.duration_since(*at) < RECEIVER_TTL)
             .take(max)
-            .map(|(i, a, _)| peercache_core::protocol::Proxy {
-                id: i.clone(),
-                addr: a.clone(),
-                direct: None,
-                rtt_ms: None,
-                load: None,
-            })
+            .map(|(i, a, _)| receiver_proxy(i, a))
             .collect();
         if others.is_empty() {
             Self::add_locked(&mut map, hash, id, addr);
@@ -558,14 +552,20 @@ impl Receivers {
             .take(list.len())
             .filter(|(id, _, _)| Some(id.as_str()) != exclude)
             .take(max)
-            .map(|(id, addr, _)| peercache_core::protocol::Proxy {
-                id: id.clone(),
-                addr: addr.clone(),
-                direct: None,
-                rtt_ms: None,
-                load: None,
-            })
+            .map(|(id, addr, _)| receiver_proxy(id, addr))
             .collect()
+    }
+}
+
+/// A receiver as a referral lists it: its id and dial string, nothing
+/// measured yet.
+fn receiver_proxy(id: &str, addr: &str) -> peercache_core::protocol::Proxy {
+    peercache_core::protocol::Proxy {
+        id: id.to_string(),
+        addr: addr.to_string(),
+        direct: None,
+        rtt_ms: None,
+        load: None,
     }
 }
 

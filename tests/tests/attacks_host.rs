@@ -18,15 +18,16 @@ fn p99(mut v: Vec<Duration>) -> Duration {
         .unwrap_or_default()
 }
 
-/// Point 2: the only holder answers "busy" (its one upload slot is taken by
-/// another reader) while the server is down: the client asks it again after
-/// the wait it named and gets the object, rather than failing.
-#[tokio::test]
-async fn with_the_server_down_a_busy_only_holder_is_asked_again() {
-    let dir = TempDir::new("atk-busy");
-    let f = test_bytes(6_000_000, 301);
-    let g = test_bytes(100_000, 302);
-    let root = make_site(&dir, &[("f.bin", &f), ("g.bin", &g)]);
+/// A site of `files` and its server (no referral wait, no pings); a holder A
+/// of every file with one upload slot at `upload_limit`; a client C (cache
+/// `c`) that met A (its last file came from A) and pinned the server's key.
+/// Then the server stops. Returns the server's URL and A.
+async fn holder_with_one_slot_and_the_server_gone(
+    dir: &TempDir,
+    files: &[(&str, &[u8])],
+    upload_limit: &str,
+) -> (String, peercache_tests::Peer) {
+    let root = make_site(dir, files);
     let server = spawn_server(
         &root,
         &[
@@ -40,26 +41,48 @@ async fn with_the_server_down_a_busy_only_holder_is_asked_again() {
     )
     .await
     .unwrap();
-    for p in ["/static/f.bin", "/static/g.bin"] {
-        let (ok, err) = fetch_cli(&server.url, p, &dir.join("o"), &dir.join("a"))
-            .await
-            .unwrap();
+    for (name, _) in files {
+        let (ok, err) = fetch_cli(
+            &server.url,
+            &format!("/static/{name}"),
+            &dir.join("o"),
+            &dir.join("a"),
+        )
+        .await
+        .unwrap();
         assert!(ok, "{err}");
     }
     let a = spawn_peer(
         &server.url,
         &dir.join("a"),
-        &["--max-uploads", "1", "--upload-limit", "2MiB"],
+        &["--max-uploads", "1", "--upload-limit", upload_limit],
     )
     .await
     .unwrap();
-    // C meets A (g from A) and pins the server's key.
-    let (ok, err) = fetch_cli(&server.url, "/static/g.bin", &dir.join("o"), &dir.join("c"))
-        .await
-        .unwrap();
+    let (last, _) = files.last().expect("a file");
+    let (ok, err) = fetch_cli(
+        &server.url,
+        &format!("/static/{last}"),
+        &dir.join("o"),
+        &dir.join("c"),
+    )
+    .await
+    .unwrap();
     assert!(ok && err.contains(&format!("from peer {}", a.id)), "{err}");
-    let url = server.url.clone();
-    drop(server);
+    (server.url.clone(), a)
+}
+
+/// Point 2: the only holder answers "busy" (its one upload slot is taken by
+/// another reader) while the server is down: the client asks it again after
+/// the wait it named and gets the object, rather than failing.
+#[tokio::test]
+async fn with_the_server_down_a_busy_only_holder_is_asked_again() {
+    let dir = TempDir::new("atk-busy");
+    let f = test_bytes(6_000_000, 301);
+    let g = test_bytes(100_000, 302);
+    let (url, a) =
+        holder_with_one_slot_and_the_server_gone(&dir, &[("f.bin", &f), ("g.bin", &g)], "2MiB")
+            .await;
 
     // Another reader takes A's only slot and holds it for 4 s.
     let hog = peer_dialer().await.unwrap();
@@ -110,41 +133,13 @@ async fn with_the_server_down_a_holder_busy_past_the_budget_is_asked_again_later
     let h = test_bytes(8_000_000, 303);
     let g = test_bytes(100_000, 304);
     let k = test_bytes(50_000, 305);
-    let root = make_site(&dir, &[("h.bin", &h), ("g.bin", &g), ("k.bin", &k)]);
-    let server = spawn_server(
-        &root,
-        &[
-            "--egress-limit",
-            "64MiB",
-            "--target-period",
-            "0s",
-            "--ping-interval",
-            "0s",
-        ],
-    )
-    .await
-    .unwrap();
-    for p in ["/static/h.bin", "/static/g.bin", "/static/k.bin"] {
-        let (ok, err) = fetch_cli(&server.url, p, &dir.join("o"), &dir.join("a"))
-            .await
-            .unwrap();
-        assert!(ok, "{err}");
-    }
     // One upload slot at 200 KiB/s: a reader of h holds it for about 40 s.
-    let a = spawn_peer(
-        &server.url,
-        &dir.join("a"),
-        &["--max-uploads", "1", "--upload-limit", "200KiB"],
+    let (url, a) = holder_with_one_slot_and_the_server_gone(
+        &dir,
+        &[("h.bin", &h), ("g.bin", &g), ("k.bin", &k)],
+        "200KiB",
     )
-    .await
-    .unwrap();
-    // C meets A (k from A) and pins the server's key.
-    let (ok, err) = fetch_cli(&server.url, "/static/k.bin", &dir.join("o"), &dir.join("c"))
-        .await
-        .unwrap();
-    assert!(ok && err.contains(&format!("from peer {}", a.id)), "{err}");
-    let url = server.url.clone();
-    drop(server);
+    .await;
 
     // Another reader takes A's only slot and reads h to the end.
     let hog = peer_dialer().await.unwrap();

@@ -16,6 +16,7 @@ use peercache_core::protocol::Proxy;
 
 use crate::error::ApiError;
 use crate::send::send_object;
+use crate::site::SiteObject;
 use crate::state::AppState;
 use crate::store::now_ms;
 
@@ -54,6 +55,23 @@ async fn object_peers(
     )))
 }
 
+/// The object named by the hex `hash`, once no possession proof of it runs:
+/// nobody gets its bytes during a proof (a proof must not be answerable
+/// through the server).
+async fn sendable(state: &Arc<AppState>, hash: &str) -> Result<SiteObject, ApiError> {
+    let hash = parse_hash(hash)?;
+    if !state.proving.wait_clear(&hash).await {
+        return Err(ApiError::Conflict(
+            "a possession proof of this object is under way".into(),
+        ));
+    }
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || st.object_by_hash(&hash))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)
+}
+
 /// The server as a source in a referral (its own proxy-list entry): objects by
 /// hash, with `Range` (strict: a range it cannot satisfy is a `416`, since a
 /// source asked for a range must send that range or nothing).
@@ -63,19 +81,7 @@ async fn object_by_hash(
     req_headers: HeaderMap,
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
-    let hash = parse_hash(&hash)?;
-    // Nobody gets the object's bytes while a proof of it runs (a proof must
-    // not be answerable through the server).
-    if !state.proving.wait_clear(&hash).await {
-        return Err(ApiError::Conflict(
-            "a possession proof of this object is under way".into(),
-        ));
-    }
-    let st = state.clone();
-    let obj = tokio::task::spawn_blocking(move || st.object_by_hash(&hash))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
+    let obj = sendable(&state, &hash).await?;
     let range = match req_headers.get(header::RANGE) {
         None => None,
         Some(v) => Some(
@@ -105,17 +111,8 @@ async fn seed_piece(
     Path(hash): Path<String>,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
-    let hash = parse_hash(&hash)?;
-    if !state.proving.wait_clear(&hash).await {
-        return Err(ApiError::Conflict(
-            "a possession proof of this object is under way".into(),
-        ));
-    }
-    let st = state.clone();
-    let obj = tokio::task::spawn_blocking(move || st.object_by_hash(&hash))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
+    let obj = sendable(&state, &hash).await?;
+    let hash = obj.hash;
     if obj.size == 0 {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     }
