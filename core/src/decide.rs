@@ -159,6 +159,10 @@ pub enum Reason {
     OverTargetOnItsWay,
     /// The server is too slow but nobody holds the object or is receiving it.
     OverTargetNoHolders,
+    /// The server is too slow, nobody holds a large object or is receiving
+    /// it: the server seeds its pieces to this client and to the clients
+    /// that ask next (referred to this one), who pass them on (issue 12).
+    OverTargetSeeded,
 }
 
 impl Reason {
@@ -174,6 +178,9 @@ impl Reason {
             }
             Reason::OverTargetNoHolders => {
                 "the server cannot send it in time, but no peer holds it, so the server sends it"
+            }
+            Reason::OverTargetSeeded => {
+                "the server cannot send it in time and no peer holds it: the server sends its pieces to this client and to those asking after it, who pass them on"
             }
         }
     }
@@ -231,6 +238,28 @@ pub fn explain(inputs: &Inputs) -> Explained {
     }
 }
 
+/// A crowd for a large object nobody holds (issue 12): the client the server
+/// would send it to whole (too slow, nobody to refer to) is referred instead,
+/// with no holders yet, and fetches it as a swarm, the server seeding its
+/// pieces to it and to those asking after it (who are referred to it). So the
+/// server's uplink puts each piece into the swarm once instead of a whole
+/// copy into one client whose uplink must pass it all on. The caller applies
+/// it only to a serving peer that became the object's receiver.
+pub fn seeded_instead(explained: Explained) -> Explained {
+    if explained.verdict == Verdict::Serve
+        && explained.reason == Reason::OverTargetNoHolders
+        && explained.inputs.size >= crate::pieces::SWARM_FROM
+    {
+        Explained {
+            verdict: Verdict::Refer,
+            reason: Reason::OverTargetSeeded,
+            ..explained
+        }
+    } else {
+        explained
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +298,29 @@ mod tests {
         };
         assert_eq!(explain(&idle).verdict, Verdict::Serve);
         assert_eq!(explain(&idle).reason, Reason::WithinTarget);
+        // Seeded instead of served whole: only a large object the server
+        // would otherwise send whole for want of holders.
+        let large = Inputs {
+            size: crate::pieces::SWARM_FROM,
+            ..busy
+        };
+        assert_eq!(
+            (
+                seeded_instead(explain(&large)).verdict,
+                seeded_instead(explain(&large)).reason
+            ),
+            (Verdict::Refer, Reason::OverTargetSeeded)
+        );
+        let small = Inputs {
+            size: crate::pieces::SWARM_FROM - 1,
+            ..busy
+        };
+        assert_eq!(seeded_instead(explain(&small)), explain(&small));
+        let fast = Inputs {
+            egress: Egress::default(),
+            ..large
+        };
+        assert_eq!(seeded_instead(explain(&fast)).verdict, Verdict::Serve);
         // Round trip as the referral carries it.
         let json = serde_json::to_string(&explain(&busy)).unwrap();
         assert!(json.contains(r#""verdict":"serve""#), "{json}");

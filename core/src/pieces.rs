@@ -254,28 +254,70 @@ pub fn extend_run(pieces: &[PieceState], has: impl Fn(u64) -> bool, first: u64, 
     end
 }
 
-/// Most times the server, seeding (issue 12 point 3), sends one piece of an
-/// object during a crowd: once puts every piece in the swarm; more would be
-/// copies the peers can pass on.
+/// Times the server, seeding (issue 12 point 3), sends each piece of an
+/// object during a crowd before it sends any piece again: once puts every
+/// piece in the swarm.
 pub const SEED_COPIES: u8 = 1;
+
+/// Once every piece is in the swarm, the server's uplink would idle while the
+/// peers pass the pieces on; it seeds up to this many more pieces, in percent
+/// of the object (the latest-seeded first: they are the rarest), so the
+/// origin sends at most 1.4 × the object in a crowd (issue 12's goal: 1.5 ×).
+pub const SEED_EXTRA_PERCENT: u64 = 40;
+
+/// Objects from this size up are fetched as a swarm: a client takes pieces
+/// from several sources at once, and the server seeds a crowd for them
+/// (issue 12). Smaller ones come whole from one source.
+pub const SWARM_FROM: u64 = 4 << 20;
+
+/// Which end of the object the server seeds first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedOrder {
+    /// The lowest-numbered piece first: nobody is sent a whole copy, so a
+    /// lone client gets its pieces in order (and streams them at once).
+    FromFront,
+    /// The highest-numbered first: a whole copy on its way to the first
+    /// receiver goes front to back, so the two overlap least.
+    FromBack,
+}
+
+/// Most pieces the server seeds of an object of `pieces` pieces in one crowd.
+pub fn seed_budget(pieces: u64) -> u64 {
+    pieces * (u64::from(SEED_COPIES) * 100 + SEED_EXTRA_PERCENT) / 100
+}
 
 /// The piece the server seeds next to a client holding `has` (its have-map,
 /// with the pieces it is fetching counted as held), given how often it has
 /// seeded each piece (`sent`, one count per piece): of the pieces the client
-/// lacks, the one seeded least often, if fewer than [`SEED_COPIES`] times;
-/// the highest-numbered on ties, because the whole copy the server is
-/// sending its first receiver goes front to back, so the two overlap least.
-/// So a crowd asking at once gets different pieces and the server's uplink
-/// goes to what the swarm lacks. `None`: nothing to seed to this client (or
-/// `sent` does not fit `has`).
-pub fn seed_pick(sent: &[u8], has: &HaveMap) -> Option<u64> {
+/// lacks, one not yet seeded [`SEED_COPIES`] times, the first in `order`;
+/// once every piece was, while the extra budget lasts
+/// ([`SEED_EXTRA_PERCENT`]), the one seeded least often, the last in `order`
+/// (the latest seeded). So a crowd asking at once gets different pieces and
+/// the server's uplink goes to what the swarm lacks. `None`: nothing to seed
+/// to this client (or `sent` does not fit `has`).
+pub fn seed_pick(sent: &[u8], has: &HaveMap, order: SeedOrder) -> Option<u64> {
     let pieces = piece_count(has.groups());
     if sent.len() as u64 != pieces {
         return None;
     }
-    (0..pieces)
-        .filter(|p| sent[*p as usize] < SEED_COPIES && !has.has_piece(*p))
-        .min_by_key(|p| (sent[*p as usize], std::cmp::Reverse(*p)))
+    let first_round = sent.iter().any(|c| *c < SEED_COPIES);
+    let total: u64 = sent.iter().map(|c| u64::from(*c)).sum();
+    let budget = seed_budget(pieces);
+    let lacking = (0..pieces).filter(|p| !has.has_piece(*p));
+    // Earlier in `order` is smaller.
+    let rank = |p: u64| match order {
+        SeedOrder::FromFront => p,
+        SeedOrder::FromBack => pieces - 1 - p,
+    };
+    if first_round {
+        lacking
+            .filter(|p| sent[*p as usize] < SEED_COPIES)
+            .min_by_key(|p| rank(*p))
+    } else if total < budget {
+        lacking.min_by_key(|p| (sent[*p as usize], std::cmp::Reverse(rank(*p))))
+    } else {
+        None
+    }
 }
 
 /// Counts as seeded once (in `sent`, one count per piece) every piece wholly
@@ -304,11 +346,16 @@ mod tests {
         count_carried(&mut sent, piece + piece / 2);
         assert_eq!(sent, [1, 0, 0, 0]);
         for want in [3, 2, 1] {
-            let p = seed_pick(&sent, &nothing).unwrap();
+            let p = seed_pick(&sent, &nothing, SeedOrder::FromBack).unwrap();
             assert_eq!(p, want);
             sent[p as usize] += 1;
         }
-        assert_eq!(seed_pick(&sent, &nothing), None, "piece 0 came in the copy");
+        // Then the extra budget (4 pieces: one more), the latest seeded
+        // first, and no more.
+        assert_eq!(seed_budget(4), 5);
+        assert_eq!(seed_pick(&sent, &nothing, SeedOrder::FromBack), Some(0));
+        sent[0] += 1;
+        assert_eq!(seed_pick(&sent, &nothing, SeedOrder::FromBack), None);
         // Past the end, or nothing carried: no harm.
         let mut sent = vec![0u8; 2];
         count_carried(&mut sent, u64::MAX);
@@ -326,26 +373,62 @@ mod tests {
         let mut sent = vec![0u8; 4];
         let mut order = Vec::new();
         for _ in 0..4 {
-            let p = seed_pick(&sent, &nothing).unwrap();
+            let p = seed_pick(&sent, &nothing, SeedOrder::FromBack).unwrap();
             sent[p as usize] += 1;
             order.push(p);
         }
         assert_eq!(order, [3, 2, 1, 0]);
-        // Each seeded once: nothing more, whatever the client lacks.
-        assert_eq!(seed_pick(&sent, &nothing), None);
+        // Each seeded once: the extra budget goes to the latest seeded
+        // (the rarest), then nothing more.
+        assert_eq!(seed_pick(&sent, &nothing, SeedOrder::FromBack), Some(0));
+        sent[0] += 1;
+        assert_eq!(seed_pick(&sent, &nothing, SeedOrder::FromBack), None);
+        // In the first round a client is seeded only what was not seeded yet.
+        let mut has = HaveMap::empty(groups);
+        (0..PIECE_GROUPS).for_each(|g| has.set(g));
+        assert_eq!(seed_pick(&[0, 1, 1, 1], &has, SeedOrder::FromBack), None);
         // Only what the client lacks: holding pieces 2 and 3 (their groups)
         // it gets piece 1.
         let mut has = HaveMap::empty(groups);
         for g in 2 * PIECE_GROUPS..groups {
             has.set(g);
         }
-        assert_eq!(seed_pick(&[0; 4], &has), Some(1));
+        assert_eq!(seed_pick(&[0; 4], &has, SeedOrder::FromBack), Some(1));
         // Part of a piece held is not the piece held.
         has.set(PIECE_GROUPS);
-        assert_eq!(seed_pick(&[0; 4], &has), Some(1));
+        assert_eq!(seed_pick(&[0; 4], &has, SeedOrder::FromBack), Some(1));
         // A client holding everything gets nothing; a wrong ledger gets nothing.
-        assert_eq!(seed_pick(&[0; 4], &HaveMap::full(groups)), None);
-        assert_eq!(seed_pick(&[0; 3], &nothing), None);
+        assert_eq!(
+            seed_pick(&[0; 4], &HaveMap::full(groups), SeedOrder::FromBack),
+            None
+        );
+        assert_eq!(seed_pick(&[0; 3], &nothing, SeedOrder::FromBack), None);
+    }
+
+    #[test]
+    fn with_no_whole_copy_on_its_way_the_server_seeds_from_the_front() {
+        let groups = 3 * PIECE_GROUPS;
+        let nothing = HaveMap::empty(groups);
+        let mut sent = vec![0u8; 3];
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let p = seed_pick(&sent, &nothing, SeedOrder::FromFront).unwrap();
+            sent[p as usize] += 1;
+            order.push(p);
+        }
+        assert_eq!(order, [0, 1, 2], "a lone client gets its pieces in order");
+        // A lone client holding them all is seeded nothing more.
+        assert_eq!(
+            seed_pick(&sent, &HaveMap::full(groups), SeedOrder::FromFront),
+            None
+        );
+        // The extra budget (3 pieces: none) is spent.
+        assert_eq!(seed_budget(3), 4);
+        assert_eq!(seed_pick(&[1, 1, 2], &nothing, SeedOrder::FromFront), None);
+        // A client holding piece 0 is seeded piece 1 first.
+        let mut has = HaveMap::empty(groups);
+        (0..PIECE_GROUPS).for_each(|g| has.set(g));
+        assert_eq!(seed_pick(&[0; 3], &has, SeedOrder::FromFront), Some(1));
     }
 
     fn state(done: bool, in_flight: u32, holders: u32) -> PieceState {

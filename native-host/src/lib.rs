@@ -19,6 +19,8 @@
 //!   Linux, macOS and Windows), and the browsers found on this machine.
 //! - [`doctor`]: the facts `peercache-host doctor` and the popup judge.
 //! - [`decode`]: `fetch -o FILE` writes a gzip or deflate body decoded.
+//! - [`export`]: `fetch -o FILE` makes the file a second name of the
+//!   cache's verified copy (each byte written once).
 //! - [`node`]: wires the above into one running peer (`serve`, native mode).
 //!
 //! One request followed top to bottom (a page's `GET /static/app.js`):
@@ -48,6 +50,7 @@ pub mod cache;
 pub mod counters;
 pub mod decode;
 pub mod doctor;
+pub mod export;
 pub mod fetch;
 pub mod gateway;
 pub mod identity;

@@ -363,8 +363,17 @@ async fn main() -> anyhow::Result<()> {
             let node = node::start(options).await?;
             let url = format!("{}{path}", server.trim_end_matches('/'));
             let fetched = download_to_file(&node.fetcher, &url, &output, raw).await;
-            // Let peers see the connection end cleanly.
-            node.fetcher.parts().dialer.endpoint().close().await;
+            // Let peers see the connections end cleanly, but the file is
+            // there: not for long.
+            let closing = std::time::Instant::now();
+            let closed =
+                tokio::time::timeout(CLOSE_GRACE, node.fetcher.parts().dialer.endpoint().close())
+                    .await;
+            tracing::debug!(
+                ms = closing.elapsed().as_millis(),
+                in_time = closed.is_ok(),
+                "peer endpoint closed"
+            );
             if explain {
                 let story = node
                     .fetcher
@@ -510,14 +519,42 @@ fn progress_bar(size: Option<u64>) -> indicatif::ProgressBar {
     bar
 }
 
-/// Streams a download into `output` through a temp file beside it: the output
-/// appears only complete and verified (never partial).
+/// Longest `fetch` waits, once its file is written, for its peer connections
+/// to close cleanly (peers see the rest as an idle connection).
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Downloads `url` into `output` through a temp file beside it: the output
+/// appears only complete and verified (never partial). A shareable download
+/// is written once, into the cache, and `output` becomes a second name of
+/// that copy (`peercache_host::export`); should the copy leave the cache
+/// before it is linked, the object is fetched again and written as it streams.
 async fn download_to_file(
     fetcher: &Arc<peercache_host::fetch::Fetcher>,
     url: &str,
     output: &std::path::Path,
     raw: bool,
 ) -> anyhow::Result<(u64, Source)> {
+    if let Some(done) = download_once(fetcher, url, output, raw, true).await? {
+        return Ok(done);
+    }
+    eprintln!(
+        "note: the verified copy left the cache before it could be linked to {}: fetching it again",
+        output.display()
+    );
+    download_once(fetcher, url, output, raw, false)
+        .await?
+        .context("the download was not written")
+}
+
+/// One download into `output`; `None` when it was to be linked from the
+/// cache (`may_link`) but the cache no longer held it.
+async fn download_once(
+    fetcher: &Arc<peercache_host::fetch::Fetcher>,
+    url: &str,
+    output: &std::path::Path,
+    raw: bool,
+    may_link: bool,
+) -> anyhow::Result<Option<(u64, Source)>> {
     use peercache_core::coding::{Coding, content_coding};
     use tokio::io::AsyncWriteExt;
     let mut dl = fetcher.open(url).await?;
@@ -530,27 +567,59 @@ async fn download_to_file(
                 .and_then(|v| v.to_str().ok()),
         )
     };
+    let cache = fetcher.parts().cache.clone();
+    // Kept in the cache (shareable, named by its hash, within the cache's
+    // limit) and written as sent: linked from there, not written twice.
+    let link_from = dl.hash.filter(|_| {
+        may_link
+            && !matches!(coding, Coding::Gzip | Coding::Deflate)
+            && dl.not_shareable.is_none()
+            && dl
+                .size
+                .is_some_and(|s| cache.max_bytes() == 0 || s <= cache.max_bytes())
+    });
     let name = output
         .file_name()
         .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
     let tmp = output.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let decoded = output.with_file_name(format!(".{name}.decoded-{}", std::process::id()));
     let result = async {
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        // Where the bytes go: a file, or nowhere (the cache has them).
+        let mut file = match link_from {
+            Some(hash) => Err(hash),
+            None => Ok(tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("creating {}", tmp.display()))?),
+        };
         let bar = progress_bar(dl.size);
         let mut total = 0u64;
         while let Some(chunk) = dl.body.recv().await {
             let chunk = chunk?;
-            file.write_all(&chunk).await?;
+            if let Ok(file) = &mut file {
+                file.write_all(&chunk).await?;
+            }
             total += chunk.len() as u64;
             bar.set_position(total);
         }
         bar.finish_and_clear();
         let source = dl.finish().await?;
-        file.sync_all().await?;
-        drop(file);
+        match file {
+            Ok(file) => file.sync_all().await?,
+            Err(hash) => {
+                let to = tmp.clone();
+                let linked = tokio::task::spawn_blocking(move || {
+                    peercache_host::export::from_cache(&cache, &hash, &to)
+                })
+                .await?;
+                match linked {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+                    }
+                }
+            }
+        }
         let written = match &coding {
             Coding::Identity => &tmp,
             Coding::Other(name) => {
@@ -572,7 +641,7 @@ async fn download_to_file(
         tokio::fs::rename(written, output)
             .await
             .with_context(|| format!("writing {}", output.display()))?;
-        Ok::<_, anyhow::Error>((total, source))
+        Ok::<_, anyhow::Error>(Some((total, source)))
     }
     .await;
     let _ = tokio::fs::remove_file(&tmp).await;

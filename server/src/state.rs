@@ -383,14 +383,117 @@ const SEED_IDLE: Duration = Duration::from_secs(60);
 
 /// The server as a seed (issue 12 point 3): per object, how often it has sent
 /// each piece to clients fetching from peers (`POST /v1/objects/{hash}/piece`),
-/// so that it hands out what the swarm lacks (`pieces::seed_pick`). Per
-/// process; bounded in objects, each entry one byte per 256 KiB piece.
-#[derive(Debug, Default)]
+/// so that it hands out what the swarm lacks (`pieces::seed_pick`), and
+/// whether a crowd was opened for it (its first asker referred to be seeded
+/// instead of served whole, `decide::seeded_instead`). Per process; bounded
+/// in objects, each entry one byte per 256 KiB piece.
+#[derive(Debug)]
 pub struct SeedLedger {
-    inner: Mutex<HashMap<ObjectHash, (Vec<u8>, Instant)>>,
+    inner: Mutex<HashMap<ObjectHash, SeedEntry>>,
+    /// Pieces being sent now ([`SEED_SENDS`] at most).
+    sends: Arc<tokio::sync::Semaphore>,
+}
+
+/// Seeded pieces sent at once. A crowd asks for many at the same moment;
+/// sent all at once they would share the uplink and all arrive late
+/// together, while a few at a time arrive one after the other, so the
+/// peers have pieces to pass on from the first fraction of a second.
+pub const SEED_SENDS: usize = 4;
+/// Longest a request for a seeded piece waits for its turn; then it is told
+/// there is nothing to seed it (it goes on with peers).
+pub const SEED_TURN_WAIT: Duration = Duration::from_secs(5);
+
+impl Default for SeedLedger {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            sends: Arc::new(tokio::sync::Semaphore::new(SEED_SENDS)),
+        }
+    }
+}
+
+/// One object's seeding.
+#[derive(Debug)]
+struct SeedEntry {
+    /// Times each piece was sent.
+    sent: Vec<u8>,
+    /// Last asked for (or opened).
+    at: Instant,
+    /// Opened for a first asker: seeded with no whole copy on its way.
+    opened: bool,
 }
 
 impl SeedLedger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectHash, SeedEntry>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entry for `hash` with `pieces` pieces, fresh if it was idle too
+    /// long or did not fit; `None` when there is no room for another object.
+    fn entry(
+        map: &mut HashMap<ObjectHash, SeedEntry>,
+        hash: ObjectHash,
+        pieces: usize,
+        now: Instant,
+    ) -> Option<&mut SeedEntry> {
+        if map.len() >= MAX_SEEDED_OBJECTS && !map.contains_key(&hash) {
+            map.retain(|_, e| now.duration_since(e.at) < SEED_IDLE);
+            if map.len() >= MAX_SEEDED_OBJECTS {
+                return None;
+            }
+        }
+        let entry = map.entry(hash).or_insert_with(|| SeedEntry {
+            sent: vec![0; pieces],
+            at: now,
+            opened: false,
+        });
+        if now.duration_since(entry.at) >= SEED_IDLE || entry.sent.len() != pieces {
+            *entry = SeedEntry {
+                sent: vec![0; pieces],
+                at: now,
+                opened: false,
+            };
+        }
+        entry.at = now;
+        Some(entry)
+    }
+
+    /// A crowd opens for `hash` (of `size` bytes): its first asker was
+    /// referred to be seeded (`decide::seeded_instead`), and so are those
+    /// after it until the object goes idle. Whether it could be opened (no
+    /// room for another object: the caller serves the client as before).
+    pub fn open(&self, hash: ObjectHash, size: u64) -> bool {
+        let groups = peercache_core::verified::group_count(size);
+        let Ok(pieces) = usize::try_from(peercache_core::pieces::piece_count(groups)) else {
+            return false;
+        };
+        let mut map = self.lock();
+        match Self::entry(&mut map, hash, pieces, Instant::now()) {
+            Some(entry) => {
+                entry.opened = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits for a turn to send a seeded piece (at most [`SEED_TURN_WAIT`],
+    /// first come first served); the turn lasts as long as the permit.
+    pub async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(SEED_TURN_WAIT, self.sends.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Whether a crowd is open for `hash` (see [`Self::open`]).
+    pub fn is_open(&self, hash: &ObjectHash) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .get(hash)
+            .is_some_and(|e| e.opened && now.duration_since(e.at) < SEED_IDLE)
+    }
+
     /// Picks the piece to send a client holding `has` of `hash` and counts it
     /// as sent; `None` when there is nothing to seed it (or no room to track
     /// another object). The first `carried` bytes went out in a whole copy
@@ -400,24 +503,14 @@ impl SeedLedger {
         hash: ObjectHash,
         has: &peercache_core::pieces::HaveMap,
         carried: u64,
+        order: peercache_core::pieces::SeedOrder,
     ) -> Option<u64> {
-        let now = Instant::now();
         let pieces = usize::try_from(peercache_core::pieces::piece_count(has.groups())).ok()?;
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_SEEDED_OBJECTS && !map.contains_key(&hash) {
-            map.retain(|_, (_, at)| now.duration_since(*at) < SEED_IDLE);
-            if map.len() >= MAX_SEEDED_OBJECTS {
-                return None;
-            }
-        }
-        let entry = map.entry(hash).or_insert_with(|| (vec![0; pieces], now));
-        if now.duration_since(entry.1) >= SEED_IDLE || entry.0.len() != pieces {
-            *entry = (vec![0; pieces], now);
-        }
-        entry.1 = now;
-        peercache_core::pieces::count_carried(&mut entry.0, carried);
-        let piece = peercache_core::pieces::seed_pick(&entry.0, has)?;
-        if let Some(count) = entry.0.get_mut(usize::try_from(piece).ok()?) {
+        let mut map = self.lock();
+        let entry = Self::entry(&mut map, hash, pieces, Instant::now())?;
+        peercache_core::pieces::count_carried(&mut entry.sent, carried);
+        let piece = peercache_core::pieces::seed_pick(&entry.sent, has, order)?;
+        if let Some(count) = entry.sent.get_mut(usize::try_from(piece).ok()?) {
             *count = count.saturating_add(1);
         }
         Some(piece)

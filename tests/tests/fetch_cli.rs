@@ -49,6 +49,18 @@ async fn a_second_client_gets_the_file_from_the_first() {
     assert!(ok, "{err}");
     assert!(err.contains(&format!("from peer {}", peer.id)), "{err}");
     assert_eq!(std::fs::read(dir.join("second")).unwrap(), data);
+    // Each byte written once (issue 12 point 4): the output is the cache's
+    // verified copy under a second name, read-only.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let hash = peercache_core::ObjectHash::of(&data).to_hex();
+        for (out, cache) in [("first", "c1"), ("second", "c2")] {
+            let o = std::fs::metadata(dir.join(out)).unwrap();
+            let c = std::fs::metadata(dir.join(cache).join("objects").join(&hash)).unwrap();
+            assert_eq!((o.dev(), o.ino()), (c.dev(), c.ino()), "{out} is linked");
+            assert!(o.permissions().readonly(), "{out}");
+        }
+    }
 
     let s = metrics(&server.admin_url).await.unwrap();
     assert_eq!(s["peercache_requests_referred_total"], 1.0);

@@ -68,7 +68,11 @@ const MAX_GIVE_WAYS: u32 = 10;
 /// Most sources downloading at once.
 const MAX_PARALLEL: usize = 4;
 /// Objects from this size up are fetched from several peers at once.
-const PARALLEL_FROM: u64 = 4 << 20;
+const PARALLEL_FROM: u64 = pieces::SWARM_FROM;
+/// Pieces asked of the server as a seed at once (one transfer): while one
+/// piece's answer is on its way the next request is too, so the link does
+/// not idle for a round trip between pieces.
+const SEED_REQUESTS: usize = 2;
 /// How often a large object's transfer with fewer than four
 /// sources working asks for more ([`MoreSources`]).
 pub const REFRESH_SOURCES: Duration = Duration::from_secs(2);
@@ -481,16 +485,20 @@ async fn run_inner(
         };
         workers.spawn(worker(job.clone(), src));
     }
-    // Referred in a crowd: the server seeds what the swarm lacks meanwhile.
-    let _seeding = match &server {
-        Some(server) if refreshing && !workers.is_empty() => Some(AbortOnDrop(tokio::spawn(
-            seed_from_server(job.clone(), server.clone()),
-        ))),
-        _ => None,
-    };
+    // Referred for a large object: the server seeds what the swarm lacks
+    // meanwhile, if there is a crowd (it answers "nothing" otherwise).
+    // Referred with no holders at all (the crowd's first asker), the seeding
+    // comes first and the server as a source only once it stops.
+    let mut seeders = tokio::task::JoinSet::new();
+    if refreshing && let Some(server) = &server {
+        for _ in 0..SEED_REQUESTS {
+            seeders.spawn(seed_from_server(job.clone(), server.clone()));
+        }
+    }
     // With no server (it is down), "started" means "never to be started".
     let mut server_started = server.is_none();
     if workers.is_empty()
+        && seeders.is_empty()
         && let Some(server) = &server
     {
         server_started = true;
@@ -578,6 +586,7 @@ async fn run_inner(
                     workers.spawn(worker(job.clone(), src));
                 }
             }
+            Some(_) = seeders.join_next(), if !seeders.is_empty() => {}
             Some(joined) = workers.join_next(), if !workers.is_empty() => {
                 if let Ok((src, Err(e))) = joined {
                     match e {
@@ -611,7 +620,11 @@ async fn run_inner(
                 if pending {
                     if let Some(src) = candidates.pop_front() {
                         workers.spawn(worker(job.clone(), src));
-                    } else if workers.is_empty() && !server_started && let Some(server) = &server {
+                    } else if workers.is_empty()
+                        && seeders.is_empty()
+                        && !server_started
+                        && let Some(server) = &server
+                    {
                         server_started = true;
                         workers.spawn(worker(job.clone(), server.clone()));
                     }
@@ -621,6 +634,8 @@ async fn run_inner(
         let all_done = lock(&job.shared).all_done();
         if workers.is_empty() && !all_done {
             match &server {
+                // Seeding: the server is asked as a source once it stops.
+                Some(_) if !server_started && !seeders.is_empty() => {}
                 Some(server) if !server_started => {
                     server_started = true;
                     workers.spawn(worker(job.clone(), server.clone()));

@@ -100,8 +100,9 @@ async fn object_by_hash(
 /// (`peercache_core::pieces::seed_pick`), as a `206` with its
 /// `Content-Range` (the client checks it against the object's CVs like any
 /// range), or `204` when there is nothing to seed it (every piece it lacks
-/// seeded already, no crowd: fewer than two receivers or no whole copy on
-/// its way to the first, or seeding off: `--no-seed-crowds`). So in a
+/// seeded already, no crowd: none opened for its first asker and fewer than
+/// two receivers or no whole copy on its way to the first, or seeding off:
+/// `--no-seed-crowds`). So in a
 /// crowd the server's uplink puts each piece into the swarm once, spread
 /// over the crowd, instead of into one receiver that must pass all of it
 /// on. Anyone may ask (the bytes are the public object's); what a stranger
@@ -119,15 +120,32 @@ async fn seed_piece(
     let groups = peercache_core::verified::group_count(obj.size);
     let has = peercache_core::pieces::HaveMap::from_bytes(groups, &body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    // Only in a crowd for an object nobody held: two or more receiving it
-    // while the server sends its first whole copy. A client referred to
-    // holders of the whole object gets it from them, not from the server.
+    // Only in a crowd for an object nobody held: one opened when its first
+    // asker was referred to be seeded (`decide::seeded_instead`), or two or
+    // more receiving it while the server sends its first whole copy. A client
+    // referred to holders of the whole object gets it from them, not from
+    // the server.
+    use peercache_core::pieces::SeedOrder;
     let whole_copy = state.sending.whole_copy(&hash);
-    let crowd = state.config.seed_crowds && state.receivers.count(&hash) >= 2;
-    let Some(piece) = whole_copy
-        .filter(|_| crowd)
-        .and_then(|carried| state.seeds.pick(hash, &has, carried))
-    else {
+    let seeding = if !state.config.seed_crowds {
+        None
+    } else if let Some(carried) = whole_copy
+        && state.receivers.count(&hash) >= 2
+    {
+        Some((carried, SeedOrder::FromBack))
+    } else if state.seeds.is_open(&hash) {
+        Some((0, SeedOrder::FromFront))
+    } else {
+        None
+    };
+    let Some((carried, order)) = seeding else {
+        return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+    };
+    // A few pieces at a time, each at the full uplink (`state::SEED_SENDS`).
+    let Some(turn) = state.seeds.turn().await else {
+        return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+    };
+    let Some(piece) = state.seeds.pick(hash, &has, carried, order) else {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     };
     let (g0, g1) = peercache_core::pieces::piece_groups(groups, piece);
@@ -136,7 +154,19 @@ async fn seed_piece(
         .min(obj.size)
         .saturating_sub(1);
     metrics::counter!("peercache_seeded_pieces_total").increment(1);
-    send_object(&state, &obj, false, Some((first, last)), None).await
+    let sent = send_object(&state, &obj, false, Some((first, last)), None).await?;
+    Ok(held_until_sent(sent, turn))
+}
+
+/// `resp` with `turn` held until its body is sent (or dropped).
+fn held_until_sent(resp: Response, turn: tokio::sync::OwnedSemaphorePermit) -> Response {
+    use futures_util::StreamExt;
+    let (parts, body) = resp.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _turn = &turn;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
 /// The object's group CVs (see `peercache_core::verified`), for verified streaming
@@ -278,7 +308,12 @@ mod tests {
             assert_eq!(&body[..], &data[first as usize..=last as usize]);
         }
         assert_eq!(seen, [2, 1, 0]);
-        // Every piece seeded once: the rest comes from peers.
+        // Every piece seeded once; then the extra budget (one piece of
+        // three: the latest seeded), and the rest comes from peers.
+        assert_eq!(peercache_core::pieces::seed_budget(3), 4);
+        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(piece_of(&r), 0);
         let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
@@ -307,19 +342,165 @@ mod tests {
         state.receivers.add(hash, "a", "peer:a");
         let nothing = HaveMap::empty(group_count(data.len() as u64));
         let mut seen = Vec::new();
-        for _ in 0..2 {
+        loop {
             let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+            if r.status() == StatusCode::NO_CONTENT {
+                break;
+            }
             assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
             seen.push(piece_of(&r));
         }
-        assert_eq!(seen, [2, 1]);
-        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
-        assert_eq!(
-            r.status(),
-            StatusCode::NO_CONTENT,
-            "piece 0 came in the copy"
-        );
+        // Piece 0 came in the copy: seeded only as the one extra piece the
+        // budget allows (`seed_budget(3)` is 4); without the carried count
+        // the first round alone would send it, and the extra one more.
+        assert_eq!(seen, [2, 1, 0]);
         drop(copy);
+    }
+
+    /// Six registered serving peers ask for `/static/a.bin` at once; their
+    /// answers in the order of the ids.
+    async fn six_ask_at_once(state: &Arc<AppState>) -> Vec<Response> {
+        let ids: Vec<String> = (0..6).map(|i| format!("crowd{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let dial = format!("peer:?direct=127.0.0.1:{}", 43000 + i);
+            state
+                .store
+                .register(
+                    id,
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    Some(dial),
+                    None,
+                    now_ms(),
+                )
+                .await
+                .unwrap();
+        }
+        let asks = ids.iter().map(|id| {
+            let header = format!("id={id}; bw=100000000");
+            async move { get(state, "/static/a.bin", &[("peercache-client", &header)]).await }
+        });
+        futures_util::future::join_all(asks).await
+    }
+
+    #[tokio::test]
+    async fn a_crowd_for_a_large_object_is_seeded_and_nobody_is_sent_it_whole() {
+        let size = peercache_core::pieces::SWARM_FROM + 1000;
+        let data: Vec<u8> = (0..size).map(|i| (i % 239) as u8).collect();
+        let (state, hash) = referring_state_with("seed-first", &data);
+        let answers = six_ask_at_once(&state).await;
+        let mut first_askers = 0;
+        let mut receivers = Vec::new();
+        for r in answers {
+            assert_eq!(
+                r.status(),
+                StatusCode::MULTIPLE_CHOICES,
+                "nobody is sent a whole copy"
+            );
+            let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            let referral: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let peers: Vec<&str> = referral["proxies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["id"].as_str())
+                .filter(|id| *id != peercache_core::protocol::SERVER_PROXY_ID)
+                .collect();
+            if peers.is_empty() {
+                // The first asker: to be seeded, nobody to fetch from yet.
+                first_askers += 1;
+                assert_eq!(
+                    referral["why"]["reason"], "over_target_seeded",
+                    "{referral}"
+                );
+            } else {
+                receivers.extend(peers.iter().map(|p| p.to_string()));
+            }
+        }
+        assert_eq!(first_askers, 1, "one first asker");
+        assert!(receivers.iter().all(|id| id.starts_with("crowd")));
+        // Seeded from the front, each piece once, the object's bytes.
+        let pieces = peercache_core::pieces::piece_count(group_count(size));
+        let nothing = HaveMap::empty(group_count(size));
+        for want in 0..pieces {
+            let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            assert_eq!(piece_of(&r), want);
+            let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            let at = (want * PIECE) as usize;
+            assert_eq!(&body[..], &data[at..at + body.len()]);
+        }
+        // Then the extra budget, and no more: the origin's bytes stay within
+        // 1.4 × the object.
+        let mut extra = 0;
+        while ask_seed(&state, &hash, nothing.as_bytes()).await.status()
+            == StatusCode::PARTIAL_CONTENT
+        {
+            extra += 1;
+        }
+        assert_eq!(extra, peercache_core::pieces::seed_budget(pieces) - pieces);
+        assert!(extra > 0);
+    }
+
+    #[tokio::test]
+    async fn without_seeding_or_for_a_small_object_the_first_asker_is_sent_it_whole() {
+        let large: Vec<u8> = vec![3u8; peercache_core::pieces::SWARM_FROM as usize];
+        let (state, hash) =
+            referring_state_configured("seed-first-off", &large, |c| c.seed_crowds = false);
+        let served = six_ask_at_once(&state)
+            .await
+            .iter()
+            .filter(|r| r.status() == StatusCode::OK)
+            .count();
+        assert_eq!(served, 1);
+        let has = HaveMap::empty(group_count(large.len() as u64));
+        let r = ask_seed(&state, &hash, has.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let small = vec![3u8; peercache_core::pieces::SWARM_FROM as usize - 1];
+        let (state, _) = referring_state_with("seed-first-small", &small);
+        let served = six_ask_at_once(&state)
+            .await
+            .iter()
+            .filter(|r| r.status() == StatusCode::OK)
+            .count();
+        assert_eq!(served, 1);
+    }
+
+    #[tokio::test]
+    async fn seeded_pieces_go_a_few_at_a_time() {
+        use std::time::Duration;
+        let size = peercache_core::pieces::SWARM_FROM;
+        let data: Vec<u8> = (0..size).map(|i| (i % 233) as u8).collect();
+        let (state, hash) = referring_state_with("seed-turns", &data);
+        // Known by its hash once asked for by its path.
+        let visitor = get(&state, "/static/a.bin", &[]).await;
+        assert_eq!(visitor.status(), StatusCode::OK);
+        drop(visitor);
+        assert!(state.seeds.open(hash, size));
+        let nothing = HaveMap::empty(group_count(size));
+        let mut being_sent = Vec::new();
+        for _ in 0..crate::state::SEED_SENDS {
+            let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            being_sent.push(r);
+        }
+        let next = tokio::time::timeout(
+            Duration::from_millis(300),
+            ask_seed(&state, &hash, nothing.as_bytes()),
+        )
+        .await;
+        assert!(next.is_err(), "one more waits while four are being sent");
+        // One of them sent: the next one's turn.
+        let r = being_sent.pop().unwrap();
+        axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            ask_seed(&state, &hash, nothing.as_bytes()),
+        )
+        .await
+        .expect("its turn came");
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(body.len() as u64, PIECE);
     }
 
     #[tokio::test]

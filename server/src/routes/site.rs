@@ -22,7 +22,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use metrics::counter;
-use peercache_core::decide::{Explained, Inputs, Verdict, explain, over_target, target_speed};
+use peercache_core::decide::{
+    Explained, Inputs, Verdict, explain, over_target, seeded_instead, target_speed,
+};
 use peercache_core::headers::{self, ClientHeader};
 use peercache_core::protocol::{ObjectInfo, Proxy, Referral, SERVER_PROXY_ID};
 use peercache_core::range::{RangeChoice, choose_range};
@@ -290,9 +292,10 @@ pub async fn decide(
         sending_this_object: state.sending.deferrable(&obj.hash, state.config.max_defer),
     };
     let mut explained = explain(&inputs);
-    // Too slow for anyone and nobody to refer to: this client is served and
-    // becomes the receiver the next ones are referred to, unless a client
-    // asking at the same moment claimed that first (then it is referred too).
+    // Too slow for anyone and nobody to refer to: this client is served (or,
+    // for a large object, seeded) and becomes the receiver the next ones are
+    // referred to, unless a client asking at the same moment claimed that
+    // first (then it is referred too).
     let mut claimed = None;
     if over
         && whole
@@ -312,7 +315,17 @@ pub async fn decide(
             .receivers
             .claim(obj.hash, id, &addr, state.config.max_proxies);
         if others.is_empty() {
-            claimed = Some(addr);
+            // A large object: seeded to this client and the crowd after it
+            // rather than sent whole (`decide::seeded_instead`).
+            let seeded = seeded_instead(explained);
+            if state.config.seed_crowds
+                && seeded.verdict == Verdict::Refer
+                && state.seeds.open(obj.hash, obj.size)
+            {
+                explained = seeded;
+            } else {
+                claimed = Some(addr);
+            }
         } else {
             for r in others {
                 if holders.len() < state.config.max_proxies && !holders.iter().any(|h| h.id == r.id)
