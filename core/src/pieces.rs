@@ -281,6 +281,39 @@ pub enum SeedOrder {
     FromBack,
 }
 
+/// Most pieces the server seeds in one answer to a client receiving the
+/// object alone (16 MiB), so a lone download of a large object is a few
+/// dozen requests, not one per 256 KiB.
+pub const SEED_RUN_ALONE: u64 = 64;
+
+/// How many pieces one seeded answer may carry: one in a crowd (the pieces
+/// spread over it); for a client receiving the object alone, one more than
+/// the server has seeded of it so far, up to [`SEED_RUN_ALONE`] (so a crowd
+/// forming a moment after its first asker still finds most pieces unseeded).
+pub fn seed_run_len(seeded_so_far: u64, alone: bool) -> u64 {
+    if alone {
+        (seeded_so_far + 1).min(SEED_RUN_ALONE)
+    } else {
+        1
+    }
+}
+
+/// The run of pieces from `first` (which [`seed_pick`] chose) that one
+/// answer seeds: the pieces after it the client lacks and nobody was seeded
+/// yet, at most `max` in all; the end, exclusive.
+pub fn seed_run(sent: &[u8], has: &HaveMap, first: u64, max: u64) -> u64 {
+    let pieces = sent.len() as u64;
+    let mut end = first + 1;
+    while end < pieces
+        && end - first < max
+        && sent[end as usize] < SEED_COPIES
+        && !has.has_piece(end)
+    {
+        end += 1;
+    }
+    end
+}
+
 /// Most pieces the server seeds of an object of `pieces` pieces in one crowd.
 pub fn seed_budget(pieces: u64) -> u64 {
     pieces * (u64::from(SEED_COPIES) * 100 + SEED_EXTRA_PERCENT) / 100
@@ -429,6 +462,25 @@ mod tests {
         let mut has = HaveMap::empty(groups);
         (0..PIECE_GROUPS).for_each(|g| has.set(g));
         assert_eq!(seed_pick(&[0; 3], &has, SeedOrder::FromFront), Some(1));
+    }
+
+    #[test]
+    fn a_client_alone_is_seeded_growing_runs_and_a_crowd_single_pieces() {
+        assert_eq!(seed_run_len(0, true), 1);
+        assert_eq!(seed_run_len(5, true), 6);
+        assert_eq!(seed_run_len(1000, true), SEED_RUN_ALONE);
+        assert_eq!(seed_run_len(1000, false), 1);
+        let groups = 8 * PIECE_GROUPS;
+        let mut has = HaveMap::empty(groups);
+        // Piece 5 held: a run from 2 stops before it.
+        (5 * PIECE_GROUPS..6 * PIECE_GROUPS).for_each(|g| has.set(g));
+        let sent = [0u8; 8];
+        assert_eq!(seed_run(&sent, &has, 2, 64), 5);
+        assert_eq!(seed_run(&sent, &has, 2, 2), 4);
+        assert_eq!(seed_run(&sent, &has, 6, 64), 8, "to the end");
+        // A piece seeded already ends it too.
+        let sent = [0, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(seed_run(&sent, &has, 0, 64), 3);
     }
 
     fn state(done: bool, in_flight: u32, holders: u32) -> PieceState {

@@ -494,26 +494,34 @@ impl SeedLedger {
             .is_some_and(|e| e.opened && now.duration_since(e.at) < SEED_IDLE)
     }
 
-    /// Picks the piece to send a client holding `has` of `hash` and counts it
-    /// as sent; `None` when there is nothing to seed it (or no room to track
-    /// another object). The first `carried` bytes went out in a whole copy
-    /// already: their pieces count as sent.
+    /// Picks the pieces to send a client holding `has` of `hash` (a run,
+    /// `first..end`; longer for a client receiving it `alone`,
+    /// `pieces::seed_run_len`) and counts them as sent; `None` when there is
+    /// nothing to seed it (or no room to track another object). The first
+    /// `carried` bytes went out in a whole copy already: their pieces count
+    /// as sent.
     pub fn pick(
         &self,
         hash: ObjectHash,
         has: &peercache_core::pieces::HaveMap,
         carried: u64,
         order: peercache_core::pieces::SeedOrder,
-    ) -> Option<u64> {
-        let pieces = usize::try_from(peercache_core::pieces::piece_count(has.groups())).ok()?;
+        alone: bool,
+    ) -> Option<(u64, u64)> {
+        use peercache_core::pieces;
+        let count = usize::try_from(pieces::piece_count(has.groups())).ok()?;
         let mut map = self.lock();
-        let entry = Self::entry(&mut map, hash, pieces, Instant::now())?;
-        peercache_core::pieces::count_carried(&mut entry.sent, carried);
-        let piece = peercache_core::pieces::seed_pick(&entry.sent, has, order)?;
-        if let Some(count) = entry.sent.get_mut(usize::try_from(piece).ok()?) {
-            *count = count.saturating_add(1);
+        let entry = Self::entry(&mut map, hash, count, Instant::now())?;
+        pieces::count_carried(&mut entry.sent, carried);
+        let first = pieces::seed_pick(&entry.sent, has, order)?;
+        let so_far: u64 = entry.sent.iter().map(|c| u64::from(*c)).sum();
+        let end = pieces::seed_run(&entry.sent, has, first, pieces::seed_run_len(so_far, alone));
+        for p in first..end {
+            if let Some(c) = entry.sent.get_mut(usize::try_from(p).ok()?) {
+                *c = c.saturating_add(1);
+            }
         }
-        Some(piece)
+        Some((first, end))
     }
 }
 

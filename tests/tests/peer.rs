@@ -304,7 +304,29 @@ async fn a_full_disk_stops_caching_but_not_the_download() {
     let (ok, err) = fetch_cli(&server.url, "/static/big.bin", &dir.join("out"), &small)
         .await
         .unwrap();
+    // Nothing the full disk spoiled was kept: a kept copy is whole (the
+    // output may be that copy, `fetch -o` links or copies it).
+    let kept: Vec<(String, Vec<u8>)> = std::fs::read_dir(small.join("objects"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, std::fs::read(e.path()).unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let _ = std::process::Command::new("umount").arg(&small).status();
+    for (name, bytes) in &kept {
+        assert_eq!(
+            &peercache_core::ObjectHash::of(bytes).to_hex(),
+            name,
+            "a spoiled copy was kept"
+        );
+    }
     assert!(ok, "the download succeeds: {err}");
-    assert_eq!(std::fs::read(dir.join("out")).unwrap(), data);
+    assert!(
+        std::fs::read(dir.join("out")).unwrap() == data,
+        "the output is the object"
+    );
 }

@@ -169,6 +169,7 @@ pub async fn pump(
     // named in the have-map.
     let (mut group, mut g, mut marked) = (BytesMut::new(), 0u64, 0u64);
     let mut check = WholeCheck::default();
+    let mut write_failed = false;
     let mut stream = resp.bytes_stream();
     let failure = loop {
         let Some(chunk) = stream.next().await else {
@@ -218,18 +219,27 @@ pub async fn pump(
                 break Some(FetchError::ServerMismatch);
             }
             if g - marked >= PIECE_GROUPS || (g == groups && marked < g) {
-                // Written, then named in the have-map.
-                let marked_now = if file.flush().await.is_ok() {
+                // Written, then named in the have-map. A write that failed
+                // in the background shows here (and only once).
+                if file.flush().await.is_ok() {
                     let (p, from) = (partial.clone(), marked);
-                    tokio::task::spawn_blocking(move || p.mark(from, g))
+                    let marked_now = tokio::task::spawn_blocking(move || p.mark(from, g))
                         .await
-                        .is_ok_and(|r| r.is_ok())
+                        .is_ok_and(|r| r.is_ok());
+                    if marked_now {
+                        marked = g;
+                    }
                 } else {
-                    false
-                };
-                if marked_now {
-                    marked = g;
+                    write_failed = true;
                 }
+            }
+        }
+        if write_failed {
+            // A full disk stops caching, not the download.
+            write_failed = false;
+            counter!("peercache_cache_write_failures_total").increment(1);
+            if let Some(s) = sink.take() {
+                discard(s).await;
             }
         }
         if tx.send(Ok(chunk)).await.is_err() {
@@ -251,9 +261,19 @@ pub async fn pump(
         return Err(FetchError::ServerMismatch);
     }
     events.emit(DownloadEvent::Verified { hash: actual });
+    // A write that failed in the background (a full disk) shows at the
+    // flush: such a file is not kept, whatever its length says.
+    let mut sink = sink;
+    if let Some(s) = sink.as_mut()
+        && s.file.flush().await.is_err()
+    {
+        counter!("peercache_cache_write_failures_total").increment(1);
+        if let Some(s) = sink.take() {
+            discard(s).await;
+        }
+    }
     let to_keep = match sink {
-        Some(mut s) => {
-            let _ = s.file.flush().await;
+        Some(s) => {
             let (partial, outboard) = match s.partial {
                 Some((p, proof)) => (Some(p), Some(proof.outboard())),
                 None => (None, None),

@@ -53,9 +53,11 @@ fn peer_failure(e: peercache_net::PeerError) -> SourceError {
     }
 }
 
-/// A `503` with a `Retry-After` in seconds: busy for that long.
+/// A `503` or `429` with a `Retry-After` in seconds: busy for that long.
 fn http_busy(resp: &reqwest::Response) -> Option<SourceError> {
-    if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+    if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+        && resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS
+    {
         return None;
     }
     let secs: u64 = resp
@@ -205,10 +207,10 @@ impl SourceRef {
         }
     }
 
-    /// Asks the server, as a seed, for a piece this download lacks (`has`:
-    /// the groups it holds or is fetching): the piece's inclusive byte range
-    /// and its bytes, or `None` when the server has nothing to seed it. A
-    /// range that is not exactly one piece of the object is a failure; a peer
+    /// Asks the server, as a seed, for pieces this download lacks (`has`:
+    /// the groups it holds or is fetching): their inclusive byte range and
+    /// their bytes, or `None` when the server has nothing to seed it. A range
+    /// that is not a run of whole pieces of the object is a failure; a peer
     /// has no such request (`None`).
     pub async fn seed_piece(
         &self,
@@ -224,10 +226,13 @@ impl SourceRef {
             .http
             .post(Self::object_url(base, &hash, "/piece"))
             .body(has.as_bytes().to_vec())
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(3600))
             .send()
             .await
             .map_err(|e| SourceError::Failed(e.to_string()))?;
+        if let Some(busy) = http_busy(&resp) {
+            return Err(busy);
+        }
         match resp.status() {
             reqwest::StatusCode::NO_CONTENT => return Ok(None),
             reqwest::StatusCode::PARTIAL_CONTENT => {}
@@ -238,8 +243,8 @@ impl SourceRef {
             .get(reqwest::header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .and_then(peercache_core::headers::parse_content_range)
-            .filter(|(first, last, total)| *total == size && is_one_piece(size, (*first, *last)))
-            .ok_or_else(|| SourceError::Failed("seed: not one piece of the object".into()))?;
+            .filter(|(first, last, total)| *total == size && is_piece_run(size, (*first, *last)))
+            .ok_or_else(|| SourceError::Failed("seed: not whole pieces of the object".into()))?;
         Ok(Some((
             (range.0, range.1),
             Body::Http(resp.bytes_stream().boxed()),
@@ -296,16 +301,13 @@ impl SourceRef {
     }
 }
 
-/// Whether `first..=last` is exactly one piece of an object of `size` bytes.
-fn is_one_piece(size: u64, (first, last): (u64, u64)) -> bool {
+/// Whether `first..=last` is a run of whole pieces of an object of `size`
+/// bytes (the last piece may be short).
+fn is_piece_run(size: u64, (first, last): (u64, u64)) -> bool {
+    use peercache_core::pieces::{PIECE_GROUPS, range_groups};
     let groups = group_count(size);
-    peercache_core::pieces::range_groups(size, (first, last)).is_some_and(|(g0, g1)| {
-        g0 % peercache_core::pieces::PIECE_GROUPS == 0
-            && peercache_core::pieces::piece_groups(
-                groups,
-                g0 / peercache_core::pieces::PIECE_GROUPS,
-            ) == (g0, g1)
-    })
+    range_groups(size, (first, last))
+        .is_some_and(|(g0, g1)| g0 % PIECE_GROUPS == 0 && (g1 % PIECE_GROUPS == 0 || g1 == groups))
 }
 
 /// A body arriving from a source, read piece by piece.

@@ -16,6 +16,12 @@
 //!    use up to four sources at once; while fewer work, the server is asked
 //!    every [`REFRESH_SOURCES`] for sources that appeared since the referral
 //!    ([`MoreSources`]: a crowd's first clients learn of the later ones).
+//!    Beside the peers, the server is asked as a seed ([`SEED_REQUESTS`]
+//!    pieces at a time) for pieces the swarm lacks; it answers only in a
+//!    crowd. Referred with no holders at all (a crowd's first asker, whom
+//!    the server seeds instead of sending the object whole), the transfer
+//!    starts with the seeding alone and learns its peers as they appear;
+//!    the server as a source is asked only once the seeding stops.
 //! 3. A source that fails, stalls, lies, stays below the floor or stops
 //!    growing gives its pieces back (nothing verified is fetched twice) and the
 //!    next source takes over; the server is the last one. Only a liar is gone
@@ -73,6 +79,8 @@ const PARALLEL_FROM: u64 = pieces::SWARM_FROM;
 /// piece's answer is on its way the next request is too, so the link does
 /// not idle for a round trip between pieces.
 const SEED_REQUESTS: usize = 2;
+/// "Busy" answers in a row after which a seed request stops.
+const MAX_SEED_BUSY: u32 = 5;
 /// How often a large object's transfer with fewer than four
 /// sources working asks for more ([`MoreSources`]).
 pub const REFRESH_SOURCES: Duration = Duration::from_secs(2);
@@ -702,6 +710,7 @@ async fn seed_from_server(job: Arc<Job>, server: SourceRef) {
         source: server.id.clone(),
         what: "seed pieces".into(),
     });
+    let mut busy_in_a_row = 0;
     loop {
         let has = {
             let sh = lock(&job.shared);
@@ -728,20 +737,33 @@ async fn seed_from_server(job: Arc<Job>, server: SourceRef) {
         {
             Ok(Some(got)) => got,
             Ok(None) => return,
+            // Asked too often (its rate limit): asked again after the wait
+            // it named, a few times in a row at most.
+            Err(SourceError::Busy(wait)) if busy_in_a_row < MAX_SEED_BUSY => {
+                busy_in_a_row += 1;
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "the server stopped seeding");
                 return;
             }
         };
-        // `seed_piece` checked it is exactly one piece.
+        busy_in_a_row = 0;
+        // `seed_piece` checked it is a run of whole pieces.
         let (g0, g1) = (range.0 / GROUP, (range.1 + 1).div_ceil(GROUP));
-        let piece = g0 / PIECE_GROUPS;
-        if let Some(p) = lock(&job.shared).pieces.get_mut(piece as usize) {
+        let run = (g0 / PIECE_GROUPS) as usize..g1.div_ceil(PIECE_GROUPS) as usize;
+        for p in lock(&job.shared)
+            .pieces
+            .get_mut(run.clone())
+            .into_iter()
+            .flatten()
+        {
             p.in_flight += 1;
         }
         let mut g = g0;
         let outcome = receive(&job, &server, body, g1, &mut g).await;
-        if let Some(p) = lock(&job.shared).pieces.get_mut(piece as usize) {
+        for p in lock(&job.shared).pieces.get_mut(run).into_iter().flatten() {
             p.in_flight = p.in_flight.saturating_sub(1);
         }
         job.progress.notify_waiters();

@@ -97,16 +97,17 @@ async fn object_by_hash(
 /// The server as a seed (issue 12 point 3): a client fetching an object
 /// from peers sends its have-map (the groups it holds or is fetching) and
 /// gets a piece it lacks that the server has not seeded yet
-/// (`peercache_core::pieces::seed_pick`), as a `206` with its
-/// `Content-Range` (the client checks it against the object's CVs like any
-/// range), or `204` when there is nothing to seed it (every piece it lacks
-/// seeded already, no crowd: none opened for its first asker and fewer than
-/// two receivers or no whole copy on its way to the first, or seeding off:
-/// `--no-seed-crowds`). So in a
-/// crowd the server's uplink puts each piece into the swarm once, spread
-/// over the crowd, instead of into one receiver that must pass all of it
-/// on. Anyone may ask (the bytes are the public object's); what a stranger
-/// can spoil is only the ledger, each piece seeded once per crowd.
+/// (`peercache_core::pieces::seed_pick`; a run of them while it receives
+/// the object alone, `seed_run_len`), as a `206` with its `Content-Range`
+/// (the client checks it against the object's CVs like any range), or `204`
+/// when there is nothing to seed it (every piece it lacks seeded already,
+/// no crowd: none opened for its first asker and fewer than two receivers
+/// or no whole copy on its way to the first, or seeding off:
+/// `--no-seed-crowds`). So in a crowd the server's uplink puts each piece
+/// into the swarm once, spread over the crowd, instead of into one receiver
+/// that must pass all of it on. Anyone may ask (the bytes are the public
+/// object's); what a stranger can spoil is only the ledger, each piece
+/// seeded once per crowd (with 40 % extra).
 async fn seed_piece(
     State(state): State<Arc<AppState>>,
     Path(hash): Path<String>,
@@ -145,15 +146,17 @@ async fn seed_piece(
     let Some(turn) = state.seeds.turn().await else {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     };
-    let Some(piece) = state.seeds.pick(hash, &has, carried, order) else {
+    let alone = state.receivers.count(&hash) <= 1;
+    let Some((p0, p1)) = state.seeds.pick(hash, &has, carried, order, alone) else {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     };
-    let (g0, g1) = peercache_core::pieces::piece_groups(groups, piece);
+    let (g0, _) = peercache_core::pieces::piece_groups(groups, p0);
+    let (_, g1) = peercache_core::pieces::piece_groups(groups, p1 - 1);
     let first = g0 * peercache_core::verified::GROUP;
     let last = (g1 * peercache_core::verified::GROUP)
         .min(obj.size)
         .saturating_sub(1);
-    metrics::counter!("peercache_seeded_pieces_total").increment(1);
+    metrics::counter!("peercache_seeded_pieces_total").increment(p1 - p0);
     let sent = send_object(&state, &obj, false, Some((first, last)), None).await?;
     Ok(held_until_sent(sent, turn))
 }
@@ -476,6 +479,9 @@ mod tests {
         assert_eq!(visitor.status(), StatusCode::OK);
         drop(visitor);
         assert!(state.seeds.open(hash, size));
+        // A crowd: one piece per answer.
+        state.receivers.add(hash, "a", "peer:a");
+        state.receivers.add(hash, "b", "peer:b");
         let nothing = HaveMap::empty(group_count(size));
         let mut being_sent = Vec::new();
         for _ in 0..crate::state::SEED_SENDS {
@@ -501,6 +507,38 @@ mod tests {
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
         let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         assert_eq!(body.len() as u64, PIECE);
+    }
+
+    #[tokio::test]
+    async fn a_client_receiving_alone_is_seeded_growing_runs() {
+        let size = peercache_core::pieces::SWARM_FROM + 1000;
+        let data: Vec<u8> = (0..size).map(|i| (i % 229) as u8).collect();
+        let (state, hash) = referring_state_with("seed-alone", &data);
+        let visitor = get(&state, "/static/a.bin", &[]).await;
+        drop(visitor);
+        assert!(state.seeds.open(hash, size));
+        state.receivers.add(hash, "alone", "peer:alone");
+        let mut has = HaveMap::empty(group_count(size));
+        let mut runs = Vec::new();
+        loop {
+            let r = ask_seed(&state, &hash, has.as_bytes()).await;
+            if r.status() == StatusCode::NO_CONTENT {
+                break;
+            }
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            let range = r.headers()[header::CONTENT_RANGE]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let (first, last, _) = peercache_core::headers::parse_content_range(&range).unwrap();
+            let body = axum::body::to_bytes(r.into_body(), 64 << 20).await.unwrap();
+            assert_eq!(&body[..], &data[first as usize..=last as usize]);
+            runs.push((first / PIECE, last / PIECE + 1));
+            (first / GROUP..=last / GROUP).for_each(|g| has.set(g));
+        }
+        // 17 pieces: runs of 1, 2, 4 and 8 pieces, then the last two; all of
+        // it held, nothing more (the extra budget is for what is lacking).
+        assert_eq!(runs, [(0, 1), (1, 3), (3, 7), (7, 15), (15, 17)]);
     }
 
     #[tokio::test]
