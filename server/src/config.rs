@@ -84,10 +84,11 @@ pub struct Config {
     /// Refer clients to serving peers that are receiving the object right now
     /// (partial holders, issue 12 point 1) rather than defer them.
     pub refer_to_receivers: bool,
-    /// In a crowd (two or more peers receiving an object while the server
-    /// sends the first of them a whole copy), send the clients fetching it
-    /// from peers the pieces the swarm lacks, each once
-    /// (`POST /v1/objects/{hash}/piece`, issue 12 point 3).
+    /// The server as a seed (issue 12 point 3): the first serving peer to
+    /// ask for a large object nobody holds is referred with no holders and
+    /// sent its pieces (`POST /v1/objects/{hash}/piece`), as are those after
+    /// it, each piece once and then up to 40 % more; off, the first asker is
+    /// sent the object whole and nothing is seeded.
     pub seed_crowds: bool,
     /// `Cache-Control` of the site's files by path prefix (root mode; the
     /// longest matching prefix wins; `no-cache` where none matches).

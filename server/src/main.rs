@@ -128,8 +128,8 @@ struct Args {
     /// holders); defer them while it is on its way instead.
     #[arg(long, env = "PEERCACHE_NO_REFER_TO_RECEIVERS")]
     no_refer_to_receivers: bool,
-    /// Never send a crowd's clients the pieces their swarm lacks (the server
-    /// as a seed); they get every byte from peers, the server last.
+    /// Never seed a crowd: the first asker of a large object nobody holds is
+    /// sent it whole, the others get every byte from peers, the server last.
     #[arg(long, env = "PEERCACHE_NO_SEED_CROWDS")]
     no_seed_crowds: bool,
     /// `Cache-Control` for the site's files under a path prefix, as
