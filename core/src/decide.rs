@@ -163,6 +163,10 @@ pub enum Reason {
     /// it: the server seeds its pieces to this client and to the clients
     /// that ask next (referred to this one), who pass them on (issue 12).
     OverTargetSeeded,
+    /// A reason a later version gave, unknown to this one (a referral naming
+    /// it is still a referral).
+    #[serde(other)]
+    Unknown,
 }
 
 impl Reason {
@@ -179,6 +183,7 @@ impl Reason {
             Reason::OverTargetNoHolders => {
                 "the server cannot send it in time, but no peer holds it, so the server sends it"
             }
+            Reason::Unknown => "a reason this version does not know",
             Reason::OverTargetSeeded => {
                 "the server cannot send it in time and no peer holds it: the server sends its pieces to this client and to those asking after it, who pass them on"
             }
@@ -326,6 +331,10 @@ mod tests {
         assert!(json.contains(r#""verdict":"serve""#), "{json}");
         let back: Explained = serde_json::from_str(&json).unwrap();
         assert_eq!(back, explain(&busy));
+        // A reason from a later version is read as unknown, not refused.
+        let later = json.replace("over_target_no_holders", "a_reason_from_later");
+        let back: Explained = serde_json::from_str(&later).unwrap();
+        assert_eq!(back.reason, Reason::Unknown);
     }
 
     proptest! {

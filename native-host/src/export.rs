@@ -9,6 +9,8 @@
 //! an edit through the user's name would change what this peer serves (peers
 //! would find the change and count this host a liar). The user may still
 //! delete or rename it, and eviction from the cache leaves it in place.
+//! Elsewhere (Windows) a read-only file could not be evicted, so the file is
+//! copied.
 
 use std::path::Path;
 
@@ -40,20 +42,33 @@ pub fn from_cache(cache: &Cache, hash: &ObjectHash, to: &Path) -> std::io::Resul
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    match std::fs::hard_link(&from, to) {
+    match link(&from, to) {
         Ok(()) => {
             read_only(to)?;
             Ok(Exported::Linked)
         }
         // Evicted between the check and the link.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !from.exists() => Err(e),
         Err(_) => {
             std::fs::copy(&from, to)?;
-            let file = std::fs::OpenOptions::new().write(true).open(to)?;
-            file.sync_all()?;
+            // The copy may carry the cache's read-only mode: synced through
+            // a read-only handle.
+            std::fs::File::open(to)?.sync_all()?;
             Ok(Exported::Copied)
         }
     }
+}
+
+#[cfg(unix)]
+fn link(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to)
+}
+
+/// Elsewhere a linked file could not be made read-only (the cache could not
+/// evict it), and an edit would change what this peer serves: copied.
+#[cfg(not(unix))]
+fn link(_from: &Path, _to: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::other("no read-only links here"))
 }
 
 #[cfg(unix)]
@@ -62,7 +77,6 @@ fn read_only(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
 }
 
-/// On Windows a read-only file could not be evicted from the cache.
 #[cfg(not(unix))]
 fn read_only(_path: &Path) -> std::io::Result<()> {
     Ok(())

@@ -584,12 +584,15 @@ async fn download_once(
     let tmp = output.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let decoded = output.with_file_name(format!(".{name}.decoded-{}", std::process::id()));
     let result = async {
-        // Where the bytes go: a file, or nowhere (the cache has them).
+        // Where the bytes go: a file, or nowhere (the cache has them). The
+        // file is made either way, so a path that cannot be written fails
+        // before the download, not after it.
+        let created = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
         let mut file = match link_from {
             Some(hash) => Err(hash),
-            None => Ok(tokio::fs::File::create(&tmp)
-                .await
-                .with_context(|| format!("creating {}", tmp.display()))?),
+            None => Ok(created),
         };
         let bar = progress_bar(dl.size);
         let mut total = 0u64;

@@ -400,7 +400,7 @@ pub struct SeedLedger {
 /// peers have pieces to pass on from the first fraction of a second.
 pub const SEED_SENDS: usize = 4;
 /// Longest a request for a seeded piece waits for its turn; then it is told
-/// there is nothing to seed it (it goes on with peers).
+/// the server is busy (`503`, ask again in a second).
 pub const SEED_TURN_WAIT: Duration = Duration::from_secs(5);
 
 impl Default for SeedLedger {
@@ -454,7 +454,6 @@ impl SeedLedger {
                 opened: false,
             };
         }
-        entry.at = now;
         Some(entry)
     }
 
@@ -467,10 +466,19 @@ impl SeedLedger {
         let Ok(pieces) = usize::try_from(peercache_core::pieces::piece_count(groups)) else {
             return false;
         };
+        let now = Instant::now();
         let mut map = self.lock();
-        match Self::entry(&mut map, hash, pieces, Instant::now()) {
+        match Self::entry(&mut map, hash, pieces, now) {
             Some(entry) => {
+                // A new crowd (its first asker found no receiver): a ledger
+                // left from before, spent or not opened, starts afresh.
+                let spent: u64 = entry.sent.iter().map(|c| u64::from(*c)).sum();
+                let budget = peercache_core::pieces::seed_budget(pieces as u64);
+                if !entry.opened || spent >= budget {
+                    entry.sent.iter_mut().for_each(|c| *c = 0);
+                }
                 entry.opened = true;
+                entry.at = now;
                 true
             }
             None => false,
@@ -516,6 +524,9 @@ impl SeedLedger {
         let first = pieces::seed_pick(&entry.sent, has, order)?;
         let so_far: u64 = entry.sent.iter().map(|c| u64::from(*c)).sum();
         let end = pieces::seed_run(&entry.sent, has, first, pieces::seed_run_len(so_far, alone));
+        // Idle is counted from the last piece seeded: asking without being
+        // seeded anything does not keep a spent ledger alive.
+        entry.at = Instant::now();
         for p in first..end {
             if let Some(c) = entry.sent.get_mut(usize::try_from(p).ok()?) {
                 *c = c.saturating_add(1);
@@ -1059,6 +1070,34 @@ impl AppState {
 mod tests {
     use super::*;
     use peercache_core::decide::{Inputs, explain};
+
+    #[test]
+    fn a_spent_ledger_starts_afresh_for_the_next_crowd() {
+        use peercache_core::pieces::{HaveMap, SeedOrder};
+        let ledger = SeedLedger::default();
+        let hash = ObjectHash::of(b"seeded");
+        let size = 4 * 256 * 1024;
+        let nothing = HaveMap::empty(peercache_core::verified::group_count(size));
+        assert!(ledger.open(hash, size));
+        assert!(ledger.is_open(&hash));
+        let mut seeded = 0;
+        while let Some((a, b)) = ledger.pick(hash, &nothing, 0, SeedOrder::FromFront, false) {
+            seeded += b - a;
+        }
+        assert_eq!(seeded, peercache_core::pieces::seed_budget(4));
+        // Spent: a new crowd's first asker opens it afresh.
+        assert!(ledger.open(hash, size));
+        assert_eq!(
+            ledger.pick(hash, &nothing, 0, SeedOrder::FromFront, false),
+            Some((0, 1))
+        );
+        // A crowd still seeding is not reset by another open.
+        assert!(ledger.open(hash, size));
+        assert_eq!(
+            ledger.pick(hash, &nothing, 0, SeedOrder::FromFront, false),
+            Some((1, 2))
+        );
+    }
 
     #[tokio::test]
     async fn one_proof_per_object_a_failed_one_cools_it_down_and_senders_wait() {

@@ -16,7 +16,7 @@
 //!    use up to four sources at once; while fewer work, the server is asked
 //!    every [`REFRESH_SOURCES`] for sources that appeared since the referral
 //!    ([`MoreSources`]: a crowd's first clients learn of the later ones).
-//!    Beside the peers, the server is asked as a seed ([`SEED_REQUESTS`]
+//!    Beside the peers, the server is asked as a seed (`SEED_REQUESTS`
 //!    pieces at a time) for pieces the swarm lacks; it answers only in a
 //!    crowd. Referred with no holders at all (a crowd's first asker, whom
 //!    the server seeds instead of sending the object whole), the transfer

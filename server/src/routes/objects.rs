@@ -142,9 +142,14 @@ async fn seed_piece(
     let Some((carried, order)) = seeding else {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     };
-    // A few pieces at a time, each at the full uplink (`state::SEED_SENDS`).
+    // A few pieces at a time, each at the full uplink (`state::SEED_SENDS`);
+    // no turn in time: busy, ask again (not "nothing to seed").
     let Some(turn) = state.seeds.turn().await else {
-        return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+        return Ok((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+        )
+            .into_response());
     };
     let alone = state.receivers.count(&hash) <= 1;
     let Some((p0, p1)) = state.seeds.pick(hash, &has, carried, order, alone) else {
@@ -495,6 +500,10 @@ mod tests {
         )
         .await;
         assert!(next.is_err(), "one more waits while four are being sent");
+        // Past its wait it is told "busy, ask again", not "nothing to seed".
+        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         // One of them sent: the next one's turn.
         let r = being_sent.pop().unwrap();
         axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
