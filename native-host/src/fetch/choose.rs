@@ -13,8 +13,8 @@ use peercache_core::select::{Choice, Policy, Probed, choose_explained};
 use super::events::Events;
 use crate::peer_memory::PeerMemory;
 
-/// How long a probe may take before the peer counts as unreachable (a dial
-/// through a relay and the hole punch included).
+/// How long a probe's ping may take before the peer counts as unreachable (a
+/// dial through a relay included); the wait for a direct path comes after.
 const PROBE_DEADLINE: Duration = Duration::from_millis(2500);
 /// How long a probe waits for a relayed connection to find a direct path.
 const DIRECT_PATH_WAIT: Duration = Duration::from_millis(600);
@@ -66,15 +66,25 @@ pub async fn measure(
             };
         }
         let pinged = match DialInfo::parse(&p.addr) {
-            Ok(dial) => tokio::time::timeout(PROBE_DEADLINE, async {
-                let pinged = dialer.ping(&p.id, &dial).await.ok()?;
-                let direct =
-                    pinged.direct || dialer.wait_direct(&p.id, &dial, DIRECT_PATH_WAIT).await;
-                Some((pinged.rtt, direct, pinged.load))
-            })
-            .await
-            .ok()
-            .flatten(),
+            // The deadline is for reaching the peer; one that answered is
+            // reachable, and a relayed answer then gets its moment to find a
+            // direct path whatever the ping took (else a slow relay under
+            // load made a relay-only peer "unreachable", and it was never
+            // reported relay-only).
+            Ok(dial) => match tokio::time::timeout(PROBE_DEADLINE, dialer.ping(&p.id, &dial)).await
+            {
+                Ok(Ok(pinged)) => {
+                    let direct = pinged.direct
+                        || tokio::time::timeout(
+                            DIRECT_PATH_WAIT * 2,
+                            dialer.wait_direct(&p.id, &dial, DIRECT_PATH_WAIT),
+                        )
+                        .await
+                        .unwrap_or(false);
+                    Some((pinged.rtt, direct, pinged.load))
+                }
+                _ => None,
+            },
             Err(_) => None,
         };
         if pinged.is_none() {
