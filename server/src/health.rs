@@ -11,7 +11,7 @@ use metrics::counter;
 use peercache_core::peer::DialInfo;
 
 use crate::state::AppState;
-use crate::store::now_ms;
+use crate::store::{PathWitness, now_ms};
 
 /// Pings at once.
 const CONCURRENCY: usize = 32;
@@ -92,7 +92,10 @@ pub async fn ping_all(state: &Arc<AppState>) {
                     tracing::warn!(error = %e, "recording a ping failed");
                 }
                 if let Some((_, direct)) = pinged
-                    && let Err(e) = state.store.note_path(&id, direct).await
+                    && let Err(e) = state
+                        .store
+                        .note_path(&id, direct, PathWitness::ServerPing)
+                        .await
                 {
                     tracing::warn!(error = %e, "recording a path failed");
                 }

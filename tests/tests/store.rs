@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use peercache_core::hash::ObjectHash;
 use peercache_core::protocol::{Load, Outcome, Report};
 use peercache_server::store::{
-    MemoryStore, RedisOptions, RedisStore, Store, StoreError, StoreLimits,
+    MemoryStore, PathWitness, RedisOptions, RedisStore, Store, StoreError, StoreLimits,
 };
 use peercache_tests::spawn_redis;
 
@@ -203,13 +203,40 @@ async fn suite(store: Store) {
 
     // B10: a peer reached only through the relay goes after direct ones, and
     // the flag reaches the client.
-    store.note_path("a", false).await.unwrap();
+    let path_of_a = || async {
+        let rows = store.peer_rows(now).await.unwrap();
+        rows.iter().find(|r| r.id == "a").and_then(|r| r.direct)
+    };
+    store
+        .note_path("a", true, PathWitness::ServerPing)
+        .await
+        .unwrap();
+    assert_eq!(
+        path_of_a().await,
+        Some(true),
+        "the server's ping fills it in"
+    );
+    store
+        .note_path("a", false, PathWitness::Client)
+        .await
+        .unwrap();
     let ranked = store.holders(&h, Some("client"), now, 8).await.unwrap();
     assert_eq!(ranked.first().map(|p| p.direct), Some(Some(false)));
-    store.note_path("a", true).await.unwrap();
+    // The server, on a public address, goes direct where clients behind
+    // routers cannot: its ping does not undo a client's finding.
+    store
+        .note_path("a", true, PathWitness::ServerPing)
+        .await
+        .unwrap();
+    assert_eq!(path_of_a().await, Some(false), "a client's finding stands");
+    store
+        .note_path("a", true, PathWitness::Client)
+        .await
+        .unwrap();
     assert_eq!(
-        store.holders(&h, Some("client"), now, 8).await.unwrap()[0].direct,
-        Some(true)
+        path_of_a().await,
+        Some(true),
+        "a later client's finding replaces it"
     );
 
     // B6: a report counts only for a peer the client was referred to, once.

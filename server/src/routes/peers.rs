@@ -22,7 +22,7 @@ use peercache_core::protocol::{
 use crate::error::ApiError;
 use crate::site::SiteObject;
 use crate::state::{AppState, Tally};
-use crate::store::{StoreError, now_ms};
+use crate::store::{PathWitness, StoreError, now_ms};
 
 /// Most hashes in one announce.
 pub const MAX_ANNOUNCE_HASHES: usize = 10_000;
@@ -394,7 +394,10 @@ async fn report(
         return Ok(StatusCode::ACCEPTED);
     }
     if let Some(direct) = r.direct {
-        state.store.note_path(&r.source, direct).await?;
+        state
+            .store
+            .note_path(&r.source, direct, PathWitness::Client)
+            .await?;
     }
     // No more bytes than the object holds: the figures cannot be inflated.
     let st = state.clone();

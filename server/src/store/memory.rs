@@ -13,8 +13,8 @@ use super::rules::{
     ping_failures_drop, smooth_rtt,
 };
 use super::{
-    MAX_HOLDINGS_PER_PEER, MAX_OFFERS, MAX_PEERS, OFFER_TTL_MS, PeerRow, StoreError, StoreLimits,
-    TableStats,
+    MAX_HOLDINGS_PER_PEER, MAX_OFFERS, MAX_PEERS, OFFER_TTL_MS, PathWitness, PeerRow, StoreError,
+    StoreLimits, TableStats,
 };
 
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ struct PeerRecord {
     ping_failures: u32,
     strikes: u32,
     direct: Option<bool>,
+    /// Who found `direct`.
+    path_by: Option<PathWitness>,
     held: HashSet<ObjectHash>,
     fetched: HashSet<ObjectHash>,
 }
@@ -113,6 +115,7 @@ impl MemoryStore {
                 ping_failures: 0,
                 strikes: 0,
                 direct: None,
+                path_by: None,
                 held: HashSet::new(),
                 fetched: HashSet::new(),
             },
@@ -176,9 +179,17 @@ impl MemoryStore {
         Ok(taken)
     }
 
-    pub(super) fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
-        if let Some(r) = lock(&self.inner).peers.get_mut(peer) {
+    pub(super) fn note_path(
+        &self,
+        peer: &str,
+        direct: bool,
+        by: PathWitness,
+    ) -> Result<(), StoreError> {
+        if let Some(r) = lock(&self.inner).peers.get_mut(peer)
+            && by.overrides(r.path_by)
+        {
             r.direct = Some(direct);
+            r.path_by = Some(by);
         }
         Ok(())
     }

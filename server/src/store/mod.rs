@@ -84,6 +84,34 @@ pub struct PeerRow {
     pub holdings: usize,
 }
 
+/// Who found a peer's path (B10). The server sits on a public address, and a
+/// home router lets in whatever answers a packet sent out, so the server's
+/// pings go direct to peers that visitors behind other routers reach only
+/// through the relay (a symmetric NAT opens a new port per destination). A
+/// client's own connection is the better witness: the server's ping fills the
+/// path in until a client reports one, and never overrides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathWitness {
+    /// The server's health ping.
+    ServerPing,
+    /// A client's report of its own connection.
+    Client,
+}
+
+impl PathWitness {
+    /// Whether a finding by `self` replaces one made by `earlier`.
+    pub fn overrides(self, earlier: Option<PathWitness>) -> bool {
+        !(self == PathWitness::ServerPing && earlier == Some(PathWitness::Client))
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            PathWitness::ServerPing => "server",
+            PathWitness::Client => "client",
+        }
+    }
+}
+
 /// Settings shared by both backends.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
@@ -186,9 +214,15 @@ impl Store {
     }
 
     /// Records whether connections to `peer` go direct (`true`) or only through
-    /// a relay, as the server's pings and clients' reports find (B10).
-    pub async fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
-        dispatch!(self, "note_path", s => s.note_path(peer, direct))
+    /// a relay, as `by` found (B10). A client's finding stands against the
+    /// server's pings (see [`PathWitness`]).
+    pub async fn note_path(
+        &self,
+        peer: &str,
+        direct: bool,
+        by: PathWitness,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, "note_path", s => s.note_path(peer, direct, by))
     }
 
     /// Applies an announce: `have` are hashes the caller checked the peer may be

@@ -48,8 +48,8 @@ use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::rules::{is_delisted, is_live, pending_now, ping_failures_drop, smooth_rtt};
 use super::{
-    MAX_HOLDINGS_PER_PEER, MAX_PEERS, OFFER_TTL_MS, PENDING_WINDOW_MS, PeerRow, StoreError,
-    StoreLimits, TableStats, now_ms,
+    MAX_HOLDINGS_PER_PEER, MAX_PEERS, OFFER_TTL_MS, PENDING_WINDOW_MS, PathWitness, PeerRow,
+    StoreError, StoreLimits, TableStats, now_ms,
 };
 
 /// Most holders read for one referral.
@@ -116,6 +116,7 @@ struct Scripts {
     report: Script,
     drop_peer: Script,
     if_exists_hset: Script,
+    note_path: Script,
     fail_ping: Script,
     lease: Script,
     figures: Script,
@@ -366,6 +367,15 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 ";
 
+/// Notes a peer's path unless the server's ping would override a client's
+/// finding (`PathWitness::overrides`). KEYS: peer. ARGV: direct (0/1), witness.
+const NOTE_PATH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[2] == 'server' and redis.call('HGET', KEYS[1], 'path_by') == 'client' then return 0 end
+redis.call('HSET', KEYS[1], 'direct', ARGV[1], 'path_by', ARGV[2])
+return 1
+";
+
 /// Counts a failed ping; returns the failures in a row (-1: no such peer).
 const FAIL_PING: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -499,6 +509,7 @@ impl RedisStore {
             report: Script::new(REPORT),
             drop_peer: Script::new(DROP_PEER),
             if_exists_hset: Script::new(IF_EXISTS_HSET),
+            note_path: Script::new(NOTE_PATH),
             fail_ping: Script::new(FAIL_PING),
             lease: Script::new(LEASE),
             figures: Script::new(FIGURES),
@@ -821,9 +832,21 @@ impl RedisStore {
         inv.invoke_async::<()>(&mut c).await.map_err(unavailable)
     }
 
-    pub(super) async fn note_path(&self, peer: &str, direct: bool) -> Result<(), StoreError> {
-        self.set_if_exists(peer, &[("direct", i64::from(direct).to_string())])
+    pub(super) async fn note_path(
+        &self,
+        peer: &str,
+        direct: bool,
+        by: PathWitness,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        self.scripts
+            .note_path
+            .key(self.k("peer", peer))
+            .arg(i64::from(direct))
+            .arg(by.name())
+            .invoke_async::<()>(&mut c)
             .await
+            .map_err(unavailable)
     }
 
     pub(super) async fn record_fetch(
