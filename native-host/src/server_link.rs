@@ -190,6 +190,11 @@ impl ServerLink {
     }
 
     /// POSTs `body` as JSON to `origin` + `path`, signed with this host's key.
+    /// The `Peercache-Auth` header for a `POST` of `body` to `path`.
+    pub fn sign_post(&self, path: &str, body: &[u8]) -> String {
+        self.identity.sign("POST", path, body)
+    }
+
     async fn signed_post<T: serde::Serialize>(
         &self,
         origin: &str,

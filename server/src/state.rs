@@ -392,6 +392,8 @@ pub struct SeedLedger {
     inner: Mutex<HashMap<ObjectHash, SeedEntry>>,
     /// Pieces being sent now ([`SEED_SENDS`] at most).
     sends: Arc<tokio::sync::Semaphore>,
+    /// Turns each peer holds ([`SEED_TURNS_PER_PEER`] at most).
+    turns_by_peer: TurnsByPeer,
 }
 
 /// Seeded pieces sent at once. A crowd asks for many at the same moment;
@@ -403,11 +405,72 @@ pub const SEED_SENDS: usize = 4;
 /// the server is busy (`503`, ask again in a second).
 pub const SEED_TURN_WAIT: Duration = Duration::from_secs(5);
 
+/// Turns one peer may hold at once: as many as a host asks for at a time
+/// (its `SEED_REQUESTS`), fewer than [`SEED_SENDS`].
+pub const SEED_TURNS_PER_PEER: usize = 2;
+
 impl Default for SeedLedger {
     fn default() -> Self {
         Self {
             inner: Mutex::default(),
             sends: Arc::new(tokio::sync::Semaphore::new(SEED_SENDS)),
+            turns_by_peer: Arc::default(),
+        }
+    }
+}
+
+/// Why a peer is not sent seeded pieces now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TurnDenied {
+    /// It holds [`SEED_TURNS_PER_PEER`] turns already.
+    #[error("this peer is being sent as many seeded pieces as it may be at once")]
+    PeerHoldsItsTurns,
+    /// Every turn stayed taken for [`SEED_TURN_WAIT`].
+    #[error("every seeding turn is taken")]
+    Busy,
+}
+
+/// A turn to be sent seeded pieces: one of [`SEED_SENDS`], counted against
+/// its peer until dropped.
+#[derive(Debug)]
+pub struct SeedTurn {
+    _send: tokio::sync::OwnedSemaphorePermit,
+    _held: PeerTurn,
+}
+
+/// Turns held per peer; an entry lives only while its peer holds one.
+type TurnsByPeer = Arc<Mutex<HashMap<String, usize>>>;
+
+/// One turn counted against a peer, given back when dropped.
+#[derive(Debug)]
+struct PeerTurn {
+    by_peer: TurnsByPeer,
+    peer: String,
+}
+
+impl PeerTurn {
+    fn take(by_peer: &TurnsByPeer, peer: &str) -> Option<PeerTurn> {
+        let mut map = by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let held = map.entry(peer.to_string()).or_insert(0);
+        if *held >= SEED_TURNS_PER_PEER {
+            return None;
+        }
+        *held += 1;
+        Some(PeerTurn {
+            by_peer: by_peer.clone(),
+            peer: peer.to_string(),
+        })
+    }
+}
+
+impl Drop for PeerTurn {
+    fn drop(&mut self) {
+        let mut map = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = map.get_mut(&self.peer) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                map.remove(&self.peer);
+            }
         }
     }
 }
@@ -485,13 +548,21 @@ impl SeedLedger {
         }
     }
 
-    /// Waits for a turn to send a seeded piece (at most [`SEED_TURN_WAIT`],
-    /// first come first served); the turn lasts as long as the permit.
-    pub async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        tokio::time::timeout(SEED_TURN_WAIT, self.sends.clone().acquire_owned())
+    /// Waits for `peer`'s turn to be sent seeded pieces (at most
+    /// [`SEED_TURN_WAIT`], first come first served); the turn lasts as long as
+    /// the [`SeedTurn`]. A peer holding [`SEED_TURNS_PER_PEER`] already is
+    /// refused at once, so no one peer (reading slowly, say) holds every turn.
+    pub async fn turn(&self, peer: &str) -> Result<SeedTurn, TurnDenied> {
+        let held =
+            PeerTurn::take(&self.turns_by_peer, peer).ok_or(TurnDenied::PeerHoldsItsTurns)?;
+        let send = tokio::time::timeout(SEED_TURN_WAIT, self.sends.clone().acquire_owned())
             .await
-            .ok()?
-            .ok()
+            .map_err(|_| TurnDenied::Busy)?
+            .map_err(|_| TurnDenied::Busy)?;
+        Ok(SeedTurn {
+            _send: send,
+            _held: held,
+        })
     }
 
     /// Whether a crowd is open for `hash` (see [`Self::open`]).
@@ -618,6 +689,22 @@ impl Receivers {
                 map.remove(hash);
             }
         }
+    }
+
+    /// Whether peer `id` receives `hash` now; if so, its listing starts its
+    /// [`RECEIVER_TTL`] afresh (it asked for sources or pieces: it is still
+    /// receiving, however long the object takes).
+    pub fn touch(&self, hash: &ObjectHash, id: &str) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let Some(entry) = map.get_mut(hash).and_then(|list| {
+            list.iter_mut()
+                .find(|(i, _, at)| i == id && now.duration_since(*at) < RECEIVER_TTL)
+        }) else {
+            return false;
+        };
+        entry.2 = now;
+        true
     }
 
     /// Whether peer `id` receives `hash` now.
@@ -1146,6 +1233,44 @@ mod tests {
         assert_eq!(kept.len(), RECENT_DECISIONS);
         assert_eq!(kept[0].at_ms, RECENT_DECISIONS as u64 + 9);
         assert_eq!(kept[RECENT_DECISIONS - 1].at_ms, 10);
+    }
+
+    #[test]
+    fn only_a_listed_receiver_is_touched() {
+        let receivers = Receivers::default();
+        let hash = ObjectHash::of(b"touch");
+        assert!(!receivers.touch(&hash, "a"), "nobody listed");
+        receivers.add(hash, "a", "peer:a");
+        assert!(receivers.touch(&hash, "a"));
+        assert!(!receivers.touch(&hash, "b"));
+        assert!(!receivers.touch(&ObjectHash::of(b"other"), "a"));
+        receivers.remove(&hash, "a");
+        assert!(
+            !receivers.touch(&hash, "a"),
+            "a removed one is not brought back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_holds_at_most_its_share_of_the_seeding_turns() {
+        let seeds = SeedLedger::default();
+        let first = seeds.turn("a").await.expect("a's first");
+        let second = seeds.turn("a").await.expect("a's second");
+        assert_eq!(
+            seeds.turn("a").await.err(),
+            Some(TurnDenied::PeerHoldsItsTurns)
+        );
+        let others = seeds.turn("b").await.expect("b's turn");
+        drop(first);
+        let again = seeds
+            .turn("a")
+            .await
+            .expect("a turn given back is a's again");
+        drop((second, again, others));
+        assert!(
+            seeds.turns_by_peer.lock().unwrap().is_empty(),
+            "nothing is kept for peers holding no turn"
+        );
     }
 
     #[test]

@@ -701,6 +701,7 @@ impl Fetcher {
         let transport = Transport {
             http: p.link.http().clone(),
             dialer: p.dialer.clone(),
+            link: p.link.clone(),
         };
         let (hash, size, server_down) = (plan.hash, plan.size, plan.server.is_none());
         let (failed_tx, failed_rx) = tokio::sync::mpsc::channel(FAILURE_QUEUE);
@@ -844,6 +845,7 @@ impl Fetcher {
             transport: Transport {
                 http: self.parts.link.http().clone(),
                 dialer: self.parts.dialer.clone(),
+                link: self.parts.link.clone(),
             },
             server: origin.to_string(),
         }

@@ -78,6 +78,8 @@ pub struct Transport {
     pub http: reqwest::Client,
     /// QUIC to peers.
     pub dialer: Arc<peercache_net::PeerDialer>,
+    /// Signs the requests that must name this peer (the seed's).
+    pub link: Arc<crate::server_link::ServerLink>,
 }
 
 /// One source: the server or a peer.
@@ -222,9 +224,15 @@ impl SourceRef {
         let SourceKind::Server(base) = &self.kind else {
             return Ok(None);
         };
+        // Signed: the server seeds only the peers receiving the object.
+        let auth = transport.link.sign_post(
+            &format!("/v1/objects/{}/piece", hash.to_hex()),
+            has.as_bytes(),
+        );
         let resp = transport
             .http
             .post(Self::object_url(base, &hash, "/piece"))
+            .header(peercache_core::headers::AUTH, auth)
             .body(has.as_bytes().to_vec())
             .timeout(Duration::from_secs(3600))
             .send()

@@ -94,27 +94,42 @@ async fn object_by_hash(
     send_object(&state, &obj, method == Method::HEAD, range, None).await
 }
 
-/// The server as a seed (issue 12 point 3): a client fetching an object
-/// from peers sends its have-map (the groups it holds or is fetching) and
-/// gets a piece it lacks that the server has not seeded yet
-/// (`peercache_core::pieces::seed_pick`; a run of them while it receives
-/// the object alone, `seed_run_len`), as a `206` with its `Content-Range`
-/// (the client checks it against the object's CVs like any range), or `204`
-/// when there is nothing to seed it (every piece it lacks seeded already,
-/// no crowd: none opened for its first asker and fewer than two receivers
-/// or no whole copy on its way to the first, or seeding off:
-/// `--no-seed-crowds`). So in a crowd the server's uplink puts each piece
-/// into the swarm once, spread over the crowd, instead of into one receiver
-/// that must pass all of it on. Anyone may ask (the bytes are the public
-/// object's); what a stranger can spoil is only the ledger, each piece
-/// seeded once per crowd (with 40 % extra).
+/// The server as a seed (issue 12 point 3): a serving peer receiving an
+/// object (listed in `state::Receivers`: referred for it, or the first asker
+/// of a crowd) sends its have-map (the groups it holds or is fetching),
+/// signed (`Peercache-Auth` over `POST /v1/objects/{hash}/piece` and the
+/// have-map), and gets a piece it lacks that the server has not seeded yet
+/// (`peercache_core::pieces::seed_pick`; a run of them while it receives the
+/// object alone, `seed_run_len`), as a `206` with its `Content-Range` (the
+/// client checks it against the object's CVs like any range), or `204` when
+/// there is nothing to seed it (every piece it lacks seeded already, no
+/// crowd: none opened for its first asker and fewer than two receivers or no
+/// whole copy on its way to the first, or seeding off: `--no-seed-crowds`).
+/// So in a crowd the server's uplink puts each piece into the swarm once,
+/// spread over those who pass it on, instead of into one receiver that must
+/// pass all of it on. Others are refused: unsigned `401`, not receiving `403`
+/// (a stranger cannot spend the ledger, each piece seeded once per crowd with
+/// 40 % extra, nor take the turns); a peer holding its turns already `429`;
+/// every turn taken too long `503`, both with `Retry-After: 1`.
 async fn seed_piece(
     State(state): State<Arc<AppState>>,
     Path(hash): Path<String>,
+    req_headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
     let obj = sendable(&state, &hash).await?;
     let hash = obj.hash;
+    let peer = crate::routes::peers::signer(
+        &req_headers,
+        &format!("/v1/objects/{}/piece", hash.to_hex()),
+        &body,
+    )?;
+    // Asking keeps its listing as a receiver alive.
+    if !state.receivers.touch(&hash, &peer) {
+        return Err(ApiError::Forbidden(
+            "not receiving this object from this server".into(),
+        ));
+    }
     if obj.size == 0 {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     }
@@ -144,13 +159,20 @@ async fn seed_piece(
     };
     // A few pieces at a time, each at the full uplink (`state::SEED_SENDS`);
     // no turn in time: busy, ask again (not "nothing to seed").
-    let Some(turn) = state.seeds.turn().await else {
-        return Ok((
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-        )
-            .into_response());
+    let turn = match state.seeds.turn(&peer).await {
+        Ok(turn) => turn,
+        Err(crate::state::TurnDenied::PeerHoldsItsTurns) => {
+            return Err(ApiError::TooManyRequests);
+        }
+        Err(crate::state::TurnDenied::Busy) => {
+            return Ok((
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+            )
+                .into_response());
+        }
     };
+    // Alone: the only one receiving it (the asker is one of them).
     let alone = state.receivers.count(&hash) <= 1;
     let Some((p0, p1)) = state.seeds.pick(hash, &has, carried, order, alone) else {
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
@@ -167,7 +189,7 @@ async fn seed_piece(
 }
 
 /// `resp` with `turn` held until its body is sent (or dropped).
-fn held_until_sent(resp: Response, turn: tokio::sync::OwnedSemaphorePermit) -> Response {
+fn held_until_sent(resp: Response, turn: crate::state::SeedTurn) -> Response {
     use futures_util::StreamExt;
     let (parts, body) = resp.into_parts();
     let body = body.into_data_stream().map(move |chunk| {
@@ -234,8 +256,49 @@ mod tests {
 
     const PIECE: u64 = PIECE_GROUPS * GROUP;
 
-    async fn ask_seed(state: &Arc<AppState>, hash: &ObjectHash, has: &[u8]) -> Response {
-        let req = Request::post(format!("/v1/objects/{}/piece", hash.to_hex()))
+    /// A test peer: its id and the secret it signs with.
+    #[derive(Clone)]
+    struct Key {
+        id: String,
+        secret: [u8; 32],
+    }
+
+    fn key(n: u8) -> Key {
+        let secret = [n; 32];
+        Key {
+            id: peercache_core::auth::peer_id_of(&secret),
+            secret,
+        }
+    }
+
+    /// The crowd's first asker (`whole_copy_to_a_peer`), two receivers, and
+    /// the `i`-th of `six_ask_at_once`.
+    fn first() -> Key {
+        key(9)
+    }
+    fn a() -> Key {
+        key(1)
+    }
+    fn b() -> Key {
+        key(2)
+    }
+    fn crowd(i: u8) -> Key {
+        key(20 + i)
+    }
+
+    /// `who` lists itself as receiving `hash`.
+    fn receiving(state: &Arc<AppState>, hash: ObjectHash, who: &Key) {
+        state
+            .receivers
+            .add(hash, &who.id, &format!("peer:{}", who.id));
+    }
+
+    async fn ask_seed(state: &Arc<AppState>, who: &Key, hash: &ObjectHash, has: &[u8]) -> Response {
+        let path = format!("/v1/objects/{}/piece", hash.to_hex());
+        let auth =
+            peercache_core::auth::sign_request(&who.secret, "POST", &path, now_ms() / 1000, has);
+        let req = Request::post(path)
+            .header(headers::AUTH, auth)
             .body(Body::from(has.to_vec()))
             .unwrap();
         crate::routes::app(state.clone())
@@ -258,7 +321,7 @@ mod tests {
         state
             .store
             .register(
-                "first",
+                &first().id,
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 Some("peer:?direct=127.0.0.1:42000".into()),
                 None,
@@ -266,8 +329,8 @@ mod tests {
             )
             .await
             .unwrap();
-        let header = ("peercache-client", "id=first; bw=100000000");
-        let r = get(state, "/static/a.bin", &[header]).await;
+        let header = format!("id={}; bw=100000000", first().id);
+        let r = get(state, "/static/a.bin", &[("peercache-client", &header)]).await;
         assert_eq!(r.status(), StatusCode::OK);
         r
     }
@@ -283,26 +346,26 @@ mod tests {
         // way: no crowd for a new object, nothing seeded.
         let visitor = get(&state, "/static/a.bin", &[]).await;
         assert_eq!(visitor.status(), StatusCode::OK);
-        state.receivers.add(hash, "a", "peer:a");
-        state.receivers.add(hash, "b", "peer:b");
-        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        receiving(&state, hash, &a());
+        receiving(&state, hash, &b());
+        let r = ask_seed(&state, &a(), &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         drop(visitor);
-        state.receivers.remove(&hash, "a");
-        state.receivers.remove(&hash, "b");
+        state.receivers.remove(&hash, &a().id);
+        state.receivers.remove(&hash, &b().id);
 
         // The first asker is sent a whole copy; alone it is no crowd.
         let copy = whole_copy_to_a_peer(&state).await;
-        assert!(state.receivers.contains(&hash, "first"));
-        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        assert!(state.receivers.contains(&hash, &first().id));
+        let r = ask_seed(&state, &first(), &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
         // A second receiver: a crowd. Different pieces, the last first, each
         // the object's bytes.
-        state.receivers.add(hash, "a", "peer:a");
+        receiving(&state, hash, &a());
         let mut seen = Vec::new();
         for _ in 0..3 {
-            let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+            let r = ask_seed(&state, &a(), &hash, nothing.as_bytes()).await;
             assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
             let range = r.headers()[header::CONTENT_RANGE]
                 .to_str()
@@ -319,16 +382,22 @@ mod tests {
         // Every piece seeded once; then the extra budget (one piece of
         // three: the latest seeded), and the rest comes from peers.
         assert_eq!(peercache_core::pieces::seed_budget(3), 4);
-        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        let r = ask_seed(&state, &a(), &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(piece_of(&r), 0);
-        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        let r = ask_seed(&state, &a(), &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
         // A have-map of the wrong length is refused, not guessed at.
-        let r = ask_seed(&state, &hash, &[0u8; 1]).await;
+        let r = ask_seed(&state, &a(), &hash, &[0u8; 1]).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-        let r = ask_seed(&state, &ObjectHash::of(b"unknown"), nothing.as_bytes()).await;
+        let r = ask_seed(
+            &state,
+            &a(),
+            &ObjectHash::of(b"unknown"),
+            nothing.as_bytes(),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         drop(copy);
     }
@@ -347,11 +416,11 @@ mod tests {
         while got < 300_000 {
             got += copy.next().await.unwrap().unwrap().len();
         }
-        state.receivers.add(hash, "a", "peer:a");
+        receiving(&state, hash, &a());
         let nothing = HaveMap::empty(group_count(data.len() as u64));
         let mut seen = Vec::new();
         loop {
-            let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+            let r = ask_seed(&state, &a(), &hash, nothing.as_bytes()).await;
             if r.status() == StatusCode::NO_CONTENT {
                 break;
             }
@@ -368,7 +437,7 @@ mod tests {
     /// Six registered serving peers ask for `/static/a.bin` at once; their
     /// answers in the order of the ids.
     async fn six_ask_at_once(state: &Arc<AppState>) -> Vec<Response> {
-        let ids: Vec<String> = (0..6).map(|i| format!("crowd{i}")).collect();
+        let ids: Vec<String> = (0..6).map(|i| crowd(i).id).collect();
         for (i, id) in ids.iter().enumerate() {
             let dial = format!("peer:?direct=127.0.0.1:{}", 43000 + i);
             state
@@ -396,9 +465,9 @@ mod tests {
         let data: Vec<u8> = (0..size).map(|i| (i % 239) as u8).collect();
         let (state, hash) = referring_state_with("seed-first", &data);
         let answers = six_ask_at_once(&state).await;
-        let mut first_askers = 0;
+        let mut first_askers = Vec::new();
         let mut receivers = Vec::new();
-        for r in answers {
+        for (i, r) in (0..).zip(answers) {
             assert_eq!(
                 r.status(),
                 StatusCode::MULTIPLE_CHOICES,
@@ -415,7 +484,7 @@ mod tests {
                 .collect();
             if peers.is_empty() {
                 // The first asker: to be seeded, nobody to fetch from yet.
-                first_askers += 1;
+                first_askers.push(i);
                 assert_eq!(
                     referral["why"]["reason"], "over_target_seeded",
                     "{referral}"
@@ -424,13 +493,15 @@ mod tests {
                 receivers.extend(peers.iter().map(|p| p.to_string()));
             }
         }
-        assert_eq!(first_askers, 1, "one first asker");
-        assert!(receivers.iter().all(|id| id.starts_with("crowd")));
+        assert_eq!(first_askers.len(), 1, "one first asker");
+        let crowd_ids: Vec<String> = (0..6).map(|i| crowd(i).id).collect();
+        assert!(receivers.iter().all(|id| crowd_ids.contains(id)));
+        let seeded = crowd(first_askers[0]);
         // Seeded from the front, each piece once, the object's bytes.
         let pieces = peercache_core::pieces::piece_count(group_count(size));
         let nothing = HaveMap::empty(group_count(size));
         for want in 0..pieces {
-            let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+            let r = ask_seed(&state, &seeded, &hash, nothing.as_bytes()).await;
             assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
             assert_eq!(piece_of(&r), want);
             let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
@@ -440,7 +511,9 @@ mod tests {
         // Then the extra budget, and no more: the origin's bytes stay within
         // 1.4 × the object.
         let mut extra = 0;
-        while ask_seed(&state, &hash, nothing.as_bytes()).await.status()
+        while ask_seed(&state, &seeded, &hash, nothing.as_bytes())
+            .await
+            .status()
             == StatusCode::PARTIAL_CONTENT
         {
             extra += 1;
@@ -454,14 +527,17 @@ mod tests {
         let large: Vec<u8> = vec![3u8; peercache_core::pieces::SWARM_FROM as usize];
         let (state, hash) =
             referring_state_configured("seed-first-off", &large, |c| c.seed_crowds = false);
-        let served = six_ask_at_once(&state)
-            .await
-            .iter()
-            .filter(|r| r.status() == StatusCode::OK)
-            .count();
-        assert_eq!(served, 1);
+        // Kept: a copy dropped unsent ends its receiver's listing.
+        let answers = six_ask_at_once(&state).await;
+        let served: Vec<u8> = (0..)
+            .zip(&answers)
+            .filter(|(_, r)| r.status() == StatusCode::OK)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(served.len(), 1);
+        // The one sent it whole is receiving it, and not seeded.
         let has = HaveMap::empty(group_count(large.len() as u64));
-        let r = ask_seed(&state, &hash, has.as_bytes()).await;
+        let r = ask_seed(&state, &crowd(served[0]), &hash, has.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         let small = vec![3u8; peercache_core::pieces::SWARM_FROM as usize - 1];
         let (state, _) = referring_state_with("seed-first-small", &small);
@@ -485,23 +561,31 @@ mod tests {
         drop(visitor);
         assert!(state.seeds.open(hash, size));
         // A crowd: one piece per answer.
-        state.receivers.add(hash, "a", "peer:a");
-        state.receivers.add(hash, "b", "peer:b");
+        let c = key(4);
+        for who in [a(), b(), c.clone()] {
+            receiving(&state, hash, &who);
+        }
         let nothing = HaveMap::empty(group_count(size));
         let mut being_sent = Vec::new();
-        for _ in 0..crate::state::SEED_SENDS {
-            let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        for who in [a(), a(), b(), b()] {
+            let r = ask_seed(&state, &who, &hash, nothing.as_bytes()).await;
             assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
             being_sent.push(r);
         }
+        assert_eq!(being_sent.len(), crate::state::SEED_SENDS);
+        // A peer holding its two turns is told to ask again at once: one
+        // peer never holds every turn.
+        let r = ask_seed(&state, &a(), &hash, nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         let next = tokio::time::timeout(
             Duration::from_millis(300),
-            ask_seed(&state, &hash, nothing.as_bytes()),
+            ask_seed(&state, &c, &hash, nothing.as_bytes()),
         )
         .await;
         assert!(next.is_err(), "one more waits while four are being sent");
         // Past its wait it is told "busy, ask again", not "nothing to seed".
-        let r = ask_seed(&state, &hash, nothing.as_bytes()).await;
+        let r = ask_seed(&state, &c, &hash, nothing.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         // One of them sent: the next one's turn.
@@ -509,13 +593,55 @@ mod tests {
         axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         let r = tokio::time::timeout(
             Duration::from_secs(5),
-            ask_seed(&state, &hash, nothing.as_bytes()),
+            ask_seed(&state, &c, &hash, nothing.as_bytes()),
         )
         .await
         .expect("its turn came");
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
         let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         assert_eq!(body.len() as u64, PIECE);
+    }
+
+    #[tokio::test]
+    async fn only_a_peer_receiving_the_object_is_seeded() {
+        let size = peercache_core::pieces::SWARM_FROM;
+        let data: Vec<u8> = (0..size).map(|i| (i % 227) as u8).collect();
+        let (state, hash) = referring_state_with("seed-who", &data);
+        let visitor = get(&state, "/static/a.bin", &[]).await;
+        drop(visitor);
+        assert!(state.seeds.open(hash, size));
+        receiving(&state, hash, &a());
+        let nothing = HaveMap::empty(group_count(size));
+        // Unsigned: refused, and nothing is counted as seeded.
+        let path = format!("/v1/objects/{}/piece", hash.to_hex());
+        let anonymous = Request::post(&path)
+            .body(Body::from(nothing.as_bytes().to_vec()))
+            .unwrap();
+        let r = crate::routes::app(state.clone())
+            .oneshot(anonymous)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        // Signed by a peer not receiving it: refused.
+        let r = ask_seed(&state, &b(), &hash, nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // Signed for another have-map than the one sent: refused.
+        let auth =
+            peercache_core::auth::sign_request(&a().secret, "POST", &path, now_ms() / 1000, b"x");
+        let forged = Request::post(&path)
+            .header(headers::AUTH, auth)
+            .body(Body::from(nothing.as_bytes().to_vec()))
+            .unwrap();
+        let r = crate::routes::app(state.clone())
+            .oneshot(forged)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        // The receiver is seeded from the first piece: the refused asks took
+        // nothing from the ledger.
+        let r = ask_seed(&state, &a(), &hash, nothing.as_bytes()).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(piece_of(&r), 0);
     }
 
     #[tokio::test]
@@ -526,11 +652,12 @@ mod tests {
         let visitor = get(&state, "/static/a.bin", &[]).await;
         drop(visitor);
         assert!(state.seeds.open(hash, size));
-        state.receivers.add(hash, "alone", "peer:alone");
+        let alone = key(3);
+        receiving(&state, hash, &alone);
         let mut has = HaveMap::empty(group_count(size));
         let mut runs = Vec::new();
         loop {
-            let r = ask_seed(&state, &hash, has.as_bytes()).await;
+            let r = ask_seed(&state, &alone, &hash, has.as_bytes()).await;
             if r.status() == StatusCode::NO_CONTENT {
                 break;
             }
@@ -556,9 +683,9 @@ mod tests {
         let (state, hash) =
             referring_state_configured("seed-off", &data, |c| c.seed_crowds = false);
         let copy = whole_copy_to_a_peer(&state).await;
-        state.receivers.add(hash, "a", "peer:a");
+        receiving(&state, hash, &a());
         let has = HaveMap::empty(group_count(data.len() as u64));
-        let r = ask_seed(&state, &hash, has.as_bytes()).await;
+        let r = ask_seed(&state, &a(), &hash, has.as_bytes()).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         drop(copy);
     }

@@ -52,12 +52,7 @@ fn authenticated<T: serde::de::DeserializeOwned>(
     peer_of: impl Fn(&T) -> &str,
 ) -> Result<(String, T), ApiError> {
     let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
-    let auth = headers.get(headers::AUTH).and_then(|v| v.to_str().ok());
-    let id =
-        peercache_core::auth::authenticate(auth, "POST", path, &body, now_secs()).map_err(|e| {
-            counter!("peercache_auth_failures_total").increment(1);
-            ApiError::Unauthorized(e.to_string())
-        })?;
+    let id = signer(headers, path, &body)?;
     let value: T = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     if peer_of(&value) != id {
@@ -67,6 +62,16 @@ fn authenticated<T: serde::de::DeserializeOwned>(
         ));
     }
     Ok((id, value))
+}
+
+/// The peer that signed a `POST` to `path` with `body` (its `Peercache-Auth`
+/// header, B6).
+pub(crate) fn signer(headers: &HeaderMap, path: &str, body: &[u8]) -> Result<String, ApiError> {
+    let auth = headers.get(headers::AUTH).and_then(|v| v.to_str().ok());
+    peercache_core::auth::authenticate(auth, "POST", path, body, now_secs()).map_err(|e| {
+        counter!("peercache_auth_failures_total").increment(1);
+        ApiError::Unauthorized(e.to_string())
+    })
 }
 
 /// What the server lists of a host's dial info (B6): its relay only if it is one
@@ -202,7 +207,8 @@ async fn sources(
     {
         return Err(ApiError::TooManyRequests);
     }
-    if !state.receivers.contains(&req.hash, &id) {
+    // Asking keeps its listing as a receiver alive (`Receivers::touch`).
+    if !state.receivers.touch(&req.hash, &id) {
         return Err(ApiError::Forbidden(
             "not receiving this object from this server".into(),
         ));
