@@ -13,9 +13,10 @@
 //!    the object's partial file, whose have-map grows with it so this host's
 //!    peer server serves those groups at once (`crate::partial`). A source
 //!    that holds nothing needed now is asked again as it grows. Large objects
-//!    use up to four sources at once; while fewer work, the server is asked
-//!    every [`REFRESH_SOURCES`] for sources that appeared since the referral
-//!    ([`MoreSources`]: a crowd's first clients learn of the later ones).
+//!    use up to eight sources at once ([`MAX_PARALLEL`]); the server is
+//!    asked for sources that appeared since the referral ([`MoreSources`]: a
+//!    crowd's first clients learn of the later ones) after 0.25 s, then at
+//!    doubling waits up to every [`REFRESH_SOURCES`].
 //!    Beside the peers, the server is asked as a seed (`SEED_REQUESTS`
 //!    pieces at a time) for pieces the swarm lacks; it answers only in a
 //!    crowd. Referred with no holders at all (a crowd's first asker, whom
@@ -71,8 +72,13 @@ const NOTHING_NEEDED_REST: Duration = Duration::from_secs(1);
 /// waits like any source with nothing needed (and fails after [`STALL`]), so
 /// partial holders taking turns can never keep the server from being asked.
 const MAX_GIVE_WAYS: u32 = 10;
-/// Most sources downloading at once.
-const MAX_PARALLEL: usize = 4;
+/// Most sources downloading at once. Each shares its uplink among those it
+/// serves, and a worker idles between runs and while its source holds
+/// nothing needed; eight keep a crowd's uplinks busier than four (flash
+/// crowd of 16, `BENCHMARKS.md`: peers' uplinks 72 of 80 MB/s mid-crowd
+/// against 62). A peer serves eight at once (its slots), so a crowd of N
+/// asks about eight of each.
+const MAX_PARALLEL: usize = 8;
 /// Objects from this size up are fetched from several peers at once.
 const PARALLEL_FROM: u64 = pieces::SWARM_FROM;
 /// Pieces asked of the server as a seed at once (one transfer): while one
@@ -81,9 +87,14 @@ const PARALLEL_FROM: u64 = pieces::SWARM_FROM;
 const SEED_REQUESTS: usize = 2;
 /// "Busy" answers in a row after which a seed request stops.
 const MAX_SEED_BUSY: u32 = 5;
-/// How often a large object's transfer with fewer than four
-/// sources working asks for more ([`MoreSources`]).
+/// How often a large object's transfer asks for more sources
+/// ([`MoreSources`]) once the crowd has formed.
 pub const REFRESH_SOURCES: Duration = Duration::from_secs(2);
+/// The first ask for more sources; the wait doubles up to
+/// [`REFRESH_SOURCES`]. A crowd forms in its first second: those asking
+/// after a client become its sources then, and a client that learns of them
+/// only two seconds in leaves their uplinks idle meanwhile.
+const FIRST_REFRESH: Duration = Duration::from_millis(250);
 /// Longest one ask for more sources may take.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most sources one transfer ever knows (its referral's and those added
@@ -165,8 +176,10 @@ impl Drop for AbortOnDrop {
 fn refresh_sources(more: MoreSources) -> (AbortOnDrop, mpsc::Receiver<Vec<Proxy>>) {
     let (tx, rx) = mpsc::channel(1);
     let task = tokio::spawn(async move {
+        let mut wait = FIRST_REFRESH;
         loop {
-            tokio::time::sleep(REFRESH_SOURCES).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REFRESH_SOURCES);
             let found = tokio::time::timeout(REFRESH_TIMEOUT, (more.0)())
                 .await
                 .unwrap_or_default();
