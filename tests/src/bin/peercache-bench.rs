@@ -15,7 +15,7 @@ mod nat;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use peercache_core::decide::{Egress, decide};
 use peercache_core::hash::ObjectHash;
 use peercache_core::protocol::Load;
@@ -423,6 +423,105 @@ fn loadavg() -> String {
 /// rates it prints the CPU time each side spent per MiB: on this shared
 /// 2-core machine the rates follow the CPU left over by other work, the CPU
 /// cost per byte does not.
+/// Issue 12 point 4: what the host's gateway adds to a cached 48 KiB image,
+/// without a browser: the same GET (kept-alive connection, whole body read)
+/// straight from the site and through the gateway of a real host holding it,
+/// alternating, 300 of each; medians and 90th percentiles.
+async fn gateway_latency() -> anyhow::Result<()> {
+    println!(
+        "build: {}; load average at start: {}",
+        if cfg!(debug_assertions) {
+            "DEBUG (use --release)"
+        } else {
+            "release"
+        },
+        loadavg()
+    );
+    let dir = peercache_tests::TempDir::new("bench-gateway");
+    let image = peercache_tests::test_bytes(48 * 1024, 11);
+    let root = peercache_tests::make_site(&dir, &[("image.bin", &image)]);
+    let server = peercache_tests::spawn_server(&root, &["--ping-interval", "0s"]).await?;
+    let mut session =
+        peercache_tests::NativeSession::start(&[("PEERCACHE_CACHE_DIR", &dir.join("cache"))])
+            .await?;
+    session
+        .send(&serde_json::json!({"type": "hello", "version": "bench"}))
+        .await?;
+    let status = session.recv_type("status").await?;
+    let port = status["gateway_port"].as_u64().context("gateway port")?;
+    let token = status["token"].as_str().context("token")?.to_string();
+    session
+        .send(&serde_json::json!({"type": "config", "enabled": true,
+            "sites": [{"origin": server.url, "scope": "/static/"}]}))
+        .await?;
+    session.recv_type("status").await?;
+    let http = reqwest::Client::new();
+    let via = format!("http://127.0.0.1:{port}/g/{}/static/image.bin", server.url);
+    let direct = format!("{}/static/image.bin", server.url);
+    let get = |url: String, gateway: bool| {
+        let http = http.clone();
+        let token = token.clone();
+        async move {
+            let mut req = http.get(&url);
+            if gateway {
+                req = req.header("x-peercache-token", token);
+            }
+            let t = Instant::now();
+            let r = req.send().await?;
+            let status = r.status();
+            let source = r
+                .headers()
+                .get("peercache-source")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = r.bytes().await?;
+            anyhow::Ok((t.elapsed(), status, source, body))
+        }
+    };
+    // Once each first: the gateway's fetch fills the host's cache.
+    for _ in 0..3 {
+        let (_, status, _, body) = get(via.clone(), true).await?;
+        ensure!(
+            status.is_success() && body[..] == image[..],
+            "gateway: {status}"
+        );
+        let (_, status, _, body) = get(direct.clone(), false).await?;
+        ensure!(
+            status.is_success() && body[..] == image[..],
+            "site: {status}"
+        );
+    }
+    let (mut through, mut straight) = (Vec::new(), Vec::new());
+    let mut sources = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..300 {
+        let (d, status, source, body) = get(via.clone(), true).await?;
+        ensure!(status.is_success() && body.len() == image.len());
+        *sources.entry(source).or_default() += 1;
+        through.push(d.as_secs_f64() * 1000.0);
+        let (d, status, _, body) = get(direct.clone(), false).await?;
+        ensure!(status.is_success() && body.len() == image.len());
+        straight.push(d.as_secs_f64() * 1000.0);
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let (s50, s90) = (pct(&mut straight, 0.5), pct(&mut straight, 0.9));
+    let (t50, t90) = (pct(&mut through, 0.5), pct(&mut through, 0.9));
+    println!("48 KiB image, 300 GETs each, alternating, one kept-alive client:");
+    println!("  straight from the site:   p50 {s50:.2} ms, p90 {s90:.2} ms");
+    println!("  through the host gateway: p50 {t50:.2} ms, p90 {t90:.2} ms ({sources:?})");
+    println!(
+        "  added by the gateway: p50 {:+.2} ms, p90 {:+.2} ms",
+        t50 - s50,
+        t90 - s90
+    );
+    drop(session);
+    drop(server);
+    Ok(())
+}
+
 async fn peer_serving() -> anyhow::Result<()> {
     println!(
         "build: {}; load average at start: {}",
@@ -731,6 +830,7 @@ async fn main() -> anyhow::Result<()> {
         "table-redis" => table_redis(100_000, 10_000, 3).await,
         "latency" => latency().await,
         "peer-serving" => peer_serving().await,
+        "gateway-latency" => gateway_latency().await,
         "flash-crowd" => crowd::bench(std::env::args().skip(2).collect()).await,
         "flash-crowd-loopback" => {
             flash_crowd(8).await?;
@@ -739,7 +839,7 @@ async fn main() -> anyhow::Result<()> {
         "nat" => nat::bench().await,
         "nat-probe" => nat::probe(std::env::args().skip(2).collect()).await,
         _ => bail!(
-            "usage: peercache-bench table|table-redis|latency|peer-serving|flash-crowd|flash-crowd-loopback|nat"
+            "usage: peercache-bench table|table-redis|latency|peer-serving|gateway-latency|flash-crowd|flash-crowd-loopback|nat"
         ),
     }
 }
