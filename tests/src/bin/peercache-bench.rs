@@ -409,25 +409,8 @@ async fn with_cpu<T>(
     Ok((out, s1 - s0, c1 - c0))
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Peer serving vs nginx (256 MiB object; 16 KiB objects), and a verified
-/// download through the client protocol vs a plain download. Besides the
-/// rates it prints the CPU time each side spent per MiB: on this shared
-/// 2-core machine the rates follow the CPU left over by other work, the CPU
-/// cost per byte does not.
-/// Issue 12 point 4: what the host's gateway adds to a cached 48 KiB image,
-/// without a browser: the same GET (kept-alive connection, whole body read)
-/// straight from the site and through the gateway of a real host holding it,
-/// alternating, 300 of each; medians and 90th percentiles.
-async fn gateway_latency() -> anyhow::Result<()> {
+/// Which build this is and how loaded the machine was at the start.
+fn print_build_and_load() {
     println!(
         "build: {}; load average at start: {}",
         if cfg!(debug_assertions) {
@@ -437,6 +420,23 @@ async fn gateway_latency() -> anyhow::Result<()> {
         },
         loadavg()
     );
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Issue 12 point 4: what the host's gateway adds to a cached 48 KiB image,
+/// without a browser: the same GET (kept-alive connection, whole body read)
+/// straight from the site and through the gateway of a real host holding it,
+/// alternating, 300 of each; medians and 90th percentiles.
+async fn gateway_latency() -> anyhow::Result<()> {
+    print_build_and_load();
     let dir = peercache_tests::TempDir::new("bench-gateway");
     let image = peercache_tests::test_bytes(48 * 1024, 11);
     let root = peercache_tests::make_site(&dir, &[("image.bin", &image)]);
@@ -522,16 +522,13 @@ async fn gateway_latency() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Peer serving vs nginx (256 MiB object; 16 KiB objects), and a verified
+/// download through the client protocol vs a plain download. Besides the
+/// rates it prints the CPU time each side spent per MiB: on this shared
+/// 2-core machine the rates follow the CPU left over by other work, the CPU
+/// cost per byte does not.
 async fn peer_serving() -> anyhow::Result<()> {
-    println!(
-        "build: {}; load average at start: {}",
-        if cfg!(debug_assertions) {
-            "DEBUG (use --release)"
-        } else {
-            "release"
-        },
-        loadavg()
-    );
+    print_build_and_load();
     let dir = peercache_tests::TempDir::new("bench-peer");
     let big = peercache_tests::test_bytes(256 << 20, 7);
     let small = peercache_tests::test_bytes(16 * 1024, 8);
