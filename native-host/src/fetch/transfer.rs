@@ -13,7 +13,7 @@
 //!    the object's partial file, whose have-map grows with it so this host's
 //!    peer server serves those groups at once (`crate::partial`). A source
 //!    that holds nothing needed now is asked again as it grows. Large objects
-//!    use up to eight sources at once ([`MAX_PARALLEL`]); the server is
+//!    use up to eight sources at once (`MAX_PARALLEL`); the server is
 //!    asked for sources that appeared since the referral ([`MoreSources`]: a
 //!    crowd's first clients learn of the later ones) after 0.25 s, then at
 //!    doubling waits up to every [`REFRESH_SOURCES`].
