@@ -37,7 +37,7 @@ if $demo_only; then
   exit 0
 fi
 
-for t in wasm32-unknown-unknown x86_64-pc-windows-gnu; do
+for t in wasm32-unknown-unknown x86_64-pc-windows-gnu x86_64-apple-darwin; do
   rustup target list --installed | grep -qx "$t" || rustup target add "$t"
 done
 
