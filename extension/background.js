@@ -43,6 +43,48 @@ const cookieWatch = createCookieWatch({
   cookies: api.cookies, brain: () => brain, applyRules, setTimeout: timers.setTimeout, log,
 });
 
+/** Reads the sites the browser lets us reach (host permissions) into the brain; true if that changed the rules. */
+async function refreshAccess() {
+  if (!brain) return false;
+  const { origins = [] } = await api.permissions.getAll();
+  return brain.set_host_access(origins);
+}
+
+// A granted site's offer: its front page's `peercache` header, fetched without
+// cookies. The site shows up in the popup when it has one.
+const PROBE_TIMEOUT_MS = 10000;
+async function probeSite(pattern) {
+  const page = Brain.site_of_pattern(String(pattern));
+  if (!page || !brain) return false;
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
+  try {
+    const res = await fetch(page, { credentials: 'omit', cache: 'no-store', signal: abort.signal });
+    const ad = res.headers.get('peercache');
+    res.body?.cancel().catch(() => {});
+    if (!ad) return false;
+    if (brain.on_advertisement(res.url || page, ad)) await settingsChanged();
+    return brain.view().sites.some((s) => s.origin === new URL(page).origin);
+  } catch (e) {
+    log('looking for the offer of', page, 'failed:', e?.message ?? e);
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// Chromium's Local Network Access probe runs on the granted sites only: it is
+// registered here rather than in the manifest, where it would need every site.
+async function registerLoopbackProbe() {
+  if (!api.scripting?.registerContentScripts) return;
+  const ids = ['lna-probe'];
+  const known = await api.scripting.getRegisteredContentScripts({ ids });
+  if (known.length) return;
+  await api.scripting.registerContentScripts([{
+    id: 'lna-probe', js: ['lna-probe.js'], matches: ['https://*/*', 'http://*/*'], runAt: 'document_start', allFrames: false,
+  }]);
+}
+
 async function settingsChanged() {
   await api.storage.local.set({ settings: brain.settings() });
   await cookieWatch.check();
@@ -90,6 +132,11 @@ if (api.webRequest.filterResponseData) {
 
 api.cookies?.onChanged.addListener(cookieWatch.cookieChanged);
 
+// The user grants or takes back a site in the popup or in the browser's own settings.
+const accessChanged = async () => { if (await refreshAccess()) await settingsChanged(); };
+api.permissions.onAdded.addListener(accessChanged);
+api.permissions.onRemoved.addListener(accessChanged);
+
 // Listeners are registered synchronously so a woken worker receives the event.
 api.webRequest.onHeadersReceived.addListener(
   onHeaders,
@@ -122,6 +169,14 @@ api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
       case 'toggle': brain.set_enabled(!!msg.on); await settingsChanged(); break;
       case 'auto': brain.set_auto_enable(!!msg.on); await settingsChanged(); break;
       case 'site': if (brain.set_site_enabled(String(msg.origin), !!msg.on)) await settingsChanged(); break;
+      case 'probe': {
+        // The popup got the user's grant for a site: read it, then the site's offer.
+        if (await refreshAccess()) await settingsChanged();
+        const offered = await probeSite(msg.pattern);
+        host.post({ type: 'get_status' });
+        sendResponse({ ...brain.view(), probed: { pattern: String(msg.pattern), offered } });
+        return;
+      }
       case 'view': break;
       default: sendResponse({ error: 'unknown command' }); return;
     }
@@ -174,6 +229,8 @@ init().then(async () => {
     globalThis.peercache.policyRead = true;
     await settingsChanged();
   }).catch((e) => log('applying the managed policy failed:', e?.message ?? e));
+  await refreshAccess();
+  await registerLoopbackProbe().catch((e) => log('registering the loopback probe failed:', e?.message ?? e));
   for (const [origin, state] of pendingLoopback) brain.on_loopback(origin, state);
   pendingLoopback = [];
   for (const [url, value] of pendingAds) brain.on_advertisement(url, value);

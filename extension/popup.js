@@ -1,5 +1,6 @@
 // peercache popup: renders the brain's view model and sends the user's switches.
 import { whyRows, whyEmpty } from './why.js';
+import { sitePattern } from './access.js';
 
 const api = globalThis.browser ?? globalThis.chrome;
 
@@ -12,6 +13,29 @@ function bytes(n) {
 
 function send(msg) {
   return api.runtime.sendMessage(msg).then(render).catch(() => {});
+}
+
+// Asks the browser for one site (its prompt needs the user's click, so this
+// runs inside the click), then has the background look for the site's offer.
+// A site that offers nothing gets its permission back at once.
+function askForSite(pattern) {
+  const result = document.getElementById('add-site-result');
+  const site = pattern.slice(0, -2);
+  const request = api.permissions.request({ origins: [pattern] });
+  request.then(async (granted) => {
+    if (!granted) { result.textContent = `Not allowed: peercache stays off ${site}.`; return; }
+    result.textContent = `Looking for ${site}'s offer…`;
+    const view = await api.runtime.sendMessage({ cmd: 'probe', pattern });
+    const offered = view?.probed?.offered === true;
+    result.dataset.offered = String(offered);
+    if (offered) {
+      result.textContent = `${site} offers delivery through peers: switch it on below.`;
+    } else {
+      await api.permissions.remove({ origins: [pattern] }).catch(() => {});
+      result.textContent = `${site} does not offer delivery through peers (no peercache header on its front page); its permission was handed back.`;
+    }
+    render(view);
+  }).catch((e) => { result.textContent = `The browser refused: ${e?.message ?? e}`; });
 }
 
 // The site of the active tab (the page the popup was opened over), if any.
@@ -173,6 +197,19 @@ async function render(view) {
     scope.className = 'hint';
     scope.textContent = site.scope;
     li.append(label, scope);
+    if (!site.access && site.access_pattern) {
+      const allow = document.createElement('button');
+      allow.type = 'button';
+      allow.className = 'site-allow';
+      allow.dataset.origin = site.origin;
+      allow.textContent = 'Allow access';
+      allow.title = 'peercache reaches only the sites you allow; this one is not allowed (yet, or any more).';
+      allow.addEventListener('click', () => askForSite(site.access_pattern));
+      const note = document.createElement('span');
+      note.className = 'hint access';
+      note.textContent = ' Not allowed in this browser: its files load straight from the site.';
+      li.append(note, allow);
+    }
     if (site.cookies && site.enabled) {
       const note = document.createElement('span');
       note.className = 'hint cookies';
@@ -217,6 +254,10 @@ async function render(view) {
     : '';
   document.body.dataset.hostCacheMax = String(hl.cache_max);
   const site = await activeSite();
+  const input = document.getElementById('add-site-url');
+  if (site && !input.value && document.activeElement !== input && !view.sites.some((s) => s.origin === site && s.access)) {
+    input.value = site;
+  }
   renderPeers(view.peers ?? [], site);
   renderWhy(view, site);
   document.body.dataset.hostMaxUploads = String(hl.max_uploads);
@@ -231,6 +272,13 @@ document.getElementById('limits').addEventListener('submit', (e) => {
     cache_max: Number(document.getElementById('cache-max').value) * 1048576,
   });
   document.activeElement?.blur();
+});
+document.getElementById('add-site').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const pattern = sitePattern(document.getElementById('add-site-url').value);
+  const result = document.getElementById('add-site-result');
+  if (!pattern) { result.textContent = 'Type a site address, such as https://example.org.'; return; }
+  askForSite(pattern);
 });
 document.getElementById('toggle').addEventListener('change', (e) => send({ cmd: 'toggle', on: e.target.checked }));
 document.getElementById('auto').addEventListener('change', (e) => send({ cmd: 'auto', on: e.target.checked }));

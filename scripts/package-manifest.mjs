@@ -3,6 +3,11 @@
 // Chromium: no gecko settings, a service worker only; `chromium` keeps the
 // `key` (fixes the development id an unpacked load gets), `chromium-store` has
 // none (the Chrome Web Store refuses it and assigns the id itself).
+// Sites: every package asks for each site the user allows (optional host
+// permissions) but the development one, `chromium`, which is granted every site
+// at load: Chromium gives automation no way to answer its permission prompt, so
+// the tests that drive it need the grant made up front (Firefox's tests answer
+// the prompt through a preference and take the per-site path).
 // Firefox: no `key`, a background script (Firefox MV3 does not run extension
 // service workers), the blocking webRequest permissions its subresource path
 // uses, and the data collection declaration new add-ons must make.
@@ -14,6 +19,7 @@ if (browser === 'chromium' || browser === 'chromium-store') {
   delete m.browser_specific_settings;
   delete m.background.scripts;
   if (browser === 'chromium-store') delete m.key;
+  else m.host_permissions = [...m.host_permissions, ...m.optional_host_permissions];
 } else if (browser === 'firefox') {
   delete m.key;
   delete m.background.service_worker;

@@ -97,6 +97,102 @@ pub struct Settings {
     /// request with cookies never goes through peers (B2). Never persisted.
     #[serde(skip)]
     pub cookie_bound: std::collections::BTreeSet<String>,
+    /// The sites the browser lets the extension reach (its host permissions, as
+    /// last read from the browser). A site outside them is never intercepted: the
+    /// popup asks the user to allow it. Never persisted.
+    #[serde(skip)]
+    pub access: HostAccess,
+}
+
+/// The host permissions the browser granted, as match patterns (issue 15: the
+/// extension asks for each site the user switches on, never for every site).
+/// Only the forms the extension requests are understood: `<scheme>://<host>/*`
+/// for one site, and `<scheme>://*/*` or `<all_urls>` for every site of a scheme
+/// (a development build, or a user who granted all sites); any other pattern
+/// grants nothing here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostAccess {
+    every_https: bool,
+    every_http: bool,
+    origins: std::collections::BTreeSet<String>,
+}
+
+/// Most single-site grants kept (patterns beyond it are ignored).
+pub const MAX_GRANTED_ORIGINS: usize = 4 * MAX_SITES;
+
+impl HostAccess {
+    /// Access to every http and https site.
+    pub fn everywhere() -> Self {
+        Self {
+            every_https: true,
+            every_http: true,
+            origins: Default::default(),
+        }
+    }
+
+    /// From the browser's `permissions.getAll().origins`.
+    pub fn from_patterns<S: AsRef<str>>(patterns: &[S]) -> Self {
+        let mut access = Self::default();
+        for pattern in patterns {
+            match pattern.as_ref() {
+                "<all_urls>" | "*://*/*" => {
+                    access.every_https = true;
+                    access.every_http = true;
+                }
+                "https://*/*" => access.every_https = true,
+                "http://*/*" => access.every_http = true,
+                one => {
+                    if let Some(origin) = site_pattern_origin(one)
+                        && access.origins.len() < MAX_GRANTED_ORIGINS
+                    {
+                        access.origins.insert(origin);
+                    }
+                }
+            }
+        }
+        access
+    }
+
+    /// May the extension reach `origin` (`scheme://host[:port]`)? Match
+    /// patterns carry no port, so a grant covers the host on every port.
+    pub fn allows(&self, origin: &str) -> bool {
+        (self.every_https && origin.starts_with("https://"))
+            || (self.every_http && origin.starts_with("http://"))
+            || site_of(origin).is_some_and(|site| self.origins.contains(&site))
+    }
+
+    /// The pattern to ask the browser for, for `origin`'s whole site.
+    pub fn pattern_for(origin: &str) -> Option<String> {
+        Some(format!("{}/*", site_of(origin)?))
+    }
+
+    /// The site a one-site pattern grants (`https://example.org/*` →
+    /// `https://example.org`), to look for its offer once granted.
+    pub fn site_of_pattern(pattern: &str) -> Option<String> {
+        site_pattern_origin(pattern)
+    }
+}
+
+/// `scheme://host` of an origin or URL: what a match pattern names.
+fn site_of(url: &str) -> Option<String> {
+    let origin = origin_of(url)?;
+    let (scheme, authority) = origin.split_once("://")?;
+    let host_end = match authority.rfind(']') {
+        Some(bracket) => bracket + 1,
+        None => authority.find(':').unwrap_or(authority.len()),
+    };
+    Some(format!("{scheme}://{}", &authority[..host_end]))
+}
+
+/// `https://example.org/*` → `https://example.org`; `None` for wildcards in the
+/// host and for paths narrower than the whole site.
+fn site_pattern_origin(pattern: &str) -> Option<String> {
+    let base = pattern.strip_suffix("/*")?;
+    let authority = &base[base.find("://")? + 3..];
+    if base.contains('*') || authority.contains('/') {
+        return None;
+    }
+    site_of(base)
 }
 
 /// Admin-managed settings, from the browser's managed storage (Chromium: the
@@ -144,6 +240,7 @@ impl Default for Settings {
             direct_urls: Vec::new(),
             managed: ManagedPolicy::default(),
             cookie_bound: std::collections::BTreeSet::new(),
+            access: HostAccess::default(),
         }
     }
 }
@@ -388,6 +485,7 @@ impl Settings {
         self.sites
             .iter()
             .filter(|(origin, s)| s.enabled || self.managed.manages(origin))
+            .filter(|(origin, _)| self.access.allows(origin))
             .map(|(origin, s)| EnabledSite {
                 origin: origin.clone(),
                 scope: s.scope.clone(),
@@ -564,13 +662,92 @@ mod tests {
 
     const AD: &str = r#"scope="/static/""#;
 
+    /// Settings in a browser that granted every site (the development build).
+    fn reachable() -> Settings {
+        Settings {
+            access: HostAccess::everywhere(),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn a_site_switched_on_is_intercepted_only_where_the_browser_grants_access() {
+        let gw = Gateway {
+            port: 4000,
+            token: "t".into(),
+        };
+        let mut s = Settings::default();
+        let site = "https://198.51.100.2";
+        assert!(s.advertised("https://198.51.100.2/index.html", AD));
+        assert!(s.set_site_enabled(site, true));
+        assert!(s.enabled_sites().is_empty(), "no access granted yet");
+        assert!(s.rules(Some(&gw), &Default::default()).is_empty());
+        assert_eq!(
+            s.gateway_url(Some(&gw), "https://198.51.100.2/static/a"),
+            None
+        );
+        // The popup asks for exactly this site's pattern; the grant lets it in.
+        let pattern = HostAccess::pattern_for(site).unwrap();
+        assert_eq!(pattern, "https://198.51.100.2/*");
+        s.access = HostAccess::from_patterns(&[pattern]);
+        assert_eq!(s.enabled_sites().len(), 1);
+        assert_eq!(s.rules(Some(&gw), &Default::default()).len(), 2);
+        // Another site's grant, or another scheme's, is not this one's.
+        s.access = HostAccess::from_patterns(&["https://203.0.113.9/*", "http://198.51.100.2/*"]);
+        assert!(s.enabled_sites().is_empty());
+        s.access = HostAccess::from_patterns(&["https://*/*"]);
+        assert_eq!(s.enabled_sites().len(), 1);
+    }
+
+    #[test]
+    fn only_whole_site_and_every_site_patterns_grant_access() {
+        let a = HostAccess::from_patterns(&[
+            "https://example.org/*",
+            "https://*.example.net/*",
+            "https://example.com/static/*",
+            "ftp://example.org/*",
+            "not a pattern",
+            "http://[2001:db8::1]/*",
+        ]);
+        assert!(a.allows("https://example.org"));
+        // Match patterns carry no port: the grant covers the host on any port.
+        assert!(a.allows("https://example.org:8443"));
+        assert!(!a.allows("http://example.org"), "another scheme");
+        assert!(
+            !a.allows("https://a.example.net"),
+            "host wildcards grant nothing here"
+        );
+        assert!(
+            !a.allows("https://example.com"),
+            "a path narrower than the site"
+        );
+        assert!(a.allows("http://[2001:db8::1]:8080"));
+        assert!(!HostAccess::default().allows("https://example.org"));
+        let all = HostAccess::from_patterns(&["<all_urls>"]);
+        assert!(all.allows("https://x.example") && all.allows("http://x.example"));
+        let https = HostAccess::from_patterns(&["https://*/*"]);
+        assert!(https.allows("https://x.example") && !https.allows("http://x.example"));
+        assert_eq!(
+            HostAccess::pattern_for("https://Example.org:8443/page").as_deref(),
+            Some("https://example.org/*")
+        );
+        assert_eq!(HostAccess::pattern_for("ftp://example.org"), None);
+        // A flood of grants is bounded.
+        let many: Vec<String> = (0..MAX_GRANTED_ORIGINS + 10)
+            .map(|i| format!("https://s{i}.example/*"))
+            .collect();
+        let bounded = HostAccess::from_patterns(&many);
+        assert!(bounded.allows("https://s0.example"));
+        assert!(!bounded.allows(&format!("https://s{}.example", MAX_GRANTED_ORIGINS + 5)));
+    }
+
     #[test]
     fn a_site_is_intercepted_only_once_switched_on() {
         let gw = Gateway {
             port: 4000,
             token: "t".into(),
         };
-        let mut s = Settings::default();
+        let mut s = reachable();
         let none = std::collections::BTreeSet::new();
         let granted: std::collections::BTreeSet<String> =
             ["https://198.51.100.2".to_string()].into();
@@ -612,7 +789,7 @@ mod tests {
             port: 4000,
             token: "t".into(),
         };
-        let mut s = Settings::default();
+        let mut s = reachable();
         s.advertised("https://a.example/", AD);
         assert_eq!(
             s.gateway_url(Some(&gw), "https://a.example/static/x.js"),
@@ -643,7 +820,7 @@ mod tests {
 
     #[test]
     fn bad_advertisements_and_urls_are_ignored() {
-        let mut s = Settings::default();
+        let mut s = reachable();
         assert!(!s.advertised("ftp://x/", AD));
         assert!(!s.advertised("https://user@x/", AD));
         assert!(!s.advertised("https://x/", "scope=\"../\""));
@@ -659,7 +836,7 @@ mod tests {
             port: 4000,
             token: "t".into(),
         };
-        let mut s = Settings::default();
+        let mut s = reachable();
         assert!(s.advertised("https://a.example/", AD));
         assert!(s.set_site_enabled("https://a.example", true));
         let none = std::collections::BTreeSet::new();
@@ -705,7 +882,7 @@ mod tests {
 
     #[test]
     fn an_administrator_policy_wins_over_the_user_switches() {
-        let mut s = Settings::default();
+        let mut s = reachable();
         assert!(s.advertised("https://fleet.example/", AD));
         assert!(!s.sites["https://fleet.example"].enabled);
         s.set_managed(ManagedPolicy {
@@ -753,7 +930,7 @@ mod tests {
             port: 4000,
             token: "t".into(),
         };
-        let mut s = Settings::default();
+        let mut s = reachable();
         assert!(s.advertised("https://a.example/", AD));
         assert!(s.advertised("https://b.example/", AD));
         assert!(s.set_site_enabled("https://a.example", true));

@@ -27,6 +27,7 @@ export const SITE = 'https://s.example';
 export async function connectedBrain() {
   const { Brain } = await wasm();
   const brain = new Brain(undefined);
+  brain.set_host_access([`${SITE}/*`]);
   if (!brain.on_advertisement(`${SITE}/`, 'scope="/static/"')) throw new Error('advertisement refused');
   if (!brain.set_site_enabled(SITE, true)) throw new Error('switch refused');
   brain.on_host_message({

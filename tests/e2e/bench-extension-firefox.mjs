@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import {
-  BIN, SITE, startSwarm, stopSwarm, waitFor, sha256, firefoxManagedPolicy, launchFirefox, imageMedian,
+  BIN, SITE, startSwarm, stopSwarm, waitFor, sha256, firefoxManagedPolicy, launchFirefox, imageMedian, allowSite,
 } from './harness.mjs';
 
 const UUID = '3c9a6e1d-7b24-4f58-9e0a-5d1c2b3a4f6e';
@@ -43,6 +43,7 @@ try {
       });
     } catch (_) { return false; }
   }, 30000);
+  await allowSite(popup, SITE);
   console.log(`browser start to background ready (including the extension install): ${Date.now() - t0} ms`);
   await waitFor('rules', async () => (await popup.evaluate(async () => (await browser.declarativeNetRequest.getSessionRules()).length)) === 2);
 

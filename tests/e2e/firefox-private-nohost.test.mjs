@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import {
-  BIN, SITE, startSwarm, stopSwarm, waitFor, firefoxManagedPolicy, launchFirefox, loadAssets,
+  BIN, SITE, startSwarm, stopSwarm, waitFor, firefoxManagedPolicy, launchFirefox, loadAssets, allowSite,
 } from './harness.mjs';
 
 const UUID = '0b7e2c44-5d1a-4f3e-8c6b-2a9d7e1f4c30';
@@ -87,7 +87,8 @@ describe('firefox: private windows and a missing host', { concurrency: false }, 
       });
       await page.waitForSelector('#host-status[data-state="disconnected"]');
       assert.match(await page.$eval('#host', (e) => e.textContent), /peercache-host install --browser/);
-      // Switched on by the policy, and locked.
+      // Switched on by the policy, and locked, once the user allowed the site.
+      await allowSite(page, SITE);
       const site = await page.waitForSelector(`.site-switch[data-origin="${SITE}"]:checked:disabled`);
       assert.ok(site);
       assert.equal(await page.evaluate(async () => (await browser.declarativeNetRequest.getSessionRules()).length), 0,

@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import {
   ROOT, BIN, SITE, COOKIE_SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get, cacheHolds,
-  firefoxManagedPolicy, launchFirefox, hostPid, whyFixture,
+  firefoxManagedPolicy, launchFirefox, hostPid, whyFixture, allowSite,
 } from './harness.mjs';
 
 const UUID = '6f1d3c1e-8a2b-4c5d-9e0f-1a2b3c4d5e6f';
@@ -93,9 +93,16 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     if (home) rmSync(home, { recursive: true, force: true });
   });
 
-  it('enrols the advertised site from the popup switch', async () => {
+  it('asks for each site the user allows, then enrols it from the popup switch', async () => {
     const p = await popup();
     await p.waitForSelector('#host-status[data-state="connected"]');
+    // The site was just visited (popup() went through it), but the extension may
+    // not reach it: it saw nothing, and holds no site but the local gateway.
+    assert.equal(await p.$(`.site-switch[data-origin="${SITE}"]`), null, 'not seen without access');
+    assert.deepEqual((await p.evaluate(() => browser.permissions.getAll())).origins, ['http://127.0.0.1/*']);
+    await allowSite(p, SITE);
+    const granted = (await p.evaluate(() => browser.permissions.getAll())).origins.sort();
+    assert.deepEqual(granted, ['http://127.0.0.1/*', `${SITE}/*`].sort(), 'exactly that site');
     await p.waitForSelector(`.site-switch[data-origin="${SITE}"]`);
     assert.equal(await ruleCount(p), 0);
     await p.click(`.site-switch[data-origin="${SITE}"]`);
@@ -200,6 +207,8 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     const page = await browser.newPage();
     await page.goto(`${COOKIE_SITE}/`);
     const p = await popup();
+    // Once the user allows the site, that is.
+    await allowSite(p, COOKIE_SITE);
     const sw = await p.waitForSelector(`.site-switch[data-origin="${COOKIE_SITE}"]`);
     assert.equal(await sw.evaluate((e) => e.checked && e.disabled), true, 'on, and locked by the administrator');
     await p.close();

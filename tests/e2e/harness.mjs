@@ -78,6 +78,9 @@ export async function launchFirefox(home, { uuid, env = {}, prefs = {}, download
     extraPrefsFirefox: {
       'extensions.webextensions.uuids': JSON.stringify({ [GECKO_ID]: uuid }),
       'extensions.background.idle.timeout': 300000,
+      // The extension asks for each site (optional host permissions); this
+      // answers Firefox's prompt with yes, as a user clicking "Allow" would.
+      'extensions.webextOptionalPermissionPrompts': false,
       // The extension is installed over WebDriver BiDi as a temporary add-on; keep
       // its storage when it is removed at shutdown, as a normal install would.
       'extensions.webextensions.keepStorageOnUninstall': true,
@@ -99,6 +102,19 @@ export async function launchFirefox(home, { uuid, env = {}, prefs = {}, download
   const id = await browser.installExtension(EXT_FIREFOX);
   if (id !== GECKO_ID) throw new Error(`installed as ${id}, expected ${GECKO_ID}`);
   return browser;
+}
+
+/**
+ * In the popup shown in `page`, allows `site` the way a user does (types it,
+ * clicks "Allow"), and waits until the extension found the site's offer.
+ */
+export async function allowSite(page, site) {
+  await page.$eval('#add-site-url', (e, v) => { e.value = v; }, site);
+  await page.$eval('#add-site-result', (e) => { delete e.dataset.offered; e.textContent = ''; });
+  await page.click('#add-site-go');
+  const offered = await page.waitForSelector('#add-site-result[data-offered]', { timeout: 20000 });
+  const text = await offered.evaluate((e) => `${e.dataset.offered}: ${e.textContent}`);
+  if (!text.startsWith('true')) throw new Error(`${site} was not allowed: ${text}`);
 }
 
 /**

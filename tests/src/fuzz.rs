@@ -1061,7 +1061,10 @@ fn check_units(data: &[u8]) -> Result<bool, String> {
 }
 
 fn settings_example() -> Settings {
-    let mut s = Settings::default();
+    let mut s = Settings {
+        access: peercache_core::extension::HostAccess::everywhere(),
+        ..Settings::default()
+    };
     s.advertised("https://example.org/a", "scope=\"/static/\"");
     s.advertised("http://127.0.0.1:8080/", "scope=/");
     s.set_site_enabled("https://example.org", true);

@@ -15,7 +15,7 @@ pub mod why;
 use std::collections::{BTreeMap, BTreeSet};
 
 use peercache_core::extension::{
-    Gateway, MAX_EXACT_JS, ManagedPolicy, Settings, StoredCookie, UserLimits,
+    Gateway, HostAccess, MAX_EXACT_JS, ManagedPolicy, Settings, StoredCookie, UserLimits,
 };
 use peercache_core::protocol::{Counters, FromHost, HostLimits, RecentPeer, ToHost};
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,10 @@ pub struct SiteView {
     pub managed: bool,
     /// The browser holds cookies for its scope, so it is not intercepted.
     pub cookies: bool,
+    /// The browser lets the extension reach the site (its host permission).
+    pub access: bool,
+    /// What to ask the browser for when it does not.
+    pub access_pattern: Option<String>,
 }
 
 /// A request or response header as `webRequest` reports it.
@@ -290,6 +294,8 @@ impl Brain {
                     loopback: self.loopback.get(origin).cloned(),
                     managed: self.settings.managed.manages(origin),
                     cookies: self.settings.cookie_bound.contains(origin),
+                    access: self.settings.access.allows(origin),
+                    access_pattern: HostAccess::pattern_for(origin),
                 })
                 .collect(),
             counters: self.counters,
@@ -375,6 +381,21 @@ impl Brain {
     /// A response carried a `Peercache` header. True if the settings changed.
     pub fn on_advertisement(&mut self, url: &str, header_value: &str) -> bool {
         self.settings.advertised(url, header_value)
+    }
+
+    /// The host permissions the browser granted (`permissions.getAll().origins`).
+    /// True if that changed what is intercepted.
+    pub fn set_host_access(&mut self, patterns: Vec<String>) -> bool {
+        let access = HostAccess::from_patterns(&patterns);
+        let changed = access != self.settings.access;
+        self.settings.access = access;
+        changed
+    }
+
+    /// The page to look at for a site's offer once `pattern` is granted, if it
+    /// names one whole site.
+    pub fn site_of_pattern(pattern: &str) -> Option<String> {
+        HostAccess::site_of_pattern(pattern).map(|site| format!("{site}/"))
     }
 
     /// Sets the global toggle.

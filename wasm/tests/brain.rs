@@ -26,6 +26,23 @@ fn enrolment_switch_and_rules_through_js_values() {
         "site not switched on yet"
     );
     assert!(brain.set_site_enabled("https://198.51.100.2", true));
+    assert_eq!(
+        js_sys::Array::from(&brain.rules()).length(),
+        0,
+        "the browser has not granted access to the site yet"
+    );
+    let site = js_sys::Array::from(&get(&brain.view(), "sites")).get(0);
+    assert_eq!(get(&site, "access").as_bool(), Some(false));
+    assert_eq!(
+        get(&site, "access_pattern").as_string().as_deref(),
+        Some("https://198.51.100.2/*")
+    );
+    assert!(brain.set_host_access(vec!["https://198.51.100.2/*".into()]));
+    assert!(!brain.set_host_access(vec!["https://198.51.100.2/*".into()]));
+    assert_eq!(
+        Brain::site_of_pattern("https://198.51.100.2/*").as_deref(),
+        Some("https://198.51.100.2/")
+    );
     let rules = js_sys::Array::from(&brain.rules());
     assert_eq!(rules.length(), 2);
     let text = js_sys::JSON::stringify(&rules)
@@ -70,6 +87,7 @@ const STATUS_WITH_PEERS: &str = r#"{"type":"status","gateway_port":4242,"token":
 #[wasm_bindgen_test]
 fn a_not_shareable_url_gets_an_allow_rule_and_the_view_lists_peers() {
     let mut brain = Brain::new(JsValue::UNDEFINED);
+    brain.set_host_access(vec!["https://198.51.100.2/*".into()]);
     brain.on_advertisement("https://198.51.100.2/", "scope=\"/static/\"");
     brain.set_site_enabled("https://198.51.100.2", true);
     assert!(brain.on_host_message(json(STATUS_WITH_PEERS)).unwrap());
