@@ -3,8 +3,11 @@
 // wants, never for every site; match patterns carry no port, so a grant covers
 // the host on every port (the brain reads grants the same way, core's HostAccess).
 
-/** The permission pattern for the site at `text` (a URL or a bare host), or null. */
-export function sitePattern(text) {
+/**
+ * The site at `text` (a URL or a bare host): its origin (where its offer is
+ * looked for) and the permission pattern to ask for; null if it is none.
+ */
+export function siteOf(text) {
   const raw = String(text ?? '').trim();
   if (!raw || raw.length > 2048) return null;
   let u;
@@ -15,5 +18,5 @@ export function sitePattern(text) {
   }
   if (u.protocol !== 'https:' && u.protocol !== 'http:') return null;
   if (!u.hostname || u.username || u.password || u.hostname.includes('*')) return null;
-  return `${u.protocol}//${u.hostname}/*`;
+  return { origin: u.origin, pattern: `${u.protocol}//${u.hostname}/*` };
 }

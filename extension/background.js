@@ -53,8 +53,8 @@ async function refreshAccess() {
 // A granted site's offer: its front page's `peercache` header, fetched without
 // cookies. The site shows up in the popup when it has one.
 const PROBE_TIMEOUT_MS = 10000;
-async function probeSite(pattern) {
-  const page = Brain.site_of_pattern(String(pattern));
+async function probeSite(origin) {
+  const page = Brain.offer_page(String(origin));
   if (!page || !brain) return false;
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
@@ -172,7 +172,7 @@ api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
       case 'probe': {
         // The popup got the user's grant for a site: read it, then the site's offer.
         if (await refreshAccess()) await settingsChanged();
-        const offered = await probeSite(msg.pattern);
+        const offered = await probeSite(msg.origin);
         host.post({ type: 'get_status' });
         sendResponse({ ...brain.view(), probed: { pattern: String(msg.pattern), offered } });
         return;

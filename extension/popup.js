@@ -1,6 +1,6 @@
 // peercache popup: renders the brain's view model and sends the user's switches.
 import { whyRows, whyEmpty } from './why.js';
-import { sitePattern } from './access.js';
+import { siteOf } from './access.js';
 
 const api = globalThis.browser ?? globalThis.chrome;
 
@@ -18,14 +18,14 @@ function send(msg) {
 // Asks the browser for one site (its prompt needs the user's click, so this
 // runs inside the click), then has the background look for the site's offer.
 // A site that offers nothing gets its permission back at once.
-function askForSite(pattern) {
+function askForSite(pattern, origin) {
   const result = document.getElementById('add-site-result');
-  const site = pattern.slice(0, -2);
+  const site = origin;
   const request = api.permissions.request({ origins: [pattern] });
   request.then(async (granted) => {
     if (!granted) { result.textContent = `Not allowed: peercache stays off ${site}.`; return; }
     result.textContent = `Looking for ${site}'s offer…`;
-    const view = await api.runtime.sendMessage({ cmd: 'probe', pattern });
+    const view = await api.runtime.sendMessage({ cmd: 'probe', pattern, origin });
     const offered = view?.probed?.offered === true;
     result.dataset.offered = String(offered);
     if (offered) {
@@ -195,7 +195,7 @@ async function render(view) {
     label.append(box, ` ${site.origin}`);
     const scope = document.createElement('span');
     scope.className = 'hint';
-    scope.textContent = site.scope;
+    scope.textContent = site.advertised ? site.scope : ' (not reached yet)';
     li.append(label, scope);
     if (!site.access && site.access_pattern) {
       const allow = document.createElement('button');
@@ -204,7 +204,7 @@ async function render(view) {
       allow.dataset.origin = site.origin;
       allow.textContent = 'Allow access';
       allow.title = 'peercache reaches only the sites you allow; this one is not allowed (yet, or any more).';
-      allow.addEventListener('click', () => askForSite(site.access_pattern));
+      allow.addEventListener('click', () => askForSite(site.access_pattern, site.origin));
       const note = document.createElement('span');
       note.className = 'hint access';
       note.textContent = ' Not allowed in this browser: its files load straight from the site.';
@@ -275,10 +275,10 @@ document.getElementById('limits').addEventListener('submit', (e) => {
 });
 document.getElementById('add-site').addEventListener('submit', (e) => {
   e.preventDefault();
-  const pattern = sitePattern(document.getElementById('add-site-url').value);
+  const site = siteOf(document.getElementById('add-site-url').value);
   const result = document.getElementById('add-site-result');
-  if (!pattern) { result.textContent = 'Type a site address, such as https://example.org.'; return; }
-  askForSite(pattern);
+  if (!site) { result.textContent = 'Type a site address, such as https://example.org.'; return; }
+  askForSite(site.pattern, site.origin);
 });
 document.getElementById('toggle').addEventListener('change', (e) => send({ cmd: 'toggle', on: e.target.checked }));
 document.getElementById('auto').addEventListener('change', (e) => send({ cmd: 'auto', on: e.target.checked }));

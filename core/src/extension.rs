@@ -165,12 +165,6 @@ impl HostAccess {
     pub fn pattern_for(origin: &str) -> Option<String> {
         Some(format!("{}/*", site_of(origin)?))
     }
-
-    /// The site a one-site pattern grants (`https://example.org/*` →
-    /// `https://example.org`), to look for its offer once granted.
-    pub fn site_of_pattern(pattern: &str) -> Option<String> {
-        site_pattern_origin(pattern)
-    }
 }
 
 /// `scheme://host` of an origin or URL: what a match pattern names.

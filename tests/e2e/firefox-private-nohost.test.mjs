@@ -6,7 +6,7 @@
 // from an intercepting browser is the private window or the missing host.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -17,10 +17,11 @@ import {
 const UUID = '0b7e2c44-5d1a-4f3e-8c6b-2a9d7e1f4c30';
 const POPUP = `moz-extension://${UUID}/popup.html`;
 
-function launch(home, swarm, prefs = {}) {
+function launch(home, swarm, prefs = {}, profile = undefined) {
   return launchFirefox(home, {
     uuid: UUID,
     prefs,
+    profile,
     env: { PEERCACHE_CACHE_DIR: join(home, 'host-cache'), PEERCACHE_CA_CERT: swarm.caPath },
   });
 }
@@ -56,11 +57,38 @@ describe('firefox: private windows and a missing host', { concurrency: false }, 
     for (const h of homes) rmSync(h, { recursive: true, force: true });
   });
 
+  // The popup redraws its list every 2 s: a click that lost its button tries again.
+  const clickAllow = async (page, origin) => {
+    for (let i = 0; ; i++) {
+      try { await page.click(`.site-allow[data-origin="${origin}"]`); return; } catch (e) { if (i >= 4) throw e; }
+    }
+  };
+
   it('a private window is never intercepted', async () => {
     const home = newHome('private');
     execFileSync(join(BIN, 'peercache-host'), ['install', '--browser', 'firefox'], { env: { ...process.env, HOME: home } });
-    // Every window of this profile is private.
-    const browser = await launch(home, swarm, { 'browser.privatebrowsing.autostart': true });
+    const profile = join(home, 'profile');
+    mkdirSync(profile);
+    // First in a normal window, as its user would: the site allowed, and
+    // switched on (by the policy), so only the private window keeps it out.
+    const normal = await launch(home, swarm, {}, profile);
+    try {
+      const page = await normal.newPage();
+      await page.goto(`${SITE}/`);
+      await page.evaluate((u) => { location.href = u; }, POPUP);
+      await page.waitForSelector('#host-status[data-state="connected"]', { timeout: 30000 });
+      await allowSite(page, SITE);
+      await page.waitForSelector(`.site-switch[data-origin="${SITE}"]:checked:disabled`);
+      await waitFor('rules', async () => (await page.evaluate(async () =>
+        (await browser.declarativeNetRequest.getSessionRules()).length)) === 2);
+    } finally {
+      await normal.close();
+    }
+    // The grant is the profile's (Firefox keeps it with the add-on's preferences).
+    const prefs = JSON.parse(readFileSync(join(profile, 'extension-preferences.json'), 'utf8'));
+    assert.ok(prefs['peercache@peercache.org']?.origins?.includes(`${SITE}/*`) ?? false, JSON.stringify(prefs));
+    // Now every window of this profile is private.
+    const browser = await launch(home, swarm, { 'browser.privatebrowsing.autostart': true }, profile);
     try {
       const page = await browser.newPage();
       await page.goto(`${SITE}/`); // the advertisement is seen (or would be)
@@ -87,8 +115,12 @@ describe('firefox: private windows and a missing host', { concurrency: false }, 
       });
       await page.waitForSelector('#host-status[data-state="disconnected"]');
       assert.match(await page.$eval('#host', (e) => e.textContent), /peercache-host install --browser/);
-      // Switched on by the policy, and locked, once the user allowed the site.
-      await allowSite(page, SITE);
+      // Listed by the policy before the browser lets the extension reach it:
+      // "Allow access" asks for that site; then it is switched on, and locked.
+      await page.waitForSelector(`.site-allow[data-origin="${SITE}"]`);
+      assert.equal(await page.evaluate(async () => (await browser.permissions.getAll()).origins.length), 1, 'only the gateway');
+      await clickAllow(page, SITE);
+      await page.waitForSelector('#add-site-result[data-offered="true"]', { timeout: 20000 });
       const site = await page.waitForSelector(`.site-switch[data-origin="${SITE}"]:checked:disabled`);
       assert.ok(site);
       assert.equal(await page.evaluate(async () => (await browser.declarativeNetRequest.getSessionRules()).length), 0,

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import {
-  ROOT, BIN, SITE, COOKIE_SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get, cacheHolds,
+  ROOT, BIN, SITE, SITE_ADMIN, COOKIE_SITE, startSwarm, stopSwarm, serverMetrics, peerMetrics, waitFor, sha256, get, cacheHolds,
   firefoxManagedPolicy, launchFirefox, hostPid, whyFixture, allowSite,
 } from './harness.mjs';
 
@@ -105,6 +105,17 @@ describe('firefox: peer delivery through the extension', { concurrency: false },
     assert.deepEqual(granted, ['http://127.0.0.1/*', `${SITE}/*`].sort(), 'exactly that site');
     await p.waitForSelector(`.site-switch[data-origin="${SITE}"]`);
     assert.equal(await ruleCount(p), 0);
+    // A site without an offer (the operator listener, no Peercache header) gets
+    // its permission handed back at once.
+    await p.$eval('#add-site-url', (e, v) => { e.value = v; }, SITE_ADMIN);
+    await p.click('#add-site-go');
+    await p.waitForSelector('#add-site-result[data-offered="false"]', { timeout: 20000 });
+    assert.match(await p.$eval('#add-site-result', (e) => e.textContent), /does not offer delivery through peers/);
+    await waitFor('the permission handed back', async () => (await p.evaluate(() => browser.permissions.getAll()))
+      .origins.length === 2);
+    assert.deepEqual((await p.evaluate(() => browser.permissions.getAll())).origins.sort(),
+      ['http://127.0.0.1/*', `${SITE}/*`].sort());
+    assert.equal(await p.$(`.site-switch[data-origin="${SITE_ADMIN}"]`), null);
     await p.click(`.site-switch[data-origin="${SITE}"]`);
     await waitFor('rules', async () => (await ruleCount(p)) === 2);
     await p.close();

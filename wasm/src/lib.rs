@@ -110,6 +110,9 @@ pub struct SiteView {
     pub access: bool,
     /// What to ask the browser for when it does not.
     pub access_pattern: Option<String>,
+    /// Its offer was seen (a site the administrator listed may not have been
+    /// reached yet: the user must allow it first).
+    pub advertised: bool,
 }
 
 /// A request or response header as `webRequest` reports it.
@@ -274,6 +277,43 @@ impl Brain {
         }
     }
 
+    /// The sites seen advertising, then those the administrator listed that
+    /// were not seen yet (most often: not allowed in this browser yet).
+    fn site_views(&self) -> Vec<SiteView> {
+        let seen = self.settings.sites.iter().map(|(origin, s)| SiteView {
+            origin: origin.clone(),
+            scope: s.scope.clone(),
+            enabled: self.settings.site_on(origin),
+            loopback: self.loopback.get(origin).cloned(),
+            managed: self.settings.managed.manages(origin),
+            cookies: self.settings.cookie_bound.contains(origin),
+            access: self.settings.access.allows(origin),
+            access_pattern: HostAccess::pattern_for(origin),
+            advertised: true,
+        });
+        let listed: BTreeSet<String> = self
+            .settings
+            .managed
+            .sites
+            .iter()
+            .filter_map(|s| peercache_core::extension::origin_of(s))
+            .filter(|origin| !self.settings.sites.contains_key(origin))
+            .take(peercache_core::extension::MAX_SITES)
+            .collect();
+        let unseen = listed.into_iter().map(|origin| SiteView {
+            scope: String::new(),
+            enabled: true,
+            loopback: None,
+            managed: true,
+            cookies: false,
+            access: self.settings.access.allows(&origin),
+            access_pattern: HostAccess::pattern_for(&origin),
+            advertised: false,
+            origin,
+        });
+        seen.chain(unseen).collect()
+    }
+
     /// The popup's view model.
     pub fn view_model(&self) -> View {
         View {
@@ -283,21 +323,7 @@ impl Brain {
             host_error: self.host_error.clone(),
             host_version: self.host_version.clone(),
             peer_id: self.peer_id.clone(),
-            sites: self
-                .settings
-                .sites
-                .iter()
-                .map(|(origin, s)| SiteView {
-                    origin: origin.clone(),
-                    scope: s.scope.clone(),
-                    enabled: self.settings.site_on(origin),
-                    loopback: self.loopback.get(origin).cloned(),
-                    managed: self.settings.managed.manages(origin),
-                    cookies: self.settings.cookie_bound.contains(origin),
-                    access: self.settings.access.allows(origin),
-                    access_pattern: HostAccess::pattern_for(origin),
-                })
-                .collect(),
+            sites: self.site_views(),
             counters: self.counters,
             bytes_saved: self.counters.bytes_saved(),
             limits: self.limits,
@@ -392,10 +418,10 @@ impl Brain {
         changed
     }
 
-    /// The page to look at for a site's offer once `pattern` is granted, if it
-    /// names one whole site.
-    pub fn site_of_pattern(pattern: &str) -> Option<String> {
-        HostAccess::site_of_pattern(pattern).map(|site| format!("{site}/"))
+    /// The page to look at for a site's offer once the user allowed it: the
+    /// front page of `origin` (port included), if it is an http(s) origin.
+    pub fn offer_page(origin: &str) -> Option<String> {
+        peercache_core::extension::origin_of(origin).map(|o| format!("{o}/"))
     }
 
     /// Sets the global toggle.

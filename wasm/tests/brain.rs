@@ -40,9 +40,10 @@ fn enrolment_switch_and_rules_through_js_values() {
     assert!(brain.set_host_access(vec!["https://198.51.100.2/*".into()]));
     assert!(!brain.set_host_access(vec!["https://198.51.100.2/*".into()]));
     assert_eq!(
-        Brain::site_of_pattern("https://198.51.100.2/*").as_deref(),
-        Some("https://198.51.100.2/")
+        Brain::offer_page("https://198.51.100.2:8443").as_deref(),
+        Some("https://198.51.100.2:8443/")
     );
+    assert_eq!(Brain::offer_page("javascript:alert(1)"), None);
     let rules = js_sys::Array::from(&brain.rules());
     assert_eq!(rules.length(), 2);
     let text = js_sys::JSON::stringify(&rules)
@@ -154,9 +155,23 @@ fn a_managed_policy_locks_what_it_sets_and_a_bad_one_is_refused() {
             r#"{"sites":["https://198.51.100.2"],"limits":{"max_uploads":2,"upload_rate":1048576,"cache_max":67108864}}"#,
         ))
         .unwrap();
+    // Listed before it was reached (not allowed in this browser yet): the popup
+    // shows it with what to ask the browser for.
+    let sites = js_sys::Array::from(&get(&brain.view(), "sites"));
+    assert_eq!(sites.length(), 1);
+    let unseen = sites.get(0);
+    assert_eq!(get(&unseen, "advertised").as_bool(), Some(false));
+    assert_eq!(get(&unseen, "access").as_bool(), Some(false));
+    assert_eq!(
+        get(&unseen, "access_pattern").as_string().as_deref(),
+        Some("https://198.51.100.2/*")
+    );
     assert!(brain.on_advertisement("https://198.51.100.2/", "scope=\"/static/\""));
     let view = brain.view();
-    let site = js_sys::Array::from(&get(&view, "sites")).get(0);
+    let sites = js_sys::Array::from(&get(&view, "sites"));
+    assert_eq!(sites.length(), 1, "listed once");
+    let site = sites.get(0);
+    assert_eq!(get(&site, "advertised").as_bool(), Some(true));
     assert_eq!(get(&site, "enabled").as_bool(), Some(true));
     assert_eq!(get(&site, "managed").as_bool(), Some(true));
     assert!(!brain.set_site_enabled("https://198.51.100.2", false));
