@@ -527,3 +527,40 @@ async fn redis_keys_expire_or_shrink() {
         assert_eq!(n, 0, "{k} is gone");
     }
 }
+
+#[tokio::test]
+async fn a_referral_books_its_load_even_after_redis_lost_its_scripts() {
+    let redis = spawn_redis().await.expect("redis-server");
+    let store = Store::Redis(
+        RedisStore::connect(&redis.url(), "flush:", limits())
+            .await
+            .unwrap(),
+    );
+    let now = 1_000_000;
+    let h = ObjectHash::of(b"flushed");
+    store
+        .register("a", IP, dial(7000), load(0, 4), now)
+        .await
+        .unwrap();
+    store.announce("a", &[h], &[], None, now).await.unwrap();
+    // Redis forgets every script, as after a restart without persistence.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    // The decision still comes, and the booking it sends by the script's hash
+    // (without a reply) found its script: the referral counts as load on `a`.
+    assert_eq!(ids(&store, &h, now).await, ["a"]);
+    let stats = store.holder_stats(&h, None, now).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].pending, 1, "{stats:?}");
+    // And so on for the next one.
+    assert_eq!(ids(&store, &h, now).await, ["a"]);
+    assert_eq!(
+        store.holder_stats(&h, None, now).await.unwrap()[0].pending,
+        2
+    );
+}

@@ -570,6 +570,7 @@ mod tests {
     #[test]
     fn rules_follow_host_and_switches() {
         let mut b = Brain::default();
+        assert!(b.set_host_access(vec!["https://s.example/*".into()]));
         assert!(
             b.settings
                 .advertised("https://s.example/", r#"scope="/static/""#)

@@ -110,7 +110,7 @@ impl ConnectionLike for Conn {
 /// The scripts, compiled once.
 struct Scripts {
     decide: Script,
-    book: String,
+    book: Script,
     register: Script,
     announce: Script,
     report: Script,
@@ -503,7 +503,7 @@ impl RedisStore {
         let fields = lua_fields();
         let scripts = Scripts {
             decide: Script::new(&DECIDE.replace("FIELDS", &fields)),
-            book: BOOK.to_string(),
+            book: Script::new(BOOK),
             register: Script::new(REGISTER),
             announce: Script::new(ANNOUNCE),
             report: Script::new(REPORT),
@@ -527,6 +527,7 @@ impl RedisStore {
             .query_async::<String>(&mut c)
             .await
             .map_err(unavailable)?;
+        store.load_decision_scripts().await?;
         Ok(store)
     }
 
@@ -711,15 +712,23 @@ impl RedisStore {
         now: u64,
     ) -> Result<Vec<HolderStats>, StoreError> {
         let mut c = self.conn.clone();
-        let rows: Vec<(String, f64, Vec<Option<String>>)> = self
-            .scripts
-            .decide
-            .key(self.k("holders", hash))
+        let mut decide = redis::cmd("EVALSHA");
+        decide
+            .arg(self.scripts.decide.get_hash())
+            .arg(1)
+            .arg(self.k("holders", hash))
             .arg(&self.prefix)
-            .arg(MAX_HOLDERS_READ)
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+            .arg(MAX_HOLDERS_READ);
+        type Rows = Vec<(String, f64, Vec<Option<String>>)>;
+        let rows: Rows = match decide.query_async(&mut c).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Redis lost its scripts (a restart, a failover, SCRIPT
+                // FLUSH): the booking's too, and it cannot notice by itself.
+                self.load_decision_scripts().await?;
+                decide.query_async(&mut c).await.map_err(unavailable)?
+            }
+            other => other.map_err(unavailable)?,
+        };
         Ok(rows
             .into_iter()
             .filter_map(|(id, uses, v)| {
@@ -745,12 +754,26 @@ impl RedisStore {
             .collect())
     }
 
+    /// Loads the two scripts of a referral decision into Redis's script cache
+    /// (every node of a cluster): the booking goes by its hash without a reply,
+    /// so it must be there before it is sent. Called at start and whenever a
+    /// decision finds the cache emptied.
+    async fn load_decision_scripts(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        for script in [&self.scripts.decide, &self.scripts.book] {
+            script.load_async(&mut c).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
     /// Books a referral against `id`'s load without waiting for the reply: the
     /// command is queued on the connection before this returns, so later
-    /// commands on it see the booking. A lost booking only fades sooner.
+    /// commands on it see the booking. Sent by the script's hash (loaded by
+    /// `load_decision_scripts`), not its text. A lost booking only
+    /// fades sooner.
     pub(super) async fn book_referral(&self, id: &str, now: u64) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(&self.scripts.book)
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts.book.get_hash())
             .arg(1)
             .arg(self.k("peer", id))
             .arg(now)
