@@ -273,12 +273,7 @@ impl MemoryStore {
             .collect())
     }
 
-    pub(super) fn book_referral(
-        &self,
-        _hash: &ObjectHash,
-        id: &str,
-        now: u64,
-    ) -> Result<(), StoreError> {
+    pub(super) fn book_referral(&self, id: &str, now: u64) -> Result<(), StoreError> {
         if let Some(r) = lock(&self.inner).peers.get_mut(id) {
             r.pending = pending_after_booking(r.pending, r.pending_at, now);
             r.recent = pending_after_booking(r.recent, r.pending_at, now);

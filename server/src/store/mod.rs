@@ -251,7 +251,7 @@ impl Store {
         let ranked =
             peercache_core::select::rank_holders(stats, self.limits().slow_threshold_ms, max);
         if let Some(first) = ranked.first() {
-            dispatch!(self, "book_referral", s => s.book_referral(hash, &first.id, now))?;
+            dispatch!(self, "book_referral", s => s.book_referral(&first.id, now))?;
         }
         Ok(ranked)
     }

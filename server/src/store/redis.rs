@@ -54,10 +54,6 @@ use super::{
 
 /// Most holders read for one referral.
 const MAX_HOLDERS_READ: usize = 256;
-
-/// Connections kept for referral decisions (`RedisStore::deciders`), besides
-/// the one for everything else.
-const DECISION_CONNECTIONS: usize = 4;
 /// Most peers read by the pinger and the admin page.
 const MAX_PEERS_SCANNED: usize = 100_000;
 /// Lapsed peers dropped per expiry batch, and batches per call.
@@ -130,12 +126,6 @@ struct Scripts {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
-    /// Connections for referral decisions, one picked by the object's hash:
-    /// a decision and its booking share one, so the next decision on the same
-    /// object sees the booking. Several because one connection carries one
-    /// request at a time through one task on each side (plain GETs from 4
-    /// tasks: 38,829/s over one, 67,745/s over four, on the development machine).
-    deciders: std::sync::Arc<[Conn]>,
     /// `{tag}:`, the start of every key.
     prefix: String,
     limits: StoreLimits,
@@ -478,8 +468,7 @@ impl RedisStore {
             client_tls: None,
             root_cert: options.ca_pem.clone(),
         };
-        let mut conns = Vec::with_capacity(DECISION_CONNECTIONS + 1);
-        if let Some(seeds) = cluster_seeds(url) {
+        let conn = if let Some(seeds) = cluster_seeds(url) {
             if seeds.is_empty() {
                 return Err(StoreError::Unavailable(format!(
                     "no cluster nodes in {url:?}"
@@ -493,11 +482,7 @@ impl RedisStore {
                 builder = builder.certs(certs());
             }
             let client = builder.build().map_err(unavailable)?;
-            for _ in 0..=DECISION_CONNECTIONS {
-                conns.push(Conn::Cluster(
-                    client.get_async_connection().await.map_err(unavailable)?,
-                ));
-            }
+            Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
         } else {
             let client = match &options.ca_pem {
                 Some(_) => redis::Client::build_with_tls(url, certs()),
@@ -509,15 +494,12 @@ impl RedisStore {
                 .set_response_timeout(Some(Duration::from_millis(500)))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
-            for _ in 0..=DECISION_CONNECTIONS {
-                conns.push(Conn::Single(
-                    ConnectionManager::new_with_config(client.clone(), config.clone())
-                        .await
-                        .map_err(unavailable)?,
-                ));
-            }
-        }
-        let conn = conns.remove(0);
+            Conn::Single(
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(unavailable)?,
+            )
+        };
         let fields = lua_fields();
         let scripts = Scripts {
             decide: Script::new(&DECIDE.replace("FIELDS", &fields)),
@@ -534,7 +516,6 @@ impl RedisStore {
         };
         let store = Self {
             conn,
-            deciders: conns.into(),
             prefix: tagged(prefix),
             limits,
             scripts: std::sync::Arc::new(scripts),
@@ -730,7 +711,7 @@ impl RedisStore {
         exclude: Option<&str>,
         now: u64,
     ) -> Result<Vec<HolderStats>, StoreError> {
-        let mut c = self.decider(hash);
+        let mut c = self.conn.clone();
         let mut decide = redis::cmd("EVALSHA");
         decide
             .arg(self.scripts.decide.get_hash())
@@ -773,12 +754,6 @@ impl RedisStore {
             .collect())
     }
 
-    /// The decision connection for `hash`.
-    fn decider(&self, hash: &ObjectHash) -> Conn {
-        let i = usize::from(hash.as_bytes()[0]) % self.deciders.len().max(1);
-        self.deciders.get(i).unwrap_or(&self.conn).clone()
-    }
-
     /// Loads the two scripts of a referral decision into Redis's script cache
     /// (every node of a cluster): the booking goes by its hash without a reply,
     /// so it must be there before it is sent. Called at start and whenever a
@@ -796,12 +771,7 @@ impl RedisStore {
     /// commands on it see the booking. Sent by the script's hash (loaded by
     /// `load_decision_scripts`), not its text. A lost booking only
     /// fades sooner.
-    pub(super) async fn book_referral(
-        &self,
-        hash: &ObjectHash,
-        id: &str,
-        now: u64,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn book_referral(&self, id: &str, now: u64) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.book.get_hash())
             .arg(1)
@@ -809,7 +779,7 @@ impl RedisStore {
             .arg(now)
             .arg(now.saturating_sub(PENDING_WINDOW_MS));
         cmd.set_no_response(true);
-        let mut c = self.decider(hash);
+        let mut c = self.conn.clone();
         cmd.query_async::<()>(&mut c).await.map_err(unavailable)
     }
 
