@@ -51,23 +51,24 @@ async function refreshAccess() {
 }
 
 // A granted site's offer: its front page's `peercache` header, fetched without
-// cookies. The site shows up in the popup when it has one.
+// cookies. 'offered' (the site is listed now), 'none' (the page answered
+// without one) or 'unreachable' (no answer: nothing is concluded from it).
 const PROBE_TIMEOUT_MS = 10000;
 async function probeSite(origin) {
   const page = Brain.offer_page(String(origin));
-  if (!page || !brain) return false;
+  if (!page || !brain) return 'unreachable';
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
   try {
     const res = await fetch(page, { credentials: 'omit', cache: 'no-store', signal: abort.signal });
     const ad = res.headers.get('peercache');
     res.body?.cancel().catch(() => {});
-    if (!ad) return false;
+    if (!ad) return 'none';
     if (brain.on_advertisement(res.url || page, ad)) await settingsChanged();
-    return brain.view().sites.some((s) => s.origin === new URL(page).origin);
+    return brain.view().sites.some((s) => s.origin === new URL(page).origin) ? 'offered' : 'none';
   } catch (e) {
     log('looking for the offer of', page, 'failed:', e?.message ?? e);
-    return false;
+    return 'unreachable';
   } finally {
     clearTimeout(timer);
   }
@@ -172,9 +173,9 @@ api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
       case 'probe': {
         // The popup got the user's grant for a site: read it, then the site's offer.
         if (await refreshAccess()) await settingsChanged();
-        const offered = await probeSite(msg.origin);
+        const offer = await probeSite(msg.origin);
         host.post({ type: 'get_status' });
-        sendResponse({ ...brain.view(), probed: { pattern: String(msg.pattern), offered } });
+        sendResponse({ ...brain.view(), offer });
         return;
       }
       case 'view': break;

@@ -17,22 +17,23 @@ function send(msg) {
 
 // Asks the browser for one site (its prompt needs the user's click, so this
 // runs inside the click), then has the background look for the site's offer.
-// A site that offers nothing gets its permission back at once.
+// A site that answers without one gets its permission back at once; one that
+// does not answer keeps it (try again later).
 function askForSite(pattern, origin) {
   const result = document.getElementById('add-site-result');
-  const site = origin;
-  const request = api.permissions.request({ origins: [pattern] });
-  request.then(async (granted) => {
-    if (!granted) { result.textContent = `Not allowed: peercache stays off ${site}.`; return; }
-    result.textContent = `Looking for ${site}'s offer…`;
-    const view = await api.runtime.sendMessage({ cmd: 'probe', pattern, origin });
-    const offered = view?.probed?.offered === true;
-    result.dataset.offered = String(offered);
-    if (offered) {
-      result.textContent = `${site} offers delivery through peers: switch it on below.`;
-    } else {
+  api.permissions.request({ origins: [pattern] }).then(async (granted) => {
+    if (!granted) { result.textContent = `Not allowed: peercache stays off ${origin}.`; return; }
+    result.textContent = `Looking for ${origin}'s offer…`;
+    const view = await api.runtime.sendMessage({ cmd: 'probe', origin });
+    const offer = view?.offer ?? 'unreachable';
+    result.dataset.offered = String(offer === 'offered');
+    if (offer === 'offered') {
+      result.textContent = `${origin} offers delivery through peers: switch it on below.`;
+    } else if (offer === 'none') {
       await api.permissions.remove({ origins: [pattern] }).catch(() => {});
-      result.textContent = `${site} does not offer delivery through peers (no peercache header on its front page); its permission was handed back.`;
+      result.textContent = `${origin} does not offer delivery through peers (no peercache header on its front page); its permission was handed back.`;
+    } else {
+      result.textContent = `${origin} did not answer; try again later.`;
     }
     render(view);
   }).catch((e) => { result.textContent = `The browser refused: ${e?.message ?? e}`; });
