@@ -120,6 +120,16 @@ pub fn verify_outboard(
             cv
         })
         .collect();
+    if root_of(&cvs, size) == *hash {
+        Ok(cvs)
+    } else {
+        Err(OutboardError::Mismatch)
+    }
+}
+
+/// The object's hash from its group CVs (an object of more than one group,
+/// `cvs` complete for `size`), merged up the tree as BLAKE3 does.
+fn root_of(cvs: &[ChainingValue], size: u64) -> ObjectHash {
     let left_len = left_subtree_len(size);
     let split = (left_len / GROUP) as usize;
     let root = merge_subtrees_root(
@@ -127,10 +137,51 @@ pub fn verify_outboard(
         &subtree(&cvs[split..], size - left_len),
         Mode::Hash,
     );
-    if root.as_bytes() == hash.as_bytes() {
-        Ok(cvs)
-    } else {
-        Err(OutboardError::Mismatch)
+    ObjectHash::from_bytes(*root.as_bytes())
+}
+
+/// An object's hash and its [`outboard`] in one pass over a stream (the
+/// server indexing a large file, so a crowd's first asks for the outboard
+/// find it ready): each group is hashed once and the root comes from the
+/// group CVs. Holds one group and the CVs so far (32 bytes per 16 KiB).
+#[derive(Debug, Default)]
+pub struct OutboardHasher {
+    cvs: Vec<ChainingValue>,
+    group: Vec<u8>,
+    len: u64,
+}
+
+impl OutboardHasher {
+    /// Starts an empty object.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        while !bytes.is_empty() {
+            if self.group.len() == GROUP as usize {
+                let index = self.cvs.len() as u64;
+                self.cvs.push(group_cv(index, &self.group));
+                self.group.clear();
+            }
+            let take = (GROUP as usize - self.group.len()).min(bytes.len());
+            self.group.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+    }
+
+    /// The hash of everything fed, its outboard (empty for one group or
+    /// less) and its length.
+    pub fn finish(mut self) -> (ObjectHash, Vec<u8>, u64) {
+        if self.len <= GROUP {
+            return (ObjectHash::of(&self.group), Vec::new(), self.len);
+        }
+        let index = self.cvs.len() as u64;
+        self.cvs.push(group_cv(index, &self.group));
+        let hash = root_of(&self.cvs, self.len);
+        (hash, self.cvs.concat(), self.len)
     }
 }
 
@@ -188,6 +239,29 @@ mod tests {
             if len == 0 {
                 assert!(verify_group(&h, 0, &cvs, 0, &[]));
             }
+        }
+    }
+
+    #[test]
+    fn one_pass_gives_the_hash_and_the_outboard_at_every_edge() {
+        for len in [
+            0usize,
+            1,
+            16 * 1024,
+            16 * 1024 + 1,
+            48 * 1024 + 7,
+            (1 << 20) + 1,
+        ] {
+            let d = data(len);
+            // Fed in uneven slices, as reads come.
+            let mut h = OutboardHasher::new();
+            for part in d.chunks(7_777) {
+                h.update(part);
+            }
+            let (hash, ob, size) = h.finish();
+            assert_eq!(hash, ObjectHash::of(&d), "{len}");
+            assert_eq!(ob, outboard(&d), "{len}");
+            assert_eq!(size, len as u64);
         }
     }
 

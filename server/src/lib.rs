@@ -10,6 +10,7 @@
 //!   [`routes::admin`] (the live `/admin` page), [`routes::metrics`].
 //! - [`send`]: streaming an object's bytes through the egress pipe.
 //! - [`site`]: the files it serves and their hashes (the object registry).
+//! - [`outboards`]: the group CVs handed out for verified streaming, kept.
 //! - [`store`]: the look-up table content → peers (in memory or in Redis), with
 //!   the peer lifecycle rules shared by both in [`store::rules`].
 //! - [`health`]: pinging peers and demoting or dropping slow and dead ones.
@@ -21,7 +22,8 @@
 //!   sentence (the detail only logged).
 //!
 //! Modules import downwards only: `routes::*` → `send` → `state` →
-//! `store`, `site`, `egress`, `upstream`, `relay`, `config`; `health` →
+//! `store`, `site`, `egress`, `upstream`, `relay`, `config`; `site` →
+//! `outboards`; `health` →
 //! `state`; `error` → `store`.
 //!
 //! The site request path, step by step (file :: function):
@@ -67,6 +69,7 @@ pub mod error;
 pub mod forwarded;
 pub mod health;
 pub mod listen;
+pub mod outboards;
 pub mod relay;
 pub mod routes;
 pub mod send;

@@ -11,10 +11,20 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use peercache_core::hash::{ObjectHash, StreamHasher};
+use peercache_core::verified::OutboardHasher;
+
+use crate::outboards::OutboardCache;
+
+/// Files from this size up are fetched by crowds from several sources, each
+/// asking for the outboard first: theirs is computed while the file is hashed.
+const OUTBOARD_FROM: u64 = peercache_core::pieces::SWARM_FROM;
+/// Files above this size are only hashed (their outboard, 32 bytes per
+/// 16 KiB, would crowd out the others kept; it is computed when asked for).
+const OUTBOARD_UP_TO: u64 = 4 << 30;
 
 /// A file of the site with its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +75,8 @@ const MAX_OBJECTS: usize = 1_000_000;
 #[derive(Debug)]
 pub struct Site {
     root: PathBuf,
+    /// Where the outboards of large files are kept as they are hashed.
+    outboards: Arc<OutboardCache>,
     by_path: Mutex<HashMap<PathBuf, (Stamp, SiteObject)>>,
     by_hash: Mutex<HashMap<ObjectHash, PathBuf>>,
 }
@@ -84,10 +96,12 @@ pub enum SiteError {
 }
 
 impl Site {
-    /// A site rooted at `root`.
-    pub fn new(root: PathBuf) -> Self {
+    /// A site rooted at `root`, keeping the outboards of its large files in
+    /// `outboards`.
+    pub fn new(root: PathBuf, outboards: Arc<OutboardCache>) -> Self {
         Self {
             root,
+            outboards,
             by_path: Mutex::new(HashMap::new()),
             by_hash: Mutex::new(HashMap::new()),
         }
@@ -133,19 +147,35 @@ impl Site {
             return Ok(obj.clone());
         }
         let mut file = std::fs::File::open(path)?;
-        let mut hasher = StreamHasher::new();
         let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
+        let (hash, size) = if (OUTBOARD_FROM..=OUTBOARD_UP_TO).contains(&meta.len()) {
+            // One pass gives the hash and the outboard.
+            let mut hasher = OutboardHasher::new();
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
             }
-            hasher.update(&buf[..n]);
-        }
+            let (hash, outboard, size) = hasher.finish();
+            self.outboards.put(hash, outboard.into());
+            (hash, size)
+        } else {
+            let mut hasher = StreamHasher::new();
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            (hasher.finish(), hasher.len())
+        };
         let obj = SiteObject {
             path: path.to_path_buf(),
-            hash: hasher.finish(),
-            size: hasher.len(),
+            hash,
+            size,
             content_type: mime_guess::from_path(path)
                 .first_or_octet_stream()
                 .essence_str()
@@ -226,7 +256,7 @@ mod tests {
 
     #[test]
     fn traversal_and_hidden_files_are_refused() {
-        let site = Site::new(PathBuf::from("/srv/site"));
+        let site = Site::new(PathBuf::from("/srv/site"), Default::default());
         for bad in [
             "/../etc/passwd",
             "/a/%2e%2e/b",
@@ -244,5 +274,31 @@ mod tests {
             site.resolve("/").unwrap(),
             PathBuf::from("/srv/site/index.html")
         );
+    }
+
+    #[test]
+    fn a_large_file_is_hashed_with_its_outboard_kept_and_a_small_one_is_only_hashed() {
+        let root = std::env::temp_dir().join(format!("peercache-site-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let large: Vec<u8> = (0..OUTBOARD_FROM + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(root.join("large.bin"), &large).unwrap();
+        std::fs::write(root.join("small.bin"), &large[..100_000]).unwrap();
+        let outboards = Arc::new(OutboardCache::default());
+        let site = Site::new(root.clone(), outboards.clone());
+        assert_eq!(site.index_all(), 2);
+
+        let obj = site.object(&root.join("large.bin")).unwrap();
+        assert_eq!(obj.hash, ObjectHash::of(&large));
+        assert_eq!(obj.size, large.len() as u64);
+        assert_eq!(
+            outboards.get(&obj.hash).as_deref(),
+            Some(&peercache_core::verified::outboard(&large)[..])
+        );
+        let small = site.object(&root.join("small.bin")).unwrap();
+        assert_eq!(small.hash, ObjectHash::of(&large[..100_000]));
+        assert_eq!(outboards.get(&small.hash), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

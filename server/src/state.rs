@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::egress::EgressPipe;
+use crate::outboards::OutboardCache;
 use crate::site::{Site, SiteObject};
 use crate::store::{Store, StoreError, now_ms};
 
@@ -800,40 +801,6 @@ impl PeersPerSource {
     }
 }
 
-/// Outboards computed once per object and kept, up to a byte budget.
-#[derive(Debug, Default)]
-pub struct OutboardCache {
-    inner: Mutex<(HashMap<ObjectHash, bytes::Bytes>, usize)>,
-}
-
-/// Bytes of outboards kept.
-const OUTBOARD_BUDGET: usize = 64 << 20;
-
-impl OutboardCache {
-    /// The kept outboard of `hash`.
-    pub fn get(&self, hash: &ObjectHash) -> Option<bytes::Bytes> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .get(hash)
-            .cloned()
-    }
-
-    /// Keeps `outboard` (forgetting all when over budget).
-    pub fn put(&self, hash: ObjectHash, outboard: bytes::Bytes) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if g.1 + outboard.len() > OUTBOARD_BUDGET {
-            g.0.clear();
-            g.1 = 0;
-        }
-        g.1 += outboard.len();
-        if let Some(old) = g.0.insert(hash, outboard) {
-            g.1 -= old.len();
-        }
-    }
-}
-
 /// Longest a possession proof may take (dial, ask, read 4 KiB).
 pub const PROOF_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a proof of an object fails, no new proof of it starts for this long:
@@ -973,7 +940,7 @@ pub struct AppState {
     /// Live peer ids per client address (`--max-peers-per-ip`).
     pub peers_per_source: PeersPerSource,
     /// Outboards computed once per object.
-    pub outboards: OutboardCache,
+    pub outboards: Arc<OutboardCache>,
     /// Possession proofs under way.
     pub proving: Arc<Proving>,
     /// The Prometheus recorder, when installed.
@@ -1012,8 +979,9 @@ impl AppState {
             .no_proxy()
             .build()
             .unwrap_or_default();
+        let outboards = Arc::new(OutboardCache::default());
         Self {
-            site: Site::new(config.root.clone()),
+            site: Site::new(config.root.clone(), outboards.clone()),
             store,
             egress: EgressPipe::new(config.egress_limit),
             figures: Figures::default(),
@@ -1032,7 +1000,7 @@ impl AppState {
             announce_limiter: RateLimiter::default(),
             source_limiter: RateLimiter::default(),
             peers_per_source: PeersPerSource::default(),
-            outboards: OutboardCache::default(),
+            outboards,
             proving: Arc::default(),
             config,
             metrics,

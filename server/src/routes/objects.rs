@@ -206,21 +206,32 @@ async fn object_outboard(
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
-    // Computed once per object and kept (it costs a read of the whole object).
     if let Some(outboard) = state.outboards.get(&hash) {
         return Ok(outboard_response(outboard));
     }
+    // Only an object the server knows gets a place in the cache.
+    if !state.knows(&hash) {
+        return Err(ApiError::NotFound);
+    }
+    // Computed once per object and kept (it costs a read of the whole object).
     let st = state.clone();
-    let outboard = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
-        let obj = st.object_by_hash(&hash).ok_or(ApiError::NotFound)?;
-        let file = std::fs::File::open(&obj.path).map_err(ApiError::internal)?;
-        peercache_core::verified::outboard_from_reader(std::io::BufReader::new(file), obj.size)
-            .map_err(ApiError::internal)
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    let outboard = bytes::Bytes::from(outboard);
-    state.outboards.put(hash, outboard.clone());
+    let outboard = state
+        .outboards
+        .get_or_compute(hash, || async move {
+            tokio::task::spawn_blocking(move || -> Result<bytes::Bytes, ApiError> {
+                let obj = st.object_by_hash(&hash).ok_or(ApiError::NotFound)?;
+                let file = std::fs::File::open(&obj.path).map_err(ApiError::internal)?;
+                peercache_core::verified::outboard_from_reader(
+                    std::io::BufReader::new(file),
+                    obj.size,
+                )
+                .map(bytes::Bytes::from)
+                .map_err(ApiError::internal)
+            })
+            .await
+            .map_err(ApiError::internal)?
+        })
+        .await?;
     Ok(outboard_response(outboard))
 }
 
