@@ -12,8 +12,8 @@
 
 use crate::verified::GROUP;
 
-/// Groups per piece (256 KiB): the unit a downloader asks one source for.
-pub const PIECE_GROUPS: u64 = 16;
+/// Groups per piece (64 KiB): the unit a downloader asks one source for.
+pub const PIECE_GROUPS: u64 = 4;
 
 /// Most sources fetching the same piece at once in the end game.
 pub const MAX_DUPLICATES: u32 = 2;
@@ -283,8 +283,8 @@ pub enum SeedOrder {
 
 /// Most pieces the server seeds in one answer to a client receiving the
 /// object alone (16 MiB), so a lone download of a large object is a few
-/// dozen requests, not one per 256 KiB.
-pub const SEED_RUN_ALONE: u64 = 64;
+/// dozen requests, not one per piece.
+pub const SEED_RUN_ALONE: u64 = (16 << 20) / (PIECE_GROUPS * GROUP);
 
 /// How many pieces one seeded answer may carry: one in a crowd (the pieces
 /// spread over it); for a client receiving the object alone, one more than
@@ -552,11 +552,13 @@ mod tests {
             Err(HaveMapError::PastTheEnd)
         );
         assert!(HaveMap::full(17).is_complete());
-        let full = HaveMap::full(40);
+        // Two and a half pieces.
+        let groups = 2 * PIECE_GROUPS + PIECE_GROUPS / 2;
+        let full = HaveMap::full(groups);
         assert!(full.has_piece(0) && full.has_piece(2));
-        assert!(!HaveMap::empty(40).has_piece(0));
-        assert_eq!(piece_count(40), 3);
-        assert_eq!(piece_groups(40, 2), (32, 40));
+        assert!(!HaveMap::empty(groups).has_piece(0));
+        assert_eq!(piece_count(groups), 3);
+        assert_eq!(piece_groups(groups, 2), (2 * PIECE_GROUPS, groups));
     }
 
     #[test]

@@ -387,7 +387,7 @@ const SEED_IDLE: Duration = Duration::from_secs(60);
 /// so that it hands out what the swarm lacks (`pieces::seed_pick`), and
 /// whether a crowd was opened for it (its first asker referred to be seeded
 /// instead of served whole, `decide::seeded_instead`). Per process; bounded
-/// in objects, each entry one byte per 256 KiB piece.
+/// in objects, each entry one byte per 64 KiB piece.
 #[derive(Debug)]
 pub struct SeedLedger {
     inner: Mutex<HashMap<ObjectHash, SeedEntry>>,
@@ -1131,7 +1131,7 @@ mod tests {
         use peercache_core::pieces::{HaveMap, SeedOrder};
         let ledger = SeedLedger::default();
         let hash = ObjectHash::of(b"seeded");
-        let size = 4 * 256 * 1024;
+        let size = 4 * peercache_core::pieces::PIECE_GROUPS * peercache_core::verified::GROUP;
         let nothing = HaveMap::empty(peercache_core::verified::group_count(size));
         assert!(ledger.open(hash, size));
         assert!(ledger.is_open(&hash));

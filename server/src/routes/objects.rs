@@ -348,8 +348,10 @@ mod tests {
 
     #[tokio::test]
     async fn in_a_crowd_the_server_seeds_each_piece_once_and_only_what_is_lacking() {
-        // Three pieces (256 KiB each), the last one short.
-        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
+        // Three pieces, the last one short.
+        let data: Vec<u8> = (0..2 * PIECE + PIECE / 3)
+            .map(|i| (i % 253) as u8)
+            .collect();
         let (state, hash) = referring_state_with("seed", &data);
         let nothing = HaveMap::empty(group_count(data.len() as u64));
 
@@ -416,7 +418,10 @@ mod tests {
     #[tokio::test]
     async fn pieces_a_whole_copy_already_carried_are_not_seeded() {
         use futures_util::StreamExt;
-        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+        let data: Vec<u8> = (0..4 * PIECE + PIECE / 3)
+            .map(|i| (i % 241) as u8)
+            .collect();
+        let pieces = 5;
         let (state, hash) = referring_state_with("seed-carried", &data);
         // The first receiver's whole copy, past its first piece.
         let mut copy = whole_copy_to_a_peer(&state)
@@ -424,9 +429,11 @@ mod tests {
             .into_body()
             .into_data_stream();
         let mut got = 0;
-        while got < 300_000 {
+        while got <= PIECE as usize {
             got += copy.next().await.unwrap().unwrap().len();
         }
+        let carried = got as u64 / PIECE;
+        assert!((1..pieces).contains(&carried), "{got}");
         receiving(&state, hash, &a());
         let nothing = HaveMap::empty(group_count(data.len() as u64));
         let mut seen = Vec::new();
@@ -438,10 +445,13 @@ mod tests {
             assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
             seen.push(piece_of(&r));
         }
-        // Piece 0 came in the copy: seeded only as the one extra piece the
-        // budget allows (`seed_budget(3)` is 4); without the carried count
-        // the first round alone would send it, and the extra one more.
-        assert_eq!(seen, [2, 1, 0]);
+        // The pieces the copy carried are not in the first round (from the
+        // back, the copy going front to back); they come only as the extra
+        // pieces the budget allows, counted with the carried ones. Without
+        // the carried count the first round alone would send them.
+        let budget = peercache_core::pieces::seed_budget(pieces);
+        let expected: Vec<u64> = (carried..pieces).rev().chain(0..budget - pieces).collect();
+        assert_eq!(seen, expected, "{carried} pieces carried");
         drop(copy);
     }
 
@@ -683,9 +693,21 @@ mod tests {
             runs.push((first / PIECE, last / PIECE + 1));
             (first / GROUP..=last / GROUP).for_each(|g| has.set(g));
         }
-        // 17 pieces: runs of 1, 2, 4 and 8 pieces, then the last two; all of
-        // it held, nothing more (the extra budget is for what is lacking).
-        assert_eq!(runs, [(0, 1), (1, 3), (3, 7), (7, 15), (15, 17)]);
+        // Runs of 1, 2, 4, … pieces (at most `SEED_RUN_ALONE`), the last
+        // one what is left; all of it held, nothing more (the extra budget
+        // is for what is lacking).
+        let pieces = size.div_ceil(PIECE);
+        let mut expected = Vec::new();
+        let mut first = 0;
+        while first < pieces {
+            let len = (first + 1)
+                .min(peercache_core::pieces::SEED_RUN_ALONE)
+                .min(pieces - first);
+            expected.push((first, first + len));
+            first += len;
+        }
+        assert!(expected.len() >= 4, "{expected:?}");
+        assert_eq!(runs, expected);
     }
 
     #[tokio::test]

@@ -16,7 +16,10 @@
 //! Per system and N it reports p50 and last completion over the bound
 //! max(F/u_s, F/d_min, N·F/(u_s + Σu_i)), the bytes the origin's interface sent
 //! over F (everything: payload, headers, acknowledgements, tracker), and how
-//! many clients finished. Results go to a JSON and a markdown file. Needs root,
+//! many clients finished. `--slower K` divides every cap by K (the file stays
+//! 32 MiB, so the bound grows K times): the same crowd at a K-th of the bytes
+//! per second, to tell a protocol's losses from a CPU bound on a small machine.
+//! Results go to a JSON and a markdown file. Needs root,
 //! `ip`, `tc`, `curl`, and for the comparisons `nginx`, `aria2c`, `opentracker`,
 //! `mktorrent` (`apt-get install nginx aria2 opentracker mktorrent`).
 
@@ -50,6 +53,26 @@ struct Options {
     systems: Vec<String>,
     out: PathBuf,
     timeout: Duration,
+    caps: Caps,
+}
+
+/// The bandwidth caps of one run, bits per second.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    origin_up: u64,
+    client_up: u64,
+    client_down: u64,
+}
+
+impl Caps {
+    /// The caps divided by `k`.
+    fn slower(k: u64) -> Self {
+        Self {
+            origin_up: U_ORIGIN / k,
+            client_up: U_CLIENT / k,
+            client_down: D_CLIENT / k,
+        }
+    }
 }
 
 fn parse_options(args: &[String]) -> anyhow::Result<Options> {
@@ -58,6 +81,7 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
         systems: vec!["peercache".into(), "nginx".into(), "bittorrent".into()],
         out: PathBuf::from("flash-crowd"),
         timeout: Duration::from_secs(240),
+        caps: Caps::slower(1),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -75,8 +99,15 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
             }
             "--out" => o.out = PathBuf::from(value()?),
             "--timeout" => o.timeout = Duration::from_secs(value()?.parse()?),
+            "--slower" => {
+                let k: u64 = value()?.parse().context("--slower takes a whole number")?;
+                if !(1..=16).contains(&k) {
+                    bail!("--slower must be 1..=16");
+                }
+                o.caps = Caps::slower(k);
+            }
             _ => bail!(
-                "usage: peercache-bench flash-crowd [--n 8,16,32] [--systems peercache,nginx,bittorrent] [--out PREFIX] [--timeout SECONDS]"
+                "usage: peercache-bench flash-crowd [--n 8,16,32] [--systems peercache,nginx,bittorrent] [--slower K] [--out PREFIX] [--timeout SECONDS]"
             ),
         }
     }
@@ -108,22 +139,23 @@ struct Row {
 }
 
 /// The Kumar–Ross lower bound on the time for all N to finish.
-fn bound(n: usize) -> f64 {
+fn bound(n: usize, caps: Caps) -> f64 {
     let f = (F * 8) as f64;
     let n = n as f64;
-    (f / U_ORIGIN as f64)
-        .max(f / D_CLIENT as f64)
-        .max(n * f / (U_ORIGIN as f64 + n * U_CLIENT as f64))
+    (f / caps.origin_up as f64)
+        .max(f / caps.client_down as f64)
+        .max(n * f / (caps.origin_up as f64 + n * caps.client_up as f64))
 }
 
 /// The namespaces of one N: the origin `o`, clients `c1..cN`, the bridge `b`.
 struct Net {
     topology: Topology,
     n: usize,
+    caps: Caps,
 }
 
 impl Net {
-    fn build(n: usize) -> Self {
+    fn build(n: usize, caps: Caps) -> Self {
         let mut topology = Topology::new(&format!("pcfc{}-", std::process::id()));
         let b = topology.add_ns("b");
         run(&["ip", "-n", &b, "link", "add", "br0", "type", "bridge"]);
@@ -173,17 +205,17 @@ impl Net {
                 cap(&b, &port, d);
             }
         };
-        attach(&mut topology, "o", ORIGIN_IP, U_ORIGIN, None);
+        attach(&mut topology, "o", ORIGIN_IP, caps.origin_up, None);
         for i in 1..=n {
             attach(
                 &mut topology,
                 &format!("c{i}"),
                 &client_ip(i),
-                U_CLIENT,
-                Some(D_CLIENT),
+                caps.client_up,
+                Some(caps.client_down),
             );
         }
-        Self { topology, n }
+        Self { topology, n, caps }
     }
 
     fn origin(&self) -> String {
@@ -286,10 +318,11 @@ fn check_outputs(times: &mut [Option<f64>], path_of: impl Fn(usize) -> PathBuf) 
     }
 }
 
-fn row(n: usize, system: &str, times: &[Option<f64>], sent: u64, notes: String) -> Row {
+fn row(net: &Net, system: &str, times: &[Option<f64>], sent: u64, notes: String) -> Row {
+    let n = net.n;
     let mut done: Vec<f64> = times.iter().flatten().copied().collect();
     done.sort_by(f64::total_cmp);
-    let b = bound(n);
+    let b = bound(n, net.caps);
     let p50 = (!done.is_empty()).then(|| done[(done.len() - 1) / 2]);
     // The last client's time only means something when everyone finished.
     let last = (done.len() == n).then(|| done[done.len() - 1]);
@@ -319,7 +352,7 @@ async fn run_peercache(
     timeout: Duration,
 ) -> anyhow::Result<Row> {
     let n = net.n;
-    let limit = (U_ORIGIN / 8).to_string();
+    let limit = (net.caps.origin_up / 8).to_string();
     let mut cmd = in_ns(&net.origin(), &bin("peercache-server"));
     cmd.arg("--root")
         .arg(root)
@@ -393,7 +426,7 @@ async fn run_peercache(
         m("peercache_requests_deferred_total")
     );
     drop(peers);
-    Ok(row(n, "peercache", &times, sent, notes))
+    Ok(row(net, "peercache", &times, sent, notes))
 }
 
 async fn run_nginx(
@@ -454,7 +487,7 @@ async fn run_nginx(
     let mut times = race(cmds, timeout, None).await?;
     let sent = net.origin_tx().await? - before;
     check_outputs(&mut times, out);
-    Ok(row(n, "nginx", &times, sent, String::new()))
+    Ok(row(net, "nginx", &times, sent, String::new()))
 }
 
 async fn run_bittorrent(
@@ -549,7 +582,7 @@ async fn run_bittorrent(
     check_outputs(&mut times, |i| cdir(i).join("v.bin"));
     drop(clients);
     Ok(row(
-        n,
+        net,
         "bittorrent (aria2c + opentracker)",
         &times,
         sent,
@@ -610,7 +643,7 @@ pub async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     let root = peercache_tests::make_site(&dir, &[("v.bin", &data)]);
     let mut rows = Vec::new();
     for &n in &o.ns {
-        let net = Net::build(n);
+        let net = Net::build(n, o.caps);
         for system in &o.systems {
             eprintln!("flash crowd: N={n}, {system}");
             let sub = TempDir::new(&format!("crowd-{system}"));
