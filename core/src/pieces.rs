@@ -12,8 +12,12 @@
 
 use crate::verified::GROUP;
 
-/// Groups per piece (64 KiB): the unit a downloader asks one source for.
-pub const PIECE_GROUPS: u64 = 4;
+/// Groups per piece (128 KiB): the unit a downloader asks one source for.
+/// Smaller pieces reach their first holder and are passed on sooner (a
+/// crowd's uplinks fill sooner); each costs a request. 64 KiB filled them
+/// sooner still but cost a crowd of 32 on two cores 25 % more time
+/// (`BENCHMARKS.md`, session 12).
+pub const PIECE_GROUPS: u64 = 8;
 
 /// Most sources fetching the same piece at once in the end game.
 pub const MAX_DUPLICATES: u32 = 2;

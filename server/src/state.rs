@@ -387,7 +387,7 @@ const SEED_IDLE: Duration = Duration::from_secs(60);
 /// so that it hands out what the swarm lacks (`pieces::seed_pick`), and
 /// whether a crowd was opened for it (its first asker referred to be seeded
 /// instead of served whole, `decide::seeded_instead`). Per process; bounded
-/// in objects, each entry one byte per 64 KiB piece.
+/// in objects, each entry one byte per 128 KiB piece.
 #[derive(Debug)]
 pub struct SeedLedger {
     inner: Mutex<HashMap<ObjectHash, SeedEntry>>,

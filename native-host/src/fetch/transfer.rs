@@ -4,7 +4,7 @@
 //! 1. The [`Proof`] (group CVs) comes from the first source whose list adds up
 //!    to the hash; a source whose list does not is a liar and is not used. The
 //!    server, asked by hash, is the last to be asked.
-//! 2. The object is cut into 64 KiB pieces (`peercache_core::pieces`).
+//! 2. The object is cut into 128 KiB pieces (`peercache_core::pieces`).
 //!    Workers, one per source, first ask the source which groups it holds (a
 //!    peer still downloading holds some: its have-map), then take pieces by
 //!    `pieces::pick` (rarest among the sources first, the end game asks a
