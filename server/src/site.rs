@@ -146,30 +146,23 @@ impl Site {
         {
             return Ok(obj.clone());
         }
-        let mut file = std::fs::File::open(path)?;
-        let mut buf = vec![0u8; 256 * 1024];
+        let file = std::fs::File::open(path)?;
         let (hash, size) = if (OUTBOARD_FROM..=OUTBOARD_UP_TO).contains(&meta.len()) {
-            // One pass gives the hash and the outboard.
+            // One pass gives the hash and the outboard (read no further than
+            // the limit: a file growing meanwhile cannot grow the outboard).
             let mut hasher = OutboardHasher::new();
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
+            read_through(file.take(OUTBOARD_UP_TO + 1), |b| hasher.update(b))?;
             let (hash, outboard, size) = hasher.finish();
+            if size > OUTBOARD_UP_TO {
+                return Err(SiteError::Io(std::io::Error::other(
+                    "the file grew while it was hashed",
+                )));
+            }
             self.outboards.put(hash, outboard.into());
             (hash, size)
         } else {
             let mut hasher = StreamHasher::new();
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
+            read_through(file, |b| hasher.update(b))?;
             (hasher.finish(), hasher.len())
         };
         let obj = SiteObject {
@@ -241,6 +234,18 @@ impl Site {
     /// True if the server knows this hash (so peers may be listed for it).
     pub fn knows(&self, hash: &ObjectHash) -> bool {
         lock(&self.by_hash).contains_key(hash)
+    }
+}
+
+/// Feeds every byte `reader` gives to `feed`, 256 KiB at a time.
+fn read_through(mut reader: impl Read, mut feed: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        feed(&buf[..n]);
     }
 }
 

@@ -78,7 +78,8 @@ async fn a_crowd_is_served_by_partial_holders_before_they_finish() {
     );
     // The server seeded the crowd, each piece once and then at most the
     // extra budget (1.4 × the pieces).
-    let pieces = data.len().div_ceil(256 << 10) as u64;
+    let piece = peercache_core::pieces::PIECE_GROUPS * peercache_core::verified::GROUP;
+    let pieces = (data.len() as u64).div_ceil(piece);
     let budget = peercache_core::pieces::seed_budget(pieces) as f64;
     assert!(
         (1.0..=budget).contains(&s["peercache_seeded_pieces_total"]),
