@@ -52,10 +52,7 @@ impl OutboardCache {
     {
         let cell = {
             let mut g = self.lock();
-            if !g.cells.contains_key(&hash) && g.cells.len() >= OUTBOARD_OBJECTS {
-                g.cells.clear();
-                g.bytes = 0;
-            }
+            g.make_room(&hash, 0);
             g.cells.entry(hash).or_default().clone()
         };
         let mut computed_here = false;
@@ -68,11 +65,8 @@ impl OutboardCache {
             .clone();
         if computed_here {
             let mut g = self.lock();
-            if g.bytes + outboard.len() > OUTBOARD_BUDGET {
-                g.cells.clear();
-                g.bytes = 0;
-                g.cells.insert(hash, cell);
-            }
+            g.make_room(&hash, outboard.len());
+            g.cells.insert(hash, cell);
             g.bytes += outboard.len();
         }
         Ok(outboard)
@@ -85,10 +79,7 @@ impl OutboardCache {
         if g.cells.get(&hash).is_some_and(|c| c.initialized()) {
             return;
         }
-        if g.bytes + outboard.len() > OUTBOARD_BUDGET || g.cells.len() >= OUTBOARD_OBJECTS {
-            g.cells.clear();
-            g.bytes = 0;
-        }
+        g.make_room(&hash, outboard.len());
         let cell = g.cells.entry(hash).or_default().clone();
         if cell.set(outboard.clone()).is_ok() {
             g.bytes += outboard.len();
@@ -97,6 +88,21 @@ impl OutboardCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outboards> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Outboards {
+    /// The one eviction rule: when keeping `bytes` more for `hash` would
+    /// pass the byte budget, or a new object would pass the object limit,
+    /// everything kept is forgotten (asks in progress keep their cells).
+    fn make_room(&mut self, hash: &ObjectHash, bytes: usize) {
+        let new_object = !self.cells.contains_key(hash);
+        if self.bytes + bytes > OUTBOARD_BUDGET
+            || (new_object && self.cells.len() >= OUTBOARD_OBJECTS)
+        {
+            self.cells.clear();
+            self.bytes = 0;
+        }
     }
 }
 
@@ -160,5 +166,21 @@ mod tests {
                 .await;
         }
         assert!(cache.lock().cells.len() <= OUTBOARD_OBJECTS);
+    }
+
+    #[tokio::test]
+    async fn past_the_byte_budget_what_was_kept_is_forgotten_and_the_new_one_kept() {
+        let cache = OutboardCache::default();
+        let (a, b) = (ObjectHash::of(b"a"), ObjectHash::of(b"b"));
+        let big = bytes::Bytes::from(vec![0u8; OUTBOARD_BUDGET / 2 + 1]);
+        cache.put(a, big.clone());
+        assert!(cache.get(&a).is_some());
+        let kept = cache
+            .get_or_compute(b, || async { Ok::<_, ()>(big.clone()) })
+            .await;
+        assert_eq!(kept, Ok(big.clone()));
+        assert_eq!(cache.get(&a), None);
+        assert_eq!(cache.get(&b), Some(big));
+        assert!(cache.lock().bytes <= OUTBOARD_BUDGET);
     }
 }
