@@ -151,6 +151,12 @@ pub enum PeerRequest {
         /// The range, if any.
         #[serde(default)]
         range: Option<(u64, u64)>,
+        /// Bytes of the object the requester still lacks, sent by a swarm
+        /// download: a peer asked by a crowd sends first to whoever is
+        /// nearest the end (the host's upload turns). A hint: absent, the
+        /// request waits its turn last.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remaining: Option<u64>,
     },
     /// Which groups of an object this peer holds verified: the body is a
     /// `pieces::HaveMap` (all ones for a whole object), `size` the object's.
@@ -342,6 +348,7 @@ mod tests {
         let req = PeerRequest::Object {
             hash: ObjectHash::of(b"x"),
             range: Some((1, 2)),
+            remaining: Some(7),
         };
         let f = encode_frame(&req);
         let len = frame_len(f[..4].try_into().unwrap()).unwrap();
@@ -351,6 +358,19 @@ mod tests {
             Err(FrameError::TooLarge(MAX_FRAME + 1))
         );
         assert!(decode_frame::<PeerRequest>(b"{\"op\":\"nope\"}").is_err());
+        // A request from a host without the swarm hint still parses, and one
+        // without a hint is sent as such a host sends it.
+        let plain = br#"{"op":"object","hash":"HASH","range":[0,9]}"#;
+        let hex = ObjectHash::of(b"x").to_hex();
+        let plain = String::from_utf8_lossy(plain).replace("HASH", &hex);
+        let parsed: PeerRequest = decode_frame(plain.as_bytes()).unwrap();
+        let without = PeerRequest::Object {
+            hash: ObjectHash::of(b"x"),
+            range: Some((0, 9)),
+            remaining: None,
+        };
+        assert_eq!(parsed, without);
+        assert!(!String::from_utf8_lossy(&encode_frame(&without)).contains("remaining"));
         let resp = PeerResponse {
             status: PeerStatus::Busy {
                 retry_after_ms: 1000,

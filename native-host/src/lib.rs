@@ -63,6 +63,7 @@ pub mod partial;
 pub mod peer_memory;
 pub mod peer_server;
 pub mod server_link;
+pub mod upload_turns;
 pub mod workload;
 
 /// Version reported in `hello`.

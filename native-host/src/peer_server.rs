@@ -6,8 +6,11 @@
 //! - `outboard {hash}` → the group CVs for verified streaming (B1);
 //! - `have {hash}` → which groups it holds (a have-map: all of a cached
 //!   object, the verified ones of a download in progress);
-//! - `object {hash, range}` → the bytes; `busy` with a retry-after when every
-//!   upload slot is taken (M12), `rate_limited` for a requester asking too often;
+//! - `object {hash, range, remaining}` → the bytes; `busy` with a retry-after
+//!   when every upload slot is taken (M12), `rate_limited` for a requester
+//!   asking too often. A swarm download says how much it still lacks
+//!   (`remaining`): such uploads take turns, nearest the end first
+//!   (`crate::upload_turns`);
 //! - `locate {object, site, ttl, qid}` → the server-silent cascade query (M10,
 //!   M11), by the digests of the URL and its origin: a peer answers only about
 //!   what it knows already and learns no URL.
@@ -365,9 +368,11 @@ async fn serve_stream(
             )
             .await
         }
-        PeerRequest::Object { hash, range } => {
-            upload(state, requester, &mut send, hash, range).await
-        }
+        PeerRequest::Object {
+            hash,
+            range,
+            remaining,
+        } => upload(state, requester, &mut send, hash, range, remaining).await,
     }
 }
 
@@ -566,6 +571,7 @@ async fn upload(
     send: &mut SendStream,
     hash: ObjectHash,
     range: Option<(u64, u64)>,
+    remaining: Option<u64>,
 ) -> Result<(), peercache_net::PeerError> {
     let refuse = |status: PeerStatus| PeerResponse::status(status, Some(state.slots.load()));
     if !state.slots.allow_requester(requester) {
@@ -611,6 +617,22 @@ async fn upload(
         len,
         mut piece,
     } = opened;
+    // A crowd's piece (the requester said how much it still lacks): it waits
+    // for a turn, whoever is nearest the end first (`crate::upload_turns`).
+    let turn = match remaining {
+        Some(left) => {
+            let turn = state
+                .slots
+                .turns()
+                .take(left, crate::upload_turns::LONGEST_WAIT)
+                .await;
+            if turn.late {
+                counter!("peercache_upload_turns_late_total").increment(1);
+            }
+            Some(turn)
+        }
+        None => None,
+    };
     let header = PeerResponse {
         size: Some(size),
         ..PeerResponse::body(len, Some(state.slots.load()))
@@ -651,5 +673,11 @@ async fn upload(
         file = Some(f);
         piece = p;
     }
-    send.finish().map_err(stream_error)
+    send.finish().map_err(stream_error)?;
+    if turn.is_some() {
+        // A turn lasts until the requester has the bytes, not only until they
+        // are queued here: the next one's go out as these are acknowledged.
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, send.stopped()).await;
+    }
+    Ok(())
 }

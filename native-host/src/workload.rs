@@ -22,6 +22,7 @@ pub struct Workload {
     next_free: tokio::sync::Mutex<Instant>,
     requesters: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     requester_rate: f64,
+    turns: std::sync::Arc<crate::upload_turns::UploadTurns>,
 }
 
 impl Workload {
@@ -34,7 +35,13 @@ impl Workload {
             next_free: tokio::sync::Mutex::new(Instant::now()),
             requesters: Mutex::new(HashMap::new()),
             requester_rate: PER_REQUESTER_RATE,
+            turns: Default::default(),
         }
+    }
+
+    /// Whose swarm upload sends next (`crate::upload_turns`).
+    pub fn turns(&self) -> &std::sync::Arc<crate::upload_turns::UploadTurns> {
+        &self.turns
     }
 
     /// Sets the per-requester request rate (requests per second).

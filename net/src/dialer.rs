@@ -312,9 +312,26 @@ impl PeerDialer {
         hash: ObjectHash,
         range: Option<(u64, u64)>,
     ) -> Result<(PeerResponse, ObjectBody), PeerError> {
-        let (header, recv, conn) = self
-            .request(id, dial, &PeerRequest::Object { hash, range })
-            .await?;
+        self.object_in_swarm(id, dial, hash, range, None).await
+    }
+
+    /// [`PeerDialer::object`] for a swarm download that still lacks
+    /// `remaining` bytes of the object (a peer serving a crowd sends first to
+    /// whoever is nearest the end).
+    pub async fn object_in_swarm(
+        &self,
+        id: &str,
+        dial: &DialInfo,
+        hash: ObjectHash,
+        range: Option<(u64, u64)>,
+        remaining: Option<u64>,
+    ) -> Result<(PeerResponse, ObjectBody), PeerError> {
+        let req = PeerRequest::Object {
+            hash,
+            range,
+            remaining,
+        };
+        let (header, recv, conn) = self.request(id, dial, &req).await?;
         if header.status != PeerStatus::Ok {
             return Err(PeerError::Refused(header.status));
         }

@@ -516,10 +516,12 @@ fn peer_requests() -> Vec<PeerRequest> {
         PeerRequest::Object {
             hash: hash(),
             range: Some((1, 2)),
+            remaining: Some(u64::MAX),
         },
         PeerRequest::Object {
             hash: hash(),
             range: None,
+            remaining: None,
         },
         PeerRequest::locate(
             "https://example.org/a",

@@ -868,7 +868,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                     limit: 4,
                 });
                 let held = |h: &peercache_core::ObjectHash| object.as_ref().filter(|o| o.0 == *h);
-                if let PeerRequest::Object { hash, range } = &req
+                if let PeerRequest::Object { hash, range, .. } = &req
                     && endless == Some(*hash)
                 {
                     // Promise the range, then send zeros forever.
@@ -937,7 +937,7 @@ impl iroh::protocol::ProtocolHandler for FakeHandler {
                         };
                         (header, map.as_bytes().to_vec(), None)
                     }
-                    PeerRequest::Object { hash, range } if held(&hash).is_some() => {
+                    PeerRequest::Object { hash, range, .. } if held(&hash).is_some() => {
                         let Some(o) = held(&hash) else { return };
                         let (a, b) = range.unwrap_or((0, o.1.len() as u64 - 1));
                         let bytes = o.1[a as usize..=b as usize].to_vec();

@@ -330,3 +330,60 @@ async fn a_full_disk_stops_caching_but_not_the_download() {
         "the output is the object"
     );
 }
+
+/// A crowd asking one peer at once (issue 12): two hinted uploads send at a
+/// time, and of those waiting, the requester with the least left to download
+/// goes first, though it asked last.
+#[tokio::test]
+async fn a_crowds_requester_nearest_the_end_is_served_first() {
+    let dir = TempDir::new("peer-turns");
+    let data = test_bytes(600_000, 32);
+    let hash = ObjectHash::of(&data);
+    let (_server, peer) = seeded_peer(
+        &dir,
+        &[("a.bin", data.clone())],
+        &["--max-uploads", "8", "--upload-limit", "400KiB"],
+    )
+    .await;
+    let dialer = std::sync::Arc::new(peercache_tests::peer_dialer().await.unwrap());
+    let dial = peer.dial();
+    dialer.ping(&peer.id, &dial).await.unwrap();
+    let start = Instant::now();
+    // Each request: when its header came (its turn began) and its bytes.
+    let ask = |range: (u64, u64), remaining: u64| {
+        let (dialer, dial, id) = (dialer.clone(), dial.clone(), peer.id.clone());
+        tokio::spawn(async move {
+            let (_, mut body) = dialer
+                .object_in_swarm(&id, &dial, hash, Some(range), Some(remaining))
+                .await
+                .unwrap();
+            let began = start.elapsed();
+            let mut out = Vec::new();
+            while let Some(c) = body.next_chunk().await.unwrap() {
+                out.extend_from_slice(&c);
+            }
+            (began, out)
+        })
+    };
+    // Two take the turns (at the 400 KiB/s cap: the first ends after ~1 s).
+    let a = ask((0, 199_999), 5_000_000);
+    let b = ask((0, 599_999), 5_000_000);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Far from the end asks first, near the end second.
+    let far = ask((0, 49_999), 9_000_000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let near = ask((50_000, 99_999), 1_000);
+    let (far, near) = (far.await.unwrap(), near.await.unwrap());
+    assert_eq!(far.1, &data[..50_000]);
+    assert_eq!(near.1, &data[50_000..100_000]);
+    assert!(
+        near.0 < far.0,
+        "near the end began at {:?}, far from it at {:?}",
+        near.0,
+        far.0
+    );
+    // Neither waited for a turn before the first two took theirs.
+    assert!(near.0 > Duration::from_millis(400), "{:?}", near.0);
+    assert_eq!(a.await.unwrap().1, &data[..200_000]);
+    assert_eq!(b.await.unwrap().1, &data[..]);
+}

@@ -260,7 +260,9 @@ impl SourceRef {
     }
 
     /// Opens bytes `first..=last` of the object (`whole`: all of it). For a peer,
-    /// also says whether the connection went direct.
+    /// also says whether the connection went direct. `remaining`: what a
+    /// swarm download still lacks (a peer serving a crowd serves whoever is
+    /// nearest the end first).
     pub async fn open_range(
         &self,
         transport: &Transport,
@@ -268,6 +270,7 @@ impl SourceRef {
         size: u64,
         (first, last): (u64, u64),
         whole: bool,
+        remaining: Option<u64>,
     ) -> Result<(Body, Option<bool>), SourceError> {
         match &self.kind {
             SourceKind::Server(base) => {
@@ -296,7 +299,7 @@ impl SourceRef {
                 let range = (!whole).then_some((first, last));
                 let (header, body) = transport
                     .dialer
-                    .object(&self.id, dial, hash, range)
+                    .object_in_swarm(&self.id, dial, hash, range, remaining)
                     .await
                     .map_err(peer_failure)?;
                 if header.size.is_some_and(|s| s != size) {

@@ -8,7 +8,9 @@
 //!    Workers, one per source, first ask the source which groups it holds (a
 //!    peer still downloading holds some: its have-map), then take pieces by
 //!    `pieces::pick` (rarest among the sources first, the end game asks a
-//!    second source for the last pieces in flight) and fetch them with `Range`;
+//!    second source for the last pieces in flight) and fetch them with `Range`,
+//!    saying how much they still lack (a peer serving a crowd sends first to
+//!    whoever is nearest the end: `crate::upload_turns`);
 //!    each 16 KiB group is checked before it is written (at its offset) into
 //!    the object's partial file, whose have-map grows with it so this host's
 //!    peer server serves those groups at once (`crate::partial`). A source
@@ -1043,8 +1045,25 @@ async fn segment(job: &Job, source: &SourceRef, g1: u64, g: &mut u64) -> Result<
     let first = *g * GROUP;
     let last = (g1 * GROUP).min(size).saturating_sub(1);
     let whole = first == 0 && last + 1 >= size;
+    // A swarm download tells its peers how much it still lacks: each serves
+    // whoever is nearest the end first (`crate::upload_turns`).
+    let remaining = (size >= PARALLEL_FROM).then(|| {
+        let sh = lock(&job.shared);
+        let held: u64 = (0..sh.done.len() as u64)
+            .filter(|g| sh.done[*g as usize])
+            .map(|g| group_len(size, g))
+            .sum();
+        size - held.min(size)
+    });
     let (stream, direct) = source
-        .open_range(&job.transport, job.plan.hash, size, (first, last), whole)
+        .open_range(
+            &job.transport,
+            job.plan.hash,
+            size,
+            (first, last),
+            whole,
+            remaining,
+        )
         .await?;
     if let Some(direct) = direct {
         lock(&job.shared).paths.insert(source.id.clone(), direct);
