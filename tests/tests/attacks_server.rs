@@ -81,9 +81,14 @@ async fn one_address_cannot_fill_the_table() {
     let mut accepted = 0;
     let (mut honest_ok, mut honest_lat) = (0, Vec::new());
     let other = other_address();
+    // The attacker keeps one connection, as a flooder would: a fresh one per
+    // request can meet the per-address connection cap before the server has
+    // seen the last one close (the case under test is the table, not that cap).
+    let attacker = reqwest::Client::new();
     for i in 0..1000u64 {
         let key = TestKey::new(10_000 + i);
-        let r = signed_post(
+        let r = signed_post_with(
+            &attacker,
             &server.url,
             "/v1/peers",
             &key,
