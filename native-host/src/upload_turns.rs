@@ -109,34 +109,33 @@ impl UploadTurns {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            {
-                let mut line = self.lock();
-                let first = line.waiting.first() == Some(&place);
-                if first && line.sending < SENDING_AT_ONCE {
-                    line.waiting.remove(&place);
-                    line.sending += 1;
-                    waiting.place = None;
-                    drop(line);
-                    // The next in line may go too if a turn is still free.
-                    self.changed.notify_waiters();
-                    return Turn {
-                        turns: self.clone(),
-                        late: false,
-                    };
-                }
+            let its_turn = {
+                let line = self.lock();
+                line.waiting.first() == Some(&place) && line.sending < SENDING_AT_ONCE
+            };
+            if its_turn {
+                return self.grant(&mut waiting, false);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                let mut line = self.lock();
-                line.waiting.remove(&place);
-                line.sending += 1;
-                waiting.place = None;
-                drop(line);
-                self.changed.notify_waiters();
-                return Turn {
-                    turns: self.clone(),
-                    late: true,
-                };
+                return self.grant(&mut waiting, true);
             }
+        }
+    }
+
+    /// Moves the waiter out of the line into a turn (`late`: past the
+    /// longest wait, over the limit), and lets the next in line look again
+    /// (a turn may still be free).
+    fn grant(self: &Arc<Self>, waiting: &mut Waiting<'_>, late: bool) -> Turn {
+        let mut line = self.lock();
+        if let Some(place) = waiting.place.take() {
+            line.waiting.remove(&place);
+        }
+        line.sending += 1;
+        drop(line);
+        self.changed.notify_waiters();
+        Turn {
+            turns: self.clone(),
+            late,
         }
     }
 }
