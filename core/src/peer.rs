@@ -153,8 +153,9 @@ pub enum PeerRequest {
         range: Option<(u64, u64)>,
         /// Bytes of the object the requester still lacks, sent by a swarm
         /// download: a peer asked by a crowd sends first to whoever is
-        /// nearest the end (the host's upload turns). A hint: absent, the
-        /// request waits its turn last.
+        /// nearest the end (the host's upload turns). A hint: absent (a
+        /// single-source download, an older host), the bytes are sent at
+        /// once, outside the turns, as before.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         remaining: Option<u64>,
     },

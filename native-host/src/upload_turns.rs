@@ -8,8 +8,9 @@
 //! whole object (it never lacks a piece someone needs).
 //!
 //! A wait is bounded ([`LONGEST_WAIT`]): past it the upload sends anyway, so a
-//! requester far behind (or one that sent no hint) is served late, never
-//! refused. The order is a preference the requester states
+//! requester far behind is served late, never refused. A request without the
+//! hint (a single-source download, an older host) takes no turn: it is sent
+//! at once, as before. The order is a preference the requester states
 //! (`PeerRequest::Object::remaining`); one that lies about it is served
 //! earlier, and the others wait at most [`LONGEST_WAIT`] more. Each waiter
 //! holds an upload slot, so the waiting line is bounded by the slots.

@@ -245,6 +245,8 @@ pub enum TransferError {
 struct Shared {
     /// Per group: verified and written.
     done: Vec<bool>,
+    /// Bytes of the groups in `done` (counted once each, as they are done).
+    held: u64,
     /// Per piece: done, fetched by how many sources, held by how many.
     pieces: Vec<PieceState>,
     /// Sources working now (whose pieces count in `holders`).
@@ -1047,14 +1049,7 @@ async fn segment(job: &Job, source: &SourceRef, g1: u64, g: &mut u64) -> Result<
     let whole = first == 0 && last + 1 >= size;
     // A swarm download tells its peers how much it still lacks: each serves
     // whoever is nearest the end first (`crate::upload_turns`).
-    let remaining = (size >= PARALLEL_FROM).then(|| {
-        let sh = lock(&job.shared);
-        let held: u64 = (0..sh.done.len() as u64)
-            .filter(|g| sh.done[*g as usize])
-            .map(|g| group_len(size, g))
-            .sum();
-        size - held.min(size)
-    });
+    let remaining = (size >= PARALLEL_FROM).then(|| size.saturating_sub(lock(&job.shared).held));
     let (stream, direct) = source
         .open_range(
             &job.transport,
@@ -1192,6 +1187,7 @@ async fn flush(
         for g in first..end {
             sh.done[g as usize] = true;
         }
+        sh.held = sh.held.saturating_add(fresh);
         let groups = sh.done.len() as u64;
         let (p0, p1) = (first / PIECE_GROUPS, end.div_ceil(PIECE_GROUPS));
         for p in p0..p1 {
